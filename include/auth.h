@@ -1,0 +1,101 @@
+/* JWT verification that does not trust the token: pinned algorithms, required exp, nbf/iat with
+ * leeway, iss/aud, and the identity (user, role, seller, client, extra room patterns) derived
+ * from the claims. Also mints development tokens for `roomcast token`. */
+#ifndef ROOMCAST_AUTH_H
+#define ROOMCAST_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <time.h>
+
+/* Bits of auth_config.algorithms. */
+enum auth_alg {
+	AUTH_ALG_HS256 = 1 << 0,
+	AUTH_ALG_HS384 = 1 << 1,
+	AUTH_ALG_HS512 = 1 << 2,
+	AUTH_ALG_RS256 = 1 << 3,
+	AUTH_ALG_RS384 = 1 << 4,
+	AUTH_ALG_RS512 = 1 << 5,
+	AUTH_ALG_ES256 = 1 << 6,
+	AUTH_ALG_ES384 = 1 << 7,
+	AUTH_ALG_ES512 = 1 << 8,
+};
+
+/* Why a token was refused; auth_reason_name() gives the metric/log label. */
+enum auth_reason {
+	AUTH_OK = 0,
+	AUTH_MALFORMED,     /* not three base64url parts, bad JSON, wrong claim types */
+	AUTH_ALG_REFUSED,   /* alg not in the allowed set, "none", or no key for its family */
+	AUTH_BAD_SIGNATURE, /* signature does not verify (also empty signature) */
+	AUTH_MISSING_EXP,   /* exp absent or not a number */
+	AUTH_EXPIRED,       /* now > exp + leeway */
+	AUTH_NOT_YET_VALID, /* now < nbf - leeway */
+	AUTH_ISSUED_FUTURE, /* now < iat - leeway */
+	AUTH_BAD_ISSUER,    /* iss configured and different */
+	AUTH_BAD_AUDIENCE,  /* aud configured and not equal / not contained */
+	AUTH_NO_SUBJECT,    /* none of sub, user_id, id */
+	AUTH_REASON_COUNT
+};
+
+struct auth_config {
+	const unsigned char *secret; /* HMAC key; may be NULL when only public-key algs are used */
+	size_t secret_len;
+	const char *public_key_pem; /* PEM text (not a path) for RS / ES algs, or NULL */
+	unsigned algorithms;        /* bitmask of enum auth_alg */
+	const char *issuer;         /* NULL: not checked */
+	const char *audience;       /* NULL: not checked */
+	int leeway_s;
+};
+
+/* The verifier keeps copies of everything in the config; the caller's buffers may go away. */
+struct auth;
+
+#define AUTH_ID_MAX 128
+
+struct auth_identity {
+	char user_id[AUTH_ID_MAX];   /* sub, else user_id, else id (numbers rendered in decimal) */
+	char role[32];               /* lower-cased; "" when absent */
+	char seller_id[AUTH_ID_MAX]; /* seller_id, id_seller, or reference_id for role seller */
+	char client_id[AUTH_ID_MAX]; /* client_id or id_client */
+	char **rooms;                /* patterns of the "rooms" claim, each malloc'd */
+	size_t n_rooms;
+	long long exp, iat, nbf; /* 0 when absent (exp is never absent after auth_verify) */
+	char *claims_json;       /* the payload as canonical JSON, malloc'd (for SQL policy) */
+};
+
+/* Returns NULL and fills err on a bad config (e.g. no key for an allowed family, unreadable PEM).
+ */
+struct auth *auth_new(const struct auth_config *cfg, char *err, size_t errlen);
+void auth_free(struct auth *a);
+
+/* Parses "HS256,HS384" into a bitmask; returns -1 on an unknown or "none" name. */
+int auth_algorithms_parse(const char *list, unsigned *out);
+const char *auth_reason_name(enum auth_reason r);
+
+/* Verifies token[0..len) at time now. On AUTH_OK fills *out (caller frees with
+ * auth_identity_clear); on any other result *out is left zeroed. Never logs the token. */
+enum auth_reason auth_verify(const struct auth *a, const char *token, size_t len, time_t now,
+                             struct auth_identity *out);
+void auth_identity_clear(struct auth_identity *id);
+/* Deep copy; returns 0 or -1 on allocation failure. */
+int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *src);
+
+bool auth_is_admin(const struct auth_identity *id);
+bool auth_is_service(const struct auth_identity *id);
+
+struct auth_mint {
+	const char *sub;
+	const char *role;      /* may be NULL */
+	const char *seller_id; /* may be NULL */
+	const char *client_id; /* may be NULL */
+	const char *rooms;     /* comma list of patterns, may be NULL */
+	const char *issuer;    /* may be NULL */
+	const char *audience;  /* may be NULL */
+	long ttl_s;
+	time_t now;
+};
+
+/* Mints an HS256 token with the HMAC secret of a. Returns a malloc'd string or NULL. */
+char *auth_mint_token(const struct auth *a, const struct auth_mint *m);
+
+#endif
