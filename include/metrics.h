@@ -1,0 +1,65 @@
+/* Process-wide counters and gauges (SPEC §9). Modules bump them directly; the HTTP layer renders
+ * them for /metrics and /health. Plain integers: everything runs on the one loop thread. */
+#ifndef ROOMCAST_METRICS_H
+#define ROOMCAST_METRICS_H
+
+#include <stdint.h>
+
+enum metrics_source { SRC_DB = 0, SRC_NOTIFY, SRC_BROADCAST, SRC_REDIS, SRC_COUNT };
+enum metrics_close {
+	CLOSE_NORMAL = 0,
+	CLOSE_SHUTDOWN,
+	CLOSE_POLICY,
+	CLOSE_TOO_BIG,
+	CLOSE_TOKEN,
+	CLOSE_FORBIDDEN,
+	CLOSE_SLOW,
+	CLOSE_RATE,
+	CLOSE_PEER,
+	CLOSE_COUNT
+};
+enum metrics_refuse {
+	REFUSE_UNAUTHORIZED = 0,
+	REFUSE_ORIGIN,
+	REFUSE_CAPACITY,
+	REFUSE_PER_IP,
+	REFUSE_NOT_FOUND,
+	REFUSE_BAD_REQUEST,
+	REFUSE_HEADER_TIMEOUT,
+	REFUSE_COUNT
+};
+
+#define METRICS_LAT_BUCKETS 14
+
+struct metrics {
+	int64_t connections;
+	uint64_t connections_total;
+	uint64_t messages_in;
+	uint64_t messages_routed[SRC_COUNT];
+	uint64_t deliveries;
+	uint64_t bytes_out;
+	uint64_t drops_slow;
+	uint64_t closes[CLOSE_COUNT];
+	uint64_t refused[REFUSE_COUNT];
+	uint64_t auth_failures[16]; /* by enum auth_reason */
+	uint64_t client_errors;
+	uint64_t pg_reconnects, pg_catchup_rows;
+	int pg_up;
+	double pg_queue_usage;
+	uint64_t redis_reconnects, redis_publish_failures;
+	int redis_up;
+	uint64_t http_requests[6];                 /* by status class 1xx..5xx, index 0 unused */
+	uint64_t lat_buckets[METRICS_LAT_BUCKETS]; /* notify-to-send seconds histogram */
+	double lat_sum;
+	uint64_t lat_count;
+};
+
+extern struct metrics metrics;
+extern const double metrics_lat_bounds[METRICS_LAT_BUCKETS];
+extern const char *const metrics_source_names[SRC_COUNT];
+extern const char *const metrics_close_names[CLOSE_COUNT];
+extern const char *const metrics_refuse_names[REFUSE_COUNT];
+
+void metrics_observe_latency(double seconds);
+
+#endif

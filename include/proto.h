@@ -1,0 +1,64 @@
+/* The client protocol of SPEC §3: parses client frames into typed messages (strict JSON, exact
+ * length, low depth) and builds the server's reply frames and room-message envelopes. */
+#ifndef ROOMCAST_PROTO_H
+#define ROOMCAST_PROTO_H
+
+#include "frame.h"
+#include "room.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+enum proto_type { PROTO_JOIN, PROTO_LEAVE, PROTO_BROADCAST, PROTO_AUTH, PROTO_PING };
+
+/* Error codes of the error reply; proto_code_name() gives the wire string. */
+enum proto_code {
+	PROTO_OK = 0,
+	PROTO_BAD_JSON,
+	PROTO_BAD_TYPE,
+	PROTO_BAD_ROOM,
+	PROTO_FORBIDDEN,
+	PROTO_NOT_MEMBER,
+	PROTO_RATE_LIMITED,
+	PROTO_TOO_LARGE,
+	PROTO_UNAUTHENTICATED,
+	PROTO_SERVER_ERROR,
+};
+
+struct proto_msg {
+	enum proto_type type;
+	char room[ROOM_NAME_MAX + 1];
+	bool has_since;
+	long long since;
+	char *body; /* broadcast body as compact JSON, malloc'd */
+	size_t body_len;
+	char *token; /* auth token, malloc'd */
+};
+
+#define PROTO_MAX_DEPTH 16
+
+/* Parses one client text frame. On PROTO_OK fills *out (free with proto_msg_clear); otherwise
+ * *detail points to a static human-readable message for the error reply. */
+enum proto_code proto_parse(const char *data, size_t len, struct proto_msg *out,
+                            const char **detail);
+void proto_msg_clear(struct proto_msg *m);
+const char *proto_code_name(enum proto_code c);
+
+/* Reply frames; each returns a new frame (refs = 1) or NULL on allocation failure. room may be
+ * NULL where the reply has none. */
+struct frame *proto_joined(const char *room, bool recovered, long replayed, bool with_recovery);
+struct frame *proto_left(const char *room);
+struct frame *proto_error(enum proto_code code, const char *message, const char *room);
+struct frame *proto_pong(void);
+struct frame *proto_token_expiring(long in_s);
+struct frame *proto_authenticated(long long exp);
+
+/* Room-message envelopes. `raw` strings are spliced unchanged and must be valid JSON. */
+struct frame *proto_broadcast_envelope(const char *id, const char *from, const char *user,
+                                       const char *room, const char *ts, const char *body_raw,
+                                       size_t body_len);
+/* id_raw is a JSON number (outbox) or JSON string (ephemeral), already encoded. */
+struct frame *proto_event_envelope(const char *id_raw, const char *event, const char *room,
+                                   const char *ts, const char *data_raw, const char *meta_raw);
+
+#endif

@@ -1,0 +1,53 @@
+/* The room registry: rooms by name, their members, membership links kept on both sides so
+ * join/leave are O(1) and fan-out walks a flat array. Also room-name validation and the
+ * wildcard patterns of the token's "rooms" claim. */
+#ifndef ROOMCAST_ROOM_H
+#define ROOMCAST_ROOM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ROOM_NAME_MAX 128
+
+struct room;
+
+/* One membership as seen from the member: which room and where in its member array. */
+struct room_sub {
+	struct room *room;
+	uint32_t pos;
+};
+
+/* Embedded in whatever joins rooms (a connection). The registry keeps pointers to it, so it
+ * must not move while it is in any room; room_leave_all before freeing it. */
+struct room_member {
+	struct room_sub *subs;
+	uint32_t nsubs, capsubs;
+	uint64_t seen_gen; /* last delivery generation that reached this member (dedupe) */
+};
+
+const char *room_name(const struct room *r);
+/* The member array, valid until the next join or leave on this room. */
+struct room_member *const *room_members(const struct room *r, uint32_t *count);
+
+/* Name rules: 1..128 bytes of [A-Za-z0-9_.:-]. */
+bool room_name_valid(const char *name, size_t len);
+/* '*' matches any run (also empty) of name characters; everything else is literal. */
+bool room_pattern_match(const char *pattern, const char *name);
+
+/* Adds m to the room, creating it. Returns 0 when added, 1 when already a member, -1 on
+ * allocation failure. */
+int room_join(const char *name, struct room_member *m);
+/* Returns 0 when removed, 1 when not a member. Empty rooms are freed. */
+int room_leave(const char *name, struct room_member *m);
+void room_leave_all(struct room_member *m);
+struct room *room_find(const char *name);
+bool room_is_member(const struct room_member *m, const char *name);
+
+size_t room_count(void);
+/* Calls fn for every room; fn must not join or leave. */
+void room_foreach(void (*fn)(const struct room *r, void *arg), void *arg);
+/* Frees every room (members are only unlinked). For shutdown and tests. */
+void room_reset(void);
+
+#endif
