@@ -1,0 +1,20 @@
+/* What a connected client can do (SPEC §3): authenticate (first frame or refresh), join, leave,
+ * broadcast, ping; automatic rooms; token expiry warnings and the 4001 close; rate limiting. */
+#ifndef ROOMCAST_SESSION_H
+#define ROOMCAST_SESSION_H
+
+#include "config.h"
+
+#include <libwebsockets.h>
+#include <stddef.h>
+
+struct auth;
+struct conn;
+
+void sess_setup(const struct config *cfg, const struct auth *auth, struct lws_context *ctx);
+/* The connection finished its upgrade; c->ident is filled when it presented a valid token. */
+void sess_open(struct conn *c, int authenticated);
+/* One complete client text message. */
+void sess_message(struct conn *c, const char *data, size_t len);
+
+#endif

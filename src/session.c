@@ -1,0 +1,311 @@
+/* Client message handling and per-connection timers. Every client mistake gets an error reply
+ * and the connection stays open; only abuse (rate, size, expired token) closes it. */
+#include "session.h"
+#include "authz.h"
+#include "bus.h"
+#include "conn.h"
+#include "log.h"
+#include "metrics.h"
+#include "proto.h"
+#include "room.h"
+#include "router.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static const struct config *g_cfg;
+static const struct auth *g_auth;
+static struct lws_context *g_ctx;
+static uint64_t g_broadcast_seq;
+
+/* A connection may sit in at most this many rooms; joins beyond it are refused. */
+#define MAX_ROOMS_PER_CONN 256
+/* Seconds before exp at which token_expiring is sent. */
+#define EXPIRY_WARN_S 30
+
+void sess_setup(const struct config *cfg, const struct auth *auth, struct lws_context *ctx)
+{
+	g_cfg = cfg;
+	g_auth = auth;
+	g_ctx = ctx;
+}
+
+static void reply_error(struct conn *c, enum proto_code code, const char *msg, const char *room)
+{
+	metrics.client_errors++;
+	conn_reply(c, proto_error(code, msg, room));
+}
+
+#define conn_of(sul, field) ((struct conn *)((char *)(sul)-offsetof(struct conn, field)))
+
+static void on_auth_timeout(lws_sorted_usec_list_t *sul)
+{
+	struct conn *c = conn_of(sul, sul_auth);
+	if (c->state == CONN_AWAIT_AUTH)
+		conn_close(c, 4001, "authentication timeout", true);
+}
+
+static void on_expiry(lws_sorted_usec_list_t *sul)
+{
+	struct conn *c = conn_of(sul, sul_expiry);
+	time_t now = time(NULL);
+	long long left = c->ident.exp - (long long)now;
+
+	if (!conn_alive(c))
+		return;
+	if (!c->expiring_sent) {
+		c->expiring_sent = true;
+		conn_reply(c, proto_token_expiring(left > 0 ? (long)left : 0));
+		lws_sul_schedule(g_ctx, 0, &c->sul_expiry, on_expiry,
+		                 (lws_usec_t)(left + g_cfg->jwt_leeway_s) * LWS_US_PER_SEC);
+		return;
+	}
+	if (left + g_cfg->jwt_leeway_s <= 0) {
+		conn_close(c, 4001, "token expired", true);
+		return;
+	}
+	lws_sul_schedule(g_ctx, 0, &c->sul_expiry, on_expiry,
+	                 (lws_usec_t)(left + g_cfg->jwt_leeway_s) * LWS_US_PER_SEC);
+}
+
+/* (Re)arms the expiry timers for the token now in c->ident. */
+static void arm_expiry(struct conn *c)
+{
+	long long left = c->ident.exp - (long long)time(NULL);
+	long long warn_in = left - EXPIRY_WARN_S;
+
+	c->expiring_sent = false;
+	lws_sul_schedule(g_ctx, 0, &c->sul_expiry, on_expiry,
+	                 (lws_usec_t)(warn_in > 0 ? warn_in : 0) * LWS_US_PER_SEC);
+}
+
+static void join_auto(struct conn *c, const char *prefix, const char *id)
+{
+	char room[ROOM_NAME_MAX + 2];
+	int n = snprintf(room, sizeof(room), "%s%s", prefix, id);
+
+	if (n <= 0 || !room_name_valid(room, (size_t)n)) {
+		log_warn("automatic room skipped", "conn", c->id, "reason",
+		         "id is not a valid room");
+		return;
+	}
+	if (room_join(room, &c->member) < 0)
+		log_error("room_join failed", "conn", c->id, "room", room, "reason",
+		          "out of memory");
+}
+
+/* Enters the authenticated state: automatic rooms and expiry timers. */
+static void become_open(struct conn *c)
+{
+	lws_sul_cancel(&c->sul_auth);
+	c->state = CONN_OPEN;
+	join_auto(c, "user-", c->ident.user_id);
+	if (auth_is_admin(&c->ident))
+		join_auto(c, "", "admins");
+	if (!strcmp(c->ident.role, "seller") && c->ident.seller_id[0])
+		join_auto(c, "seller-", c->ident.seller_id);
+	arm_expiry(c);
+	log_info("client authenticated", "conn", c->id, "user", c->ident.user_id, "role",
+	         c->ident.role[0] ? c->ident.role : NULL);
+}
+
+void sess_open(struct conn *c, int authenticated)
+{
+	if (authenticated) {
+		become_open(c);
+		return;
+	}
+	lws_sul_schedule(g_ctx, 0, &c->sul_auth, on_auth_timeout,
+	                 (lws_usec_t)g_cfg->auth_timeout_s * LWS_US_PER_SEC);
+}
+
+static void finish_join(struct conn *c, const char *room)
+{
+	int rc = room_join(room, &c->member);
+	if (rc < 0) {
+		reply_error(c, PROTO_SERVER_ERROR, "could not join", room);
+		return;
+	}
+	/* Without an outbox there is nothing to replay: recovered is only true when the server
+	 * can guarantee the gap is filled. */
+	conn_reply(c, proto_joined(room, false, 0, false));
+}
+
+static void on_authz_done(struct conn *c, const char *room, bool allowed, void *arg)
+{
+	if (!conn_alive(c))
+		return;
+	if (!allowed) {
+		reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
+		return;
+	}
+	finish_join(c, room);
+}
+
+static void do_join(struct conn *c, struct proto_msg *m)
+{
+	enum authz_result r;
+
+	if (room_is_member(&c->member, m->room)) {
+		conn_reply(c, proto_joined(m->room, false, 0, false));
+		return;
+	}
+	if (c->member.nsubs >= MAX_ROOMS_PER_CONN) {
+		reply_error(c, PROTO_FORBIDDEN, "too many rooms", m->room);
+		return;
+	}
+	r = authz_check(c, m->room, on_authz_done, NULL);
+	if (r == AUTHZ_ALLOW)
+		finish_join(c, m->room);
+	else if (r == AUTHZ_DENY)
+		reply_error(c, PROTO_FORBIDDEN, "not authorized", m->room);
+}
+
+static void do_leave(struct conn *c, struct proto_msg *m)
+{
+	if (room_leave(m->room, &c->member) != 0) {
+		reply_error(c, PROTO_NOT_MEMBER, "not a member of this room", m->room);
+		return;
+	}
+	conn_reply(c, proto_left(m->room));
+}
+
+static void do_broadcast(struct conn *c, struct proto_msg *m)
+{
+	char id[160], ts[UTIL_TS_LEN];
+	struct frame *f;
+
+	if (!room_is_member(&c->member, m->room)) {
+		reply_error(c, PROTO_NOT_MEMBER, "join the room before broadcasting", m->room);
+		return;
+	}
+	/* Ephemeral ids are strings, unique across replicas by the node prefix. */
+	snprintf(id, sizeof(id), "%s-%llu", g_cfg->node_id, (unsigned long long)++g_broadcast_seq);
+	util_timestamp(ts);
+	f = proto_broadcast_envelope(id, c->id, c->ident.user_id, m->room, ts, m->body,
+	                             m->body_len);
+	if (!f) {
+		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
+		return;
+	}
+	if (bus_publish(m->room, (const char *)frame_data(f), f->len, SRC_BROADCAST) < 0)
+		reply_error(c, PROTO_SERVER_ERROR, "broadcast could not be published", m->room);
+	frame_unref(f);
+}
+
+/* After a refresh, rooms the new token no longer allows are left with an error each. Rooms
+ * granted by an asynchronous policy are kept: the policy is about ownership, not the token. */
+static void recheck_rooms(struct conn *c)
+{
+	for (uint32_t i = c->member.nsubs; i-- > 0;) {
+		const char *room = room_name(c->member.subs[i].room);
+		char name[ROOM_NAME_MAX + 1];
+		if (authz_claims(&c->ident, room) != AUTHZ_DENY)
+			continue;
+		snprintf(name, sizeof(name), "%s", room);
+		room_leave(name, &c->member);
+		reply_error(c, PROTO_FORBIDDEN, "no longer authorized", name);
+	}
+}
+
+static void do_auth(struct conn *c, struct proto_msg *m)
+{
+	struct auth_identity id;
+	enum auth_reason why = auth_verify(g_auth, m->token, strlen(m->token), time(NULL), &id);
+
+	if (why != AUTH_OK) {
+		metrics.auth_failures[why]++;
+		log_info("authentication failed", "conn", c->id, "reason", auth_reason_name(why));
+		reply_error(c, PROTO_UNAUTHENTICATED, "invalid token", NULL);
+		if (c->state == CONN_AWAIT_AUTH)
+			conn_close(c, 4001, "invalid token", true);
+		return;
+	}
+	if (c->state == CONN_OPEN) {
+		/* A refresh may extend the session but never switch to another user. */
+		if (strcmp(id.user_id, c->ident.user_id)) {
+			auth_identity_clear(&id);
+			reply_error(c, PROTO_FORBIDDEN, "token is for another user", NULL);
+			return;
+		}
+		auth_identity_clear(&c->ident);
+		c->ident = id;
+		recheck_rooms(c);
+		arm_expiry(c);
+		conn_reply(c, proto_authenticated(c->ident.exp));
+		return;
+	}
+	c->ident = id;
+	become_open(c);
+	conn_reply(c, proto_authenticated(c->ident.exp));
+}
+
+/* Rate limiting: an error reply at most every 100 ms while over the limit, and a 4029 close
+ * when the client keeps going for twice its burst without slowing down. */
+static bool rate_ok(struct conn *c)
+{
+	uint64_t now;
+
+	if (conn_rate_take(c))
+		return true;
+	c->strikes++;
+	if (c->strikes > (uint32_t)(g_cfg->rate_burst * 2)) {
+		conn_close(c, 4029, "rate limit abused", false);
+		return false;
+	}
+	now = util_now_ns();
+	if (now - c->last_limited_ns > 100000000ull) {
+		c->last_limited_ns = now;
+		reply_error(c, PROTO_RATE_LIMITED, "rate limit exceeded", NULL);
+	}
+	return false;
+}
+
+void sess_message(struct conn *c, const char *data, size_t len)
+{
+	struct proto_msg m;
+	const char *detail;
+	enum proto_code rc;
+
+	if (!conn_alive(c))
+		return;
+	metrics.messages_in++;
+	if (!rate_ok(c))
+		return;
+	rc = proto_parse(data, len, &m, &detail);
+	if (rc != PROTO_OK) {
+		reply_error(c, rc, detail, m.room);
+		return;
+	}
+	if (c->state == CONN_AWAIT_AUTH && m.type != PROTO_AUTH && m.type != PROTO_PING) {
+		reply_error(c, PROTO_UNAUTHENTICATED, "authenticate first", m.room);
+		proto_msg_clear(&m);
+		return;
+	}
+	switch (m.type) {
+	case PROTO_JOIN:
+		do_join(c, &m);
+		break;
+	case PROTO_LEAVE:
+		do_leave(c, &m);
+		break;
+	case PROTO_BROADCAST:
+		do_broadcast(c, &m);
+		break;
+	case PROTO_AUTH:
+		do_auth(c, &m);
+		break;
+	case PROTO_PING:
+		conn_reply(c, proto_pong());
+		break;
+	}
+	proto_msg_clear(&m);
+}
+
+void route_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
+{
+	conn_send(c, f);
+}
