@@ -1,0 +1,46 @@
+/* The HTTP API of SPEC §5 as plain request -> response logic, independent of libwebsockets:
+ * /health, /ready, /metrics, /admin/clients, /admin and POST /api/notify. */
+#ifndef ROOMCAST_HTTP_H
+#define ROOMCAST_HTTP_H
+
+#include "auth.h"
+#include "config.h"
+#include "util.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct http_request {
+	const char *method; /* "GET", "POST", ... */
+	const char *path;
+	const char *query;         /* without '?', may be "" */
+	const char *authorization; /* may be NULL */
+	const char *content_type;  /* may be NULL */
+	long content_length;       /* -1 when absent */
+	const char *body;
+	size_t body_len;
+};
+
+struct http_response {
+	int status;
+	const char *content_type;
+	const char *extra_headers; /* "name: value\r\n..." or NULL */
+	struct buf body;
+};
+
+struct http_status_source {
+	const char *(*postgres_state)(void); /* "up", "down", "disabled" */
+};
+
+void http_setup(const struct config *cfg, const struct auth *auth, const char *version);
+/* Whether the body of this request should be read (POST to a path that takes one). Fills resp
+ * and returns false when the request is refused before its body (405, 413, 415, 404). */
+bool http_wants_body(const struct http_request *req, struct http_response *resp);
+/* Handles a complete request. */
+void http_handle(const struct http_request *req, struct http_response *resp);
+void http_response_free(struct http_response *resp);
+
+/* Dependency states for /health and /ready, provided by the modules that own them. */
+extern const char *(*http_postgres_state)(void);
+
+#endif

@@ -1,0 +1,14 @@
+/* The serving process: the libuv loop, libwebsockets on it as a foreign loop, the gate, the
+ * lws protocol callback that connects WebSocket and HTTP traffic to the modules, signals and
+ * graceful shutdown. */
+#ifndef ROOMCAST_SERVER_H
+#define ROOMCAST_SERVER_H
+
+#include "config.h"
+
+#define ROOMCAST_VERSION "0.1.0"
+
+/* Runs until SIGTERM/SIGINT and a graceful shutdown; returns the process exit code. */
+int srv_run(struct config *cfg);
+
+#endif

@@ -1,0 +1,729 @@
+/* The listening socket, first-request-head reading with deadline and size limit, early refusals
+ * with exact HTTP answers, per-address and total connection accounting, and the hand-off of
+ * accepted sockets to lws. lws never sees a token or an h2c upgrade. */
+#include "gate.h"
+#include "conn.h"
+#include "log.h"
+#include "metrics.h"
+#include "util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uthash.h>
+
+enum pend_state { PEND_READING, PEND_LINGER, PEND_HANDOFF, PEND_CLOSED };
+
+/* A socket the gate is still reading (or draining after a refusal). */
+struct pending {
+	uv_poll_t poll;
+	uv_timer_t timer;
+	int fd;
+	enum pend_state state;
+	int closing_handles;
+	char ip[48];
+	size_t len;
+	char *out; /* rewritten head handed to lws */
+	size_t out_len;
+	struct pending *prev, *next;
+	char buf[]; /* cfg->max_header_bytes */
+};
+
+struct ticket_entry {
+	int fd;
+	struct gate_ticket *t;
+	UT_hash_handle hh;
+};
+
+struct ip_entry {
+	char ip[48];
+	long count;
+	UT_hash_handle hh;
+};
+
+static const struct config *g_cfg;
+static const struct auth *g_auth;
+static struct lws_vhost *g_vhost;
+static uv_loop_t *g_loop;
+static uv_poll_t g_listen_poll;
+static int g_listen_fd = -1;
+static int g_spare_fd = -1;
+static struct pending *g_pending;
+static long g_npending;
+static struct ticket_entry *g_tickets;
+static long g_ntickets;
+static struct ip_entry *g_ips;
+
+/* Upper bound on sockets the gate reads at once, so slow handshakes cannot exhaust fds. */
+#define MAX_PENDING 4096
+#define LINGER_MS   1000
+
+static void pend_close(struct pending *p);
+
+static struct ip_entry *ip_find(const char *ip)
+{
+	struct ip_entry *e;
+	HASH_FIND_STR(g_ips, ip, e);
+	return e;
+}
+
+static int ip_acquire(const char *ip)
+{
+	struct ip_entry *e = ip_find(ip);
+	if (!e) {
+		e = calloc(1, sizeof(*e));
+		if (!e)
+			return -1;
+		snprintf(e->ip, sizeof(e->ip), "%s", ip);
+		HASH_ADD_STR(g_ips, ip, e);
+	}
+	e->count++;
+	return 0;
+}
+
+void gate_ip_release(const char *ip)
+{
+	struct ip_entry *e = ip_find(ip);
+	if (e && --e->count <= 0) {
+		HASH_DEL(g_ips, e);
+		free(e);
+	}
+}
+
+struct gate_ticket *gate_ticket_take(int fd)
+{
+	struct ticket_entry *e;
+	struct gate_ticket *t;
+
+	HASH_FIND_INT(g_tickets, &fd, e);
+	if (!e)
+		return NULL;
+	HASH_DEL(g_tickets, e);
+	t = e->t;
+	free(e);
+	g_ntickets--;
+	return t;
+}
+
+void gate_ticket_free(struct gate_ticket *t, bool release_ip)
+{
+	if (!t)
+		return;
+	if (release_ip)
+		gate_ip_release(t->ip);
+	auth_identity_clear(&t->ident);
+	free(t);
+}
+
+/* ---- pending sockets ---- */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+	struct pending *p = h->data;
+
+	if (--p->closing_handles)
+		return;
+	if (p->state == PEND_HANDOFF) {
+		/* lws takes over the socket from here; the rewritten head is read first. */
+		struct lws *wsi =
+		    lws_adopt_socket_vhost_readbuf(g_vhost, p->fd, p->out, p->out_len);
+		if (!wsi) {
+			struct gate_ticket *t = gate_ticket_take(p->fd);
+			gate_ticket_free(t, true);
+			log_warn("lws_adopt_socket_vhost_readbuf failed", "ip", p->ip);
+		}
+	} else {
+		close(p->fd);
+	}
+	free(p->out);
+	free(p);
+}
+
+static void pend_close(struct pending *p)
+{
+	if (p->state == PEND_CLOSED || p->closing_handles)
+		return;
+	if (p->state != PEND_HANDOFF)
+		p->state = PEND_CLOSED;
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		g_pending = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	g_npending--;
+	p->closing_handles = 2;
+	uv_poll_stop(&p->poll);
+	uv_timer_stop(&p->timer);
+	uv_close((uv_handle_t *)&p->poll, on_handle_closed);
+	uv_close((uv_handle_t *)&p->timer, on_handle_closed);
+}
+
+static void on_linger_read(uv_poll_t *h, int status, int events);
+static void on_deadline(uv_timer_t *t);
+
+/* Answers with a complete HTTP/1.1 response and closes gracefully: the write side is shut and
+ * whatever the client still sends is drained briefly, so the answer is not lost to a reset. */
+static void refuse(struct pending *p, int status, const char *reason, const char *body,
+                   enum metrics_refuse why)
+{
+	char resp[512];
+	int n = snprintf(resp, sizeof(resp),
+	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+	                 "Content-Length: %zu\r\nConnection: close\r\n"
+	                 "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n%s",
+	                 status, reason, strlen(body), body);
+
+	metrics.refused[why]++;
+	metrics.http_requests[status / 100]++;
+	if (send(p->fd, resp, (size_t)n, MSG_NOSIGNAL) < 0) {
+		pend_close(p);
+		return;
+	}
+	shutdown(p->fd, SHUT_WR);
+	p->state = PEND_LINGER;
+	uv_poll_start(&p->poll, UV_READABLE, on_linger_read);
+	uv_timer_start(&p->timer, on_deadline, LINGER_MS, 0);
+}
+
+static void on_linger_read(uv_poll_t *h, int status, int events)
+{
+	struct pending *p = h->data;
+	char sink[4096];
+	ssize_t n = recv(p->fd, sink, sizeof(sink), 0);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+		pend_close(p);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+	struct pending *p = t->data;
+	if (p->state == PEND_READING) {
+		metrics.refused[REFUSE_HEADER_TIMEOUT]++;
+		log_debug("request head timeout", "ip", p->ip);
+	}
+	pend_close(p);
+}
+
+/* ---- request head parsing ---- */
+
+struct head {
+	const char *method, *target, *version;
+	size_t method_len, target_len, version_len;
+	const char *upgrade, *connection, *key, *ws_version, *protocol, *origin, *authorization,
+	    *host;
+	size_t upgrade_len, connection_len, key_len, ws_version_len, protocol_len, origin_len,
+	    authorization_len, host_len;
+	size_t head_len; /* through the blank line */
+};
+
+static bool name_is(const char *name, size_t len, const char *want)
+{
+	return strlen(want) == len && !strncasecmp(name, want, len);
+}
+
+static void trim(const char **s, size_t *len)
+{
+	while (*len && (**s == ' ' || **s == '\t')) {
+		(*s)++;
+		(*len)--;
+	}
+	while (*len && ((*s)[*len - 1] == ' ' || (*s)[*len - 1] == '\t'))
+		(*len)--;
+}
+
+/* Parses the head in buf[0..len). Returns 1 when complete, 0 when more is needed, -1 when
+ * malformed. Only the headers the gate needs are recorded; the rest are passed through. */
+static int parse_head(const char *buf, size_t len, struct head *h)
+{
+	const char *end = NULL, *line, *eol;
+
+	for (size_t i = 3; i < len; i++)
+		if (buf[i] == '\n' && buf[i - 1] == '\r' && buf[i - 2] == '\n' &&
+		    buf[i - 3] == '\r') {
+			end = buf + i + 1;
+			break;
+		}
+	if (!end)
+		return 0;
+	memset(h, 0, sizeof(*h));
+	h->head_len = (size_t)(end - buf);
+	eol = memchr(buf, '\r', h->head_len);
+	{
+		const char *sp1 = memchr(buf, ' ', (size_t)(eol - buf));
+		const char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
+		if (!sp1 || !sp2)
+			return -1;
+		h->method = buf;
+		h->method_len = (size_t)(sp1 - buf);
+		h->target = sp1 + 1;
+		h->target_len = (size_t)(sp2 - sp1 - 1);
+		h->version = sp2 + 1;
+		h->version_len = (size_t)(eol - sp2 - 1);
+		if (h->version_len != 8 || strncmp(h->version, "HTTP/1.", 7) || !h->target_len ||
+		    h->target[0] != '/')
+			return -1;
+	}
+	for (line = eol + 2; line < end - 2; line = eol + 2) {
+		const char *colon, *v;
+		size_t nlen, vlen;
+		eol = memchr(line, '\r', (size_t)(end - line));
+		if (!eol || eol[1] != '\n')
+			return -1;
+		colon = memchr(line, ':', (size_t)(eol - line));
+		if (!colon || colon == line)
+			return -1;
+		nlen = (size_t)(colon - line);
+		v = colon + 1;
+		vlen = (size_t)(eol - v);
+		trim(&v, &vlen);
+#define KEEP(hdr, field)                                                                           \
+	if (name_is(line, nlen, hdr)) {                                                            \
+		h->field = v;                                                                      \
+		h->field##_len = vlen;                                                             \
+		continue;                                                                          \
+	}
+		KEEP("Upgrade", upgrade)
+		KEEP("Connection", connection)
+		KEEP("Sec-WebSocket-Key", key)
+		KEEP("Sec-WebSocket-Version", ws_version)
+		KEEP("Sec-WebSocket-Protocol", protocol)
+		KEEP("Origin", origin)
+		KEEP("Authorization", authorization)
+		KEEP("Host", host)
+#undef KEEP
+	}
+	return 1;
+}
+
+static bool contains_token(const char *list, size_t len, const char *tok)
+{
+	size_t tl = strlen(tok);
+	size_t i = 0;
+	while (i < len) {
+		size_t j = i, s, e;
+		while (j < len && list[j] != ',')
+			j++;
+		s = i;
+		e = j;
+		while (s < e && (list[s] == ' ' || list[s] == '\t'))
+			s++;
+		while (e > s && (list[e - 1] == ' ' || list[e - 1] == '\t'))
+			e--;
+		if (e - s == tl && !strncasecmp(list + s, tok, tl))
+			return true;
+		i = j + 1;
+	}
+	return false;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Finds query parameter name in target and percent-decodes it into out (malloc'd). */
+static char *query_param(const char *target, size_t len, const char *name)
+{
+	const char *q = memchr(target, '?', len);
+	size_t nl = strlen(name);
+
+	if (!q)
+		return NULL;
+	q++;
+	while (q < target + len) {
+		const char *amp = memchr(q, '&', (size_t)(target + len - q));
+		const char *pe = amp ? amp : target + len;
+		if ((size_t)(pe - q) > nl && !strncmp(q, name, nl) && q[nl] == '=') {
+			const char *v = q + nl + 1;
+			char *out = malloc((size_t)(pe - v) + 1), *o = out;
+			if (!out)
+				return NULL;
+			for (; v < pe; v++) {
+				if (*v == '%' && pe - v >= 3 && hexval(v[1]) >= 0 &&
+				    hexval(v[2]) >= 0) {
+					*o++ = (char)(hexval(v[1]) * 16 + hexval(v[2]));
+					v += 2;
+				} else {
+					*o++ = *v == '+' ? ' ' : *v;
+				}
+			}
+			*o = '\0';
+			return out;
+		}
+		q = pe + 1;
+	}
+	return NULL;
+}
+
+/* The token a WebSocket client presented, in SPEC order: Authorization bearer, ?token=, the
+ * subprotocol offer "roomcast, <t>". malloc'd, or NULL when none. */
+static char *find_token(const struct head *h)
+{
+	char *t;
+	if (h->authorization_len > 7 && !strncasecmp(h->authorization, "Bearer ", 7)) {
+		const char *v = h->authorization + 7;
+		size_t n = h->authorization_len - 7;
+		trim(&v, &n);
+		return n ? strndup(v, n) : NULL;
+	}
+	if ((t = query_param(h->target, h->target_len, "token")))
+		return t;
+	if (h->protocol_len && contains_token(h->protocol, h->protocol_len, "roomcast")) {
+		/* The offer is a comma list; the token is the entry that is not "roomcast". */
+		const char *p = h->protocol, *e = h->protocol + h->protocol_len;
+		while (p < e) {
+			const char *c = memchr(p, ',', (size_t)(e - p));
+			const char *s = p, *f = c ? c : e;
+			size_t n;
+			while (s < f && (*s == ' ' || *s == '\t'))
+				s++;
+			n = (size_t)(f - s);
+			while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+				n--;
+			if (n && !(n == 8 && !strncasecmp(s, "roomcast", 8)))
+				return strndup(s, n);
+			p = f + 1;
+		}
+	}
+	return NULL;
+}
+
+/* Exact match against WS_ORIGINS; a handshake without Origin is not from a browser and is
+ * allowed (SPEC §2). */
+static bool origin_allowed(const struct head *h)
+{
+	const char *list = g_cfg->ws_origins;
+	char o[256];
+
+	if (!list || !*list || !h->origin)
+		return true;
+	if (h->origin_len >= sizeof(o))
+		return false;
+	memcpy(o, h->origin, h->origin_len);
+	o[h->origin_len] = '\0';
+	return contains_token(list, strlen(list), o);
+}
+
+static bool path_is(const struct head *h, const char *path)
+{
+	size_t n = strlen(path);
+	return h->target_len >= n && !strncmp(h->target, path, n) &&
+	       (h->target_len == n || h->target[n] == '?');
+}
+
+/* Rewrites the head for lws: WebSocket upgrades keep only what the handshake needs (no token
+ * anywhere); plain requests drop Upgrade and HTTP2-Settings so h2c is never offered. */
+static int rewrite(struct pending *p, const struct head *h, bool ws)
+{
+	struct buf b;
+	const char *extra = p->buf + h->head_len;
+	size_t extra_len = p->len - h->head_len;
+
+	buf_init(&b);
+	if (ws) {
+		bool offered =
+		    h->protocol_len && contains_token(h->protocol, h->protocol_len, "roomcast");
+		buf_puts(&b, "GET /ws HTTP/1.1\r\nHost: ");
+		buf_put(&b, h->host ? h->host : "localhost", h->host ? h->host_len : 9);
+		buf_puts(&b,
+		         "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ");
+		buf_put(&b, h->key, h->key_len);
+		buf_puts(&b, "\r\nSec-WebSocket-Version: ");
+		buf_put(&b, h->ws_version ? h->ws_version : "13",
+		        h->ws_version ? h->ws_version_len : 2);
+		buf_puts(&b, "\r\n");
+		if (offered)
+			buf_puts(&b, "Sec-WebSocket-Protocol: roomcast\r\n");
+		buf_puts(&b, "\r\n");
+	} else {
+		const char *line = p->buf, *eol;
+		const char *end = p->buf + h->head_len;
+		while (line < end) {
+			eol = memchr(line, '\n', (size_t)(end - line));
+			size_t n = (size_t)(eol - line) + 1;
+			const char *colon = memchr(line, ':', n);
+			size_t nlen = colon ? (size_t)(colon - line) : 0;
+			if (!(colon && (name_is(line, nlen, "Upgrade") ||
+			                name_is(line, nlen, "HTTP2-Settings"))))
+				buf_put(&b, line, n);
+			line = eol + 1;
+		}
+	}
+	buf_put(&b, extra, extra_len);
+	if (b.failed) {
+		buf_free(&b);
+		return -1;
+	}
+	p->out = b.data;
+	p->out_len = b.len;
+	return 0;
+}
+
+static void hand_off(struct pending *p)
+{
+	p->state = PEND_HANDOFF;
+	pend_close(p);
+}
+
+static void accept_ws(struct pending *p, const struct head *h)
+{
+	struct gate_ticket *t;
+	struct ticket_entry *e;
+	char *token;
+	char *batch;
+
+	if (!path_is(h, "/ws")) {
+		refuse(p, 404, "Not Found", "not found", REFUSE_NOT_FOUND);
+		return;
+	}
+	if (!h->key || !h->key_len) {
+		refuse(p, 400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
+		return;
+	}
+	if (!origin_allowed(h)) {
+		refuse(p, 403, "Forbidden", "origin not allowed", REFUSE_ORIGIN);
+		return;
+	}
+	if (conn_count() + g_ntickets >= g_cfg->max_connections) {
+		refuse(p, 503, "Service Unavailable", "too many connections", REFUSE_CAPACITY);
+		return;
+	}
+	{
+		struct ip_entry *ie = ip_find(p->ip);
+		if (ie && ie->count >= g_cfg->max_connections_per_ip) {
+			refuse(p, 429, "Too Many Requests",
+			       "too many connections from this address", REFUSE_PER_IP);
+			return;
+		}
+	}
+	t = calloc(1, sizeof(*t));
+	e = calloc(1, sizeof(*e));
+	if (!t || !e || rewrite(p, h, true) < 0) {
+		free(t);
+		free(e);
+		refuse(p, 503, "Service Unavailable", "out of memory", REFUSE_CAPACITY);
+		return;
+	}
+	token = find_token(h);
+	if (token) {
+		enum auth_reason why =
+		    auth_verify(g_auth, token, strlen(token), time(NULL), &t->ident);
+		free(token);
+		if (why != AUTH_OK) {
+			metrics.auth_failures[why]++;
+			log_info("handshake refused", "ip", p->ip, "reason", auth_reason_name(why));
+			free(t);
+			free(e);
+			refuse(p, 401, "Unauthorized", "unauthorized", REFUSE_UNAUTHORIZED);
+			return;
+		}
+		t->authenticated = true;
+	}
+	batch = query_param(h->target, h->target_len, "batch");
+	t->batch = batch && (!strcmp(batch, "1") || !strcmp(batch, "true"));
+	free(batch);
+	t->fd = p->fd;
+	snprintf(t->ip, sizeof(t->ip), "%s", p->ip);
+	ip_acquire(p->ip);
+	e->fd = p->fd;
+	e->t = t;
+	HASH_ADD_INT(g_tickets, fd, e);
+	g_ntickets++;
+	hand_off(p);
+}
+
+static void on_readable(uv_poll_t *handle, int status, int events)
+{
+	struct pending *p = handle->data;
+	size_t cap = (size_t)g_cfg->max_header_bytes;
+	struct head h;
+	ssize_t n;
+	int rc;
+
+	if (status < 0) {
+		pend_close(p);
+		return;
+	}
+	n = recv(p->fd, p->buf + p->len, cap - p->len, 0);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+		pend_close(p);
+		return;
+	}
+	if (n < 0)
+		return;
+	p->len += (size_t)n;
+	rc = parse_head(p->buf, p->len, &h);
+	if (rc == 0) {
+		if (p->len == cap)
+			refuse(p, 431, "Request Header Fields Too Large", "request head too large",
+			       REFUSE_BAD_REQUEST);
+		return;
+	}
+	if (rc < 0) {
+		refuse(p, 400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
+		return;
+	}
+	if (h.upgrade && contains_token(h.upgrade, h.upgrade_len, "websocket")) {
+		accept_ws(p, &h);
+		return;
+	}
+	if (rewrite(p, &h, false) < 0) {
+		pend_close(p);
+		return;
+	}
+	hand_off(p);
+}
+
+/* ---- listening ---- */
+
+static void start_pending(int fd, const struct sockaddr_storage *ss)
+{
+	struct pending *p;
+	int one = 1;
+
+	if (g_npending >= MAX_PENDING) {
+		close(fd);
+		return;
+	}
+	p = calloc(1, sizeof(*p) + (size_t)g_cfg->max_header_bytes);
+	if (!p) {
+		close(fd);
+		return;
+	}
+	p->fd = fd;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, p->ip,
+		          sizeof(p->ip));
+	else if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, p->ip,
+		          sizeof(p->ip));
+	if (uv_poll_init(g_loop, &p->poll, fd) < 0) {
+		close(fd);
+		free(p);
+		return;
+	}
+	uv_timer_init(g_loop, &p->timer);
+	p->poll.data = p->timer.data = p;
+	p->next = g_pending;
+	if (g_pending)
+		g_pending->prev = p;
+	g_pending = p;
+	g_npending++;
+	uv_poll_start(&p->poll, UV_READABLE, on_readable);
+	uv_timer_start(&p->timer, on_deadline, (uint64_t)g_cfg->header_timeout_s * 1000, 0);
+}
+
+static void on_accept(uv_poll_t *handle, int status, int events)
+{
+	/* Bounded so one busy listener cannot starve the rest of the loop. */
+	for (int i = 0; i < 128; i++) {
+		struct sockaddr_storage ss;
+		socklen_t sl = sizeof(ss);
+		int fd =
+		    accept4(g_listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EMFILE || errno == ENFILE) {
+				/* Out of descriptors: the level-triggered listener would spin. Use
+				 * the spare descriptor to accept and close at once, so the client
+				 * gets a prompt close instead of hanging in the backlog. */
+				metrics.refused[REFUSE_CAPACITY]++;
+				if (g_spare_fd >= 0) {
+					close(g_spare_fd);
+					fd = accept(g_listen_fd, NULL, NULL);
+					if (fd >= 0)
+						close(fd);
+					g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+				}
+				log_warn("accept failed", "reason", "too many open files");
+			}
+			return;
+		}
+		start_pending(fd, &ss);
+	}
+}
+
+int gate_start(uv_loop_t *loop, const struct config *cfg, const struct auth *auth,
+               struct lws_vhost *vhost)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl;
+	int one = 1;
+
+	g_loop = loop;
+	g_cfg = cfg;
+	g_auth = auth;
+	g_vhost = vhost;
+	memset(&ss, 0, sizeof(ss));
+	if (strchr(cfg->host, ':')) {
+		struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+		a->sin6_family = AF_INET6;
+		a->sin6_port = htons((uint16_t)cfg->port);
+		if (inet_pton(AF_INET6, cfg->host, &a->sin6_addr) != 1)
+			goto bad_host;
+		sl = sizeof(*a);
+	} else {
+		struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+		a->sin_family = AF_INET;
+		a->sin_port = htons((uint16_t)cfg->port);
+		if (inet_pton(AF_INET, cfg->host, &a->sin_addr) != 1)
+			goto bad_host;
+		sl = sizeof(*a);
+	}
+	g_listen_fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (g_listen_fd < 0) {
+		log_error("socket failed", "reason", strerror(errno));
+		return -1;
+	}
+	setsockopt(g_listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* Workers share the port: the kernel spreads new connections over them. */
+	setsockopt(g_listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (bind(g_listen_fd, (struct sockaddr *)&ss, sl) < 0 || listen(g_listen_fd, 4096) < 0) {
+		log_error("bind failed", "reason", strerror(errno), "host", cfg->host);
+		close(g_listen_fd);
+		g_listen_fd = -1;
+		return -1;
+	}
+	g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	uv_poll_init(loop, &g_listen_poll, g_listen_fd);
+	uv_poll_start(&g_listen_poll, UV_READABLE, on_accept);
+	return 0;
+bad_host:
+	log_error("gate_start failed", "reason", "HOST is not an IP address", "host", cfg->host);
+	return -1;
+}
+
+static void on_listen_closed(uv_handle_t *h)
+{
+	close(g_listen_fd);
+	g_listen_fd = -1;
+}
+
+void gate_stop(void)
+{
+	if (g_listen_fd >= 0 && !uv_is_closing((uv_handle_t *)&g_listen_poll)) {
+		uv_poll_stop(&g_listen_poll);
+		uv_close((uv_handle_t *)&g_listen_poll, on_listen_closed);
+	}
+	while (g_pending)
+		pend_close(g_pending);
+	if (g_spare_fd >= 0) {
+		close(g_spare_fd);
+		g_spare_fd = -1;
+	}
+}

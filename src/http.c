@@ -1,0 +1,380 @@
+/* HTTP endpoint logic: health and readiness, admin views, Prometheus metrics, and the notify
+ * door for backend services. Every refusal is a JSON {"error": ...} with the right status. */
+#include "http.h"
+#include "bus.h"
+#include "conn.h"
+#include "log.h"
+#include "metrics.h"
+#include "proto.h"
+#include "room.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static const struct config *g_cfg;
+static const struct auth *g_auth;
+static const char *g_version;
+static time_t g_started;
+static uint64_t g_notify_seq;
+
+static const char *pg_disabled(void)
+{
+	return "disabled";
+}
+
+const char *(*http_postgres_state)(void) = pg_disabled;
+
+void http_setup(const struct config *cfg, const struct auth *auth, const char *version)
+{
+	g_cfg = cfg;
+	g_auth = auth;
+	g_version = version;
+	g_started = time(NULL);
+}
+
+void http_response_free(struct http_response *resp)
+{
+	buf_free(&resp->body);
+}
+
+static void json_error(struct http_response *resp, int status, const char *msg)
+{
+	resp->status = status;
+	resp->content_type = "application/json";
+	buf_puts(&resp->body, "{\"error\":");
+	buf_json_str(&resp->body, msg, strlen(msg));
+	buf_puts(&resp->body, "}");
+}
+
+static void health(struct http_response *resp, bool ready_only)
+{
+	const char *pg = http_postgres_state();
+	const char *redis = bus_state();
+	bool healthy = strcmp(pg, "down") && strcmp(redis, "down");
+
+	resp->content_type = "application/json";
+	if (ready_only) {
+		resp->status = healthy ? 200 : 503;
+		buf_printf(&resp->body, "{\"ready\":%s,\"postgres\":\"%s\",\"redis\":\"%s\"}",
+		           healthy ? "true" : "false", pg, redis);
+		return;
+	}
+	resp->status = 200;
+	buf_printf(&resp->body,
+	           "{\"status\":\"%s\",\"service\":\"roomcast\",\"version\":\"%s\",\"node\":",
+	           healthy ? "healthy" : "degraded", g_version);
+	buf_json_str(&resp->body, g_cfg->node_id, strlen(g_cfg->node_id));
+	buf_printf(&resp->body,
+	           ",\"uptime_s\":%ld,\"connections\":%lld,\"postgres\":\"%s\",\"redis\":\"%s\"}",
+	           (long)(time(NULL) - g_started), (long long)conn_count(), pg, redis);
+}
+
+/* The bearer token of the request (from the header only: admin and notify tokens are never
+ * accepted in URLs, which end up in proxy logs). */
+static const char *bearer(const struct http_request *req, size_t *len)
+{
+	const char *a = req->authorization;
+	if (!a || strncasecmp(a, "Bearer ", 7))
+		return NULL;
+	a += 7;
+	while (*a == ' ')
+		a++;
+	*len = strlen(a);
+	return *len ? a : NULL;
+}
+
+/* Verifies the bearer JWT; on failure fills resp with 401 and returns false. */
+static bool require_jwt(const struct http_request *req, struct http_response *resp,
+                        struct auth_identity *id)
+{
+	size_t len;
+	const char *tok = bearer(req, &len);
+	enum auth_reason why;
+
+	if (!tok) {
+		json_error(resp, 401, "unauthorized");
+		return false;
+	}
+	why = auth_verify(g_auth, tok, len, time(NULL), id);
+	if (why != AUTH_OK) {
+		metrics.auth_failures[why]++;
+		json_error(resp, 401, "unauthorized");
+		return false;
+	}
+	return true;
+}
+
+static void count_room(const struct room *r, void *arg)
+{
+	struct buf *b = arg;
+	uint32_t n;
+	room_members(r, &n);
+	if (b->data[b->len - 1] != '{')
+		buf_puts(b, ",");
+	buf_json_str(b, room_name(r), strlen(room_name(r)));
+	buf_printf(b, ":%u", n);
+}
+
+static void admin_clients(const struct http_request *req, struct http_response *resp)
+{
+	struct auth_identity id;
+
+	if (!require_jwt(req, resp, &id))
+		return;
+	if (!auth_is_admin(&id)) {
+		auth_identity_clear(&id);
+		json_error(resp, 403, "forbidden");
+		return;
+	}
+	auth_identity_clear(&id);
+	resp->status = 200;
+	resp->content_type = "application/json";
+	buf_printf(&resp->body, "{\"clients\":%lld,\"rooms\":{", (long long)conn_count());
+	room_foreach(count_room, &resp->body);
+	buf_puts(&resp->body, "},\"node\":");
+	buf_json_str(&resp->body, g_cfg->node_id, strlen(g_cfg->node_id));
+	buf_puts(&resp->body, "}");
+}
+
+static void render_metrics(struct http_response *resp)
+{
+	struct buf *b = &resp->body;
+
+	resp->status = 200;
+	resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
+	buf_printf(b,
+	           "# HELP roomcast_connections WebSocket clients connected now.\n"
+	           "# TYPE roomcast_connections gauge\nroomcast_connections %lld\n"
+	           "# HELP roomcast_connections_total WebSocket clients accepted.\n"
+	           "# TYPE roomcast_connections_total counter\nroomcast_connections_total %llu\n"
+	           "# HELP roomcast_rooms Rooms with at least one member.\n"
+	           "# TYPE roomcast_rooms gauge\nroomcast_rooms %zu\n",
+	           (long long)metrics.connections, (unsigned long long)metrics.connections_total,
+	           room_count());
+	buf_printf(b,
+	           "# HELP roomcast_messages_in_total Client messages received.\n"
+	           "# TYPE roomcast_messages_in_total counter\nroomcast_messages_in_total %llu\n",
+	           (unsigned long long)metrics.messages_in);
+	buf_puts(b, "# HELP roomcast_messages_routed_total Messages routed to rooms, by source.\n"
+	            "# TYPE roomcast_messages_routed_total counter\n");
+	for (int i = 0; i < SRC_COUNT; i++)
+		buf_printf(b, "roomcast_messages_routed_total{source=\"%s\"} %llu\n",
+		           metrics_source_names[i], (unsigned long long)metrics.messages_routed[i]);
+	buf_printf(
+	    b,
+	    "# HELP roomcast_messages_out_total Room messages written to clients.\n"
+	    "# TYPE roomcast_messages_out_total counter\nroomcast_messages_out_total %llu\n"
+	    "# HELP roomcast_bytes_out_total Bytes of WebSocket payload written.\n"
+	    "# TYPE roomcast_bytes_out_total counter\nroomcast_bytes_out_total %llu\n"
+	    "# HELP roomcast_client_errors_total Error replies sent to clients.\n"
+	    "# TYPE roomcast_client_errors_total counter\nroomcast_client_errors_total %llu\n",
+	    (unsigned long long)metrics.deliveries, (unsigned long long)metrics.bytes_out,
+	    (unsigned long long)metrics.client_errors);
+	buf_puts(b, "# HELP roomcast_closes_total Connections closed by the server, by reason.\n"
+	            "# TYPE roomcast_closes_total counter\n");
+	for (int i = 0; i < CLOSE_COUNT; i++)
+		buf_printf(b, "roomcast_closes_total{reason=\"%s\"} %llu\n", metrics_close_names[i],
+		           (unsigned long long)metrics.closes[i]);
+	buf_puts(b, "# HELP roomcast_handshakes_refused_total Connections refused before the "
+	            "upgrade, by reason.\n# TYPE roomcast_handshakes_refused_total counter\n");
+	for (int i = 0; i < REFUSE_COUNT; i++)
+		buf_printf(b, "roomcast_handshakes_refused_total{reason=\"%s\"} %llu\n",
+		           metrics_refuse_names[i], (unsigned long long)metrics.refused[i]);
+	buf_puts(b, "# HELP roomcast_auth_failures_total Tokens refused, by reason.\n"
+	            "# TYPE roomcast_auth_failures_total counter\n");
+	for (int i = 1; i < AUTH_REASON_COUNT; i++)
+		buf_printf(b, "roomcast_auth_failures_total{reason=\"%s\"} %llu\n",
+		           auth_reason_name((enum auth_reason)i),
+		           (unsigned long long)metrics.auth_failures[i]);
+	buf_puts(b, "# HELP roomcast_http_requests_total HTTP responses, by status class.\n"
+	            "# TYPE roomcast_http_requests_total counter\n");
+	for (int i = 1; i <= 5; i++)
+		buf_printf(b, "roomcast_http_requests_total{code=\"%dxx\"} %llu\n", i,
+		           (unsigned long long)metrics.http_requests[i]);
+	buf_puts(b, "# HELP roomcast_delivery_latency_seconds From event arrival to the write to "
+	            "the client.\n# TYPE roomcast_delivery_latency_seconds histogram\n");
+	for (int i = 0; i < METRICS_LAT_BUCKETS; i++)
+		buf_printf(b, "roomcast_delivery_latency_seconds_bucket{le=\"%g\"} %llu\n",
+		           metrics_lat_bounds[i], (unsigned long long)metrics.lat_buckets[i]);
+	buf_printf(b,
+	           "roomcast_delivery_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
+	           "roomcast_delivery_latency_seconds_sum %.9f\n"
+	           "roomcast_delivery_latency_seconds_count %llu\n",
+	           (unsigned long long)metrics.lat_count, metrics.lat_sum,
+	           (unsigned long long)metrics.lat_count);
+}
+
+/* ---- POST /api/notify ---- */
+
+static bool notify_authorized(const struct http_request *req, struct http_response *resp)
+{
+	size_t len;
+	const char *tok = bearer(req, &len);
+	struct auth_identity id;
+	enum auth_reason why;
+	bool ok;
+
+	if (!tok) {
+		json_error(resp, 401, "unauthorized");
+		return false;
+	}
+	if (g_cfg->notify_token && *g_cfg->notify_token &&
+	    util_consttime_eq(tok, len, g_cfg->notify_token, strlen(g_cfg->notify_token)))
+		return true;
+	why = auth_verify(g_auth, tok, len, time(NULL), &id);
+	if (why != AUTH_OK) {
+		metrics.auth_failures[why]++;
+		json_error(resp, 401, "unauthorized");
+		return false;
+	}
+	ok = auth_is_admin(&id) || auth_is_service(&id);
+	auth_identity_clear(&id);
+	if (!ok)
+		json_error(resp, 403, "forbidden: role admin or service required");
+	return ok;
+}
+
+static void notify(const struct http_request *req, struct http_response *resp)
+{
+	json_tokener *tok;
+	json_object *root, *event, *data, *room, *user, *persist;
+	char room_name_buf[ROOM_NAME_MAX + 1], id[160], id_raw[170], ts[UTIL_TS_LEN];
+	const char *data_raw;
+	struct frame *f;
+	size_t end;
+
+	if (!notify_authorized(req, resp))
+		return;
+	tok = json_tokener_new_ex(PROTO_MAX_DEPTH);
+	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	root = json_tokener_parse_ex(tok, req->body, (int)req->body_len);
+	end = json_tokener_get_parse_end(tok);
+	if (json_tokener_get_error(tok) != json_tokener_success || !root) {
+		json_tokener_free(tok);
+		json_object_put(root);
+		json_error(resp, 400, "malformed JSON");
+		return;
+	}
+	json_tokener_free(tok);
+	for (; end < req->body_len; end++)
+		if (!strchr(" \t\r\n", req->body[end])) {
+			json_object_put(root);
+			json_error(resp, 400, "trailing bytes after JSON");
+			return;
+		}
+	if (!json_object_is_type(root, json_type_object) ||
+	    !json_object_object_get_ex(root, "event", &event) ||
+	    !json_object_is_type(event, json_type_string) || !json_object_get_string_len(event)) {
+		json_object_put(root);
+		json_error(resp, 400, "event is required");
+		return;
+	}
+	if (json_object_object_get_ex(root, "room", &room) &&
+	    json_object_is_type(room, json_type_string)) {
+		snprintf(room_name_buf, sizeof(room_name_buf), "%s", json_object_get_string(room));
+	} else if (json_object_object_get_ex(root, "user_id", &user) &&
+	           (json_object_is_type(user, json_type_string) ||
+	            json_object_is_type(user, json_type_int))) {
+		snprintf(room_name_buf, sizeof(room_name_buf), "user-%s",
+		         json_object_get_string(user));
+	} else {
+		json_object_put(root);
+		json_error(resp, 400, "room or user_id is required");
+		return;
+	}
+	if (!room_name_valid(room_name_buf, strlen(room_name_buf))) {
+		json_object_put(root);
+		json_error(resp, 400, "invalid room name");
+		return;
+	}
+	if (json_object_object_get_ex(root, "persist", &persist) &&
+	    json_object_get_boolean(persist)) {
+		json_object_put(root);
+		json_error(resp, 503, "persist needs PostgreSQL, which is not available");
+		return;
+	}
+	data_raw = json_object_object_get_ex(root, "data", &data)
+	               ? json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN)
+	               : "null";
+	snprintf(id, sizeof(id), "%s-n%llu", g_cfg->node_id, (unsigned long long)++g_notify_seq);
+	snprintf(id_raw, sizeof(id_raw), "\"%s\"", id);
+	util_timestamp(ts);
+	f = proto_event_envelope(id_raw, json_object_get_string(event), room_name_buf, ts, data_raw,
+	                         "{\"source\":\"notify\"}");
+	json_object_put(root);
+	if (!f || bus_publish(room_name_buf, (const char *)frame_data(f), f->len, SRC_NOTIFY) < 0) {
+		frame_unref(f);
+		json_error(resp, 503, "notification could not be published");
+		return;
+	}
+	frame_unref(f);
+	resp->status = 200;
+	resp->content_type = "application/json";
+	buf_puts(&resp->body, "{\"status\":\"success\",\"message\":\"Notification sent\",\"id\":");
+	buf_json_str(&resp->body, id, strlen(id));
+	buf_puts(&resp->body, "}");
+}
+
+static bool is_json_type(const char *ct)
+{
+	size_t n = strlen("application/json");
+	return ct && !strncasecmp(ct, "application/json", n) && (ct[n] == '\0' || ct[n] == ';');
+}
+
+bool http_wants_body(const struct http_request *req, struct http_response *resp)
+{
+	if (strcmp(req->path, "/api/notify"))
+		return false;
+	if (strcmp(req->method, "POST")) {
+		json_error(resp, 405, "method not allowed");
+		resp->extra_headers = "Allow: POST\r\n";
+		return false;
+	}
+	if (!is_json_type(req->content_type)) {
+		json_error(resp, 415, "content type must be application/json");
+		return false;
+	}
+	if (req->content_length > g_cfg->notify_max_bytes) {
+		json_error(resp, 413, "body too large");
+		return false;
+	}
+	return true;
+}
+
+void http_handle(const struct http_request *req, struct http_response *resp)
+{
+	bool get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
+	const char *p = req->path;
+
+	if (!strcmp(p, "/api/notify")) {
+		if (http_wants_body(req, resp)) {
+			if (req->body_len > (size_t)g_cfg->notify_max_bytes)
+				json_error(resp, 413, "body too large");
+			else
+				notify(req, resp);
+		}
+		return;
+	}
+	if (strcmp(p, "/health") && strcmp(p, "/ready") && strcmp(p, "/metrics") &&
+	    strcmp(p, "/admin/clients")) {
+		json_error(resp, 404, "not found");
+		return;
+	}
+	if (!get) {
+		json_error(resp, 405, "method not allowed");
+		resp->extra_headers = "Allow: GET\r\n";
+		return;
+	}
+	if (!strcmp(p, "/health"))
+		health(resp, false);
+	else if (!strcmp(p, "/ready"))
+		health(resp, true);
+	else if (!strcmp(p, "/metrics"))
+		render_metrics(resp);
+	else
+		admin_clients(req, resp);
+}

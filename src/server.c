@@ -1,0 +1,528 @@
+/* Wires the loop: libuv owns it, lws runs on it as a foreign loop, the gate accepts sockets and
+ * hands them to lws, and this file's protocol callback routes lws events to the connection,
+ * session and HTTP modules. Also signals, the reaper and the shutdown sequence. */
+#include "server.h"
+#include "auth.h"
+#include "authz.h"
+#include "bus.h"
+#include "conn.h"
+#include "gate.h"
+#include "http.h"
+#include "log.h"
+#include "metrics.h"
+#include "proto.h"
+#include "session.h"
+
+#include <libwebsockets.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <uv.h>
+
+/* Per-wsi storage lws allocates for us. */
+struct pss {
+	struct conn *conn;
+	struct http_x *http;
+};
+
+/* One HTTP exchange on a wsi (keep-alive reuses the wsi for the next one). */
+struct http_x {
+	char method[8];
+	char path[128];
+	char query[512];
+	char authorization[4096];
+	char content_type[128];
+	long content_length;
+	bool refused; /* answered before reading the body */
+	struct buf body;
+	struct http_response resp;
+};
+
+enum srv_state { SRV_STARTING = 0, SRV_RUNNING, SRV_DRAINING, SRV_STOPPING };
+
+static struct config *g_cfg;
+static struct auth *g_auth;
+static uv_loop_t g_loop;
+static struct lws_context *g_ctx;
+static struct lws_vhost *g_vhost;
+static uv_signal_t g_sigterm, g_sigint;
+static uv_check_t g_reaper;
+static uv_timer_t g_drain_timer;
+static uint64_t g_drain_started;
+static enum srv_state g_state;
+
+static void set_state(enum srv_state s)
+{
+	static const char *names[] = {"starting", "running", "draining", "stopping"};
+	log_info("server state", "from", names[g_state], "to", names[s]);
+	g_state = s;
+}
+
+/* ---- HTTP ---- */
+
+static void copy_hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, size_t cap)
+{
+	dst[0] = '\0';
+	if (lws_hdr_total_length(wsi, t) > 0 && lws_hdr_copy(wsi, dst, (int)cap, t) < 0)
+		dst[0] = '\0';
+}
+
+static struct http_x *http_begin(struct lws *wsi, struct pss *pss, const char *uri)
+{
+	static const struct {
+		enum lws_token_indexes tok;
+		const char *name;
+	} methods[] = {
+	    {WSI_TOKEN_GET_URI, "GET"},     {WSI_TOKEN_POST_URI, "POST"},
+	    {WSI_TOKEN_PUT_URI, "PUT"},     {WSI_TOKEN_DELETE_URI, "DELETE"},
+	    {WSI_TOKEN_PATCH_URI, "PATCH"}, {WSI_TOKEN_OPTIONS_URI, "OPTIONS"},
+	    {WSI_TOKEN_HEAD_URI, "HEAD"},
+	};
+	struct http_x *x = calloc(1, sizeof(*x));
+	char cl[32];
+
+	if (!x)
+		return NULL;
+	snprintf(x->method, sizeof(x->method), "OTHER");
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+		if (lws_hdr_total_length(wsi, methods[i].tok) > 0) {
+			snprintf(x->method, sizeof(x->method), "%s", methods[i].name);
+			break;
+		}
+	snprintf(x->path, sizeof(x->path), "%s", uri ? uri : "/");
+	copy_hdr(wsi, WSI_TOKEN_HTTP_URI_ARGS, x->query, sizeof(x->query));
+	copy_hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, x->authorization, sizeof(x->authorization));
+	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, x->content_type, sizeof(x->content_type));
+	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl));
+	x->content_length = cl[0] ? strtol(cl, NULL, 10) : -1;
+	buf_init(&x->body);
+	pss->http = x;
+	return x;
+}
+
+static void http_end(struct pss *pss)
+{
+	if (!pss->http)
+		return;
+	buf_free(&pss->http->body);
+	http_response_free(&pss->http->resp);
+	free(pss->http);
+	pss->http = NULL;
+}
+
+static void fill_request(struct http_x *x, struct http_request *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->method = x->method;
+	req->path = x->path;
+	req->query = x->query;
+	req->authorization = x->authorization[0] ? x->authorization : NULL;
+	req->content_type = x->content_type[0] ? x->content_type : NULL;
+	req->content_length = x->content_length;
+	req->body = x->body.data ? x->body.data : "";
+	req->body_len = x->body.len;
+}
+
+/* Writes the prepared response from the HTTP writeable callback. */
+static int http_write(struct lws *wsi, struct http_x *x)
+{
+	unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start,
+	                                   *end = hdr + sizeof(hdr) - 1;
+	struct http_response *r = &x->resp;
+	size_t len = r->body.len;
+	int n;
+
+	metrics.http_requests[r->status / 100]++;
+	if (lws_add_http_common_headers(wsi, (unsigned)r->status, r->content_type, len, &p, end) ||
+	    lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
+	                                (const unsigned char *)"nosniff", 7, &p, end) ||
+	    lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+	                                (const unsigned char *)"no-store", 8, &p, end))
+		return -1;
+	if (r->extra_headers) {
+		n = (int)strlen(r->extra_headers);
+		if (p + n >= end)
+			return -1;
+		memcpy(p, r->extra_headers, (size_t)n);
+		p += n;
+	}
+	if (lws_finalize_write_http_header(wsi, start, &p, end))
+		return -1;
+	if (len && strcmp(x->method, "HEAD")) {
+		/* lws may write a protocol header in front of the payload: give it headroom. */
+		unsigned char *out = malloc(LWS_PRE + len);
+		if (!out)
+			return -1;
+		memcpy(out + LWS_PRE, r->body.data, len);
+		n = lws_write(wsi, out + LWS_PRE, len, LWS_WRITE_HTTP_FINAL);
+		free(out);
+		if (n < (int)len)
+			return -1;
+	}
+	/* A request refused before its body leaves unread bytes: close instead of reusing. */
+	if (x->refused)
+		return -1;
+	return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static void respond(struct lws *wsi, struct http_x *x)
+{
+	struct http_request req;
+	if (!x->resp.status) {
+		fill_request(x, &req);
+		http_handle(&req, &x->resp);
+	}
+	lws_callback_on_writable(wsi);
+}
+
+/* ---- WebSocket ---- */
+
+static void detach(struct pss *pss)
+{
+	if (!pss || !pss->conn)
+		return;
+	gate_ip_release(pss->conn->ip);
+	conn_detach(pss->conn);
+	pss->conn = NULL;
+}
+
+static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t len)
+{
+	bool complete = lws_is_final_fragment(wsi) && !lws_remaining_packet_payload(wsi);
+
+	if (!conn_alive(c))
+		return 0;
+	if (c->rx.len + len > (size_t)g_cfg->max_message_size) {
+		metrics.closes[CLOSE_TOO_BIG]++;
+		lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+		                 (unsigned char *)"message too big", 15);
+		return -1;
+	}
+	if (lws_frame_is_binary(wsi)) {
+		if (complete)
+			conn_reply(c, proto_error(PROTO_BAD_JSON, "binary frames are not supported",
+			                          NULL));
+		return 0;
+	}
+	/* The common case, a whole message in one callback, is parsed in place. */
+	if (complete && !c->rx.len) {
+		sess_message(c, in, len);
+		return 0;
+	}
+	buf_put(&c->rx, in, len);
+	if (c->rx.failed)
+		return -1;
+	if (complete) {
+		sess_message(c, c->rx.data, c->rx.len);
+		/* Release the assembly buffer: idle connections should not keep it. */
+		buf_free(&c->rx);
+	}
+	return 0;
+}
+
+static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len)
+{
+	struct pss *pss = user;
+
+	switch (reason) {
+	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+		/* Only upgrades the gate checked carry a ticket; an upgrade that arrives later on
+		 * a kept-alive HTTP connection bypassed the gate and is refused. */
+		struct gate_ticket *t = gate_ticket_take(lws_get_socket_fd(wsi));
+		struct conn *c;
+		if (!t || g_state != SRV_RUNNING) {
+			gate_ticket_free(t, true);
+			return 1;
+		}
+		c = conn_new(wsi, t->ip, t->batch);
+		if (!c) {
+			gate_ticket_free(t, true);
+			return 1;
+		}
+		if (t->authenticated) {
+			c->ident = t->ident;
+			memset(&t->ident, 0, sizeof(t->ident));
+			c->state = CONN_OPEN; /* sess_open below finishes the transition */
+		}
+		gate_ticket_free(t, false);
+		pss->conn = c;
+		return 0;
+	}
+	case LWS_CALLBACK_ESTABLISHED:
+		if (!pss->conn)
+			return -1;
+		sess_open(pss->conn, pss->conn->state == CONN_OPEN);
+		return 0;
+	case LWS_CALLBACK_RECEIVE:
+		return pss->conn ? on_receive(wsi, pss->conn, in, len) : -1;
+	case LWS_CALLBACK_SERVER_WRITEABLE:
+		return pss->conn ? conn_on_writeable(pss->conn) : -1;
+	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+		if (pss->conn && conn_alive(pss->conn))
+			metrics.closes[CLOSE_PEER]++;
+		return 0;
+	case LWS_CALLBACK_CLOSED:
+		detach(pss);
+		return 0;
+	case LWS_CALLBACK_HTTP: {
+		struct http_x *x;
+		struct http_request req;
+		http_end(pss);
+		x = http_begin(wsi, pss, in);
+		if (!x)
+			return -1;
+		fill_request(x, &req);
+		if (http_wants_body(&req, &x->resp))
+			return 0; /* the body follows in LWS_CALLBACK_HTTP_BODY */
+		if (x->resp.status)
+			x->refused = !strcmp(x->method, "POST");
+		respond(wsi, x);
+		return 0;
+	}
+	case LWS_CALLBACK_HTTP_BODY:
+		if (!pss->http)
+			return -1;
+		if (pss->http->body.len + len > (size_t)g_cfg->notify_max_bytes) {
+			/* Refuse as soon as the limit is crossed, without buffering the rest. */
+			struct http_request req;
+			fill_request(pss->http, &req);
+			if (!pss->http->resp.status) {
+				pss->http->resp.status = 413;
+				pss->http->resp.content_type = "application/json";
+				buf_puts(&pss->http->resp.body, "{\"error\":\"body too large\"}");
+				pss->http->refused = true;
+				respond(wsi, pss->http);
+			}
+			return 0;
+		}
+		buf_put(&pss->http->body, in, len);
+		return 0;
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+		if (!pss->http)
+			return -1;
+		if (!pss->http->resp.status)
+			respond(wsi, pss->http);
+		return 0;
+	case LWS_CALLBACK_HTTP_WRITEABLE: {
+		int rc;
+		if (!pss->http || !pss->http->resp.status)
+			return 0;
+		rc = http_write(wsi, pss->http);
+		http_end(pss);
+		return rc;
+	}
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		http_end(pss);
+		return 0;
+	case LWS_CALLBACK_WSI_DESTROY:
+		if (pss) {
+			detach(pss);
+			http_end(pss);
+		}
+		/* A socket the gate handed over that never reached the upgrade filter. */
+		gate_ticket_free(gate_ticket_take(lws_get_socket_fd(wsi)), true);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+static const struct lws_protocols protocols[] = {
+    {"roomcast", callback, sizeof(struct pss), 4096, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0},
+};
+
+/* lws logs go through our logger at warn/error only. Some lws lines are noise for us (the
+ * adoption path logs at error level on success). */
+static void lws_log(int level, const char *line)
+{
+	char msg[512];
+	size_t n = strlen(line);
+
+	if (strstr(line, "calling service") || strstr(line, "deferring handling ah"))
+		return;
+	while (n && (line[n - 1] == '\n' || line[n - 1] == ' '))
+		n--;
+	snprintf(msg, sizeof(msg), "%.*s", (int)n, line);
+	log_write(level == LLL_ERR ? LOG_ERROR : LOG_WARN, "libwebsockets", "detail", msg,
+	          (const char *)0);
+}
+
+/* ---- lifecycle ---- */
+
+static void on_reap(uv_check_t *h)
+{
+	conn_reap();
+}
+
+static void close_walk(uv_handle_t *h, void *arg)
+{
+	if (!uv_is_closing(h))
+		uv_close(h, NULL);
+}
+
+static void finish(void)
+{
+	set_state(SRV_STOPPING);
+	uv_timer_stop(&g_drain_timer);
+	uv_close((uv_handle_t *)&g_drain_timer, NULL);
+	uv_signal_stop(&g_sigterm);
+	uv_signal_stop(&g_sigint);
+	uv_close((uv_handle_t *)&g_sigterm, NULL);
+	uv_close((uv_handle_t *)&g_sigint, NULL);
+	bus_stop();
+	lws_context_destroy(g_ctx);
+	g_ctx = NULL;
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+	uint64_t waited_ms = (uv_now(&g_loop) - g_drain_started);
+	if (conn_count() == 0 || waited_ms >= (uint64_t)g_cfg->shutdown_grace_ms)
+		finish();
+}
+
+static void begin_shutdown(const char *why)
+{
+	struct conn *c;
+
+	if (g_state != SRV_RUNNING)
+		return;
+	log_info("shutting down", "signal", why);
+	set_state(SRV_DRAINING);
+	gate_stop();
+	for (c = conn_first(); c; c = c->next)
+		conn_close(c, 1001, "server shutting down", true);
+	g_drain_started = uv_now(&g_loop);
+	uv_timer_start(&g_drain_timer, on_drain_tick, 20, 20);
+}
+
+static void on_signal(uv_signal_t *s, int signum)
+{
+	begin_shutdown(signum == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+int srv_run(struct config *cfg)
+{
+	struct lws_context_creation_info info;
+	static lws_retry_bo_t retry;
+	void *foreign[1];
+	struct auth_config ac;
+	char err[256] = "";
+	char *pem = NULL;
+	int rc = 0;
+
+	g_cfg = cfg;
+	memset(&ac, 0, sizeof(ac));
+	if (cfg->jwt_public_key_file && *cfg->jwt_public_key_file) {
+		FILE *f = fopen(cfg->jwt_public_key_file, "r");
+		size_t n;
+		if (!f || !(pem = calloc(1, 65536)) || (n = fread(pem, 1, 65535, f)) == 0) {
+			fprintf(stderr,
+			        "roomcast: invalid JWT_PUBLIC_KEY_FILE=%s: cannot read it\n",
+			        cfg->jwt_public_key_file);
+			if (f)
+				fclose(f);
+			free(pem);
+			return 2;
+		}
+		fclose(f);
+	}
+	ac.secret = (const unsigned char *)cfg->jwt_secret;
+	ac.secret_len = cfg->jwt_secret ? strlen(cfg->jwt_secret) : 0;
+	ac.public_key_pem = pem;
+	ac.algorithms = cfg->jwt_alg_mask;
+	ac.issuer = cfg->jwt_issuer;
+	ac.audience = cfg->jwt_audience;
+	ac.leeway_s = (int)cfg->jwt_leeway_s;
+	g_auth = auth_new(&ac, err, sizeof(err));
+	free(pem);
+	if (!g_auth) {
+		fprintf(stderr, "roomcast: invalid JWT configuration: %s\n", err);
+		return 2;
+	}
+	if (!cfg->production && cfg->jwt_secret && strlen(cfg->jwt_secret) < 32)
+		log_warn(
+		    "JWT_SECRET is shorter than 32 bytes; refused when ENVIRONMENT=production");
+	if (!cfg->ws_origins || !*cfg->ws_origins)
+		log_warn("WS_ORIGINS is unset: WebSocket handshakes from any Origin are allowed");
+
+	signal(SIGPIPE, SIG_IGN);
+	uv_loop_init(&g_loop);
+	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+
+	/* lws pings a connection idle for PING_INTERVAL_S and hangs up when nothing valid
+	 * (a pong or any frame) arrived for PONG_TIMEOUT_S. */
+	retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
+	retry.secs_since_valid_hangup = (uint16_t)cfg->pong_timeout_s;
+
+	memset(&info, 0, sizeof(info));
+	foreign[0] = &g_loop;
+	info.foreign_loops = foreign;
+	info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_VALIDATE_UTF8 |
+	               LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+	info.port = CONTEXT_PORT_NO_LISTEN_SERVER;
+	info.protocols = protocols;
+	info.retry_and_idle_policy = &retry;
+	info.timeout_secs = (unsigned)cfg->header_timeout_s;
+	info.keepalive_timeout = 30;
+	info.max_http_header_pool = 1024;
+	info.max_http_header_data = (unsigned short)cfg->max_header_bytes;
+	info.alpn = "http/1.1";
+	info.vhost_name = "roomcast";
+	g_ctx = lws_create_context(&info);
+	if (!g_ctx) {
+		log_error("lws_create_context failed", "reason", "see libwebsockets log");
+		auth_free(g_auth);
+		return 1;
+	}
+	g_vhost = lws_create_vhost(g_ctx, &info);
+	if (!g_vhost) {
+		log_error("lws_create_vhost failed", "reason", "see libwebsockets log");
+		lws_context_destroy(g_ctx);
+		auth_free(g_auth);
+		return 1;
+	}
+	conn_setup(cfg, g_ctx);
+	sess_setup(cfg, g_auth, g_ctx);
+	authz_setup(cfg);
+	http_setup(cfg, g_auth, ROOMCAST_VERSION);
+	if (bus_start(cfg, &g_loop) < 0 || gate_start(&g_loop, cfg, g_auth, g_vhost) < 0) {
+		lws_context_destroy(g_ctx);
+		auth_free(g_auth);
+		return 1;
+	}
+	uv_check_init(&g_loop, &g_reaper);
+	uv_check_start(&g_reaper, on_reap);
+	uv_unref((uv_handle_t *)&g_reaper);
+	uv_timer_init(&g_loop, &g_drain_timer);
+	uv_signal_init(&g_loop, &g_sigterm);
+	uv_signal_init(&g_loop, &g_sigint);
+	uv_signal_start(&g_sigterm, on_signal, SIGTERM);
+	uv_signal_start(&g_sigint, on_signal, SIGINT);
+	set_state(SRV_RUNNING);
+	{
+		char port[12];
+		snprintf(port, sizeof(port), "%ld", cfg->port);
+		log_info("roomcast ready", "host", cfg->host, "port", port, "version",
+		         ROOMCAST_VERSION, "authz",
+		         cfg->authz_mode == AUTHZ_SQL    ? "sql"
+		         : cfg->authz_mode == AUTHZ_HTTP ? "http"
+		                                         : "claims");
+	}
+	uv_run(&g_loop, UV_RUN_DEFAULT);
+	/* lws has closed its handles; close anything left and let the close callbacks run. */
+	uv_check_stop(&g_reaper);
+	conn_reap();
+	uv_walk(&g_loop, close_walk, NULL);
+	uv_run(&g_loop, UV_RUN_DEFAULT);
+	if (uv_loop_close(&g_loop))
+		log_warn("uv_loop_close failed", "reason", "handles still open");
+	room_reset();
+	auth_free(g_auth);
+	log_info("stopped");
+	return rc;
+}
