@@ -1,0 +1,762 @@
+"""The database contract (SPEC §7, §8) against a real PostgreSQL: the migrations applied the DBA
+way (`psql -f`, in order, and again), the outbox and realtime.publish, the marketplace and
+realtime.watch triggers as seen by a LISTEN on realtime_events, realtime.can_join, down/up and
+prune. With ROOMCAST_BIN set, also `roomcast migrate`.
+
+Run: /usr/bin/python3 -m pytest tests/integration/test_sql.py
+"""
+
+import collections
+import datetime
+import glob
+import hashlib
+import itertools
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+
+import psycopg2
+import psycopg2.errors
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pgcluster import PgCluster  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIGRATIONS = os.path.join(ROOT, "migrations")
+UP_FILES = sorted(f for f in glob.glob(os.path.join(MIGRATIONS, "[0-9]*.sql"))
+                  if not f.endswith(".down.sql"))
+DOWN_FILES = [f[:-len(".sql")] + ".down.sql" for f in reversed(UP_FILES)]
+MARKETPLACE = os.path.join(ROOT, "sql", "marketplace.sql")
+DEMO = os.path.join(ROOT, "sql", "demo.sql")
+
+CHANNEL = "realtime_events"
+MARKER = "test_marker"
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+REALTIME_TRIGGERS = """
+    SELECT tgrelid::regclass::text, tgname FROM pg_trigger
+     WHERE NOT tgisinternal AND tgname LIKE 'realtime%' ORDER BY 1, 2"""
+MARKET_TRIGGERS = [('"order"', "realtime_order"), ('"order"', "realtime_order_stash"),
+                   ("delivery", "realtime_delivery"), ("delivery", "realtime_delivery_stash"),
+                   ("product", "realtime_product")]
+
+_names = itertools.count(1)
+
+
+def apply_files(cluster, dbname, files):
+    for path in files:
+        proc = cluster.psql_file(path, dbname=dbname, check=False)
+        assert proc.returncode == 0, "psql -f %s: %s" % (os.path.basename(path), proc.stderr)
+        assert "ERROR" not in proc.stderr, proc.stderr
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = PgCluster()
+    c.start()
+    # Templates, so each test gets a fresh database in milliseconds.
+    c.create_database("tmpl_market")
+    apply_files(c, "tmpl_market", [MARKETPLACE, DEMO] + UP_FILES)
+    c.create_database("tmpl_market_only")
+    apply_files(c, "tmpl_market_only", [MARKETPLACE, DEMO])
+    yield c
+    c.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def pg_log_on_failure(request, cluster):
+    """Prints what the server logged during a test when that test failed."""
+    failed_before = request.session.testsfailed
+    start = len(cluster.logs())
+    yield
+    if request.session.testsfailed > failed_before:
+        print("---- PostgreSQL log during the test ----")
+        for line in (cluster.logs()[start:] or "(nothing)").splitlines():
+            print(line if len(line) <= 2000 else line[:2000] + "... (%d bytes)" % len(line))
+
+
+class Db:
+    """One database of the cluster with helpers for running SQL and collecting events."""
+
+    def __init__(self, cluster, name):
+        self.cluster = cluster
+        self.name = name
+        self.dsn = cluster.dsn_for(name)
+
+    def connect(self, autocommit=True):
+        return self.cluster.connect(self.name, autocommit=autocommit)
+
+    def sql(self, sql, params=None):
+        return self.cluster.psql(sql, params, dbname=self.name)
+
+    def one(self, sql, params=None):
+        rows = self.sql(sql, params)
+        assert rows and len(rows) == 1, rows
+        return rows[0][0]
+
+    def listen(self):
+        return Listener(self)
+
+    def apply(self, files):
+        apply_files(self.cluster, self.name, files)
+
+
+class Listener:
+    """LISTENs on realtime_events. drain() publishes a marker event and returns every
+    notification that arrived before it: NOTIFYs are delivered in commit order, so that is
+    everything committed before drain() was called, with no sleeping."""
+
+    def __init__(self, db):
+        self.db = db
+        self.conn = db.connect()
+        with self.conn.cursor() as cur:
+            cur.execute("LISTEN " + CHANNEL)
+
+    def drain(self, timeout=10):
+        marker_id = self.db.one("SELECT realtime.publish(%s, ARRAY['marker'], '{}')", (MARKER,))
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            self.conn.poll()
+            while self.conn.notifies:
+                n = self.conn.notifies.pop(0)
+                assert n.channel == CHANNEL
+                assert len(n.payload.encode()) < 8000
+                payload = json.loads(n.payload, object_pairs_hook=collections.OrderedDict)
+                if payload.get("id") == marker_id:
+                    return got
+                payload["_raw"] = n.payload
+                got.append(payload)
+            left = deadline - time.monotonic()
+            assert left > 0, "marker event %s not received; got %r" % (marker_id, got)
+            select.select([self.conn], [], [], left)
+
+    def close(self):
+        self.conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _new_db(cluster, template):
+    name = "t%d_%s" % (next(_names), template)
+    cluster.create_database(name, template=template)
+    return Db(cluster, name)
+
+
+@pytest.fixture
+def db(cluster):
+    """A fresh database with the marketplace, demo rows and all migrations (applied by psql)."""
+    d = _new_db(cluster, "tmpl_market")
+    yield d
+    cluster.drop_database(d.name)
+
+
+@pytest.fixture
+def bare_db(cluster):
+    """A fresh, empty database: no marketplace tables, no migrations."""
+    d = _new_db(cluster, "template1")
+    yield d
+    cluster.drop_database(d.name)
+
+
+def strip(event):
+    return {k: v for k, v in event.items() if k != "_raw"}
+
+
+# -- migrations, the DBA way ----------------------------------------------------------------
+
+def test_migrations_apply_with_psql_and_rerun(cluster):
+    d = _new_db(cluster, "tmpl_market_only")
+    try:
+        d.apply(UP_FILES)
+        assert d.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+        d.apply(UP_FILES)  # re-runnable: no error, no duplicate trigger
+        assert d.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+
+        cols = d.sql("""SELECT attname, format_type(atttypid, atttypmod), attnotnull,
+                               pg_get_expr(adbin, adrelid), attidentity
+                          FROM pg_attribute LEFT JOIN pg_attrdef ON adrelid = attrelid AND adnum = attnum
+                         WHERE attrelid = 'realtime.events'::regclass AND attnum > 0
+                         ORDER BY attnum""")
+        assert [c[:3] for c in cols] == [
+            ("id", "bigint", True), ("xid", "xid8", True), ("snap_xmin", "xid8", True),
+            ("created_at", "timestamp with time zone", True), ("event", "text", True),
+            ("rooms", "text[]", True), ("data", "jsonb", True), ("meta", "jsonb", True)]
+        defaults = {c[0]: c[3] for c in cols}
+        assert cols[0][4] == "a"  # generated always as identity
+        assert defaults["xid"] == "pg_current_xact_id()"
+        assert defaults["snap_xmin"] == "pg_snapshot_xmin(pg_current_snapshot())"
+        assert defaults["created_at"] == "clock_timestamp()"
+
+        indexes = dict(d.sql("""SELECT indexname, indexdef FROM pg_indexes
+                                 WHERE schemaname = 'realtime' AND tablename = 'events'"""))
+        assert any("USING gin (rooms)" in v for v in indexes.values()), indexes
+        assert any("USING btree (xid)" in v for v in indexes.values()), indexes
+        assert any("USING btree (created_at)" in v for v in indexes.values()), indexes
+
+        for sig in ["realtime.publish(text,text[],jsonb,jsonb)", "realtime.publish(text,text,jsonb,jsonb)",
+                    "realtime.can_join(jsonb,text)", "realtime.prune(interval)",
+                    "realtime.watch(regclass,text,text[])", "realtime.unwatch(regclass)",
+                    "realtime.attach_marketplace()", "realtime.event_json(realtime.events)"]:
+            assert d.one("SELECT to_regprocedure(%s) IS NOT NULL", (sig,)), sig
+        assert d.sql("""SELECT column_name FROM information_schema.columns
+                         WHERE table_schema = 'realtime' AND table_name = 'schema_migrations'
+                         ORDER BY ordinal_position""") == [("version",), ("checksum",), ("applied_at",)]
+        assert d.sql("""SELECT provolatile, prosecdef FROM pg_proc
+                         WHERE oid = 'realtime.can_join(jsonb,text)'::regprocedure""") == [("s", True)]
+
+        # After the re-run one change still publishes exactly one event.
+        with d.listen() as l:
+            d.sql("UPDATE product SET stock = stock + 1 WHERE id_product = 2")
+            got = l.drain()
+        assert [e["event"] for e in got] == ["product_updated"]
+    finally:
+        cluster.drop_database(d.name)
+
+
+def test_every_file_is_one_transaction():
+    for path in UP_FILES + DOWN_FILES + [MARKETPLACE, DEMO]:
+        with open(path) as f:
+            statements = [line.strip() for line in f
+                          if line.strip() and not line.strip().startswith("--")]
+        assert statements[0] == "BEGIN;", path
+        assert statements[-1] == "COMMIT;", path
+
+
+# -- marketplace triggers -------------------------------------------------------------------
+
+def test_order_with_two_sellers_publishes_one_event_at_commit(db):
+    with db.listen() as l:
+        conn = db.connect(autocommit=False)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()::text")
+            xid = cur.fetchone()[0]
+            cur.execute("""INSERT INTO "order" (id_client, status, total) VALUES (2, 'pending', 142.40)
+                           RETURNING id_order""")
+            order_id = cur.fetchone()[0]
+            cur.execute("""INSERT INTO product_order (id_order, id_product, quantity, price)
+                           VALUES (%s, 1, 1, 89.00), (%s, 2, 1, 34.50), (%s, 3, 1, 18.90)""",
+                        (order_id, order_id, order_id))
+        conn.commit()
+        conn.close()
+        got = l.drain()
+
+    assert len(got) == 1, got
+    e = got[0]
+    assert list(e.keys())[:7] == ["id", "xid", "ts", "event", "rooms", "data", "meta"]
+    assert e["event"] == "order_created"
+    assert e["rooms"] == ["order-%d" % order_id, "client-2", "seller-1", "seller-2"]
+    assert e["xid"] == xid
+    assert TS_RE.match(e["ts"]), e["ts"]
+    assert e["data"]["id_order"] == order_id and e["data"]["id_client"] == 2
+    assert e["meta"] == {"source": "db", "table": "order", "op": "INSERT"}
+    row = db.sql("SELECT xid::text, event, rooms, data, meta FROM realtime.events WHERE id = %s",
+                 (e["id"],))
+    assert row == [(xid, "order_created", e["rooms"], e["data"], e["meta"])]
+
+
+def test_order_update_and_delete(db):
+    with db.listen() as l:
+        db.sql("""UPDATE "order" SET status = 'delivered' WHERE id_order = 1""")
+        db.sql("""DELETE FROM "order" WHERE id_order = 4""")
+        got = l.drain()
+    assert [e["event"] for e in got] == ["order_updated", "order_deleted"]
+    upd, dele = got
+    assert upd["rooms"] == ["order-1", "client-1", "seller-1", "seller-2"]
+    assert upd["meta"] == {"source": "db", "table": "order", "op": "UPDATE",
+                           "changed": ["status"], "old": {"status": "shipped"}}
+    assert upd["data"]["status"] == "delivered"
+    # The items were cascaded away before commit; the seller room is still there.
+    assert dele["rooms"] == ["order-4", "client-1", "seller-1"]
+    assert dele["data"]["id_order"] == 4
+    assert dele["meta"] == {"source": "db", "table": "order", "op": "DELETE"}
+
+
+def test_product_change_carries_changed_columns_and_old_values(db):
+    with db.listen() as l:
+        db.sql("UPDATE product SET price = 20.00 WHERE id_product = 3")
+        db.sql("UPDATE product SET stock = 7, price = 21.50 WHERE id_product = 3")
+        got = l.drain()
+    assert [e["event"] for e in got] == ["product_updated", "product_updated"]
+    first, second = got
+    assert first["rooms"] == ["product-3", "seller-2", "admins"]
+    assert first["meta"]["changed"] == ["price"]
+    assert first["meta"]["old"] == {"price": 18.9}
+    assert first["data"]["price"] == 20.0
+    assert first["meta"]["op"] == "UPDATE" and first["meta"]["table"] == "product"
+    assert second["meta"]["changed"] == ["price", "stock"]  # table column order
+    assert second["meta"]["old"] == {"price": 20.0, "stock": 100}
+
+
+def test_product_insert_and_delete(db):
+    with db.listen() as l:
+        pid = db.one("""INSERT INTO product (id_seller, name, price, stock)
+                        VALUES (3, 'Teapot', 30, 5) RETURNING id_product""")
+        db.sql("DELETE FROM product WHERE id_product = %s", (pid,))
+        got = l.drain()
+    assert [(e["event"], e["rooms"]) for e in got] == [
+        ("product_created", ["product-%d" % pid, "seller-3", "admins"]),
+        ("product_deleted", ["product-%d" % pid, "seller-3", "admins"])]
+    assert got[1]["data"]["name"] == "Teapot"
+
+
+def test_noop_update_and_rollback_publish_nothing(db):
+    before = db.one("SELECT count(*) FROM realtime.events")
+    with db.listen() as l:
+        db.sql("UPDATE product SET price = price WHERE id_product = 1")
+        db.sql("""UPDATE "order" SET status = status""")
+        db.sql("UPDATE delivery SET status = status")
+        conn = db.connect(autocommit=False)
+        with conn.cursor() as cur:
+            cur.execute("UPDATE product SET price = 1 WHERE id_product = 1")
+            cur.execute("""INSERT INTO "order" (id_client) VALUES (1) RETURNING id_order""")
+            cur.execute("INSERT INTO product_order (id_order, id_product, quantity, price) "
+                        "VALUES (%s, 5, 1, 1)", (cur.fetchone()[0],))
+            cur.execute("SELECT realtime.publish('rolled_back', ARRAY['order-1'], '{}')")
+        conn.rollback()
+        conn.close()
+        got = l.drain()
+    assert got == []
+    # Only the marker row was added.
+    assert db.one("SELECT count(*) FROM realtime.events") == before + 1
+
+
+def test_delivery_update_reaches_referencing_orders(db):
+    with db.listen() as l:
+        db.sql("UPDATE delivery SET status = 'delivered' WHERE id_delivery = 1")
+        db.sql("UPDATE delivery SET tracking_number = 'UPS-9' WHERE id_delivery = 2")
+        got = l.drain()
+    assert [e["event"] for e in got] == ["delivery_updated", "delivery_updated"]
+    assert got[0]["rooms"] == ["delivery-1", "order-1", "client-1", "order-2", "client-2"]
+    assert got[0]["meta"]["changed"] == ["status"]
+    assert got[0]["meta"]["old"] == {"status": "in_transit"}
+    assert got[1]["rooms"] == ["delivery-2", "order-3", "client-3"]
+
+
+def test_delivery_created_and_assigned_in_one_transaction(db):
+    with db.listen() as l:
+        conn = db.connect(autocommit=False)
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO delivery (address) VALUES ('1 New St') RETURNING id_delivery")
+            did = cur.fetchone()[0]
+            cur.execute("""UPDATE "order" SET id_delivery = %s WHERE id_order = 4""", (did,))
+        conn.commit()
+        conn.close()
+        got = l.drain()
+    by_event = {e["event"]: e for e in got}
+    assert sorted(by_event) == ["delivery_created", "order_updated"]
+    assert by_event["delivery_created"]["rooms"] == ["delivery-%d" % did, "order-4", "client-1"]
+    assert by_event["order_updated"]["meta"]["changed"] == ["id_delivery"]
+
+
+def test_large_row_sends_large_payload_and_row_is_readable(db):
+    big = "x" * 20000
+    mid = "y" * 7000
+    with db.listen() as l:
+        db.sql("UPDATE product SET description = %s WHERE id_product = 1", (big,))
+        db.sql("UPDATE product SET description = %s WHERE id_product = 2", (mid,))
+        got = l.drain()
+    assert len(got) == 2
+    large, normal = got
+    assert strip(large) == {"id": large["id"], "xid": large["xid"], "large": True}
+    assert list(strip(large).keys()) == ["id", "xid", "large"]
+    event, data, xid = db.sql("SELECT event, data, xid::text FROM realtime.events WHERE id = %s",
+                              (large["id"],))[0]
+    assert event == "product_updated" and data["description"] == big and xid == large["xid"]
+    full = json.loads(db.one("SELECT realtime.event_json(e) FROM realtime.events e WHERE id = %s",
+                             (large["id"],)))
+    assert full["id"] == large["id"] and full["data"]["description"] == big
+    assert full["rooms"] == ["product-1", "seller-1", "admins"]
+    # Below the limit the whole event travels in the NOTIFY.
+    assert normal["data"]["description"] == mid and "large" not in normal
+    assert len(normal["_raw"].encode()) <= 7900
+
+
+def test_publish_from_sql(db):
+    with db.listen() as l:
+        conn = db.connect(autocommit=False)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()::text")
+            xid = cur.fetchone()[0]
+            cur.execute("""SELECT realtime.publish('chat_message', ARRAY['chat-9', 'user-7'],
+                                                   %s, '{"by": "test"}')""",
+                        (json.dumps({"text": "h\u00e9llo \"q\"", "n": [1, 2]}),))
+            first = cur.fetchone()[0]
+            cur.execute("""SELECT realtime.publish('ping', 'room_a.b:c-1', '{"k": 1}')""")
+            second = cur.fetchone()[0]
+        conn.commit()
+        conn.close()
+        got = l.drain()
+    assert [e["id"] for e in got] == [first, second]
+    a, b = got
+    assert list(strip(a).keys()) == ["id", "xid", "ts", "event", "rooms", "data", "meta"]
+    assert a["xid"] == xid and b["xid"] == xid
+    assert a["event"] == "chat_message" and a["rooms"] == ["chat-9", "user-7"]
+    assert a["data"] == {"text": "h\u00e9llo \"q\"", "n": [1, 2]}
+    assert a["meta"] == {"by": "test"}
+    ts = datetime.datetime.strptime(a["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=datetime.timezone.utc)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - ts).total_seconds()) < 60
+    assert b["rooms"] == ["room_a.b:c-1"] and b["meta"] == {} and b["data"] == {"k": 1}
+    assert '"id":%d,"xid":"%s","ts":"' % (first, xid) in a["_raw"]  # compact envelope
+    # The server replays with realtime.event_json: byte-identical to the live payload.
+    for e in got:
+        assert db.one("SELECT realtime.event_json(e) FROM realtime.events e WHERE id = %s",
+                      (e["id"],)) == e["_raw"]
+
+
+@pytest.mark.parametrize("event,rooms", [
+    ("", ["a"]), (None, ["a"]), ("e", []), ("e", None), ("e", ["ok", "not ok"]),
+    ("e", ["x" * 129]), ("e", ["a/b"]), ("e", [""]), ("e", [None]),
+])
+def test_publish_rejects_bad_arguments(db, event, rooms):
+    with db.listen() as l:
+        with pytest.raises(psycopg2.errors.InvalidParameterValue):
+            db.sql("SELECT realtime.publish(%s, %s::text[], '{}')", (event, rooms))
+        assert l.drain() == []
+    assert db.one("SELECT realtime.publish('e', %s::text[], '{}')", (["x" * 128],)) > 0
+
+
+def test_snap_xmin_bounds_transactions_open_at_insert(db):
+    a = db.connect(autocommit=False)
+    try:
+        with a.cursor() as cur:
+            cur.execute("SELECT pg_current_xact_id()::text::bigint")
+            open_xid = cur.fetchone()[0]
+            eid = db.one("SELECT realtime.publish('e', ARRAY['r-1'], '{}')")
+            xid, snap_xmin = db.sql("SELECT xid::text::bigint, snap_xmin::text::bigint "
+                                    "FROM realtime.events WHERE id = %s", (eid,))[0]
+            # The open transaction committing later must not fall below the replay floor.
+            assert snap_xmin <= open_xid < xid
+    finally:
+        a.rollback()
+        a.close()
+    eid = db.one("SELECT realtime.publish('e', ARRAY['r-1'], '{}')")
+    xid, snap_xmin = db.sql("SELECT xid::text::bigint, snap_xmin::text::bigint "
+                            "FROM realtime.events WHERE id = %s", (eid,))[0]
+    assert open_xid < snap_xmin <= xid
+
+
+def test_privileges_app_role_publishes_through_triggers_only(db):
+    # An application role with rights on the marketplace tables and none on schema realtime:
+    # its writes still publish (the trigger functions are SECURITY DEFINER), but it cannot
+    # publish directly. A role granted USAGE + EXECUTE can publish, ask can_join and prune.
+    for role in ("rc_app", "rc_server"):
+        db.sql("DO $$ BEGIN IF to_regrole('%s') IS NULL THEN CREATE ROLE %s LOGIN; END IF; END $$"
+               % (role, role))
+    db.sql("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO rc_app")
+    db.sql("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO rc_app")
+    db.sql("GRANT USAGE ON SCHEMA realtime TO rc_server")
+    db.sql("GRANT SELECT ON realtime.events, realtime.outbox_state TO rc_server")
+    db.sql("""GRANT EXECUTE ON FUNCTION realtime.publish(text, text[], jsonb, jsonb),
+                  realtime.can_join(jsonb, text), realtime.prune(interval) TO rc_server""")
+
+    def as_role(role, sql):
+        conn = psycopg2.connect(db.dsn.replace("postgres@", role + "@"))
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                return cur.fetchall() if cur.description else None
+        finally:
+            conn.close()
+
+    with db.listen() as l:
+        as_role("rc_app", "UPDATE product SET stock = 3 WHERE id_product = 5")
+        as_role("rc_app", "UPDATE delivery SET status = 'lost' WHERE id_delivery = 2")
+        as_role("rc_server", "SELECT realtime.publish('note', ARRAY['user-1'], '{}')")
+        got = l.drain()
+    assert [e["event"] for e in got] == ["product_updated", "delivery_updated", "note"]
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        as_role("rc_app", "SELECT realtime.publish('x', ARRAY['admins'], '{}')")
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        as_role("rc_app", "SELECT realtime.can_join('{}', 'order-1')")
+    assert as_role("rc_server", "SELECT realtime.can_join('{\"sub\":\"201\"}', 'order-1')") == [(True,)]
+    assert as_role("rc_server", "SELECT realtime.prune('1 day')") == [(0,)]
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        as_role("rc_server", "DELETE FROM realtime.events")
+
+
+# -- realtime.watch -------------------------------------------------------------------------
+
+def test_watch_and_unwatch_a_new_table(db):
+    db.sql("CREATE TABLE public.coupons (id_coupon serial PRIMARY KEY, id_client int, code text)")
+    db.sql("SELECT realtime.watch('public.coupons', 'coupon', ARRAY['client-{id_client}'])")
+    db.sql("SELECT realtime.watch('public.coupons', 'coupon', ARRAY['client-{id_client}'])")
+    assert db.one("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.coupons'::regclass") == 1
+    with db.listen() as l:
+        db.sql("INSERT INTO coupons (id_client, code) VALUES (3, 'A')")
+        db.sql("INSERT INTO coupons (id_client, code) VALUES (NULL, 'B')")
+        db.sql("UPDATE coupons SET code = 'A2' WHERE id_coupon = 1")
+        db.sql("UPDATE coupons SET code = code")
+        db.sql("DELETE FROM coupons WHERE id_coupon = 2")
+        got = l.drain()
+    assert [(e["event"], e["rooms"]) for e in got] == [
+        ("coupon_created", ["coupon-1", "client-3"]),
+        ("coupon_created", ["coupon-2"]),
+        ("coupon_updated", ["coupon-1", "client-3"]),
+        ("coupon_deleted", ["coupon-2"])]
+    assert got[0]["data"] == {"id_coupon": 1, "id_client": 3, "code": "A"}
+    assert got[2]["meta"] == {"source": "db", "table": "coupons", "op": "UPDATE",
+                              "changed": ["code"], "old": {"code": "A"}}
+    assert got[3]["data"]["code"] == "B"
+
+    db.sql("SELECT realtime.unwatch('public.coupons')")
+    with db.listen() as l:
+        db.sql("INSERT INTO coupons (id_client, code) VALUES (1, 'C')")
+        assert l.drain() == []
+
+
+def test_watch_default_rooms_composite_key_and_bad_templates(db):
+    db.sql("CREATE TABLE public.seat (hall int, num int, label text, PRIMARY KEY (hall, num))")
+    db.sql("SELECT realtime.watch('public.seat', 'seat')")
+    with db.listen() as l:
+        db.sql("INSERT INTO seat VALUES (2, 14, 'aisle')")
+        got = l.drain()
+    assert [(e["event"], e["rooms"]) for e in got] == [("seat_created", ["seat-2:14"])]
+    with pytest.raises(psycopg2.errors.UndefinedColumn):
+        db.sql("SELECT realtime.watch('public.seat', 'seat', ARRAY['client-{nope}'])")
+    with pytest.raises(psycopg2.errors.InvalidParameterValue):
+        db.sql("SELECT realtime.watch('public.seat', 'bad name')")
+    with pytest.raises(psycopg2.errors.InvalidParameterValue):
+        db.sql("SELECT realtime.watch('realtime.events', 'loop')")
+    db.sql("CREATE TABLE public.nokey (a int)")
+    with pytest.raises(psycopg2.errors.InvalidParameterValue):
+        db.sql("SELECT realtime.watch('public.nokey', 'nokey')")
+
+
+# -- realtime.can_join ----------------------------------------------------------------------
+
+CAN_JOIN_CASES = [
+    # order 1: client 1 (user 201), items of sellers 1 (user 101) and 2 (user 102)
+    ({"sub": "201", "role": "client"}, "order-1", True),
+    ({"sub": 201}, "order-1", True),
+    ({"user_id": "201"}, "order-1", True),
+    ({"sub": "999", "client_id": 1}, "order-1", True),
+    ({"sub": "999", "id_client": "1"}, "order-1", True),
+    ({"sub": "101", "role": "seller"}, "order-1", True),
+    ({"sub": "102", "role": "seller"}, "order-1", True),
+    ({"sub": "999", "role": "seller", "seller_id": 2}, "order-1", True),
+    ({"sub": "999", "role": "seller", "id_seller": "1"}, "order-1", True),
+    ({"sub": "999", "role": "seller", "reference_id": 2}, "order-1", True),
+    ({"sub": "999", "role": "client", "reference_id": 2}, "order-1", False),
+    ({"sub": "103", "role": "seller"}, "order-1", False),
+    ({"sub": "999", "role": "seller", "seller_id": 3}, "order-1", False),
+    ({"sub": "202", "role": "client"}, "order-1", False),
+    ({"sub": "202", "client_id": 2}, "order-1", False),
+    ({}, "order-1", False),
+    ({"sub": "201"}, "order-999", False),
+    ({"role": "admin", "sub": "1"}, "order-1", True),
+    ({"role": "ADMIN"}, "order-999", True),
+    # delivery 1: orders 1 (client 1) and 2 (client 2, seller 3)
+    ({"sub": "201"}, "delivery-1", True),
+    ({"sub": "202"}, "delivery-1", True),
+    ({"sub": "103", "role": "seller"}, "delivery-1", True),
+    ({"sub": "203"}, "delivery-1", False),
+    ({"sub": "203"}, "delivery-2", True),
+    ({"sub": "201"}, "client-1", True),
+    ({"sub": "202"}, "client-1", False),
+    ({"sub": "999", "client_id": 1}, "client-1", True),
+    ({"sub": "102", "role": "seller"}, "seller-2", True),
+    ({"sub": "101", "role": "seller"}, "seller-2", False),
+    ({"sub": "9", "role": "seller", "seller_id": "2"}, "seller-2", True),
+    ({"sub": "7"}, "user-7", True),
+    ({"sub": "8"}, "user-7", False),
+    ({"sub": "8"}, "product-3", True),
+    ({"sub": "8", "role": "seller"}, "admins", False),
+    ({"role": "admin"}, "admins", True),
+    ({"sub": "8", "rooms": ["chat-*"]}, "chat-9", True),
+    ({"sub": "8", "rooms": ["chat-*"]}, "chatx9", False),
+    ({"sub": "8", "rooms": ["team_*"]}, "teamx1", False),
+    ({"sub": "8", "rooms": ["team_*"]}, "team_1", True),
+    ({"sub": "201"}, "order-abc", False),
+    ({"sub": "201"}, "", False),
+    ({"sub": "201"}, "chat-9", False),
+]
+
+
+def test_can_join(db):
+    results = [(claims, room, db.one("SELECT realtime.can_join(%s::jsonb, %s)", (json.dumps(claims), room)))
+               for claims, room, _ in CAN_JOIN_CASES]
+    wrong = [(c, r, got) for (c, r, got), (_, _, want) in zip(results, CAN_JOIN_CASES) if got != want]
+    assert wrong == []
+    assert db.one("SELECT realtime.can_join(NULL, 'order-1')") is False
+
+
+def test_without_marketplace_tables(bare_db):
+    d = bare_db
+    d.apply(UP_FILES)
+    assert d.sql(REALTIME_TRIGGERS) == []
+    assert d.one("SELECT realtime.can_join('{\"sub\":\"201\"}', 'order-1')") is False
+    assert d.one("SELECT realtime.can_join('{\"sub\":\"201\"}', 'delivery-1')") is False
+    assert d.one("SELECT realtime.can_join('{\"sub\":\"201\"}', 'client-1')") is False
+    assert d.one("SELECT realtime.can_join('{\"sub\":\"201\", \"client_id\": 1}', 'client-1')") is True
+    assert d.one("SELECT realtime.can_join('{\"role\":\"admin\"}', 'order-1')") is True
+    assert d.one("SELECT realtime.can_join('{\"sub\":\"7\"}', 'user-7')") is True
+    with d.listen() as l:
+        d.sql("SELECT realtime.publish('hello', ARRAY['user-7'], '{}')")
+        assert [e["event"] for e in l.drain()] == ["hello"]
+
+    # A DBA creates the tables later and attaches the triggers by hand.
+    d.apply([MARKETPLACE, DEMO])
+    assert d.sql(REALTIME_TRIGGERS) == []
+    assert d.one("SELECT realtime.attach_marketplace()") == ["order", "product", "delivery"]
+    assert d.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+    assert d.one("SELECT realtime.can_join('{\"sub\":\"201\"}', 'order-1')") is True
+    with d.listen() as l:
+        d.sql("UPDATE product SET price = 1 WHERE id_product = 1")
+        assert [e["event"] for e in l.drain()] == ["product_updated"]
+
+
+# -- down and up again ----------------------------------------------------------------------
+
+def test_down_then_up_with_marketplace(db):
+    db.sql("CREATE TABLE public.coupons (id_coupon serial PRIMARY KEY, id_client int)")
+    db.sql("SELECT realtime.watch('public.coupons', 'coupon')")
+    orders = db.one('SELECT count(*) FROM "order"')
+
+    db.apply(DOWN_FILES)
+    assert db.one("SELECT to_regnamespace('realtime') IS NULL") is True
+    assert db.sql(REALTIME_TRIGGERS) == []
+    assert db.one('SELECT count(*) FROM "order"') == orders  # marketplace untouched
+    # Writes still work: no trigger points at a dropped function.
+    db.sql("UPDATE product SET price = price + 1")
+    db.sql("""UPDATE "order" SET status = 'x' WHERE id_order = 1""")
+    db.sql("INSERT INTO coupons (id_client) VALUES (1)")
+    db.apply(DOWN_FILES)  # re-runnable
+
+    db.apply(UP_FILES)
+    assert db.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+    with db.listen() as l:
+        db.sql("UPDATE product SET price = 2 WHERE id_product = 1")
+        got = l.drain()
+    assert [(e["event"], e["rooms"]) for e in got] == [("product_updated", ["product-1", "seller-1", "admins"])]
+
+
+def test_down_one_step_at_a_time(db):
+    down_policy, down_triggers, _ = DOWN_FILES
+    db.apply([down_policy])
+    assert db.one("SELECT to_regprocedure('realtime.can_join(jsonb,text)') IS NULL") is True
+    assert db.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+    db.apply([down_triggers])
+    assert db.sql(REALTIME_TRIGGERS) == []
+    assert db.one("SELECT to_regprocedure('realtime.publish(text,text[],jsonb,jsonb)') IS NOT NULL")
+    db.apply(UP_FILES[1:])
+    assert db.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+    assert db.one("SELECT realtime.can_join('{\"sub\":\"201\"}', 'order-1')") is True
+
+
+def test_down_then_up_without_marketplace(bare_db):
+    bare_db.apply(UP_FILES)
+    bare_db.apply(DOWN_FILES)
+    assert bare_db.one("SELECT to_regnamespace('realtime') IS NULL") is True
+    bare_db.apply(UP_FILES)
+    assert bare_db.one("SELECT realtime.publish('e', ARRAY['r'], '{}')") == 1
+    assert bare_db.sql(REALTIME_TRIGGERS) == []
+
+
+# -- retention ------------------------------------------------------------------------------
+
+def test_prune(db):
+    ids = [db.one("SELECT realtime.publish('e', ARRAY['r-1'], '{}')") for _ in range(4)]
+    db.sql("UPDATE realtime.events SET created_at = now() - interval '2 days' WHERE id = ANY(%s)",
+           (ids[:2],))
+    db.sql("UPDATE realtime.events SET created_at = now() - interval '30 minutes' WHERE id = %s",
+           (ids[2],))
+    assert db.one("SELECT count(*) FROM realtime.events") == 4
+    assert db.one("SELECT pruned_through FROM realtime.outbox_state") == 0
+    assert db.one("SELECT realtime.prune('1 day')") == 2
+    assert db.sql("SELECT id FROM realtime.events ORDER BY id") == [(i,) for i in ids[2:]]
+    assert db.one("SELECT pruned_through FROM realtime.outbox_state") == ids[1]
+    assert db.one("SELECT realtime.prune('1 day')") == 0
+    assert db.one("SELECT realtime.prune('10 minutes')") == 1
+    assert db.sql("SELECT id FROM realtime.events ORDER BY id") == [(ids[3],)]
+    assert db.one("SELECT pruned_through FROM realtime.outbox_state") == ids[2]
+    with pytest.raises(psycopg2.errors.InvalidParameterValue):
+        db.sql("SELECT realtime.prune('-1 day')")
+
+
+# -- roomcast migrate (the C path) ----------------------------------------------------------
+
+ROOMCAST_BIN = os.environ.get("ROOMCAST_BIN")
+
+
+def run_migrate(dsn, *args):
+    env = dict(os.environ, DATABASE_URL=dsn)
+    return subprocess.run([ROOMCAST_BIN, "migrate"] + list(args), env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+
+
+@pytest.mark.skipif(not ROOMCAST_BIN, reason="set ROOMCAST_BIN to test `roomcast migrate`")
+def test_roomcast_migrate(cluster):
+    d = _new_db(cluster, "tmpl_market_only")
+    names = [os.path.basename(f)[:-len(".sql")] for f in UP_FILES]
+    try:
+        p = run_migrate(d.dsn)
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.splitlines() == ["applied %s" % n for n in names]
+        recorded = dict(d.sql("SELECT version, checksum FROM realtime.schema_migrations"))
+        for path, name in zip(UP_FILES, names):
+            with open(path, "rb") as f:
+                assert recorded[name] == hashlib.sha256(f.read()).hexdigest()
+        assert d.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+
+        p = run_migrate(d.dsn)
+        assert p.returncode == 0 and p.stdout.strip() == "up to date", (p.stdout, p.stderr)
+
+        p = run_migrate(d.dsn, "status")
+        assert p.returncode == 0
+        assert [line.split()[:2] for line in p.stdout.splitlines()] == [["applied", n] for n in names]
+
+        d.sql("UPDATE realtime.schema_migrations SET checksum = 'x' WHERE version = %s", (names[1],))
+        p = run_migrate(d.dsn)
+        assert p.returncode != 0
+        assert names[1] in p.stderr
+        d.sql("UPDATE realtime.schema_migrations SET checksum = %s WHERE version = %s",
+              (recorded[names[1]], names[1]))
+
+        p = run_migrate(d.dsn, "down", "1")
+        assert p.returncode == 0, p.stderr
+        assert d.one("SELECT to_regprocedure('realtime.can_join(jsonb,text)') IS NULL") is True
+        assert d.sql("SELECT version FROM realtime.schema_migrations ORDER BY 1") == [(n,) for n in names[:-1]]
+        p = run_migrate(d.dsn, "down", str(len(names)))
+        assert p.returncode == 0, p.stderr
+        assert d.one("SELECT to_regnamespace('realtime') IS NULL") is True
+        p = run_migrate(d.dsn)
+        assert p.returncode == 0 and p.stdout.splitlines() == ["applied %s" % n for n in names]
+    finally:
+        cluster.drop_database(d.name)
+
+
+@pytest.mark.skipif(not ROOMCAST_BIN, reason="set ROOMCAST_BIN to test `roomcast migrate`")
+def test_roomcast_migrate_after_psql_and_failures(cluster, bare_db):
+    # Applied by a DBA with psql first (nothing recorded): migrate re-runs the files harmlessly.
+    d = _new_db(cluster, "tmpl_market")
+    try:
+        p = run_migrate(d.dsn)
+        assert p.returncode == 0, p.stderr
+        assert len(p.stdout.splitlines()) == len(UP_FILES)
+        assert d.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
+    finally:
+        cluster.drop_database(d.name)
+
+    # A file that fails leaves nothing half-applied and nothing recorded.
+    bare_db.sql("CREATE SCHEMA realtime; CREATE VIEW realtime.events AS SELECT 1 AS id")
+    p = run_migrate(bare_db.dsn)
+    assert p.returncode != 0
+    assert "001_realtime" in p.stderr
+    assert bare_db.sql("SELECT count(*) FROM realtime.schema_migrations") == [(0,)]
+    assert bare_db.one("SELECT to_regprocedure('realtime.publish(text,text[],jsonb,jsonb)') IS NULL")
+
+    # Unreachable database: non-zero exit, no hang.
+    p = run_migrate("postgresql://postgres@127.0.0.1:1/none?connect_timeout=3")
+    assert p.returncode != 0
