@@ -5,6 +5,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,7 @@ int config_parse_rate(const char *s, double *per_s, double *burst)
 	double n = 0, b = 0;
 	int consumed = 0;
 
-	if (sscanf(s, "%lf/%7[a-z]%n", &n, unit, &consumed) < 2 || n <= 0)
+	if (sscanf(s, "%lf/%7[a-z]%n", &n, unit, &consumed) < 2 || n <= 0 || !isfinite(n))
 		return -1;
 	if (!strcmp(unit, "s"))
 		*per_s = n;
@@ -130,7 +131,7 @@ int config_parse_rate(const char *s, double *per_s, double *burst)
 		*burst = n * 2;
 		return 0;
 	}
-	if (sscanf(s, ",burst=%lf%31s", &b, rest) != 1 || b < 1)
+	if (sscanf(s, ",burst=%lf%31s", &b, rest) != 1 || b < 1 || !isfinite(b))
 		return -1;
 	*burst = b;
 	return 0;

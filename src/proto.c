@@ -127,15 +127,15 @@ static enum proto_code parse_fields(json_object *root, struct proto_msg *out, co
 		return parse_room(find_room(payload, data), out, detail);
 	}
 	if (!strcmp(t, "broadcast")) {
-		json_object *body = get(payload, "body");
+		json_object *body = NULL;
 		const char *s;
 		size_t n;
 		out->type = PROTO_BROADCAST;
 		if ((rc = parse_room(find_room(payload, data), out, detail)))
 			return rc;
-		if (!body && data)
-			body = get(data, "message");
-		if (!body && !get(payload, "body") && !get(data, "message")) {
+		/* A JSON null body is a present key whose value json-c gives as NULL. */
+		if (!(payload && json_object_object_get_ex(payload, "body", &body)) &&
+		    !(data && json_object_object_get_ex(data, "message", &body))) {
 			*detail = "body is required";
 			return PROTO_BAD_JSON;
 		}
