@@ -23,4 +23,12 @@ typedef void (*authz_done_fn)(struct conn *c, const char *room, bool allowed, vo
  * an asynchronous check was started (cb called later; the connection is held meanwhile). */
 enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb, void *arg);
 
+/* After a token refresh: may c stay in room? Claims decide; rooms only a policy can grant are
+ * kept when the policy allowed them for this connection (its cached verdict). */
+bool authz_still_allowed(struct conn *c, const char *room);
+/* Records a policy verdict for c (cached for the connection's lifetime). */
+void authz_cache_put(struct conn *c, const char *room, bool allowed);
+/* Frees the connection's verdict cache. */
+void authz_cache_free(struct conn *c);
+
 #endif

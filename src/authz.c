@@ -4,7 +4,20 @@
 #include "conn.h"
 #include "room.h"
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* Policy verdicts of one connection: few rooms per connection, so a flat array. */
+struct verdict {
+	char room[ROOM_NAME_MAX + 1];
+	bool allowed;
+};
+
+struct verdict_cache {
+	uint32_t count, cap;
+	struct verdict v[];
+};
 
 static const struct config *g_cfg;
 
@@ -49,4 +62,52 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 		return AUTHZ_DENY;
 	/* The SQL and HTTP policies are asynchronous; until they are wired, refuse. */
 	return AUTHZ_DENY;
+}
+
+static struct verdict *cache_find(struct conn *c, const char *room)
+{
+	struct verdict_cache *vc = c->authz_cache;
+	for (uint32_t i = 0; vc && i < vc->count; i++)
+		if (!strcmp(vc->v[i].room, room))
+			return &vc->v[i];
+	return NULL;
+}
+
+void authz_cache_put(struct conn *c, const char *room, bool allowed)
+{
+	struct verdict_cache *vc = c->authz_cache;
+	struct verdict *v = cache_find(c, room);
+
+	if (!v) {
+		if (!vc || vc->count == vc->cap) {
+			uint32_t ncap = vc ? vc->cap * 2 : 4;
+			struct verdict_cache *n = realloc(vc, sizeof(*n) + ncap * sizeof(n->v[0]));
+			if (!n)
+				return; /* uncached: the policy is simply asked again next time */
+			if (!vc)
+				n->count = 0;
+			n->cap = ncap;
+			c->authz_cache = vc = n;
+		}
+		v = &vc->v[vc->count++];
+		snprintf(v->room, sizeof(v->room), "%s", room);
+	}
+	v->allowed = allowed;
+}
+
+void authz_cache_free(struct conn *c)
+{
+	free(c->authz_cache);
+	c->authz_cache = NULL;
+}
+
+bool authz_still_allowed(struct conn *c, const char *room)
+{
+	enum authz_result r = authz_claims(&c->ident, room);
+	struct verdict *v;
+
+	if (r != AUTHZ_ASK)
+		return r == AUTHZ_ALLOW;
+	v = cache_find(c, room);
+	return v && v->allowed;
 }

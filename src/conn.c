@@ -1,6 +1,7 @@
 /* Connection lifecycle, the outbound queue with its byte budget, writes from the writeable
  * callback, closes with codes, and the per-connection token bucket. */
 #include "conn.h"
+#include "authz.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -16,6 +17,9 @@ static struct conn *g_live;
 static struct conn *g_dead;
 static int64_t g_count;
 static uint64_t g_seq;
+
+/* lws_write's close-frame type: lws 4.1.6 handles it but keeps the enum value private. */
+#define CONN_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
 
 /* Frames written per writeable callback before yielding to other connections. */
 #define WRITES_PER_CALLBACK 32
@@ -95,7 +99,7 @@ void conn_release(struct conn *c)
 static void conn_free(struct conn *c)
 {
 	auth_identity_clear(&c->ident);
-	free(c->authz_cache);
+	authz_cache_free(c);
 	free(c);
 }
 
@@ -270,8 +274,15 @@ int conn_on_writeable(struct conn *c)
 		return 0;
 	}
 	if (c->state == CONN_CLOSING) {
-		lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-		                 (unsigned char *)c->close_reason, strlen(c->close_reason));
+		/* lws 4.1.6 drops a close reason set with lws_close_reason() when the writeable
+		 * callback returns -1, so the close frame is written here, then the socket closed.
+		 */
+		unsigned char frame[LWS_PRE + 2 + sizeof(c->close_reason)];
+		size_t rlen = strlen(c->close_reason);
+		frame[LWS_PRE] = (unsigned char)(c->close_code >> 8);
+		frame[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
+		memcpy(frame + LWS_PRE + 2, c->close_reason, rlen);
+		lws_write(c->wsi, frame + LWS_PRE, 2 + rlen, CONN_LWS_WRITE_CLOSE);
 		return -1;
 	}
 	return 0;

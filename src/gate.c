@@ -26,6 +26,7 @@ enum pend_state { PEND_READING, PEND_LINGER, PEND_HANDOFF, PEND_CLOSED };
 struct pending {
 	uv_poll_t poll;
 	uv_timer_t timer;
+	uv_timer_t repoll;
 	int fd;
 	enum pend_state state;
 	int closing_handles;
@@ -160,15 +161,18 @@ static void pend_close(struct pending *p)
 	if (p->next)
 		p->next->prev = p->prev;
 	g_npending--;
-	p->closing_handles = 2;
+	p->closing_handles = 3;
 	uv_poll_stop(&p->poll);
 	uv_timer_stop(&p->timer);
+	uv_timer_stop(&p->repoll);
 	uv_close((uv_handle_t *)&p->poll, on_handle_closed);
 	uv_close((uv_handle_t *)&p->timer, on_handle_closed);
+	uv_close((uv_handle_t *)&p->repoll, on_handle_closed);
 }
 
 static void on_linger_read(uv_poll_t *h, int status, int events);
 static void on_deadline(uv_timer_t *t);
+static int consume_head(struct pending *p, size_t head_len);
 
 /* Answers with a complete HTTP/1.1 response and closes gracefully: the write side is shut and
  * whatever the client still sends is drained briefly, so the answer is not lost to a reset. */
@@ -539,6 +543,12 @@ static void accept_ws(struct pending *p, const struct head *h)
 	free(batch);
 	t->fd = p->fd;
 	snprintf(t->ip, sizeof(t->ip), "%s", p->ip);
+	if (consume_head(p, p->len) < 0) {
+		gate_ticket_free(t, false);
+		free(e);
+		pend_close(p);
+		return;
+	}
 	ip_acquire(p->ip);
 	e->fd = p->fd;
 	e->t = t;
@@ -547,6 +557,43 @@ static void accept_ws(struct pending *p, const struct head *h)
 	hand_off(p);
 }
 
+static void on_readable(uv_poll_t *handle, int status, int events);
+
+static void on_repoll(uv_timer_t *t)
+{
+	struct pending *p = t->data;
+	if (p->state == PEND_READING)
+		uv_poll_start(&p->poll, UV_READABLE, on_readable);
+}
+
+/* Removes the head (and only the head) from the socket so lws reads what follows itself. */
+static int consume_head(struct pending *p, size_t head_len)
+{
+	size_t got = 0;
+	while (got < head_len) {
+		ssize_t n = recv(p->fd, p->buf, head_len - got, 0);
+		if (n <= 0)
+			return -1;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+static bool has_body(const char *buf, size_t head_len)
+{
+	/* A crude scan is enough: it only decides whether an h2c upgrade is refused. */
+	return memmem(buf, head_len, "\r\nContent-Length: 0\r\n", 21) == NULL &&
+	       (strcasestr(buf, "\r\ncontent-length:") ||
+	        strcasestr(buf, "\r\ntransfer-encoding:"));
+}
+
+/*
+ * The head is read with MSG_PEEK: plain HTTP requests are then handed to lws untouched, body
+ * and all, straight from the socket (lws 4.1.6 replays an adopted read buffer into the body
+ * callback, so only bodiless heads are ever given to it that way). Between peeks of an
+ * incomplete head, polling pauses briefly so a slow client cannot make the level-triggered
+ * poll spin.
+ */
 static void on_readable(uv_poll_t *handle, int status, int events)
 {
 	struct pending *p = handle->data;
@@ -559,19 +606,24 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		pend_close(p);
 		return;
 	}
-	n = recv(p->fd, p->buf + p->len, cap - p->len, 0);
+	n = recv(p->fd, p->buf, cap, MSG_PEEK);
 	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
 		pend_close(p);
 		return;
 	}
 	if (n < 0)
 		return;
-	p->len += (size_t)n;
+	p->len = (size_t)n;
+	p->buf[p->len < cap ? p->len : cap - 1] = '\0';
 	rc = parse_head(p->buf, p->len, &h);
 	if (rc == 0) {
-		if (p->len == cap)
+		if (p->len == cap) {
 			refuse(p, 431, "Request Header Fields Too Large", "request head too large",
 			       REFUSE_BAD_REQUEST);
+			return;
+		}
+		uv_poll_stop(&p->poll);
+		uv_timer_start(&p->repoll, on_repoll, 20, 0);
 		return;
 	}
 	if (rc < 0) {
@@ -579,10 +631,23 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		return;
 	}
 	if (h.upgrade && contains_token(h.upgrade, h.upgrade_len, "websocket")) {
+		/* Frames the client sent right behind its head stay in the socket for lws. */
+		p->len = h.head_len;
 		accept_ws(p, &h);
 		return;
 	}
-	if (rewrite(p, &h, false) < 0) {
+	if (!h.upgrade) {
+		hand_off(p);
+		return;
+	}
+	/* Upgrade: h2c (or anything else): strip it so lws serves plain HTTP/1.1. */
+	if (has_body(p->buf, h.head_len)) {
+		refuse(p, 400, "Bad Request", "upgrade with a body is not supported",
+		       REFUSE_BAD_REQUEST);
+		return;
+	}
+	p->len = h.head_len;
+	if (rewrite(p, &h, false) < 0 || consume_head(p, h.head_len) < 0) {
 		pend_close(p);
 		return;
 	}
@@ -619,7 +684,8 @@ static void start_pending(int fd, const struct sockaddr_storage *ss)
 		return;
 	}
 	uv_timer_init(g_loop, &p->timer);
-	p->poll.data = p->timer.data = p;
+	uv_timer_init(g_loop, &p->repoll);
+	p->poll.data = p->timer.data = p->repoll.data = p;
 	p->next = g_pending;
 	if (g_pending)
 		g_pending->prev = p;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 #include <uv.h>
 
 /* Per-wsi storage lws allocates for us. */
@@ -50,6 +51,7 @@ static struct lws_vhost *g_vhost;
 static uv_signal_t g_sigterm, g_sigint;
 static uv_check_t g_reaper;
 static uv_timer_t g_drain_timer;
+static uv_timer_t g_watchdog;
 static uint64_t g_drain_started;
 static enum srv_state g_state;
 
@@ -277,8 +279,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		fill_request(x, &req);
 		if (http_wants_body(&req, &x->resp))
 			return 0; /* the body follows in LWS_CALLBACK_HTTP_BODY */
-		if (x->resp.status)
-			x->refused = !strcmp(x->method, "POST");
+		if (x->resp.status && !strcmp(x->method, "POST")) {
+			/* Refused before its body: answer now and close, leaving the body unread.
+			 */
+			x->refused = true;
+			http_write(wsi, x);
+			http_end(pss);
+			return -1;
+		}
 		respond(wsi, x);
 		return 0;
 	}
@@ -287,25 +295,30 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			return -1;
 		if (pss->http->body.len + len > (size_t)g_cfg->notify_max_bytes) {
 			/* Refuse as soon as the limit is crossed, without buffering the rest. */
-			struct http_request req;
-			fill_request(pss->http, &req);
-			if (!pss->http->resp.status) {
-				pss->http->resp.status = 413;
-				pss->http->resp.content_type = "application/json";
-				buf_puts(&pss->http->resp.body, "{\"error\":\"body too large\"}");
-				pss->http->refused = true;
-				respond(wsi, pss->http);
-			}
-			return 0;
+			pss->http->resp.status = 413;
+			pss->http->resp.content_type = "application/json";
+			buf_puts(&pss->http->resp.body, "{\"error\":\"body too large\"}");
+			pss->http->refused = true;
+			http_write(wsi, pss->http);
+			http_end(pss);
+			return -1;
 		}
 		buf_put(&pss->http->body, in, len);
 		return 0;
-	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
+		/* lws 4.1.6 keeps a POST in its body state, calling this again on every service,
+		 * until the transaction completes: the answer is written here, as lws's own
+		 * form examples do, not from a later writeable callback. */
+		struct http_request req;
+		int rc;
 		if (!pss->http)
 			return -1;
-		if (!pss->http->resp.status)
-			respond(wsi, pss->http);
-		return 0;
+		fill_request(pss->http, &req);
+		http_handle(&req, &pss->http->resp);
+		rc = http_write(wsi, pss->http);
+		http_end(pss);
+		return rc;
+	}
 	case LWS_CALLBACK_HTTP_WRITEABLE: {
 		int rc;
 		if (!pss->http || !pss->http->resp.status)
@@ -376,6 +389,15 @@ static void finish(void)
 	bus_stop();
 	lws_context_destroy(g_ctx);
 	g_ctx = NULL;
+	/* The loop now ends by itself once lws has closed its handles; the watchdog (which
+	 * does not keep the loop alive) bounds how long that may take. */
+}
+
+/* The promise is an exit within 5 s of SIGTERM whatever a peer or dependency does. */
+static void on_watchdog(uv_timer_t *t)
+{
+	log_error("shutdown failed", "reason", "deadline passed; exiting now");
+	_exit(0);
 }
 
 static void on_drain_tick(uv_timer_t *t)
@@ -398,6 +420,8 @@ static void begin_shutdown(const char *why)
 		conn_close(c, 1001, "server shutting down", true);
 	g_drain_started = uv_now(&g_loop);
 	uv_timer_start(&g_drain_timer, on_drain_tick, 20, 20);
+	uv_timer_start(&g_watchdog, on_watchdog, (uint64_t)g_cfg->shutdown_grace_ms + 1200, 0);
+	uv_unref((uv_handle_t *)&g_watchdog);
 }
 
 static void on_signal(uv_signal_t *s, int signum)
@@ -499,6 +523,7 @@ int srv_run(struct config *cfg)
 	uv_check_start(&g_reaper, on_reap);
 	uv_unref((uv_handle_t *)&g_reaper);
 	uv_timer_init(&g_loop, &g_drain_timer);
+	uv_timer_init(&g_loop, &g_watchdog);
 	uv_signal_init(&g_loop, &g_sigterm);
 	uv_signal_init(&g_loop, &g_sigint);
 	uv_signal_start(&g_sigterm, on_signal, SIGTERM);

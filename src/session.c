@@ -203,7 +203,7 @@ static void recheck_rooms(struct conn *c)
 	for (uint32_t i = c->member.nsubs; i-- > 0;) {
 		const char *room = room_name(c->member.subs[i].room);
 		char name[ROOM_NAME_MAX + 1];
-		if (authz_claims(&c->ident, room) != AUTHZ_DENY)
+		if (authz_still_allowed(c, room))
 			continue;
 		snprintf(name, sizeof(name), "%s", room);
 		room_leave(name, &c->member);

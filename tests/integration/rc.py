@@ -1,0 +1,265 @@
+"""Helpers for integration tests: start real roomcast processes, mint tokens independently of
+the code under test (HS256 by hand with hmac), and a raw WebSocket client for the cases a
+well-behaved library cannot produce (a peer that never reads, never answers pings)."""
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+import websockets
+
+from pgcluster import free_port
+
+BIN = os.environ.get("ROOMCAST_BIN") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "roomcast")
+SECRET = "integration-test-secret-0123456789abcdef"
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def make_token(sub="u1", role=None, ttl=3600, secret=SECRET, alg="HS256", **claims):
+    """An HS* JWT built with hmac, not with roomcast's own minting."""
+    now = int(time.time())
+    payload = {"sub": sub, "iat": now, "exp": now + ttl}
+    if role:
+        payload["role"] = role
+    payload.update(claims)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    header = {"alg": alg, "typ": "JWT"}
+    signing = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(payload).encode())
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}[alg]
+    sig = hmac.new(secret.encode(), signing.encode(), digest).digest()
+    return signing + "." + b64url(sig)
+
+
+def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
+    """Polls pred until it returns a truthy value; bounded by timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Server:
+    """One roomcast process on a free port with a log file."""
+
+    def __init__(self, env=None, host="127.0.0.1"):
+        self.port = free_port()
+        self.host = host
+        self.env = dict(os.environ)
+        for k in list(self.env):
+            if k in ("DATABASE_URL", "REDIS_ADDR", "WS_ORIGINS", "NOTIFY_TOKEN", "BACKEND_URL"):
+                del self.env[k]
+        self.env.update({"JWT_SECRET": SECRET, "PORT": str(self.port), "HOST": host,
+                         "LOG_FORMAT": "json", "LOG_LEVEL": "debug"})
+        self.env.update({k: str(v) for k, v in (env or {}).items()})
+        self.logfile = tempfile.NamedTemporaryFile(prefix="roomcast-", suffix=".log", delete=False)
+        self.proc = None
+
+    @property
+    def http(self):
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def ws(self):
+        return f"ws://{self.host}:{self.port}/ws"
+
+    def start(self, wait=True):
+        self.proc = subprocess.Popen([BIN, "serve"], env=self.env, stdout=self.logfile,
+                                     stderr=subprocess.STDOUT)
+        if wait:
+            wait_until(self._healthy, timeout=15, what="roomcast /health")
+        return self
+
+    def _healthy(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"roomcast exited with {self.proc.returncode}:\n{self.logs()}")
+        try:
+            return self.get("/health")[0] == 200
+        except OSError:
+            return False
+
+    def get(self, path, headers=None, method="GET", body=None):
+        req = urllib.request.Request(self.http + path, data=body, method=method,
+                                     headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def json(self, path, headers=None):
+        status, body = self.get(path, headers)
+        return status, json.loads(body)
+
+    def admin(self):
+        status, body = self.json("/admin/clients",
+                                 {"Authorization": "Bearer " + make_token("admin", "admin")})
+        assert status == 200, body
+        return body
+
+    def metrics(self):
+        return self.get("/metrics")[1]
+
+    def stop(self, sig=signal.SIGTERM, timeout=10):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode if self.proc else None
+
+    def logs(self):
+        with open(self.logfile.name, "r", errors="replace") as f:
+            return f.read()
+
+    def cleanup(self):
+        self.stop()
+        os.unlink(self.logfile.name)
+
+
+# ---- WebSocket helpers (websockets library) ----
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+async def connect(server, token=None, how="header", path="", **kw):
+    """Connects with the token presented the given way: header, query, subprotocol or none."""
+    url = server.ws + path
+    headers = kw.pop("extra_headers", {})
+    subprotocols = kw.pop("subprotocols", None)
+    if token and how == "header":
+        headers["Authorization"] = "Bearer " + token
+    elif token and how == "query":
+        url += ("&" if "?" in url else "?") + "token=" + token
+    elif token and how == "subprotocol":
+        subprotocols = ["roomcast", token]
+    return await websockets.connect(url, extra_headers=headers, subprotocols=subprotocols,
+                                    max_size=None, **kw)
+
+
+async def recv_json(ws, timeout=5):
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def recv_type(ws, typ, timeout=5):
+    """Reads until a reply of the given type arrives (room messages are skipped)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {typ} reply within {timeout}s")
+        msg = await recv_json(ws, left)
+        if isinstance(msg, dict) and msg.get("type") == typ:
+            return msg
+
+
+async def send(ws, typ, **payload):
+    await ws.send(json.dumps({"type": typ, "payload": payload}))
+
+
+async def join(ws, room, **extra):
+    await send(ws, "join", room=room, **extra)
+    msg = await recv_json(ws)
+    return msg
+
+
+async def closed_code(ws, timeout=10):
+    """Waits for the server to close; returns the close code."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), timeout)
+    except websockets.ConnectionClosed as e:
+        return e.code
+
+
+# ---- raw client ----
+
+class RawClient:
+    """A WebSocket client on a plain socket: does the handshake, then only what a test says."""
+
+    def __init__(self, server, token=None, rcvbuf=None, source="127.0.0.1", path="/ws"):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind((source, 0))
+        self.sock.settimeout(5)
+        self.sock.connect((server.host, server.port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           f"Sec-WebSocket-Version: 13\r\n{auth}\r\n").encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1)
+            if not chunk:
+                break
+            head += chunk
+        self.status = int(head.split(b" ")[1]) if head else 0
+        self.rest = b""
+
+    def send_frame(self, payload, opcode=1, fin=True, mask=True):
+        if isinstance(payload, str):
+            payload = payload.encode()
+        b0 = (0x80 if fin else 0) | opcode
+        n = len(payload)
+        if n < 126:
+            hdr = struct.pack("!BB", b0, (0x80 if mask else 0) | n)
+        elif n < 65536:
+            hdr = struct.pack("!BBH", b0, (0x80 if mask else 0) | 126, n)
+        else:
+            hdr = struct.pack("!BBQ", b0, (0x80 if mask else 0) | 127, n)
+        if mask:
+            key = os.urandom(4)
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+            hdr += key
+        self.sock.sendall(hdr + payload)
+
+    def send_json(self, obj):
+        self.send_frame(json.dumps(obj))
+
+    def read_frame(self, timeout=5):
+        """Returns (opcode, payload) or None at EOF."""
+        self.sock.settimeout(timeout)
+
+        def need(n):
+            while len(self.rest) < n:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return None
+                self.rest += chunk
+            out, self.rest = self.rest[:n], self.rest[n:]
+            return out
+        h = need(2)
+        if h is None:
+            return None
+        n = h[1] & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", need(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", need(8))[0]
+        data = need(n)
+        return (h[0] & 0x0F, data)
+
+    def close(self):
+        self.sock.close()
