@@ -1,0 +1,38 @@
+/* One asynchronous PostgreSQL connection on the libuv loop: non-blocking connect with a
+ * deadline, reconnect with jittered exponential backoff, a FIFO of queries each with its own
+ * deadline, notifications, and a heartbeat that detects half-open connections. Never blocks. */
+#ifndef ROOMCAST_PGC_H
+#define ROOMCAST_PGC_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct pgc;
+
+/* res is NULL when the query failed, timed out or the connection dropped (err says why). The
+ * result is freed by pgc after the callback returns. */
+typedef void (*pgc_result_fn)(void *arg, const PGresult *res, const char *err);
+
+struct pgc_hooks {
+	void (*up)(struct pgc *pc, void *arg);   /* connected (again) */
+	void (*down)(struct pgc *pc, void *arg); /* lost; a reconnect is scheduled */
+	void (*notify)(struct pgc *pc, const PGnotify *n, void *arg);
+	void *arg;
+};
+
+/* Starts connecting at once. conninfo is copied. name labels logs ("listener", "query"). */
+struct pgc *pgc_start(uv_loop_t *loop, const char *conninfo, const char *name,
+                      const struct pgc_hooks *hooks);
+/* Closes the connection and fails pending queries; frees pc once its handles closed. */
+void pgc_stop(struct pgc *pc);
+bool pgc_is_up(const struct pgc *pc);
+uint64_t pgc_reconnects(const struct pgc *pc);
+
+/* Queues a parameterized query (text params, text results). Returns 0, or -1 when the
+ * connection is down (cb is then not called). params are copied. */
+int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+              uint32_t timeout_ms, pgc_result_fn cb, void *arg);
+
+#endif

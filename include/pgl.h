@@ -1,0 +1,42 @@
+/* The PostgreSQL side of roomcast (SPEC §7, §8): a listener connection that only LISTENs, a
+ * query connection for everything else, and the delivery logic that turns outbox events into
+ * room messages exactly once and in commit order, across reconnects and out-of-order commits.
+ * Also client replay (`join` with `since`), the SQL room policy, persistent notify, retention. */
+#ifndef ROOMCAST_PGL_H
+#define ROOMCAST_PGL_H
+
+#include "config.h"
+
+#include <stdbool.h>
+#include <uv.h>
+
+struct conn;
+
+int pgl_start(const struct config *cfg, uv_loop_t *loop);
+void pgl_stop(void);
+bool pgl_enabled(void);
+/* "up" when both connections are up, "down" otherwise, "disabled" without DATABASE_URL. */
+const char *pgl_state(void);
+
+struct frame;
+
+/* The replayed events in id order: their outbox ids and room-message frames for the room
+ * asked about (the callback takes over the frame references). ok is false when the outbox
+ * could not be read; recovered is false when events after since are no longer retained. */
+typedef void (*pgl_replay_fn)(struct conn *c, const char *room, bool ok, bool recovered,
+                              const long long *ids, struct frame **frames, size_t n);
+/* Reads the events of room after since (see SPEC §8) and calls cb, unless c died meanwhile.
+ * Returns 0 when started, -1 when PostgreSQL is not available (cb not called). */
+int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb);
+
+typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, bool allowed, void *arg);
+/* Asks realtime.can_join(claims, room) with a 3 s deadline; a failure or timeout denies. cb is
+ * always called (check conn_alive there); c is held until then. */
+int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg);
+
+typedef void (*pgl_published_fn)(void *arg, long long id, const char *err);
+/* realtime.publish(event, ARRAY[room], data, meta) for POST /api/notify with persist. */
+int pgl_publish(const char *event, const char *room, const char *data_json, pgl_published_fn cb,
+                void *arg);
+
+#endif

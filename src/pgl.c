@@ -1,0 +1,673 @@
+/* PostgreSQL delivery: LISTEN on one connection, queries on another, and the watermark logic
+ * that makes outbox events reach rooms exactly once. The watermark W is a transaction id below
+ * which every committed event has been delivered; catch-up reads `xid >= W` after every
+ * reconnect, and a periodic sweep advances W to the snapshot xmin, so neither a lost listener
+ * nor transactions committing out of id order can lose an event. */
+#include "pgl.h"
+#include "conn.h"
+#include "frame.h"
+#include "log.h"
+#include "metrics.h"
+#include "pgc.h"
+#include "proto.h"
+#include "router.h"
+#include "util.h"
+
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+#define CHANNEL           "realtime_events"
+#define QUERY_TIMEOUT_MS  5000
+#define POLICY_TIMEOUT_MS 3000
+#define SWEEP_EVERY_MS    2000
+#define PRUNE_EVERY_MS    60000
+#define REPLAY_MAX        10000
+
+/* An event id handed to the router (or claimed by a fetch about to deliver it). */
+struct seen {
+	long long id;
+	uint64_t xid;
+	UT_hash_handle hh;
+};
+
+/* Notifications are delivered in arrival (= commit) order; a large one waits at the head of
+ * this queue for its row to be read, and everything behind it waits too. */
+struct inbound {
+	long long id;
+	char *json; /* NULL until fetched */
+	bool failed;
+	struct inbound *next;
+};
+
+static const struct config *g_cfg;
+static struct pgc *g_listen, *g_query;
+static uv_timer_t g_sweep_timer, g_prune_timer;
+static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
+static bool g_have_w;
+static uint64_t g_w;
+static struct seen *g_seen;
+static struct inbound *g_in_head, *g_in_tail;
+
+static bool seen_has(long long id)
+{
+	struct seen *s;
+	HASH_FIND(hh, g_seen, &id, sizeof(id), s);
+	return s != NULL;
+}
+
+static void seen_add(long long id, uint64_t xid)
+{
+	struct seen *s;
+	if (seen_has(id) || !(s = calloc(1, sizeof(*s))))
+		return;
+	s->id = id;
+	s->xid = xid;
+	HASH_ADD(hh, g_seen, id, sizeof(s->id), s);
+}
+
+static void seen_del(long long id)
+{
+	struct seen *s;
+	HASH_FIND(hh, g_seen, &id, sizeof(id), s);
+	if (s) {
+		HASH_DEL(g_seen, s);
+		free(s);
+	}
+}
+
+/* Entries below the watermark can never be offered again: catch-up only reads xid >= W. */
+static void seen_prune(void)
+{
+	struct seen *s, *tmp;
+	HASH_ITER(hh, g_seen, s, tmp)
+	{
+		if (s->xid < g_w) {
+			HASH_DEL(g_seen, s);
+			free(s);
+		}
+	}
+}
+
+static json_object *parse_json(const char *text, size_t len)
+{
+	json_tokener *tok = json_tokener_new_ex(64);
+	json_object *o;
+	if (!tok)
+		return NULL;
+	o = json_tokener_parse_ex(tok, text, (int)len);
+	if (json_tokener_get_error(tok) != json_tokener_success) {
+		json_object_put(o);
+		o = NULL;
+	}
+	json_tokener_free(tok);
+	return o;
+}
+
+static const char *str_field(json_object *o, const char *k)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
+	           ? json_object_get_string(v)
+	           : NULL;
+}
+
+static const char *raw_field(json_object *o, const char *k)
+{
+	json_object *v;
+	return json_object_object_get_ex(o, k, &v)
+	           ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN)
+	           : NULL;
+}
+
+/* Routes one outbox event given as realtime.event_json text. */
+static void deliver_json(const char *text)
+{
+	json_object *o = parse_json(text, strlen(text)), *rooms_o, *id_o;
+	const char *rooms[64];
+	size_t n = 0;
+	char id_raw[24];
+	struct route_event ev;
+
+	if (!o || !json_object_object_get_ex(o, "rooms", &rooms_o) ||
+	    !json_object_is_type(rooms_o, json_type_array) ||
+	    !json_object_object_get_ex(o, "id", &id_o)) {
+		log_error("outbox event unreadable", "reason", "payload is not an event");
+		json_object_put(o);
+		return;
+	}
+	for (size_t i = 0; i < json_object_array_length(rooms_o) && n < 64; i++) {
+		json_object *r = json_object_array_get_idx(rooms_o, i);
+		if (json_object_is_type(r, json_type_string))
+			rooms[n++] = json_object_get_string(r);
+	}
+	memset(&ev, 0, sizeof(ev));
+	ev.id_num = json_object_get_int64(id_o);
+	snprintf(id_raw, sizeof(id_raw), "%lld", ev.id_num);
+	ev.id_raw = id_raw;
+	ev.event = str_field(o, "event") ? str_field(o, "event") : "event";
+	ev.rooms = rooms;
+	ev.nrooms = n;
+	ev.ts = str_field(o, "ts") ? str_field(o, "ts") : "";
+	ev.data_raw = raw_field(o, "data");
+	ev.meta_raw = raw_field(o, "meta");
+	ev.born_ns = util_now_ns();
+	ev.src = SRC_DB;
+	route_event(&ev);
+	json_object_put(o);
+}
+
+static void drain_inbound(void)
+{
+	while (g_in_head && (g_in_head->json || g_in_head->failed)) {
+		struct inbound *in = g_in_head;
+		g_in_head = in->next;
+		if (!g_in_head)
+			g_in_tail = NULL;
+		if (in->json)
+			deliver_json(in->json);
+		free(in->json);
+		free(in);
+	}
+}
+
+static void on_large_fetched(void *arg, const PGresult *res, const char *err)
+{
+	struct inbound *in = arg;
+	if (res && PQntuples(res) == 1)
+		in->json = strdup(PQgetvalue(res, 0, 0));
+	if (!in->json) {
+		/* The sweep will find it (its id stays out of the seen set). */
+		in->failed = true;
+		seen_del(in->id);
+		log_warn("large event fetch failed", "reason", err ? err : "row not found");
+	}
+	drain_inbound();
+}
+
+static void enqueue(long long id, const char *json, bool large)
+{
+	struct inbound *in = calloc(1, sizeof(*in));
+	if (!in)
+		return;
+	in->id = id;
+	if (large) {
+		char idbuf[24];
+		const char *p[1] = {idbuf};
+		snprintf(idbuf, sizeof(idbuf), "%lld", id);
+		if (pgc_query(
+		        g_query,
+		        "SELECT realtime.event_json(e) FROM realtime.events e WHERE e.id = $1", 1,
+		        p, QUERY_TIMEOUT_MS, on_large_fetched, in) < 0) {
+			in->failed = true;
+			seen_del(id);
+		}
+	} else {
+		in->json = strdup(json);
+	}
+	if (g_in_tail)
+		g_in_tail->next = in;
+	else
+		g_in_head = in;
+	g_in_tail = in;
+	drain_inbound();
+}
+
+static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
+{
+	json_object *o, *v;
+	long long id;
+	uint64_t xid;
+	bool large;
+
+	if (strcmp(n->relname, CHANNEL))
+		return;
+	o = parse_json(n->extra, strlen(n->extra));
+	if (!o || !json_object_object_get_ex(o, "id", &v)) {
+		log_warn("notification ignored", "reason", "not an outbox event");
+		json_object_put(o);
+		return;
+	}
+	id = json_object_get_int64(v);
+	xid = str_field(o, "xid") ? strtoull(str_field(o, "xid"), NULL, 10) : 0;
+	large = json_object_object_get_ex(o, "large", &v) && json_object_get_boolean(v);
+	json_object_put(o);
+	if ((g_have_w && xid < g_w) || seen_has(id))
+		return;
+	seen_add(id, xid);
+	enqueue(id, n->extra, large);
+}
+
+/* ---- catch-up and sweep ---- */
+
+struct sweep {
+	bool catchup;
+	uint64_t new_w;
+	size_t n;
+	long long *ids;
+};
+
+static void sweep_done(struct sweep *sw, bool advance)
+{
+	if (advance) {
+		g_w = sw->new_w;
+		g_have_w = true;
+		seen_prune();
+		if (sw->catchup)
+			g_need_catchup = false;
+	}
+	g_sweep_in_flight = false;
+	free(sw->ids);
+	free(sw);
+}
+
+static void on_fetched(void *arg, const PGresult *res, const char *err)
+{
+	struct sweep *sw = arg;
+
+	if (!res) {
+		/* Unclaim so the next sweep tries again; W stays where it was. */
+		for (size_t i = 0; i < sw->n; i++)
+			seen_del(sw->ids[i]);
+		log_warn("catch-up read failed", "reason", err);
+		sweep_done(sw, false);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++)
+		deliver_json(PQgetvalue(res, i, 0));
+	if (sw->catchup || PQntuples(res)) {
+		char n[24];
+		snprintf(n, sizeof(n), "%d", PQntuples(res));
+		metrics.pg_catchup_rows += (uint64_t)PQntuples(res);
+		if (PQntuples(res))
+			log_info("delivered events missed by the listener", "rows", n);
+	}
+	sweep_done(sw, true);
+}
+
+static void on_swept(void *arg, const PGresult *res, const char *err)
+{
+	struct sweep *sw = arg;
+	struct buf ids;
+
+	if (!res || PQntuples(res) < 1) {
+		log_warn("catch-up query failed", "reason", err ? err : "no rows");
+		sweep_done(sw, false);
+		return;
+	}
+	sw->new_w = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	if (!g_have_w) {
+		/* First contact: nothing before now is owed to anyone connected. */
+		sweep_done(sw, true);
+		return;
+	}
+	sw->ids = calloc((size_t)PQntuples(res) + 1, sizeof(long long));
+	buf_init(&ids);
+	buf_puts(&ids, "{");
+	for (int i = 0; i < PQntuples(res) && sw->ids; i++) {
+		long long id;
+		uint64_t xid;
+		if (PQgetisnull(res, i, 1))
+			continue;
+		id = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+		xid = strtoull(PQgetvalue(res, i, 2), NULL, 10);
+		if (seen_has(id))
+			continue;
+		/* A young row's notification may simply still be on its way: leave it to the
+		 * listener (commit order) and keep W below it so the next sweep looks again. */
+		if (!sw->catchup && PQgetvalue(res, i, 3)[0] == 't') {
+			if (xid < sw->new_w)
+				sw->new_w = xid;
+			continue;
+		}
+		seen_add(id, xid);
+		sw->ids[sw->n++] = id;
+		buf_printf(&ids, "%s%lld", sw->n > 1 ? "," : "", id);
+	}
+	buf_puts(&ids, "}");
+	if (!sw->n || ids.failed) {
+		buf_free(&ids);
+		sweep_done(sw, sw->ids != NULL);
+		return;
+	}
+	{
+		const char *p[1] = {ids.data};
+		if (pgc_query(g_query,
+		              "SELECT realtime.event_json(e) FROM realtime.events e "
+		              "WHERE e.id = ANY($1::bigint[]) ORDER BY e.id",
+		              1, p, QUERY_TIMEOUT_MS, on_fetched, sw) < 0)
+			on_fetched(sw, NULL, "query connection down");
+	}
+	buf_free(&ids);
+}
+
+static void sweep(bool catchup)
+{
+	struct sweep *sw;
+	char wbuf[24];
+	const char *p[1] = {wbuf};
+
+	if (g_sweep_in_flight || !g_listening || !pgc_is_up(g_query))
+		return;
+	sw = calloc(1, sizeof(*sw));
+	if (!sw)
+		return;
+	sw->catchup = catchup;
+	snprintf(wbuf, sizeof(wbuf), "%llu", (unsigned long long)(g_have_w ? g_w : 0));
+	g_sweep_in_flight = true;
+	if (pgc_query(g_query,
+	              "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
+	              "clock_timestamp() - e.created_at < interval '1 second' "
+	              "FROM (SELECT 1) s LEFT JOIN realtime.events e "
+	              "ON $1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8 ORDER BY e.id",
+	              1, p, QUERY_TIMEOUT_MS, on_swept, sw) < 0) {
+		g_sweep_in_flight = false;
+		free(sw);
+	}
+}
+
+static void update_state(void)
+{
+	metrics.pg_up = g_listening && pgc_is_up(g_query);
+}
+
+static void on_sweep_timer(uv_timer_t *t)
+{
+	sweep(g_need_catchup);
+}
+
+static void on_listened(void *arg, const PGresult *res, const char *err)
+{
+	if (!res) {
+		log_error("LISTEN failed", "reason", err);
+		return;
+	}
+	g_listening = true;
+	g_need_catchup = true;
+	update_state();
+	sweep(true);
+}
+
+static void listener_up(struct pgc *pc, void *arg)
+{
+	pgc_query(pc, "LISTEN " CHANNEL, 0, NULL, QUERY_TIMEOUT_MS, on_listened, NULL);
+}
+
+static void listener_down(struct pgc *pc, void *arg)
+{
+	g_listening = false;
+	metrics.pg_reconnects++;
+	update_state();
+}
+
+static void query_up(struct pgc *pc, void *arg)
+{
+	update_state();
+	if (g_need_catchup)
+		sweep(true);
+}
+
+static void query_down(struct pgc *pc, void *arg)
+{
+	update_state();
+}
+
+/* ---- retention ---- */
+
+static void on_pruned(void *arg, const PGresult *res, const char *err)
+{
+	if (!res)
+		log_warn("realtime.prune failed", "reason", err);
+	else if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), "0"))
+		log_info("outbox pruned", "rows", PQgetvalue(res, 0, 0));
+}
+
+static void on_prune_timer(uv_timer_t *t)
+{
+	char secs[24];
+	const char *p[1] = {secs};
+	snprintf(secs, sizeof(secs), "%ld", g_cfg->outbox_retention_s);
+	pgc_query(g_query, "SELECT realtime.prune(make_interval(secs => $1::int))", 1, p,
+	          QUERY_TIMEOUT_MS, on_pruned, NULL);
+}
+
+/* ---- public ---- */
+
+int pgl_start(const struct config *cfg, uv_loop_t *loop)
+{
+	struct pgc_hooks lh = {listener_up, listener_down, on_notify, NULL};
+	struct pgc_hooks qh = {query_up, query_down, NULL, NULL};
+
+	g_cfg = cfg;
+	if (!cfg->database_url || !*cfg->database_url)
+		return 0;
+	g_enabled = true;
+	g_listen = pgc_start(loop, cfg->database_url, "listener", &lh);
+	g_query = pgc_start(loop, cfg->database_url, "query", &qh);
+	if (!g_listen || !g_query)
+		return -1;
+	uv_timer_init(loop, &g_sweep_timer);
+	uv_timer_init(loop, &g_prune_timer);
+	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
+	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
+	return 0;
+}
+
+void pgl_stop(void)
+{
+	struct seen *s, *tmp;
+
+	if (!g_enabled)
+		return;
+	uv_close((uv_handle_t *)&g_sweep_timer, NULL);
+	uv_close((uv_handle_t *)&g_prune_timer, NULL);
+	pgc_stop(g_listen);
+	pgc_stop(g_query);
+	g_listen = g_query = NULL;
+	g_listening = false;
+	while (g_in_head) {
+		struct inbound *in = g_in_head;
+		g_in_head = in->next;
+		free(in->json);
+		free(in);
+	}
+	g_in_tail = NULL;
+	HASH_ITER(hh, g_seen, s, tmp)
+	{
+		HASH_DEL(g_seen, s);
+		free(s);
+	}
+	g_enabled = false;
+}
+
+bool pgl_enabled(void)
+{
+	return g_enabled;
+}
+
+const char *pgl_state(void)
+{
+	if (!g_enabled)
+		return "disabled";
+	return g_listening && pgc_is_up(g_query) ? "up" : "down";
+}
+
+/* ---- replay ---- */
+
+struct replay {
+	struct conn *c;
+	char room[ROOM_NAME_MAX + 1];
+	long long since;
+	pgl_replay_fn cb;
+};
+
+static void on_replay(void *arg, const PGresult *res, const char *err)
+{
+	struct replay *rp = arg;
+	long long *ids = NULL;
+	struct frame **frames = NULL;
+	size_t n = 0;
+	bool recovered = false;
+
+	if (!conn_alive(rp->c)) {
+		conn_release(rp->c);
+		free(rp);
+		return;
+	}
+	if (!res || PQntuples(res) < 1) {
+		log_warn("replay failed", "conn", rp->c->id, "room", rp->room, "reason",
+		         err ? err : "no rows");
+		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0);
+		conn_release(rp->c);
+		free(rp);
+		return;
+	}
+	recovered = rp->since >= strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	ids = calloc((size_t)PQntuples(res), sizeof(*ids));
+	frames = calloc((size_t)PQntuples(res), sizeof(*frames));
+	for (int i = 0; ids && frames && i < PQntuples(res); i++) {
+		json_object *o;
+		char id_raw[24];
+		if (PQgetisnull(res, i, 1))
+			continue;
+		if (n >= REPLAY_MAX) {
+			recovered = false; /* more than we replay: the client must refetch */
+			break;
+		}
+		o = parse_json(PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
+		if (!o)
+			continue;
+		ids[n] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+		snprintf(id_raw, sizeof(id_raw), "%lld", ids[n]);
+		frames[n] = proto_event_envelope(
+		    id_raw, str_field(o, "event") ? str_field(o, "event") : "event", rp->room,
+		    str_field(o, "ts") ? str_field(o, "ts") : "", raw_field(o, "data"),
+		    raw_field(o, "meta"));
+		json_object_put(o);
+		if (frames[n]) {
+			frames[n]->flags |= FRAME_ROOM_MSG;
+			n++;
+		}
+	}
+	rp->cb(rp->c, rp->room, ids && frames, recovered, ids, frames, n);
+	free(ids);
+	free(frames);
+	conn_release(rp->c);
+	free(rp);
+}
+
+int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb)
+{
+	struct replay *rp;
+	char sbuf[24], limit[24];
+	const char *p[3] = {room, sbuf, limit};
+
+	if (!pgc_is_up(g_query) || !(rp = calloc(1, sizeof(*rp))))
+		return -1;
+	rp->c = c;
+	snprintf(rp->room, sizeof(rp->room), "%s", room);
+	rp->since = since;
+	rp->cb = cb;
+	snprintf(sbuf, sizeof(sbuf), "%lld", since);
+	snprintf(limit, sizeof(limit), "%d", REPLAY_MAX + 1);
+	/* The floor: any event the client may not have seen when it saw `since` belongs to a
+	 * transaction that was still open when `since` was inserted, so its xid is at least
+	 * that row's snap_xmin. Events at or above the floor are replayed even with smaller ids
+	 * (the client may get a few it already had; it has their ids). */
+	if (pgc_query(g_query,
+	              "WITH fl AS (SELECT snap_xmin FROM realtime.events WHERE id >= $2::bigint "
+	              "ORDER BY id LIMIT 1) "
+	              "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, e.id, "
+	              "realtime.event_json(e) FROM (SELECT 1) s LEFT JOIN LATERAL ("
+	              "SELECT * FROM realtime.events e WHERE e.rooms @> ARRAY[$1]::text[] "
+	              "AND (e.id > $2::bigint OR (e.id < $2::bigint AND "
+	              "e.xid >= (SELECT snap_xmin FROM fl))) "
+	              "ORDER BY e.id LIMIT $3::int) e ON true ORDER BY e.id",
+	              3, p, QUERY_TIMEOUT_MS, on_replay, rp) < 0) {
+		free(rp);
+		return -1;
+	}
+	conn_hold(c);
+	return 0;
+}
+
+/* ---- policy ---- */
+
+struct verdict_req {
+	struct conn *c;
+	char room[ROOM_NAME_MAX + 1];
+	pgl_verdict_fn cb;
+	void *arg;
+};
+
+static void on_verdict(void *arg, const PGresult *res, const char *err)
+{
+	struct verdict_req *vr = arg;
+	bool allowed = res && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+
+	if (!res)
+		log_warn("realtime.can_join failed", "conn", vr->c->id, "room", vr->room, "reason",
+		         err);
+	vr->cb(vr->c, vr->room, allowed, vr->arg);
+	conn_release(vr->c);
+	free(vr);
+}
+
+int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg)
+{
+	struct verdict_req *vr;
+	const char *p[2] = {c->ident.claims_json ? c->ident.claims_json : "{}", room};
+
+	if (!pgc_is_up(g_query) || !(vr = calloc(1, sizeof(*vr))))
+		return -1;
+	vr->c = c;
+	snprintf(vr->room, sizeof(vr->room), "%s", room);
+	vr->cb = cb;
+	vr->arg = arg;
+	if (pgc_query(g_query, "SELECT realtime.can_join($1::jsonb, $2)", 2, p, POLICY_TIMEOUT_MS,
+	              on_verdict, vr) < 0) {
+		free(vr);
+		return -1;
+	}
+	conn_hold(c);
+	return 0;
+}
+
+/* ---- persistent notify ---- */
+
+struct publish_req {
+	pgl_published_fn cb;
+	void *arg;
+};
+
+static void on_published(void *arg, const PGresult *res, const char *err)
+{
+	struct publish_req *pr = arg;
+	if (res && PQntuples(res) == 1)
+		pr->cb(pr->arg, strtoll(PQgetvalue(res, 0, 0), NULL, 10), NULL);
+	else
+		pr->cb(pr->arg, 0, err ? err : "no id returned");
+	free(pr);
+}
+
+int pgl_publish(const char *event, const char *room, const char *data_json, pgl_published_fn cb,
+                void *arg)
+{
+	struct publish_req *pr;
+	const char *p[3] = {event, room, data_json};
+
+	if (!pgc_is_up(g_query) || !(pr = calloc(1, sizeof(*pr))))
+		return -1;
+	pr->cb = cb;
+	pr->arg = arg;
+	if (pgc_query(g_query,
+	              "SELECT realtime.publish($1, ARRAY[$2]::text[], $3::jsonb, "
+	              "'{\"source\":\"notify\"}'::jsonb)",
+	              3, p, QUERY_TIMEOUT_MS, on_published, pr) < 0) {
+		free(pr);
+		return -1;
+	}
+	return 0;
+}
