@@ -16,11 +16,12 @@ void authz_setup(const struct config *cfg);
 /* The claim rules alone: ALLOW, DENY, or ASK when only the database/backend can tell. */
 enum authz_result authz_claims(const struct auth_identity *id, const char *room);
 
-/* Called with the verdict unless the connection died first. */
+/* Called with the verdict of an asynchronous check; always called, so check conn_alive(c). */
 typedef void (*authz_done_fn)(struct conn *c, const char *room, bool allowed, void *arg);
 
-/* Decides for c joining room. Returns ALLOW or DENY when known now (cb not called), or ASK when
- * an asynchronous check was started (cb called later; the connection is held meanwhile). */
+/* Decides for c joining room. Returns ALLOW or DENY when known now (claims, or a verdict cached
+ * for this connection; cb not called), or ASK when an asynchronous check was started (cb is
+ * called later; the connection is held meanwhile). */
 enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb, void *arg);
 
 /* After a token refresh: may c stay in room? Claims decide; rooms only a policy can grant are

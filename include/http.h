@@ -28,10 +28,6 @@ struct http_response {
 	struct buf body;
 };
 
-struct http_status_source {
-	const char *(*postgres_state)(void); /* "up", "down", "disabled" */
-};
-
 void http_setup(const struct config *cfg, const struct auth *auth, const char *version);
 /* Whether the body of this request should be read (POST to a path that takes one). Fills resp
  * and returns false when the request is refused before its body (405, 413, 415, 404). */
@@ -39,8 +35,5 @@ bool http_wants_body(const struct http_request *req, struct http_response *resp)
 /* Handles a complete request. */
 void http_handle(const struct http_request *req, struct http_response *resp);
 void http_response_free(struct http_response *resp);
-
-/* Dependency states for /health and /ready, provided by the modules that own them. */
-extern const char *(*http_postgres_state)(void);
 
 #endif

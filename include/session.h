@@ -14,6 +14,8 @@ struct conn;
 void sess_setup(const struct config *cfg, const struct auth *auth, struct lws_context *ctx);
 /* The connection finished its upgrade; c->ident is filled when it presented a valid token. */
 void sess_open(struct conn *c, int authenticated);
+/* Drops joins still waiting for replay (the connection is going away). */
+void sess_pending_clear(struct conn *c);
 /* One complete client text message. */
 void sess_message(struct conn *c, const char *data, size_t len);
 

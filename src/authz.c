@@ -2,6 +2,8 @@
  * claims cannot decide. Without a policy those rooms are refused. */
 #include "authz.h"
 #include "conn.h"
+#include "log.h"
+#include "pgl.h"
 #include "room.h"
 
 #include <stdio.h>
@@ -52,16 +54,47 @@ enum authz_result authz_claims(const struct auth_identity *id, const char *room)
 	return AUTHZ_ASK;
 }
 
+struct ask {
+	authz_done_fn cb;
+	void *arg;
+};
+
+static struct verdict *cache_find(struct conn *c, const char *room);
+
+static void on_policy(struct conn *c, const char *room, bool allowed, void *arg)
+{
+	struct ask a = *(struct ask *)arg;
+
+	free(arg);
+	if (conn_alive(c))
+		authz_cache_put(c, room, allowed);
+	a.cb(c, room, allowed, a.arg);
+}
+
 enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb, void *arg)
 {
 	enum authz_result r = authz_claims(&c->ident, room);
+	struct verdict *v;
+	struct ask *a;
 
 	if (r != AUTHZ_ASK)
 		return r;
 	if (g_cfg->authz_mode == AUTHZ_CLAIMS)
 		return AUTHZ_DENY;
-	/* The SQL and HTTP policies are asynchronous; until they are wired, refuse. */
-	return AUTHZ_DENY;
+	if ((v = cache_find(c, room)))
+		return v->allowed ? AUTHZ_ALLOW : AUTHZ_DENY;
+	if (g_cfg->authz_mode != AUTHZ_SQL || !(a = malloc(sizeof(*a))))
+		return AUTHZ_DENY; /* the HTTP policy is not available in this build */
+	a->cb = cb;
+	a->arg = arg;
+	if (pgl_can_join(c, room, on_policy, a) < 0) {
+		/* PostgreSQL is down: deny now, uncached, so a later join asks again. */
+		free(a);
+		log_warn("room policy unavailable", "conn", c->id, "room", room, "reason",
+		         "postgres is down");
+		return AUTHZ_DENY;
+	}
+	return AUTHZ_ASK;
 }
 
 static struct verdict *cache_find(struct conn *c, const char *room)

@@ -2,6 +2,7 @@
  * callback, closes with codes, and the per-connection token bucket. */
 #include "conn.h"
 #include "authz.h"
+#include "session.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -72,6 +73,7 @@ void conn_detach(struct conn *c)
 	set_state(c, CONN_DEAD);
 	c->wsi = NULL;
 	room_leave_all(&c->member);
+	sess_pending_clear(c);
 	lws_sul_cancel(&c->sul_auth);
 	lws_sul_cancel(&c->sul_expiry);
 	frame_queue_clear(&c->q);

@@ -5,6 +5,7 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "pgl.h"
 #include "proto.h"
 #include "room.h"
 
@@ -20,13 +21,6 @@ static const struct auth *g_auth;
 static const char *g_version;
 static time_t g_started;
 static uint64_t g_notify_seq;
-
-static const char *pg_disabled(void)
-{
-	return "disabled";
-}
-
-const char *(*http_postgres_state)(void) = pg_disabled;
 
 void http_setup(const struct config *cfg, const struct auth *auth, const char *version)
 {
@@ -52,7 +46,7 @@ static void json_error(struct http_response *resp, int status, const char *msg)
 
 static void health(struct http_response *resp, bool ready_only)
 {
-	const char *pg = http_postgres_state();
+	const char *pg = pgl_state();
 	const char *redis = bus_state();
 	bool healthy = strcmp(pg, "down") && strcmp(redis, "down");
 

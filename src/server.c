@@ -10,6 +10,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "pgl.h"
 #include "proto.h"
 #include "session.h"
 
@@ -387,6 +388,7 @@ static void finish(void)
 	uv_close((uv_handle_t *)&g_sigterm, NULL);
 	uv_close((uv_handle_t *)&g_sigint, NULL);
 	bus_stop();
+	pgl_stop();
 	lws_context_destroy(g_ctx);
 	g_ctx = NULL;
 	/* The loop now ends by itself once lws has closed its handles; the watchdog (which
@@ -514,7 +516,8 @@ int srv_run(struct config *cfg)
 	sess_setup(cfg, g_auth, g_ctx);
 	authz_setup(cfg);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
-	if (bus_start(cfg, &g_loop) < 0 || gate_start(&g_loop, cfg, g_auth, g_vhost) < 0) {
+	if (bus_start(cfg, &g_loop) < 0 || pgl_start(cfg, &g_loop) < 0 ||
+	    gate_start(&g_loop, cfg, g_auth, g_vhost) < 0) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
 		return 1;

