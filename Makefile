@@ -24,7 +24,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 PYTHON  := /usr/bin/python3
 
-.PHONY: all deps test unit integration run run-cluster clean format format-check bench
+.PHONY: all deps test unit integration run run-cluster clean format format-check bench check-ci
 
 all: roomcast
 
@@ -60,8 +60,13 @@ $(BUILD):
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; CK_FORK=yes $$t; done
 
-integration: roomcast
-	ROOMCAST_BIN=$(CURDIR)/$(BIN) $(PYTHON) -m pytest -q -x tests/integration $(PYTEST_ARGS)
+# ROOMCAST_BIN may name another build (CI points it at build/san/roomcast).
+ROOMCAST_BIN ?= $(CURDIR)/$(BIN)
+integration: $(BIN)
+	ROOMCAST_BIN=$(ROOMCAST_BIN) $(PYTHON) -m pytest -q -x tests/integration $(PYTEST_ARGS)
+
+check-ci:
+	@.ci/run
 
 test: deps
 	@$(MAKE) --no-print-directory roomcast

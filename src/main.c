@@ -35,8 +35,10 @@ static int cmd_serve(int argc, char **argv)
 	struct config cfg;
 	int rc = config_load(&cfg, argc, argv, stdout, stderr);
 
-	if (rc)
+	if (rc) {
+		config_free(&cfg);
 		return rc > 0 ? 0 : 2;
+	}
 	setup_logging(&cfg);
 	rc = srv_run(&cfg);
 	config_free(&cfg);

@@ -105,14 +105,35 @@ static struct http_x *http_begin(struct lws *wsi, struct pss *pss, const char *u
 	return x;
 }
 
+static int http_write(struct lws *wsi, struct http_x *x);
+
+static void http_free(struct http_x *x)
+{
+	buf_free(&x->body);
+	http_response_free(&x->resp);
+	free(x);
+}
+
 static void http_end(struct pss *pss)
 {
 	if (!pss->http)
 		return;
-	buf_free(&pss->http->body);
-	http_response_free(&pss->http->resp);
-	free(pss->http);
+	http_free(pss->http);
 	pss->http = NULL;
+}
+
+/* Writes the response and frees the exchange. It is detached from pss first: completing a
+ * keep-alive transaction makes lws drop the protocol and free pss before http_write returns,
+ * so pss must not be touched afterwards. */
+static int http_finish(struct lws *wsi, struct pss *pss)
+{
+	struct http_x *x = pss->http;
+	int rc;
+
+	pss->http = NULL;
+	rc = http_write(wsi, x);
+	http_free(x);
+	return rc;
 }
 
 static void fill_request(struct http_x *x, struct http_request *req)
@@ -284,8 +305,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			/* Refused before its body: answer now and close, leaving the body unread.
 			 */
 			x->refused = true;
-			http_write(wsi, x);
-			http_end(pss);
+			http_finish(wsi, pss);
 			return -1;
 		}
 		respond(wsi, x);
@@ -300,8 +320,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			pss->http->resp.content_type = "application/json";
 			buf_puts(&pss->http->resp.body, "{\"error\":\"body too large\"}");
 			pss->http->refused = true;
-			http_write(wsi, pss->http);
-			http_end(pss);
+			http_finish(wsi, pss);
 			return -1;
 		}
 		buf_put(&pss->http->body, in, len);
@@ -311,22 +330,16 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		 * until the transaction completes: the answer is written here, as lws's own
 		 * form examples do, not from a later writeable callback. */
 		struct http_request req;
-		int rc;
 		if (!pss->http)
 			return -1;
 		fill_request(pss->http, &req);
 		http_handle(&req, &pss->http->resp);
-		rc = http_write(wsi, pss->http);
-		http_end(pss);
-		return rc;
+		return http_finish(wsi, pss);
 	}
 	case LWS_CALLBACK_HTTP_WRITEABLE: {
-		int rc;
 		if (!pss->http || !pss->http->resp.status)
 			return 0;
-		rc = http_write(wsi, pss->http);
-		http_end(pss);
-		return rc;
+		return http_finish(wsi, pss);
 	}
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
 		http_end(pss);

@@ -153,6 +153,8 @@ async def connect(server, token=None, how="header", path="", **kw):
         url += ("&" if "?" in url else "?") + "token=" + token
     elif token and how == "subprotocol":
         subprotocols = ["roomcast", token]
+    # A short close timeout: tests leave clients open and the library would wait 10 s each.
+    kw.setdefault("close_timeout", 1)
     return await websockets.connect(url, extra_headers=headers, subprotocols=subprotocols,
                                     max_size=None, **kw)
 
@@ -263,3 +265,130 @@ class RawClient:
 
     def close(self):
         self.sock.close()
+
+
+# ---- helpers for limits and HTTP tests ----
+
+def _raw_read_frame_or_eof(client, timeout):
+    """read_frame that turns a reset or a torn frame into EOF (None)."""
+    try:
+        return client.read_frame(timeout)
+    except (ConnectionError, TypeError, struct.error):
+        return None
+
+
+def wait_server_close(client, timeout=10):
+    """Reads a RawClient without ever answering anything (pings included) until the server
+    closes. Returns (close_code or None when the socket just ended, opcodes seen before)."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"server did not close within {timeout}s (saw {seen})")
+        try:
+            frame = _raw_read_frame_or_eof(client, left)
+        except socket.timeout:
+            continue
+        if frame is None:
+            return None, seen
+        opcode, payload = frame
+        if opcode == 8:
+            return (struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None), seen
+        seen.append(opcode)
+
+
+def raw_exchange(server, data, timeout=5, source=None):
+    """Sends bytes on a fresh TCP connection and reads until the server closes or goes quiet
+    for `timeout`. Returns (bytes read, True when the server closed)."""
+    sock = socket.create_connection((server.host, server.port), timeout=timeout,
+                                    source_address=(source, 0) if source else None)
+    try:
+        sock.sendall(data)
+        return read_until_eof(sock, timeout)
+    finally:
+        sock.close()
+
+
+def read_until_eof(sock, timeout):
+    """Reads until EOF/reset (closed=True) or `timeout` seconds of silence (closed=False)."""
+    sock.settimeout(timeout)
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            return out, False
+        except ConnectionError:
+            return out, True
+        if not chunk:
+            return out, True
+        out += chunk
+
+
+def parse_response(data):
+    """Splits one raw HTTP/1.1 response into (status, {lower-case header: value}, body bytes),
+    honouring Content-Length so that bytes after it are not taken as body."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    assert sep, f"no complete response head in {data[:200]!r}"
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        rest = rest[:int(headers["content-length"])]
+    return status, headers, rest
+
+
+def metric_samples(text):
+    """Parses Prometheus text with the reference parser; returns {(sample name, ((label,
+    value), ...)): value} so both a gauge and a counter of one family name stay apart."""
+    from prometheus_client.parser import text_string_to_metric_families
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class Notifier:
+    """POST /api/notify over one keep-alive connection (http.client reopens it if the server
+    closed it after a refusal)."""
+
+    def __init__(self, server, token="notify-secret"):
+        import http.client
+        self.conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        self.token = token
+
+    def post(self, body, token=..., content_type="application/json", method="POST",
+             headers=None):
+        """body: a dict/list (sent as JSON) or bytes. Returns (status, body text, headers)."""
+        if not isinstance(body, (bytes, bytearray)) and body is not None:
+            body = json.dumps(body).encode()
+        hdrs = {}
+        token = self.token if token is ... else token
+        if token:
+            hdrs["Authorization"] = "Bearer " + token
+        if content_type:
+            hdrs["Content-Type"] = content_type
+        hdrs.update(headers or {})
+        self.conn.request(method, "/api/notify", body=body, headers=hdrs)
+        resp = self.conn.getresponse()
+        text = resp.read().decode()
+        if resp.getheader("Connection", "").lower() == "close":
+            self.conn.close()
+        return resp.status, text, resp
+
+    def close(self):
+        self.conn.close()
+
+
+async def settle(fut, timeout=30):
+    """Lets a run_in_executor future finish (bounded) and marks its exception as seen, for
+    the cleanup path of a test that failed while the future was still working."""
+    if not fut.done():
+        await asyncio.wait([fut], timeout=timeout)
+    if fut.done() and not fut.cancelled():
+        fut.exception()
