@@ -19,6 +19,10 @@ struct http_request {
 	long content_length;       /* -1 when absent */
 	const char *body;
 	size_t body_len;
+	/* For answers that need PostgreSQL: called later with the final status and JSON body
+	 * when http_handle left resp->status at 0. */
+	void (*complete)(void *ctx, int status, const char *json);
+	void *ctx;
 };
 
 struct http_response {

@@ -232,6 +232,46 @@ static bool notify_authorized(const struct http_request *req, struct http_respon
 	return ok;
 }
 
+struct persist_wait {
+	void (*complete)(void *ctx, int status, const char *json);
+	void *ctx;
+};
+
+static void on_persisted(void *arg, long long id, const char *err)
+{
+	struct persist_wait *pw = arg;
+	char body[160];
+
+	if (err) {
+		log_warn("persistent notify failed", "reason", err);
+		pw->complete(pw->ctx, 503, "{\"error\":\"notification could not be stored\"}");
+	} else {
+		snprintf(body, sizeof(body),
+			 "{\"status\":\"success\",\"message\":\"Notification sent\",\"id\":%lld}",
+			 id);
+		pw->complete(pw->ctx, 200, body);
+	}
+	free(pw);
+}
+
+static void persist_notify(const struct http_request *req, struct http_response *resp,
+			   const char *event, const char *room, const char *data_raw)
+{
+	struct persist_wait *pw;
+
+	if (strcmp(pgl_state(), "up") || !req->complete || !(pw = malloc(sizeof(*pw)))) {
+		json_error(resp, 503, "persist needs PostgreSQL, which is not available");
+		return;
+	}
+	pw->complete = req->complete;
+	pw->ctx = req->ctx;
+	if (pgl_publish(event, room, data_raw, on_persisted, pw) < 0) {
+		free(pw);
+		json_error(resp, 503, "persist needs PostgreSQL, which is not available");
+	}
+	/* resp->status stays 0: the answer comes through req->complete. */
+}
+
 static void notify(const struct http_request *req, struct http_response *resp)
 {
 	json_tokener *tok;
@@ -285,15 +325,16 @@ static void notify(const struct http_request *req, struct http_response *resp)
 		json_error(resp, 400, "invalid room name");
 		return;
 	}
-	if (json_object_object_get_ex(root, "persist", &persist) &&
-	    json_object_get_boolean(persist)) {
-		json_object_put(root);
-		json_error(resp, 503, "persist needs PostgreSQL, which is not available");
-		return;
-	}
 	data_raw = json_object_object_get_ex(root, "data", &data)
 	               ? json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN)
 	               : "null";
+	if (json_object_object_get_ex(root, "persist", &persist) &&
+	    json_object_get_boolean(persist)) {
+		/* Durable: through realtime.publish, delivered by every replica's listener. */
+		persist_notify(req, resp, json_object_get_string(event), room_name_buf, data_raw);
+		json_object_put(root);
+		return;
+	}
 	snprintf(id, sizeof(id), "%s-n%llu", g_cfg->node_id, (unsigned long long)++g_notify_seq);
 	snprintf(id_raw, sizeof(id_raw), "\"%s\"", id);
 	util_timestamp(ts);

@@ -30,6 +30,8 @@ struct pss {
 };
 
 /* One HTTP exchange on a wsi (keep-alive reuses the wsi for the next one). */
+struct http_wait;
+
 struct http_x {
 	char method[8];
 	char path[128];
@@ -38,6 +40,7 @@ struct http_x {
 	char content_type[128];
 	long content_length;
 	bool refused; /* answered before reading the body */
+	struct http_wait *wait; /* an answer is being computed elsewhere (PostgreSQL) */
 	struct buf body;
 	struct http_response resp;
 };
@@ -107,8 +110,32 @@ static struct http_x *http_begin(struct lws *wsi, struct pss *pss, const char *u
 
 static int http_write(struct lws *wsi, struct http_x *x);
 
+/* Links an exchange waiting for an asynchronous answer to its wsi. If lws drops the exchange
+ * first, the link is orphaned and the late answer is discarded. */
+struct http_wait {
+	struct lws *wsi;
+	struct http_x *x;
+	bool orphan;
+};
+
+static void on_http_complete(void *ctx, int status, const char *json)
+{
+	struct http_wait *w = ctx;
+
+	if (!w->orphan) {
+		w->x->wait = NULL;
+		w->x->resp.status = status;
+		w->x->resp.content_type = "application/json";
+		buf_puts(&w->x->resp.body, json);
+		lws_callback_on_writable(w->wsi);
+	}
+	free(w);
+}
+
 static void http_free(struct http_x *x)
 {
+	if (x->wait)
+		x->wait->orphan = true;
 	buf_free(&x->body);
 	http_response_free(&x->resp);
 	free(x);
@@ -330,10 +357,24 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		 * until the transaction completes: the answer is written here, as lws's own
 		 * form examples do, not from a later writeable callback. */
 		struct http_request req;
-		if (!pss->http)
+		struct http_x *x = pss->http;
+		if (!x)
 			return -1;
-		fill_request(pss->http, &req);
-		http_handle(&req, &pss->http->resp);
+		if (x->wait)
+			return 0; /* already being answered */
+		fill_request(x, &req);
+		x->wait = calloc(1, sizeof(*x->wait));
+		if (!x->wait)
+			return -1;
+		x->wait->wsi = wsi;
+		x->wait->x = x;
+		req.complete = on_http_complete;
+		req.ctx = x->wait;
+		http_handle(&req, &x->resp);
+		if (!x->resp.status)
+			return 0; /* on_http_complete asks for a writeable callback */
+		free(x->wait);
+		x->wait = NULL;
 		return http_finish(wsi, pss);
 	}
 	case LWS_CALLBACK_HTTP_WRITEABLE: {

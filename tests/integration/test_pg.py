@@ -324,3 +324,25 @@ def test_health_reports_postgres_up(pgserver):
     server = pgserver()
     status, body = server.json("/health")
     assert status == 200 and body["postgres"] == "up" and body["status"] == "healthy"
+
+
+def test_notify_persist_goes_through_the_outbox(pgserver, cluster, db):
+    server = pgserver(NOTIFY_TOKEN="nt")
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await join(ws, "persist-1")
+        status, body = server.get("/api/notify", {"Authorization": "Bearer nt",
+                                                  "Content-Type": "application/json"},
+                                  method="POST",
+                                  body=b'{"event":"kept","room":"persist-1","data":{"a":1},'
+                                       b'"persist":true}')
+        assert status == 200
+        answer = __import__("json").loads(body)
+        assert isinstance(answer["id"], int)
+        m = (await collect(ws, 1))[0]
+        assert m["id"] == answer["id"] and m["event"] == "kept" and m["data"] == {"a": 1}
+        row = sql(cluster, db, "SELECT event, rooms FROM realtime.events WHERE id = %s",
+                  (answer["id"],))
+        assert row == [("kept", ["persist-1"])]
+    run(go())
