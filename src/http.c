@@ -189,6 +189,22 @@ static void render_metrics(struct http_response *resp)
 	for (int i = 1; i <= 5; i++)
 		buf_printf(b, "roomcast_http_requests_total{code=\"%dxx\"} %llu\n", i,
 		           (unsigned long long)metrics.http_requests[i]);
+	buf_printf(
+	    b,
+	    "# HELP roomcast_postgres_up Whether the listener and query connections are up "
+	    "(-1: not configured).\n# TYPE roomcast_postgres_up gauge\nroomcast_postgres_up %d\n"
+	    "# HELP roomcast_postgres_reconnects_total Listener connections lost.\n"
+	    "# TYPE roomcast_postgres_reconnects_total counter\n"
+	    "roomcast_postgres_reconnects_total %llu\n"
+	    "# HELP roomcast_postgres_catchup_rows_total Events delivered by catch-up reads "
+	    "rather than notifications.\n# TYPE roomcast_postgres_catchup_rows_total counter\n"
+	    "roomcast_postgres_catchup_rows_total %llu\n"
+	    "# HELP roomcast_postgres_notify_queue_usage pg_notification_queue_usage() at the "
+	    "last heartbeat.\n# TYPE roomcast_postgres_notify_queue_usage gauge\n"
+	    "roomcast_postgres_notify_queue_usage %g\n",
+	    strcmp(pgl_state(), "disabled") ? metrics.pg_up : -1,
+	    (unsigned long long)metrics.pg_reconnects, (unsigned long long)metrics.pg_catchup_rows,
+	    metrics.pg_queue_usage);
 	buf_puts(b, "# HELP roomcast_delivery_latency_seconds From event arrival to the write to "
 	            "the client.\n# TYPE roomcast_delivery_latency_seconds histogram\n");
 	for (int i = 0; i < METRICS_LAT_BUCKETS; i++)
@@ -247,15 +263,15 @@ static void on_persisted(void *arg, long long id, const char *err)
 		pw->complete(pw->ctx, 503, "{\"error\":\"notification could not be stored\"}");
 	} else {
 		snprintf(body, sizeof(body),
-			 "{\"status\":\"success\",\"message\":\"Notification sent\",\"id\":%lld}",
-			 id);
+		         "{\"status\":\"success\",\"message\":\"Notification sent\",\"id\":%lld}",
+		         id);
 		pw->complete(pw->ctx, 200, body);
 	}
 	free(pw);
 }
 
 static void persist_notify(const struct http_request *req, struct http_response *resp,
-			   const char *event, const char *room, const char *data_raw)
+                           const char *event, const char *room, const char *data_raw)
 {
 	struct persist_wait *pw;
 

@@ -39,7 +39,7 @@ struct http_x {
 	char authorization[4096];
 	char content_type[128];
 	long content_length;
-	bool refused; /* answered before reading the body */
+	bool refused;           /* answered before reading the body */
 	struct http_wait *wait; /* an answer is being computed elsewhere (PostgreSQL) */
 	struct buf body;
 	struct http_response resp;
@@ -527,6 +527,13 @@ int srv_run(struct config *cfg)
 	if (!cfg->production && cfg->jwt_secret && strlen(cfg->jwt_secret) < 32)
 		log_warn(
 		    "JWT_SECRET is shorter than 32 bytes; refused when ENVIRONMENT=production");
+	if (cfg->redis_addr && *cfg->redis_addr)
+		log_warn(
+		    "REDIS_ADDR is set but this build has no Redis bus yet: running as a single "
+		    "node; broadcasts and notifies reach only this replica's clients");
+	if (cfg->backend_url && *cfg->backend_url)
+		log_warn("BACKEND_URL is set but this build has no HTTP room policy yet: rooms the "
+		         "claims cannot decide are refused");
 	if (!cfg->ws_origins || !*cfg->ws_origins)
 		log_warn("WS_ORIGINS is unset: WebSocket handshakes from any Origin are allowed");
 
