@@ -7,12 +7,13 @@
 #include "config.h"
 
 #include <stdbool.h>
+#include <uv.h>
 
 struct conn;
 
 enum authz_result { AUTHZ_DENY = 0, AUTHZ_ALLOW, AUTHZ_ASK };
 
-void authz_setup(const struct config *cfg);
+void authz_setup(const struct config *cfg, uv_loop_t *loop);
 /* The claim rules alone: ALLOW, DENY, or ASK when only the database/backend can tell. */
 enum authz_result authz_claims(const struct auth_identity *id, const char *room);
 

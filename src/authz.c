@@ -2,10 +2,12 @@
  * claims cannot decide. Without a policy those rooms are refused. */
 #include "authz.h"
 #include "conn.h"
+#include "httpc.h"
 #include "log.h"
 #include "pgl.h"
 #include "room.h"
 
+#include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,10 +24,15 @@ struct verdict_cache {
 };
 
 static const struct config *g_cfg;
+static uv_loop_t *g_loop;
 
-void authz_setup(const struct config *cfg)
+/* SPEC §6: both policies answer within 3 s or deny. */
+#define POLICY_TIMEOUT_MS 3000
+
+void authz_setup(const struct config *cfg, uv_loop_t *loop)
 {
 	g_cfg = cfg;
+	g_loop = loop;
 }
 
 /* True when room is prefix followed by exactly value (value non-empty). */
@@ -57,6 +64,8 @@ enum authz_result authz_claims(const struct auth_identity *id, const char *room)
 struct ask {
 	authz_done_fn cb;
 	void *arg;
+	struct conn *c; /* held for the HTTP policy */
+	char room[ROOM_NAME_MAX + 1];
 };
 
 static struct verdict *cache_find(struct conn *c, const char *room);
@@ -71,6 +80,50 @@ static void on_policy(struct conn *c, const char *room, bool allowed, void *arg)
 	a.cb(c, room, allowed, a.arg);
 }
 
+/* The backend answers {"allowed":true}; anything else, any other status, or no answer in time
+ * denies. */
+static void on_backend(void *arg, int status, const char *body, size_t len, const char *err)
+{
+	struct ask *a = arg;
+	bool allowed = false;
+
+	if (status == 200 && body) {
+		json_object *o = json_tokener_parse(body), *v;
+		allowed = o && json_object_object_get_ex(o, "allowed", &v) &&
+		          json_object_is_type(v, json_type_boolean) && json_object_get_boolean(v);
+		json_object_put(o);
+	} else {
+		char st[12];
+		snprintf(st, sizeof(st), "%d", status);
+		log_warn("backend policy failed", "room", a->room, "status", st, "reason",
+		         err ? err : "unexpected status");
+	}
+	if (conn_alive(a->c))
+		authz_cache_put(a->c, a->room, allowed);
+	a->cb(a->c, a->room, allowed, a->arg);
+	conn_release(a->c);
+	free(a);
+}
+
+static int ask_backend(struct conn *c, const char *room, struct ask *a)
+{
+	char url[2048], eroom[3 * ROOM_NAME_MAX + 1], euser[3 * AUTH_ID_MAX + 1];
+	const char *base = g_cfg->backend_url;
+	size_t bl = strlen(base);
+
+	if (httpc_query_escape(room, eroom, sizeof(eroom)) < 0 ||
+	    httpc_query_escape(c->ident.user_id, euser, sizeof(euser)) < 0)
+		return -1;
+	snprintf(url, sizeof(url), "%.*s/can_join?room=%s&user_id=%s",
+	         (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base, eroom, euser);
+	a->c = c;
+	snprintf(a->room, sizeof(a->room), "%s", room);
+	if (httpc_get(g_loop, url, POLICY_TIMEOUT_MS, on_backend, a) < 0)
+		return -1;
+	conn_hold(c);
+	return 0;
+}
+
 enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb, void *arg)
 {
 	enum authz_result r = authz_claims(&c->ident, room);
@@ -83,10 +136,19 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 		return AUTHZ_DENY;
 	if ((v = cache_find(c, room)))
 		return v->allowed ? AUTHZ_ALLOW : AUTHZ_DENY;
-	if (g_cfg->authz_mode != AUTHZ_SQL || !(a = malloc(sizeof(*a))))
-		return AUTHZ_DENY; /* the HTTP policy is not available in this build */
+	if (!(a = calloc(1, sizeof(*a))))
+		return AUTHZ_DENY;
 	a->cb = cb;
 	a->arg = arg;
+	if (g_cfg->authz_mode == AUTHZ_HTTP) {
+		if (ask_backend(c, room, a) < 0) {
+			free(a);
+			log_warn("backend policy unavailable", "conn", c->id, "room", room,
+			         "reason", "BACKEND_URL is not a usable http:// URL");
+			return AUTHZ_DENY;
+		}
+		return AUTHZ_ASK;
+	}
 	if (pgl_can_join(c, room, on_policy, a) < 0) {
 		/* PostgreSQL is down: deny now, uncached, so a later join asks again. */
 		free(a);

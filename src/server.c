@@ -531,9 +531,6 @@ int srv_run(struct config *cfg)
 		log_warn(
 		    "REDIS_ADDR is set but this build has no Redis bus yet: running as a single "
 		    "node; broadcasts and notifies reach only this replica's clients");
-	if (cfg->backend_url && *cfg->backend_url)
-		log_warn("BACKEND_URL is set but this build has no HTTP room policy yet: rooms the "
-		         "claims cannot decide are refused");
 	if (!cfg->ws_origins || !*cfg->ws_origins)
 		log_warn("WS_ORIGINS is unset: WebSocket handshakes from any Origin are allowed");
 
@@ -575,7 +572,7 @@ int srv_run(struct config *cfg)
 	}
 	conn_setup(cfg, g_ctx);
 	sess_setup(cfg, g_auth, g_ctx);
-	authz_setup(cfg);
+	authz_setup(cfg, &g_loop);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	if (bus_start(cfg, &g_loop) < 0 || pgl_start(cfg, &g_loop) < 0 ||
 	    gate_start(&g_loop, cfg, g_auth, g_vhost) < 0) {
