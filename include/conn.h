@@ -38,8 +38,7 @@ struct conn {
 	uint64_t tokens_at_ns;
 	uint32_t strikes;
 	uint64_t last_limited_ns;
-	struct buf rx; /* a message being assembled from fragments */
-	bool rx_too_big;
+	struct buf rx;                     /* a message being assembled from fragments */
 	lws_sorted_usec_list_t sul_auth;   /* AUTH_TIMEOUT_S for unauthenticated connections */
 	lws_sorted_usec_list_t sul_expiry; /* token_expiring, then 4001 */
 	bool expiring_sent;

@@ -116,22 +116,13 @@ static int exec_simple(PGconn *conn, const char *sql, const char *file)
  * file that forgets its COMMIT is refused rather than silently committed by a later statement. */
 static int exec_file(PGconn *conn, const char *name, const char *sql)
 {
-	char buf[1024];
-	PGresult *res = PQexec(conn, sql);
-	int rc = 0;
+	int rc = exec_simple(conn, sql, name);
 
-	if (!res || !result_ok(res)) {
-		log_error("PQexec failed", "reason",
-		          trimmed(res ? PQresultErrorMessage(res) : PQerrorMessage(conn), buf,
-		                  sizeof(buf)),
-		          "file", name);
-		rc = MIGRATE_ERR_DB;
-	} else if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+	if (!rc && PQtransactionStatus(conn) != PQTRANS_IDLE) {
 		log_error("migration failed", "reason",
 		          "file left its transaction open (no COMMIT?)", "file", name);
 		rc = MIGRATE_ERR_DB;
 	}
-	PQclear(res);
 	if (rc && PQtransactionStatus(conn) != PQTRANS_IDLE)
 		PQclear(PQexec(conn, "ROLLBACK"));
 	return rc;
