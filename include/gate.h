@@ -7,6 +7,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "metrics.h"
 
 #include <libwebsockets.h>
 #include <stdbool.h>
@@ -21,8 +22,33 @@ struct gate_ticket {
 	struct auth_identity ident; /* valid when authenticated */
 };
 
-int gate_start(uv_loop_t *loop, const struct config *cfg, const struct auth *auth,
-               struct lws_vhost *vhost);
+/* What the admission checks need from a WebSocket upgrade request (pointers into the
+ * request; lengths exclude any NUL). */
+struct gate_upgrade {
+	const char *target; /* path and query */
+	size_t target_len;
+	const char *origin, *authorization, *protocol; /* NULL when absent */
+	size_t origin_len, authorization_len, protocol_len;
+	bool has_key; /* Sec-WebSocket-Key present */
+	const char *ip;
+};
+
+struct gate_refusal {
+	int status;
+	const char *reason; /* HTTP reason phrase */
+	const char *body;   /* text/plain body */
+	enum metrics_refuse why;
+};
+
+/* The checks every WebSocket upgrade passes, in order: path /ws, key, Origin, total and
+ * per-address capacity, token (SPEC §3 order). Returns a ticket with its per-address slot
+ * taken (free with gate_ticket_free(t, true) if it is not used), or NULL and *ref. */
+struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate_refusal *ref);
+
+/* Keeps cfg and auth (they outlive the gate) for gate_admit and the listener. */
+void gate_setup(const struct config *cfg, const struct auth *auth);
+/* Opens the listening socket (plain HTTP mode) and hands accepted sockets to vhost. */
+int gate_start(uv_loop_t *loop, struct lws_vhost *vhost);
 /* Stops accepting; connections still being read are closed. */
 void gate_stop(void);
 

@@ -244,18 +244,15 @@ static int validate(struct config *cfg, FILE *err)
 		        cfg->pong_timeout_s, cfg->ping_interval_s);
 		return -1;
 	}
-	if (is_set(cfg->tls_cert_file) || is_set(cfg->tls_key_file)) {
-		/* Refused rather than ignored: serving plaintext when TLS was asked for would be
-		 * worse than not starting. Terminate TLS in front of roomcast meanwhile. */
-		fprintf(err,
-		        "roomcast: invalid %s: TLS is not supported by this build yet; "
-		        "terminate TLS in a proxy\n",
-		        is_set(cfg->tls_cert_file) ? "TLS_CERT_FILE" : "TLS_KEY_FILE");
-		return -1;
-	}
 	if (is_set(cfg->tls_cert_file) != is_set(cfg->tls_key_file)) {
 		fprintf(err, "roomcast: invalid %s: TLS_CERT_FILE and TLS_KEY_FILE go together\n",
 		        is_set(cfg->tls_cert_file) ? "TLS_KEY_FILE" : "TLS_CERT_FILE");
+		return -1;
+	}
+	if (is_set(cfg->tls_cert_file) &&
+	    (access(cfg->tls_cert_file, R_OK) || access(cfg->tls_key_file, R_OK))) {
+		fprintf(err, "roomcast: invalid %s: cannot read the file\n",
+		        access(cfg->tls_cert_file, R_OK) ? "TLS_CERT_FILE" : "TLS_KEY_FILE");
 		return -1;
 	}
 	if (cfg->workers > 1 && !is_set(cfg->redis_addr)) {

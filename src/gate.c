@@ -376,7 +376,7 @@ static char *query_param(const char *target, size_t len, const char *name)
 
 /* The token a WebSocket client presented, in SPEC order: Authorization bearer, ?token=, the
  * subprotocol offer "roomcast, <t>". malloc'd, or NULL when none. */
-static char *find_token(const struct head *h)
+static char *find_token(const struct gate_upgrade *h)
 {
 	char *t;
 	if (h->authorization_len > 7 && !strncasecmp(h->authorization, "Bearer ", 7)) {
@@ -409,7 +409,7 @@ static char *find_token(const struct head *h)
 
 /* Exact match against WS_ORIGINS; a handshake without Origin is not from a browser and is
  * allowed (SPEC §2). */
-static bool origin_allowed(const struct head *h)
+static bool origin_allowed(const struct gate_upgrade *h)
 {
 	const char *list = g_cfg->ws_origins;
 	char o[256];
@@ -423,7 +423,7 @@ static bool origin_allowed(const struct head *h)
 	return contains_token(list, strlen(list), o);
 }
 
-static bool path_is(const struct head *h, const char *path)
+static bool path_is(const struct gate_upgrade *h, const char *path)
 {
 	size_t n = strlen(path);
 	return h->target_len >= n && !strncmp(h->target, path, n) &&
@@ -484,72 +484,87 @@ static void hand_off(struct pending *p)
 	pend_close(p);
 }
 
-static void accept_ws(struct pending *p, const struct head *h)
+struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate_refusal *ref)
 {
 	struct gate_ticket *t;
-	struct ticket_entry *e;
-	char *token;
-	char *batch;
+	struct ip_entry *ie;
+	char *token, *batch;
 
-	if (!path_is(h, "/ws")) {
-		refuse(p, 404, "Not Found", "not found", REFUSE_NOT_FOUND);
-		return;
-	}
-	if (!h->key || !h->key_len) {
-		refuse(p, 400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
-		return;
-	}
-	if (!origin_allowed(h)) {
-		refuse(p, 403, "Forbidden", "origin not allowed", REFUSE_ORIGIN);
-		return;
-	}
-	if (conn_count() + g_ntickets >= g_cfg->max_connections) {
-		refuse(p, 503, "Service Unavailable", "too many connections", REFUSE_CAPACITY);
-		return;
-	}
-	{
-		struct ip_entry *ie = ip_find(p->ip);
-		if (ie && ie->count >= g_cfg->max_connections_per_ip) {
-			refuse(p, 429, "Too Many Requests",
-			       "too many connections from this address", REFUSE_PER_IP);
-			return;
-		}
-	}
+#define REFUSE(st, rs, bd, wy)                                                                     \
+	do {                                                                                       \
+		ref->status = st;                                                                  \
+		ref->reason = rs;                                                                  \
+		ref->body = bd;                                                                    \
+		ref->why = wy;                                                                     \
+		return NULL;                                                                       \
+	} while (0)
+	if (!path_is(u, "/ws"))
+		REFUSE(404, "Not Found", "not found", REFUSE_NOT_FOUND);
+	if (!u->has_key)
+		REFUSE(400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
+	if (!origin_allowed(u))
+		REFUSE(403, "Forbidden", "origin not allowed", REFUSE_ORIGIN);
+	if (conn_count() + g_ntickets >= g_cfg->max_connections)
+		REFUSE(503, "Service Unavailable", "too many connections", REFUSE_CAPACITY);
+	ie = ip_find(u->ip);
+	if (ie && ie->count >= g_cfg->max_connections_per_ip)
+		REFUSE(429, "Too Many Requests", "too many connections from this address",
+		       REFUSE_PER_IP);
 	t = calloc(1, sizeof(*t));
-	e = calloc(1, sizeof(*e));
-	if (!t || !e || rewrite(p, h, true) < 0) {
-		free(t);
-		free(e);
-		refuse(p, 503, "Service Unavailable", "out of memory", REFUSE_CAPACITY);
-		return;
-	}
-	token = find_token(h);
+	if (!t)
+		REFUSE(503, "Service Unavailable", "out of memory", REFUSE_CAPACITY);
+	token = find_token(u);
 	if (token) {
 		enum auth_reason why =
 		    auth_verify(g_auth, token, strlen(token), time(NULL), &t->ident);
 		free(token);
 		if (why != AUTH_OK) {
 			metrics.auth_failures[why]++;
-			log_info("handshake refused", "ip", p->ip, "reason", auth_reason_name(why));
+			log_info("handshake refused", "ip", u->ip, "reason", auth_reason_name(why));
 			free(t);
-			free(e);
-			refuse(p, 401, "Unauthorized", "unauthorized", REFUSE_UNAUTHORIZED);
-			return;
+			REFUSE(401, "Unauthorized", "unauthorized", REFUSE_UNAUTHORIZED);
 		}
 		t->authenticated = true;
 	}
-	batch = query_param(h->target, h->target_len, "batch");
+#undef REFUSE
+	batch = query_param(u->target, u->target_len, "batch");
 	t->batch = batch && (!strcmp(batch, "1") || !strcmp(batch, "true"));
 	free(batch);
-	t->fd = p->fd;
-	snprintf(t->ip, sizeof(t->ip), "%s", p->ip);
-	if (consume_head(p, p->len) < 0) {
-		gate_ticket_free(t, false);
+	t->fd = fd;
+	snprintf(t->ip, sizeof(t->ip), "%s", u->ip);
+	ip_acquire(u->ip);
+	return t;
+}
+
+static void accept_ws(struct pending *p, const struct head *h)
+{
+	struct gate_upgrade u = {
+	    .target = h->target,
+	    .target_len = h->target_len,
+	    .origin = h->origin,
+	    .origin_len = h->origin_len,
+	    .authorization = h->authorization,
+	    .authorization_len = h->authorization_len,
+	    .protocol = h->protocol,
+	    .protocol_len = h->protocol_len,
+	    .has_key = h->key && h->key_len,
+	    .ip = p->ip,
+	};
+	struct gate_refusal ref;
+	struct gate_ticket *t = gate_admit(&u, p->fd, &ref);
+	struct ticket_entry *e;
+
+	if (!t) {
+		refuse(p, ref.status, ref.reason, ref.body, ref.why);
+		return;
+	}
+	e = calloc(1, sizeof(*e));
+	if (!e || rewrite(p, h, true) < 0 || consume_head(p, p->len) < 0) {
 		free(e);
+		gate_ticket_free(t, true);
 		pend_close(p);
 		return;
 	}
-	ip_acquire(p->ip);
 	e->fd = p->fd;
 	e->t = t;
 	HASH_ADD_INT(g_tickets, fd, e);
@@ -724,16 +739,20 @@ static void on_accept(uv_poll_t *handle, int status, int events)
 	}
 }
 
-int gate_start(uv_loop_t *loop, const struct config *cfg, const struct auth *auth,
-               struct lws_vhost *vhost)
+void gate_setup(const struct config *cfg, const struct auth *auth)
 {
+	g_cfg = cfg;
+	g_auth = auth;
+}
+
+int gate_start(uv_loop_t *loop, struct lws_vhost *vhost)
+{
+	const struct config *cfg = g_cfg;
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	int one = 1;
 
 	g_loop = loop;
-	g_cfg = cfg;
-	g_auth = auth;
 	g_vhost = vhost;
 	memset(&ss, 0, sizeof(ss));
 	if (strchr(cfg->host, ':')) {

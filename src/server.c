@@ -15,6 +15,7 @@
 #include "session.h"
 
 #include <libwebsockets.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -230,6 +231,85 @@ static void respond(struct lws *wsi, struct http_x *x)
 
 /* ---- WebSocket ---- */
 
+static bool g_tls;
+
+/* Creates the connection for an admitted upgrade; consumes the ticket. */
+static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
+{
+	struct conn *c = conn_new(wsi, t->ip, t->batch);
+
+	if (!c) {
+		gate_ticket_free(t, true);
+		return 1;
+	}
+	if (t->authenticated) {
+		c->ident = t->ident;
+		memset(&t->ident, 0, sizeof(t->ident));
+		c->state = CONN_OPEN; /* sess_open finishes the transition */
+	}
+	gate_ticket_free(t, false);
+	pss->conn = c;
+	return 0;
+}
+
+/* Answers a refused TLS upgrade with a complete HTTP response. lws has already switched the
+ * connection to its WebSocket role here, where HTTP_HEADERS writes go out unframed. */
+static int refuse_in_lws(struct lws *wsi, const struct gate_refusal *ref)
+{
+	unsigned char buf[LWS_PRE + 512];
+	int n = snprintf((char *)buf + LWS_PRE, sizeof(buf) - LWS_PRE,
+	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+	                 "Content-Length: %zu\r\nConnection: close\r\n"
+	                 "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n%s",
+	                 ref->status, ref->reason, strlen(ref->body), ref->body);
+
+	metrics.refused[ref->why]++;
+	metrics.http_requests[ref->status / 100]++;
+	lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
+	return 1;
+}
+
+/* Copies header t into a buffer for the admission checks; NULL when absent or too long. */
+static const char *hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, size_t cap,
+                       size_t *len)
+{
+	int n = lws_hdr_total_length(wsi, t);
+	*len = 0;
+	if (n <= 0 || (size_t)n >= cap || lws_hdr_copy(wsi, dst, (int)cap, t) < 0)
+		return NULL;
+	*len = (size_t)n;
+	return dst;
+}
+
+static int admit_tls(struct lws *wsi, struct gate_ticket **out)
+{
+	char target[2048], args[1536], origin[256], authz[4096], proto[4096], key[64], ip[48];
+	struct gate_upgrade u;
+	struct gate_refusal ref;
+	size_t plen, alen;
+	struct pss *pss = lws_wsi_user(wsi);
+
+	memset(&u, 0, sizeof(u));
+	if (!hdr(wsi, WSI_TOKEN_GET_URI, target, sizeof(target) / 2, &plen))
+		return 1;
+	if (hdr(wsi, WSI_TOKEN_HTTP_URI_ARGS, args, sizeof(args), &alen))
+		snprintf(target + plen, sizeof(target) - plen, "?%s", args);
+	u.target = target;
+	u.target_len = strlen(target);
+	u.origin = hdr(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin), &u.origin_len);
+	u.authorization =
+	    hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, authz, sizeof(authz), &u.authorization_len);
+	u.protocol = hdr(wsi, WSI_TOKEN_PROTOCOL, proto, sizeof(proto), &u.protocol_len);
+	u.has_key = hdr(wsi, WSI_TOKEN_KEY, key, sizeof(key), &alen) != NULL;
+	lws_get_peer_simple(wsi, ip, sizeof(ip));
+	/* The TLS listener is dual-stack: count IPv4 clients by their IPv4 address. */
+	u.ip = strncmp(ip, "::ffff:", 7) ? ip : ip + 7;
+	*out = gate_admit(&u, lws_get_socket_fd(wsi), &ref);
+	if (!*out)
+		return refuse_in_lws(wsi, &ref);
+	return attach_conn(wsi, pss, *out);
+}
+
 static void detach(struct pss *pss)
 {
 	if (!pss || !pss->conn)
@@ -280,27 +360,17 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 
 	switch (reason) {
 	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
-		/* Only upgrades the gate checked carry a ticket; an upgrade that arrives later on
-		 * a kept-alive HTTP connection bypassed the gate and is refused. */
 		struct gate_ticket *t = gate_ticket_take(lws_get_socket_fd(wsi));
-		struct conn *c;
+		/* Plain HTTP: only upgrades the gate checked carry a ticket; one arriving later on
+		 * a kept-alive connection bypassed the gate and is refused. With TLS, lws accepts
+		 * the connection itself and the same admission checks run here. */
+		if (!t && g_tls && g_state == SRV_RUNNING)
+			return admit_tls(wsi, &t);
 		if (!t || g_state != SRV_RUNNING) {
 			gate_ticket_free(t, true);
 			return 1;
 		}
-		c = conn_new(wsi, t->ip, t->batch);
-		if (!c) {
-			gate_ticket_free(t, true);
-			return 1;
-		}
-		if (t->authenticated) {
-			c->ident = t->ident;
-			memset(&t->ident, 0, sizeof(t->ident));
-			c->state = CONN_OPEN; /* sess_open below finishes the transition */
-		}
-		gate_ticket_free(t, false);
-		pss->conn = c;
-		return 0;
+		return attach_conn(wsi, pss, t);
 	}
 	case LWS_CALLBACK_ESTABLISHED:
 		if (!pss->conn)
@@ -557,6 +627,18 @@ int srv_run(struct config *cfg)
 	info.max_http_header_data = (unsigned short)cfg->max_header_bytes;
 	info.alpn = "http/1.1";
 	info.vhost_name = "roomcast";
+	g_tls = cfg->tls_cert_file && *cfg->tls_cert_file;
+	if (g_tls) {
+		/* lws terminates TLS and listens itself (the gate cannot read encrypted heads);
+		 * TLS 1.2 and later only, and ALPN offers HTTP/1.1 only. */
+		info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+		info.port = (int)cfg->port;
+		info.iface = cfg->host;
+		info.ssl_cert_filepath = cfg->tls_cert_file;
+		info.ssl_private_key_filepath = cfg->tls_key_file;
+		info.ssl_options_set = SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 |
+		                       SSL_OP_NO_TLSv1_1 | SSL_OP_NO_COMPRESSION;
+	}
 	g_ctx = lws_create_context(&info);
 	if (!g_ctx) {
 		log_error("lws_create_context failed", "reason", "see libwebsockets log");
@@ -573,9 +655,10 @@ int srv_run(struct config *cfg)
 	conn_setup(cfg, g_ctx);
 	sess_setup(cfg, g_auth, g_ctx);
 	authz_setup(cfg, &g_loop);
+	gate_setup(cfg, g_auth);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	if (bus_start(cfg, &g_loop) < 0 || pgl_start(cfg, &g_loop) < 0 ||
-	    gate_start(&g_loop, cfg, g_auth, g_vhost) < 0) {
+	    (!g_tls && gate_start(&g_loop, g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
 		return 1;
