@@ -32,6 +32,7 @@ struct conn {
 	struct auth_identity ident;
 	struct frame_queue q;
 	uint16_t close_code;
+	bool close_sent; /* our close frame is written; waiting for the peer's */
 	char close_reason[64];
 	/* Token bucket for client messages. */
 	double tokens;

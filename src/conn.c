@@ -22,6 +22,9 @@ static uint64_t g_seq;
 /* lws_write's close-frame type: lws 4.1.6 handles it but keeps the enum value private. */
 #define CONN_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
 
+/* How long a closed connection waits for the peer's close frame before the socket goes. */
+#define CONN_CLOSE_ACK_S 3
+
 /* Frames written per writeable callback before yielding to other connections. */
 #define WRITES_PER_CALLBACK 32
 /* Largest batch frame for ?batch=1 clients. */
@@ -275,17 +278,21 @@ int conn_on_writeable(struct conn *c)
 		request_write(c);
 		return 0;
 	}
-	if (c->state == CONN_CLOSING) {
+	if (c->state == CONN_CLOSING && !c->close_sent) {
 		/* lws 4.1.6 drops a close reason set with lws_close_reason() when the writeable
-		 * callback returns -1, so the close frame is written here, then the socket closed.
-		 */
+		 * callback returns -1, so the close frame is written here. The socket then stays
+		 * open, still read, until the peer answers with its close (lws completes that) or
+		 * the timeout passes: closing at once would reset a peer with frames in flight, and
+		 * the reset would destroy the close code before the peer read it. */
 		unsigned char frame[LWS_PRE + 2 + sizeof(c->close_reason)];
 		size_t rlen = strlen(c->close_reason);
 		frame[LWS_PRE] = (unsigned char)(c->close_code >> 8);
 		frame[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
 		memcpy(frame + LWS_PRE + 2, c->close_reason, rlen);
-		lws_write(c->wsi, frame + LWS_PRE, 2 + rlen, CONN_LWS_WRITE_CLOSE);
-		return -1;
+		if (lws_write(c->wsi, frame + LWS_PRE, 2 + rlen, CONN_LWS_WRITE_CLOSE) < 0)
+			return -1;
+		c->close_sent = true;
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, CONN_CLOSE_ACK_S);
 	}
 	return 0;
 }

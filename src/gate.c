@@ -35,7 +35,6 @@ struct pending {
 	char *out; /* rewritten head handed to lws */
 	size_t out_len;
 	struct pending *prev, *next;
-	char buf[]; /* cfg->max_header_bytes */
 };
 
 struct ticket_entry {
@@ -62,10 +61,15 @@ static long g_npending;
 static struct ticket_entry *g_tickets;
 static long g_ntickets;
 static struct ip_entry *g_ips;
+/* One buffer for every head: heads are peeked, parsed, rewritten and consumed within a single
+ * readable callback, so no socket needs a buffer of its own while it waits. */
+static char *g_head;
 
 /* Upper bound on sockets the gate reads at once, so slow handshakes cannot exhaust fds. */
 #define MAX_PENDING 4096
 #define LINGER_MS   1000
+/* Unsent bytes the kernel may hold per client socket (see start_pending). */
+#define GATE_NOTSENT_LOWAT 16384
 
 static void pend_close(struct pending *p);
 
@@ -180,11 +184,14 @@ static void refuse(struct pending *p, int status, const char *reason, const char
                    enum metrics_refuse why)
 {
 	char resp[512];
+	/* The HTTP API answers errors as JSON (SPEC §5); the WebSocket handshake as text. */
+	bool json = body[0] == '{';
 	int n = snprintf(resp, sizeof(resp),
-	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+	                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
 	                 "Content-Length: %zu\r\nConnection: close\r\n"
 	                 "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n%s",
-	                 status, reason, strlen(body), body);
+	                 status, reason, json ? "application/json" : "text/plain; charset=utf-8",
+	                 strlen(body), body);
 
 	metrics.refused[why]++;
 	metrics.http_requests[status / 100]++;
@@ -226,8 +233,12 @@ struct head {
 	    *host;
 	size_t upgrade_len, connection_len, key_len, ws_version_len, protocol_len, origin_len,
 	    authorization_len, host_len;
-	size_t head_len; /* through the blank line */
+	size_t head_len;     /* through the blank line */
+	long content_length; /* -1 when absent */
+	bool chunked;
 };
+
+static bool contains_token(const char *list, size_t len, const char *tok);
 
 static bool name_is(const char *name, size_t len, const char *want)
 {
@@ -259,6 +270,7 @@ static int parse_head(const char *buf, size_t len, struct head *h)
 	if (!end)
 		return 0;
 	memset(h, 0, sizeof(*h));
+	h->content_length = -1;
 	h->head_len = (size_t)(end - buf);
 	eol = memchr(buf, '\r', h->head_len);
 	{
@@ -304,6 +316,10 @@ static int parse_head(const char *buf, size_t len, struct head *h)
 		KEEP("Authorization", authorization)
 		KEEP("Host", host)
 #undef KEEP
+		if (name_is(line, nlen, "Content-Length"))
+			h->content_length = strtol(v, NULL, 10);
+		else if (name_is(line, nlen, "Transfer-Encoding"))
+			h->chunked = contains_token(v, vlen, "chunked");
 	}
 	return 1;
 }
@@ -435,7 +451,7 @@ static bool path_is(const struct gate_upgrade *h, const char *path)
 static int rewrite(struct pending *p, const struct head *h, bool ws)
 {
 	struct buf b;
-	const char *extra = p->buf + h->head_len;
+	const char *extra = g_head + h->head_len;
 	size_t extra_len = p->len - h->head_len;
 
 	buf_init(&b);
@@ -455,8 +471,8 @@ static int rewrite(struct pending *p, const struct head *h, bool ws)
 			buf_puts(&b, "Sec-WebSocket-Protocol: roomcast\r\n");
 		buf_puts(&b, "\r\n");
 	} else {
-		const char *line = p->buf, *eol;
-		const char *end = p->buf + h->head_len;
+		const char *line = g_head, *eol;
+		const char *end = g_head + h->head_len;
 		while (line < end) {
 			eol = memchr(line, '\n', (size_t)(end - line));
 			size_t n = (size_t)(eol - line) + 1;
@@ -586,20 +602,12 @@ static int consume_head(struct pending *p, size_t head_len)
 {
 	size_t got = 0;
 	while (got < head_len) {
-		ssize_t n = recv(p->fd, p->buf, head_len - got, 0);
+		ssize_t n = recv(p->fd, g_head, head_len - got, 0);
 		if (n <= 0)
 			return -1;
 		got += (size_t)n;
 	}
 	return 0;
-}
-
-static bool has_body(const char *buf, size_t head_len)
-{
-	/* A crude scan is enough: it only decides whether an h2c upgrade is refused. */
-	return memmem(buf, head_len, "\r\nContent-Length: 0\r\n", 21) == NULL &&
-	       (strcasestr(buf, "\r\ncontent-length:") ||
-	        strcasestr(buf, "\r\ntransfer-encoding:"));
 }
 
 /*
@@ -621,7 +629,7 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		pend_close(p);
 		return;
 	}
-	n = recv(p->fd, p->buf, cap, MSG_PEEK);
+	n = recv(p->fd, g_head, cap, MSG_PEEK);
 	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
 		pend_close(p);
 		return;
@@ -629,8 +637,8 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 	if (n < 0)
 		return;
 	p->len = (size_t)n;
-	p->buf[p->len < cap ? p->len : cap - 1] = '\0';
-	rc = parse_head(p->buf, p->len, &h);
+	g_head[p->len] = '\0'; /* the buffer has one byte more than cap */
+	rc = parse_head(g_head, p->len, &h);
 	if (rc == 0) {
 		if (p->len == cap) {
 			refuse(p, 431, "Request Header Fields Too Large", "request head too large",
@@ -651,12 +659,26 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		accept_ws(p, &h);
 		return;
 	}
+	if (h.chunked) {
+		/* lws 4.1.6 does not decode chunked request bodies; every client of ours can send
+		 * a Content-Length, so ask for one (RFC 9110 §15.5.12). */
+		refuse(p, 411, "Length Required", "{\"error\":\"length required\"}",
+		       REFUSE_BAD_REQUEST);
+		return;
+	}
+	if (h.content_length > g_cfg->notify_max_bytes) {
+		/* Refused here rather than by lws: the gate drains what the client still sends,
+		 * so the client reads the 413 instead of a reset. */
+		refuse(p, 413, "Content Too Large", "{\"error\":\"body too large\"}",
+		       REFUSE_BAD_REQUEST);
+		return;
+	}
 	if (!h.upgrade) {
 		hand_off(p);
 		return;
 	}
 	/* Upgrade: h2c (or anything else): strip it so lws serves plain HTTP/1.1. */
-	if (has_body(p->buf, h.head_len)) {
+	if (h.content_length > 0 || h.chunked) {
 		refuse(p, 400, "Bad Request", "upgrade with a body is not supported",
 		       REFUSE_BAD_REQUEST);
 		return;
@@ -674,19 +696,23 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 static void start_pending(int fd, const struct sockaddr_storage *ss)
 {
 	struct pending *p;
-	int one = 1;
+	int one = 1, lowat = GATE_NOTSENT_LOWAT;
 
 	if (g_npending >= MAX_PENDING) {
 		close(fd);
 		return;
 	}
-	p = calloc(1, sizeof(*p) + (size_t)g_cfg->max_header_bytes);
+	p = calloc(1, sizeof(*p));
 	if (!p) {
 		close(fd);
 		return;
 	}
 	p->fd = fd;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Keep at most this much unsent in the kernel: beyond it the socket reports itself not
+	 * writable, so a client that stops reading backs up into our byte-bounded queue (and is
+	 * closed with 4008) instead of into megabytes of kernel buffer. */
+	setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 	if (ss->ss_family == AF_INET)
 		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, p->ip,
 		          sizeof(p->ip));
@@ -739,10 +765,13 @@ static void on_accept(uv_poll_t *handle, int status, int events)
 	}
 }
 
-void gate_setup(const struct config *cfg, const struct auth *auth)
+int gate_setup(const struct config *cfg, const struct auth *auth)
 {
 	g_cfg = cfg;
 	g_auth = auth;
+	free(g_head);
+	g_head = malloc((size_t)cfg->max_header_bytes + 1);
+	return g_head ? 0 : -1;
 }
 
 int gate_start(uv_loop_t *loop, struct lws_vhost *vhost)

@@ -398,9 +398,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		fill_request(x, &req);
 		if (http_wants_body(&req, &x->resp))
 			return 0; /* the body follows in LWS_CALLBACK_HTTP_BODY */
-		if (x->resp.status && !strcmp(x->method, "POST")) {
-			/* Refused before its body: answer now and close, leaving the body unread.
-			 */
+		if (x->resp.status && strcmp(x->method, "GET") && strcmp(x->method, "HEAD")) {
+			/* Refused, and a body may follow: answer now and close, leaving it unread
+			 * (lws would otherwise run the body callbacks for it). */
 			x->refused = true;
 			http_finish(wsi, pss);
 			return -1;
@@ -432,6 +432,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			return -1;
 		if (x->wait)
 			return 0; /* already being answered */
+		if (x->resp.status)
+			return http_finish(wsi, pss); /* decided before the body */
 		fill_request(x, &req);
 		x->wait = calloc(1, sizeof(*x->wait));
 		if (!x->wait)
@@ -469,7 +471,9 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 static const struct lws_protocols protocols[] = {
-    {"roomcast", callback, sizeof(struct pss), 4096, 0, NULL, 0},
+    /* A small receive buffer: lws allocates one for every connection, and roomcast
+     * reassembles longer messages itself (up to MAX_MESSAGE_SIZE). */
+    {"roomcast", callback, sizeof(struct pss), 512, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -597,10 +601,6 @@ int srv_run(struct config *cfg)
 	if (!cfg->production && cfg->jwt_secret && strlen(cfg->jwt_secret) < 32)
 		log_warn(
 		    "JWT_SECRET is shorter than 32 bytes; refused when ENVIRONMENT=production");
-	if (cfg->redis_addr && *cfg->redis_addr)
-		log_warn(
-		    "REDIS_ADDR is set but this build has no Redis bus yet: running as a single "
-		    "node; broadcasts and notifies reach only this replica's clients");
 	if (!cfg->ws_origins || !*cfg->ws_origins)
 		log_warn("WS_ORIGINS is unset: WebSocket handshakes from any Origin are allowed");
 
@@ -624,7 +624,9 @@ int srv_run(struct config *cfg)
 	info.timeout_secs = (unsigned)cfg->header_timeout_s;
 	info.keepalive_timeout = 30;
 	info.max_http_header_pool = 1024;
-	info.max_http_header_data = (unsigned short)cfg->max_header_bytes;
+	/* lws stores headers with per-fragment overhead: leave room above the gate's limit so a
+	 * head the gate accepted always fits. */
+	info.max_http_header_data = (unsigned short)(cfg->max_header_bytes + 2048);
 	info.alpn = "http/1.1";
 	info.vhost_name = "roomcast";
 	g_tls = cfg->tls_cert_file && *cfg->tls_cert_file;
@@ -655,10 +657,9 @@ int srv_run(struct config *cfg)
 	conn_setup(cfg, g_ctx);
 	sess_setup(cfg, g_auth, g_ctx);
 	authz_setup(cfg, &g_loop);
-	gate_setup(cfg, g_auth);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
-	if (bus_start(cfg, &g_loop) < 0 || pgl_start(cfg, &g_loop) < 0 ||
-	    (!g_tls && gate_start(&g_loop, g_vhost) < 0)) {
+	if (gate_setup(cfg, g_auth) < 0 || bus_start(cfg, &g_loop) < 0 ||
+	    pgl_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(&g_loop, g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
 		return 1;

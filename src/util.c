@@ -64,7 +64,7 @@ static bool reserve(struct buf *b, size_t extra)
 
 void buf_put(struct buf *b, const void *data, size_t len)
 {
-	if (!reserve(b, len))
+	if (!len || !reserve(b, len))
 		return;
 	memcpy(b->data + b->len, data, len);
 	b->len += len;
