@@ -392,3 +392,86 @@ async def settle(fut, timeout=30):
         await asyncio.wait([fut], timeout=timeout)
     if fut.done() and not fut.cancelled():
         fut.exception()
+
+
+# ---- Redis ----
+
+class RedisServer:
+    """A throwaway redis-server (Debian's) on a free port of 127.0.0.1, without persistence, in
+    a temporary directory. kill()/start() keep the port, so roomcast can reconnect to "the
+    same" Redis; freeze()/thaw() SIGSTOP/SIGCONT it.
+
+        r = RedisServer(password="pw").start()
+        r.addr          # "127.0.0.1:PORT" for REDIS_ADDR
+        r.client()      # a redis-py client
+        r.stop()        # in teardown
+    """
+
+    def __init__(self, password=None, port=None):
+        self.port = port or free_port()
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="roomcast-redis-")
+        self.proc = None
+        self.frozen = False
+
+    @property
+    def addr(self):
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, **kw):
+        import redis
+        kw.setdefault("socket_timeout", 5)
+        kw.setdefault("socket_connect_timeout", 2)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kw)
+
+    def start(self, timeout=10):
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--logfile", os.path.join(self.dir, "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.frozen = False
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"redis-server exited with {self.proc.returncode}:\n"
+                                     + self.logs())
+            try:
+                return self.client(socket_timeout=0.5).ping()
+            except Exception:
+                return False
+        try:
+            wait_until(ready, timeout=timeout, what="redis-server to answer PING")
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def kill(self):
+        """SIGKILL: connections drop at once, as in a crash."""
+        if self.proc and self.proc.poll() is None:
+            if self.frozen:
+                self.thaw()
+            self.proc.kill()
+            self.proc.wait()
+
+    def freeze(self):
+        self.proc.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def thaw(self):
+        self.proc.send_signal(signal.SIGCONT)
+        self.frozen = False
+
+    def logs(self):
+        try:
+            with open(os.path.join(self.dir, "redis.log"), errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        self.kill()
+        import shutil
+        shutil.rmtree(self.dir, ignore_errors=True)
