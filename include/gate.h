@@ -46,7 +46,7 @@ struct gate_refusal {
 struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate_refusal *ref);
 
 /* Keeps cfg and auth (they outlive the gate) for gate_admit and the listener. */
-void gate_setup(const struct config *cfg, const struct auth *auth);
+int gate_setup(const struct config *cfg, const struct auth *auth);
 /* Opens the listening socket (plain HTTP mode) and hands accepted sockets to vhost. */
 int gate_start(uv_loop_t *loop, struct lws_vhost *vhost);
 /* Stops accepting; connections still being read are closed. */
