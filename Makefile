@@ -86,3 +86,8 @@ format:
 
 format-check:
 	@clang-format --dry-run --Werror $(FORMAT_FILES) && echo "format ok"
+# Two replicas (8081, 8082) on a throwaway Redis and the dev PostgreSQL; see tools/run-cluster.sh.
+run-cluster: deps
+	@$(MAKE) --no-print-directory roomcast
+	@tools/run-cluster.sh
+

@@ -205,6 +205,20 @@ static void render_metrics(struct http_response *resp)
 	    strcmp(pgl_state(), "disabled") ? metrics.pg_up : -1,
 	    (unsigned long long)metrics.pg_reconnects, (unsigned long long)metrics.pg_catchup_rows,
 	    metrics.pg_queue_usage);
+	buf_printf(
+	    b,
+	    "# HELP roomcast_redis_up Whether the Redis link (subscriber and publisher) is "
+	    "up (-1: not configured).\n# TYPE roomcast_redis_up gauge\nroomcast_redis_up %d\n"
+	    "# HELP roomcast_redis_reconnects_total Redis links lost after being up.\n"
+	    "# TYPE roomcast_redis_reconnects_total counter\n"
+	    "roomcast_redis_reconnects_total %llu\n"
+	    "# HELP roomcast_redis_publish_failures_total Messages not published through "
+	    "Redis, delivered on this replica only.\n"
+	    "# TYPE roomcast_redis_publish_failures_total counter\n"
+	    "roomcast_redis_publish_failures_total %llu\n",
+	    strcmp(bus_state(), "disabled") ? metrics.redis_up : -1,
+	    (unsigned long long)metrics.redis_reconnects,
+	    (unsigned long long)metrics.redis_publish_failures);
 	buf_puts(b, "# HELP roomcast_delivery_latency_seconds From event arrival to the write to "
 	            "the client.\n# TYPE roomcast_delivery_latency_seconds histogram\n");
 	for (int i = 0; i < METRICS_LAT_BUCKETS; i++)

@@ -409,6 +409,8 @@ class RedisServer:
 
     def __init__(self, password=None, port=None):
         self.port = port or free_port()
+        self.fixed_port = port is not None
+        self.started = False
         self.password = password
         self.dir = tempfile.mkdtemp(prefix="roomcast-redis-")
         self.proc = None
@@ -425,6 +427,17 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, **kw)
 
     def start(self, timeout=10):
+        # free_port() can race with another process taking the port before redis-server
+        # binds it; a first start on a port we picked moves on to another one.
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except AssertionError:
+                if self.fixed_port or self.started or attempt == 2 or self.proc.poll() is None:
+                    raise
+                self.port = free_port()
+
+    def _start(self, timeout):
         args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
                 "--logfile", os.path.join(self.dir, "redis.log")]
@@ -446,6 +459,7 @@ class RedisServer:
         except BaseException:
             self.kill()
             raise
+        self.started = True
         return self
 
     def kill(self):
@@ -475,3 +489,127 @@ class RedisServer:
         self.kill()
         import shutil
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- frame-level and process-level helpers (conformance, faults, soak) ----
+
+def build_frame(payload=b"", opcode=1, fin=True, mask=True, rsv=0, length=None, key=None):
+    """One WebSocket frame as bytes, for frames RawClient.send_frame cannot express: reserved
+    bits (rsv: 0x40 RSV1, 0x20 RSV2, 0x10 RSV3), or a header whose declared length differs from
+    the payload actually attached (length=2**63 ...). The payload is masked with key (random
+    unless given) when mask is true."""
+    if isinstance(payload, str):
+        payload = payload.encode()
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv & 0x70) | (opcode & 0x0F)
+    m = 0x80 if mask else 0
+    if n < 126:
+        hdr = struct.pack("!BB", b0, m | n)
+    elif n < 65536:
+        hdr = struct.pack("!BBH", b0, m | 126, n)
+    else:
+        hdr = struct.pack("!BBQ", b0, m | 127, n)
+    if mask:
+        key = key if key is not None else os.urandom(4)
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        hdr += key
+    return hdr + payload
+
+
+class CloseResult:
+    """What a peer saw at the end of a connection: close (the server's close frame payload, or
+    None when none came), code (its status code, or None when the frame had none), reason,
+    eof (the socket ended), frames (opcode, payload) seen before the close."""
+
+    def __init__(self):
+        self.close = None
+        self.eof = False
+        self.frames = []
+        self.elapsed = None
+
+    @property
+    def code(self):
+        if self.close is None or len(self.close) < 2:
+            return None
+        return struct.unpack("!H", self.close[:2])[0]
+
+    @property
+    def reason(self):
+        return None if self.close is None else self.close[2:]
+
+    def __repr__(self):
+        return (f"CloseResult(code={self.code}, close={self.close!r}, eof={self.eof}, "
+                f"frames={[(op, p[:40]) for op, p in self.frames]}, elapsed={self.elapsed})")
+
+
+def read_close(client, timeout=5, answer=True):
+    """Reads a RawClient until the server's close frame and the end of the socket (or the
+    timeout). With answer, a close frame is answered with one echoing its code, as a client
+    does; the server then ends the socket at once instead of waiting for the echo. Never
+    raises on a reset: the result says what arrived."""
+    res = CloseResult()
+    t0 = time.monotonic()
+    deadline = t0 + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            frame = _raw_read_frame_or_eof(client, left)
+        except socket.timeout:
+            break
+        if frame is None:
+            res.eof = True
+            break
+        opcode, payload = frame
+        if opcode == 8 and res.close is None:
+            res.close = payload
+            res.elapsed = time.monotonic() - t0
+            if answer:
+                try:
+                    client.send_frame(payload[:2], opcode=8)
+                except OSError:
+                    pass
+            continue
+        res.frames.append((opcode, payload))
+    if res.elapsed is None:
+        res.elapsed = time.monotonic() - t0
+    return res
+
+
+def proc_rss_kb(pid):
+    """VmRSS of a process in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def proc_fd_count(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def proc_cpu_seconds(pid):
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_share(pid, seconds):
+    """Fraction of one core a process used over the next `seconds`."""
+    c0, t0 = proc_cpu_seconds(pid), time.monotonic()
+    time.sleep(seconds)
+    return (proc_cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+
+
+def raise_nofile(want):
+    """Raises this process's RLIMIT_NOFILE soft limit towards `want` (children inherit it);
+    returns the soft limit now in force."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]

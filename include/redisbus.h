@@ -1,0 +1,25 @@
+/* The Redis transport of the bus: one hiredis context subscribed to `ws:room:*`, `events` and
+ * our heartbeat channel, one for PUBLISH, both on the server's libuv loop, with connect
+ * deadline, heartbeat, jittered reconnects and a degraded local mode while Redis is away. */
+#ifndef ROOMCAST_REDISBUS_H
+#define ROOMCAST_REDISBUS_H
+
+#include "config.h"
+#include "metrics.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+/* Validates REDIS_ADDR and starts connecting; never waits for Redis. Returns -1 (after one
+ * line on stderr naming the variable) when the address is malformed. */
+int rbus_start(const struct config *cfg, uv_loop_t *loop);
+/* Frees both contexts and closes the timers; the loop ends once their handles are closed. */
+void rbus_stop(void);
+/* PUBLISHes on `ws:room:<room>` when the link is up (delivery then happens when the message
+ * comes back on the subscription, on every replica alike); delivers locally and counts a
+ * publish failure when it is not. */
+void rbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src);
+bool rbus_is_up(void);
+
+#endif
