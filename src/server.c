@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -605,6 +606,8 @@ int srv_run(struct config *cfg)
 		log_warn("WS_ORIGINS is unset: WebSocket handshakes from any Origin are allowed");
 
 	signal(SIGPIPE, SIG_IGN);
+	/* Backoff jitter uses rand(): seed it per process so replicas do not retry in lockstep. */
+	srand((unsigned)time(NULL) ^ (unsigned)getpid() << 16);
 	uv_loop_init(&g_loop);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
 
