@@ -43,6 +43,17 @@ $(BUILD)/gen_migrations.c: $(wildcard migrations/*.sql) tools/embed-sql.sh | $(B
 $(BUILD)/gen_migrations.o: $(BUILD)/gen_migrations.c include/migrate.h
 	$(CC) $(CFLAGS) -Wno-overlength-strings -c $< -o $@
 
+# The dashboard (GET /admin) and the JS client, embedded by tools/embed-assets.sh as URL=file.
+ASSETS  := /admin=web/admin/index.html /admin/app.js=web/admin/app.js \
+	   /admin/style.css=web/admin/style.css /admin/roomcast.js=clients/js/roomcast.js
+OBJS    += $(BUILD)/gen_assets.o
+
+$(BUILD)/gen_assets.c: $(foreach a,$(ASSETS),$(word 2,$(subst =, ,$(a)))) tools/embed-assets.sh | $(BUILD)
+	tools/embed-assets.sh $@ $(ASSETS)
+
+$(BUILD)/gen_assets.o: $(BUILD)/gen_assets.c include/assets.h include/http.h include/util.h
+	$(CC) $(CFLAGS) -Wno-overlength-strings -c $< -o $@
+
 $(BUILD)/libroomcast.a: $(OBJS)
 	ar rcs $@ $^
 

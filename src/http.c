@@ -1,6 +1,7 @@
 /* HTTP endpoint logic: health and readiness, admin views, Prometheus metrics, and the notify
  * door for backend services. Every refusal is a JSON {"error": ...} with the right status. */
 #include "http.h"
+#include "assets.h"
 #include "bus.h"
 #include "conn.h"
 #include "log.h"
@@ -302,6 +303,44 @@ static void persist_notify(const struct http_request *req, struct http_response 
 	/* resp->status stays 0: the answer comes through req->complete. */
 }
 
+/* Strict UTF-8 (RFC 3629 byte ranges: no overlong forms, no surrogates, nothing past U+10FFFF),
+ * which is what WebSocket peers demand of text frames. json-c's JSON_TOKENER_VALIDATE_UTF8 only
+ * checks the lead/continuation pattern and lets all three through. */
+static bool utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+
+	while (i < n) {
+		unsigned char c = s[i], lo = 0x80, hi = 0xbf; /* lo..hi: allowed second byte */
+		size_t tails;
+
+		if (c <= 0x7f) {
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf) {
+			tails = 1;
+		} else if (c >= 0xe0 && c <= 0xef) {
+			tails = 2;
+			lo = c == 0xe0 ? 0xa0 : 0x80;
+			hi = c == 0xed ? 0x9f : 0xbf;
+		} else if (c >= 0xf0 && c <= 0xf4) {
+			tails = 3;
+			lo = c == 0xf0 ? 0x90 : 0x80;
+			hi = c == 0xf4 ? 0x8f : 0xbf;
+		} else {
+			return false;
+		}
+		if (n - i <= tails || s[i + 1] < lo || s[i + 1] > hi)
+			return false;
+		for (size_t j = 2; j <= tails; j++)
+			if ((s[i + j] & 0xc0) != 0x80)
+				return false;
+		i += tails + 1;
+	}
+	return true;
+}
+
 static void notify(const struct http_request *req, struct http_response *resp)
 {
 	json_tokener *tok;
@@ -309,10 +348,16 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	char room_name_buf[ROOM_NAME_MAX + 1], id[160], id_raw[170], ts[UTIL_TS_LEN];
 	const char *data_raw;
 	struct frame *f;
-	size_t end;
+	size_t end, name_len;
 
 	if (!notify_authorized(req, resp))
 		return;
+	/* Nothing checked the body's UTF-8 before us (lws does it for WebSocket frames only), and
+	 * one bad byte in a room message makes browsers fail the connection of every member. */
+	if (!utf8_valid((const unsigned char *)req->body, req->body_len)) {
+		json_error(resp, 400, "body is not valid UTF-8");
+		return;
+	}
 	tok = json_tokener_new_ex(PROTO_MAX_DEPTH);
 	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
 	root = json_tokener_parse_ex(tok, req->body, (int)req->body_len);
@@ -325,7 +370,8 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	}
 	json_tokener_free(tok);
 	for (; end < req->body_len; end++)
-		if (!strchr(" \t\r\n", req->body[end])) {
+		/* strchr would also find a NUL byte (as the terminator), so it is tested apart. */
+		if (!req->body[end] || !strchr(" \t\r\n", req->body[end])) {
 			json_object_put(root);
 			json_error(resp, 400, "trailing bytes after JSON");
 			return;
@@ -337,20 +383,32 @@ static void notify(const struct http_request *req, struct http_response *resp)
 		json_error(resp, 400, "event is required");
 		return;
 	}
+	/* From here the event name is a C string; one with a NUL would be published cut short. */
+	if (strlen(json_object_get_string(event)) != (size_t)json_object_get_string_len(event)) {
+		json_object_put(root);
+		json_error(resp, 400, "invalid event name");
+		return;
+	}
 	if (json_object_object_get_ex(root, "room", &room) &&
 	    json_object_is_type(room, json_type_string)) {
 		snprintf(room_name_buf, sizeof(room_name_buf), "%s", json_object_get_string(room));
+		name_len = (size_t)json_object_get_string_len(room);
 	} else if (json_object_object_get_ex(root, "user_id", &user) &&
 	           (json_object_is_type(user, json_type_string) ||
 	            json_object_is_type(user, json_type_int))) {
 		snprintf(room_name_buf, sizeof(room_name_buf), "user-%s",
 		         json_object_get_string(user));
+		name_len = 5 + (json_object_is_type(user, json_type_string)
+		                    ? (size_t)json_object_get_string_len(user)
+		                    : strlen(json_object_get_string(user)));
 	} else {
 		json_object_put(root);
 		json_error(resp, 400, "room or user_id is required");
 		return;
 	}
-	if (!room_name_valid(room_name_buf, strlen(room_name_buf))) {
+	/* Checked at the length that was sent: snprintf cuts a name that is too long and a NUL in
+	 * the JSON string cuts it too; either would publish to a room other than the one named. */
+	if (strlen(room_name_buf) != name_len || !room_name_valid(room_name_buf, name_len)) {
 		json_object_put(root);
 		json_error(resp, 400, "invalid room name");
 		return;
@@ -415,6 +473,8 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 	bool get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
 	const char *p = req->path;
 
+	if (assets_serve(req->path, req->method, resp))
+		return;
 	if (!strcmp(p, "/api/notify")) {
 		if (http_wants_body(req, resp)) {
 			if (req->body_len > (size_t)g_cfg->notify_max_bytes)
