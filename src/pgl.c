@@ -25,6 +25,8 @@
 #define SWEEP_EVERY_MS    2000
 #define PRUNE_EVERY_MS    60000
 #define REPLAY_MAX        10000
+/* How long a replay may wait for the query connection (after a restart) before failing. */
+#define REPLAY_WAIT_MS 3000
 
 /* An event id handed to the router (or claimed by a fetch about to deliver it). */
 struct seen {
@@ -42,9 +44,20 @@ struct inbound {
 	struct inbound *next;
 };
 
+struct replay {
+	struct conn *c;
+	char room[ROOM_NAME_MAX + 1];
+	long long since;
+	pgl_replay_fn cb;
+	uint64_t wait_until_ns; /* while waiting for the query connection */
+	struct replay *next;
+};
+
+static struct replay *g_waiting;
+
 static const struct config *g_cfg;
 static struct pgc *g_listen, *g_query;
-static uv_timer_t g_sweep_timer, g_prune_timer;
+static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
 static bool g_have_w;
 static uint64_t g_w;
@@ -402,9 +415,12 @@ static void listener_down(struct pgc *pc, void *arg)
 	update_state();
 }
 
+static void flush_waiting(bool expire_only);
+
 static void query_up(struct pgc *pc, void *arg)
 {
 	update_state();
+	flush_waiting(false);
 	if (g_need_catchup)
 		sweep(true);
 }
@@ -450,6 +466,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop)
 		return -1;
 	uv_timer_init(loop, &g_sweep_timer);
 	uv_timer_init(loop, &g_prune_timer);
+	uv_timer_init(loop, &g_wait_timer);
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
 	return 0;
@@ -463,6 +480,13 @@ void pgl_stop(void)
 		return;
 	uv_close((uv_handle_t *)&g_sweep_timer, NULL);
 	uv_close((uv_handle_t *)&g_prune_timer, NULL);
+	uv_close((uv_handle_t *)&g_wait_timer, NULL);
+	while (g_waiting) {
+		struct replay *rp = g_waiting;
+		g_waiting = rp->next;
+		conn_release(rp->c);
+		free(rp);
+	}
 	pgc_stop(g_listen);
 	pgc_stop(g_query);
 	g_listen = g_query = NULL;
@@ -495,13 +519,6 @@ const char *pgl_state(void)
 }
 
 /* ---- replay ---- */
-
-struct replay {
-	struct conn *c;
-	char room[ROOM_NAME_MAX + 1];
-	long long since;
-	pgl_replay_fn cb;
-};
 
 static void on_replay(void *arg, const PGresult *res, const char *err)
 {
@@ -558,38 +575,92 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	free(rp);
 }
 
-int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb)
+static int send_replay(struct replay *rp)
 {
-	struct replay *rp;
 	char sbuf[24], limit[24];
-	const char *p[3] = {room, sbuf, limit};
+	const char *p[3] = {rp->room, sbuf, limit};
 
-	if (!pgc_is_up(g_query) || !(rp = calloc(1, sizeof(*rp))))
-		return -1;
-	rp->c = c;
-	snprintf(rp->room, sizeof(rp->room), "%s", room);
-	rp->since = since;
-	rp->cb = cb;
-	snprintf(sbuf, sizeof(sbuf), "%lld", since);
+	snprintf(sbuf, sizeof(sbuf), "%lld", rp->since);
 	snprintf(limit, sizeof(limit), "%d", REPLAY_MAX + 1);
 	/* The floor: any event the client may not have seen when it saw `since` belongs to a
 	 * transaction that was still open when `since` was inserted, so its xid is at least
 	 * that row's snap_xmin. Events at or above the floor are replayed even with smaller ids
 	 * (the client may get a few it already had; it has their ids). */
-	if (pgc_query(g_query,
-	              "WITH fl AS (SELECT snap_xmin FROM realtime.events WHERE id >= $2::bigint "
-	              "ORDER BY id LIMIT 1) "
-	              "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, e.id, "
-	              "realtime.event_json(e) FROM (SELECT 1) s LEFT JOIN LATERAL ("
-	              "SELECT * FROM realtime.events e WHERE e.rooms @> ARRAY[$1]::text[] "
-	              "AND (e.id > $2::bigint OR (e.id < $2::bigint AND "
-	              "e.xid >= (SELECT snap_xmin FROM fl))) "
-	              "ORDER BY e.id LIMIT $3::int) e ON true ORDER BY e.id",
-	              3, p, QUERY_TIMEOUT_MS, on_replay, rp) < 0) {
-		free(rp);
-		return -1;
+	return pgc_query(g_query,
+	                 "WITH fl AS (SELECT snap_xmin FROM realtime.events WHERE id >= $2::bigint "
+	                 "ORDER BY id LIMIT 1) "
+	                 "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, e.id, "
+	                 "realtime.event_json(e) FROM (SELECT 1) s LEFT JOIN LATERAL ("
+	                 "SELECT * FROM realtime.events e WHERE e.rooms @> ARRAY[$1]::text[] "
+	                 "AND (e.id > $2::bigint OR (e.id < $2::bigint AND "
+	                 "e.xid >= (SELECT snap_xmin FROM fl))) "
+	                 "ORDER BY e.id LIMIT $3::int) e ON true ORDER BY e.id",
+	                 3, p, QUERY_TIMEOUT_MS, on_replay, rp);
+}
+
+/* Fails a replay that could not be sent (the callback sees ok=false) and frees it. */
+static void fail_replay(struct replay *rp)
+{
+	if (conn_alive(rp->c))
+		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0);
+	conn_release(rp->c);
+	free(rp);
+}
+
+/* Sends the replays that waited for the query connection, or fails those past their wait. */
+static void flush_waiting(bool expire_only)
+{
+	struct replay **pp = &g_waiting;
+	uint64_t now = util_now_ns();
+
+	while (*pp) {
+		struct replay *rp = *pp;
+		if (!expire_only && pgc_is_up(g_query)) {
+			*pp = rp->next;
+			if (send_replay(rp) < 0)
+				fail_replay(rp);
+		} else if (now >= rp->wait_until_ns) {
+			*pp = rp->next;
+			fail_replay(rp);
+		} else {
+			pp = &rp->next;
+		}
 	}
+	if (!g_waiting)
+		uv_timer_stop(&g_wait_timer);
+}
+
+static void on_wait_timer(uv_timer_t *t)
+{
+	flush_waiting(!pgc_is_up(g_query));
+}
+
+int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb)
+{
+	struct replay *rp;
+
+	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
+		return -1;
+	rp->c = c;
+	snprintf(rp->room, sizeof(rp->room), "%s", room);
+	rp->since = since;
+	rp->cb = cb;
 	conn_hold(c);
+	if (pgc_is_up(g_query)) {
+		if (send_replay(rp) < 0) {
+			conn_release(c);
+			free(rp);
+			return -1;
+		}
+		return 0;
+	}
+	/* Just after a restart clients rejoin before the query connection is up; a short wait
+	 * beats telling them the gap is lost. */
+	rp->wait_until_ns = util_now_ns() + (uint64_t)REPLAY_WAIT_MS * 1000000ull;
+	rp->next = g_waiting;
+	g_waiting = rp;
+	if (!uv_is_active((uv_handle_t *)&g_wait_timer))
+		uv_timer_start(&g_wait_timer, on_wait_timer, 100, 100);
 	return 0;
 }
 

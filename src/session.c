@@ -237,7 +237,7 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 {
 	struct pending_join *pj;
 
-	if (room_join(room, &c->member) < 0) {
+	if (room_join(room, &c->member) < 0) { /* 1 (already a member) is fine */
 		reply_error(c, PROTO_SERVER_ERROR, "could not join", room);
 		return;
 	}
@@ -267,10 +267,9 @@ static void on_authz_done(struct conn *c, const char *room, bool allowed, void *
 	if (conn_alive(c)) {
 		if (!allowed)
 			reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
-		else if (room_is_member(&c->member, room))
-			conn_reply(c, proto_joined(room, false, 0, false));
-		else
-			finish_join(c, room, ja);
+		else if (!pending_find(c, room, NULL))
+			finish_join(c, room,
+			            ja); /* also when it joined meanwhile: `since` counts */
 	}
 	free(ja);
 }
@@ -280,12 +279,17 @@ static void do_join(struct conn *c, struct proto_msg *m)
 	struct join_args ja = {m->has_since, m->since}, *heap;
 	enum authz_result r;
 
-	if (room_is_member(&c->member, m->room) && !pending_find(c, m->room, NULL)) {
-		conn_reply(c, proto_joined(m->room, false, 0, false));
-		return;
-	}
 	if (pending_find(c, m->room, NULL))
 		return; /* its joined reply is on the way */
+	if (room_is_member(&c->member, m->room)) {
+		/* Already in (an automatic room, or a repeated join): nothing to authorize, but
+		 * a `since` still asks for the events missed while disconnected. */
+		if (m->has_since)
+			finish_join(c, m->room, &ja);
+		else
+			conn_reply(c, proto_joined(m->room, false, 0, false));
+		return;
+	}
 	if (c->member.nsubs >= MAX_ROOMS_PER_CONN) {
 		reply_error(c, PROTO_FORBIDDEN, "too many rooms", m->room);
 		return;

@@ -346,3 +346,49 @@ def test_notify_persist_goes_through_the_outbox(pgserver, cluster, db):
                   (answer["id"],))
         assert row == [("kept", ["persist-1"])]
     run(go())
+
+
+def test_resume_in_an_automatic_room(pgserver, cluster, db):
+    server = pgserver()
+    token = make_token("55")
+
+    async def go():
+        ws = await connect(server, token)  # automatically in user-55
+        sql(cluster, db, "SELECT realtime.publish('first', ARRAY['user-55'], '{}')")
+        last = (await collect(ws, 1))[0]["id"]
+        await ws.close()
+        sql(cluster, db, "SELECT realtime.publish('missed', ARRAY['user-55'], '{}')")
+        ws = await connect(server, token)
+        await ws.send('{"type":"join","payload":{"room":"user-55","since":%d}}' % last)
+        joined = await recv_json(ws)
+        assert joined["payload"] == {"room": "user-55", "recovered": True, "replayed": 1}
+        assert (await collect(ws, 1))[0]["event"] == "missed"
+    run(go())
+
+
+def test_resume_right_after_restart_waits_for_postgres(server_factory, cluster, db):
+    # A client rejoining the moment roomcast is back must not be told its gap is lost just
+    # because the query connection is still connecting.
+    env = {"DATABASE_URL": cluster.dsn_for(db)}
+    server = server_factory(env)
+    first = sql(cluster, db, "SELECT realtime.publish('a', ARRAY['rr-1'], '{}')")[0][0]
+    sql(cluster, db, "SELECT realtime.publish('b', ARRAY['rr-1'], '{}')")
+    server.stop()
+    server.start(wait=False)
+    wait_until(lambda: server.get("/health")[0] == 200 if _up(server) else False, 15,
+               what="http up")
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await ws.send('{"type":"join","payload":{"room":"rr-1","since":%d}}' % first)
+        joined = await recv_json(ws, 10)
+        assert joined["payload"]["recovered"] is True and joined["payload"]["replayed"] == 1
+    run(go())
+
+
+def _up(server):
+    try:
+        server.get("/health")
+        return True
+    except OSError:
+        return False
