@@ -102,3 +102,95 @@ run-cluster: deps
 	@$(MAKE) --no-print-directory roomcast
 	@tools/run-cluster.sh
 
+# ---- fuzzing (libFuzzer with clang; tests/fuzz/README.md) ----
+# `make fuzz` builds every harness into build/fuzz/ and runs each for FUZZ_SECONDS;
+# `make fuzz-smoke` runs each for 10 s (CI). Both exit non-zero when a harness crashes.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := proto notify jwt room
+FUZZ_BUILD   := build/fuzz
+FUZZ_CFLAGS  := -g -O1 -fno-omit-frame-pointer -std=c11 -D_GNU_SOURCE -Wall -Wextra \
+		-Wno-unused-parameter -Iinclude -Ibuild/gen $(shell pkg-config --cflags $(PKGS)) \
+		-fsanitize=address,undefined -fno-sanitize-recover=undefined
+# The same objects as the main build (generated ones included), built into build/fuzz/obj.
+FUZZ_OBJS    := $(patsubst $(BUILD)/%.o,$(FUZZ_BUILD)/obj/%.o,$(OBJS))
+FUZZ_BINS    := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+# fuzz_notify checks what http.c publishes by wrapping bus_publish.
+FUZZ_LDFLAGS_notify := -Wl,--wrap=bus_publish
+
+.PHONY: fuzz fuzz-build fuzz-smoke
+
+# The project's sources get coverage instrumentation (fuzzer-no-link) but no libFuzzer main.
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(wildcard include/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+# Generated sources (embedded SQL, assets) come from the main build's generators.
+$(FUZZ_BUILD)/obj/gen_%.o: $(BUILD)/gen_%.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Wno-overlength-strings -c $< -o $@
+
+$(FUZZ_BUILD)/libroomcast.a: $(FUZZ_OBJS)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(wildcard tests/fuzz/*.h) $(FUZZ_BUILD)/libroomcast.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Werror -Itests/fuzz -fsanitize=fuzzer -o $@ $< \
+		$(FUZZ_BUILD)/libroomcast.a $(FUZZ_LDFLAGS_$*) $(LDLIBS)
+
+fuzz-build: $(FUZZ_BINS)
+
+fuzz: fuzz-build
+	@tests/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-smoke: fuzz-build
+	@tests/fuzz/run.sh 10 $(FUZZ_TARGETS)
+
+# ---- benchmark (bench/run.py; results in bench/results/) ----
+# `make bench` runs every scenario against roomcast and the Node.js baseline and prints one
+# table (scale with BENCH_* variables, see bench/run.py); `make bench-smoke` is the seconds-long
+# check that the load generator still counts deliveries against a real roomcast.
+BENCH_BUILD  := build/bench
+BENCH_CFLAGS := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
+		-Wno-unused-parameter -Wno-missing-field-initializers \
+		$(shell pkg-config --cflags libpq 2>/dev/null)
+BENCH_LIBS   := $(shell pkg-config --libs libpq 2>/dev/null)
+BENCH_TOOLS  := $(BENCH_BUILD)/loadgen $(BENCH_BUILD)/pglisten $(BENCH_BUILD)/sendfloor
+
+.PHONY: bench-tools bench-smoke
+
+$(BENCH_BUILD)/%: bench/%.c bench/hist.h
+	@mkdir -p $(BENCH_BUILD)
+	$(CC) $(BENCH_CFLAGS) -o $@ $< $(BENCH_LIBS)
+
+bench-tools: $(BENCH_TOOLS)
+
+bench/baseline/node_modules/.package-lock.json: bench/baseline/package-lock.json
+	cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error
+
+bench: roomcast bench-tools bench/baseline/node_modules/.package-lock.json
+	$(PYTHON) bench/run.py
+
+bench-smoke: roomcast bench-tools
+	@$(PYTHON) bench/run.py --smoke
+
+# ---- fault matrix and soak (tests/integration/test_faults.py, test_conformance.py, tests/soak/) ----
+# `make check-faults` runs the whole fault matrix and frame-level conformance suite, including
+# the rows marked `slow` that `make test` leaves out (tests/integration/pytest.ini deselects
+# them by default), then every other `slow` row of the integration suite (exit 5 = none).
+# `make soak` runs tests/soak/soak.py: 2 000 connections in 200 rooms, one database event per
+# room per second, for SOAK_SECONDS (RSS, descriptors and latency p99 every 10 s).
+SOAK_SECONDS ?= 180
+SOAK_ARGS    ?=
+
+.PHONY: check-faults soak
+
+check-faults: $(BIN)
+	ROOMCAST_BIN=$(ROOMCAST_BIN) $(PYTHON) -m pytest -q -m "slow or not slow" \
+		tests/integration/test_faults.py tests/integration/test_conformance.py $(PYTEST_ARGS)
+	ROOMCAST_BIN=$(ROOMCAST_BIN) $(PYTHON) -m pytest -q -m slow tests/integration \
+		--ignore=tests/integration/test_faults.py \
+		--ignore=tests/integration/test_conformance.py $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+soak: $(BIN)
+	ROOMCAST_BIN=$(ROOMCAST_BIN) $(PYTHON) tests/soak/soak.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)

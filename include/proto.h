@@ -42,6 +42,11 @@ struct proto_msg {
 enum proto_code proto_parse(const char *data, size_t len, struct proto_msg *out,
                             const char **detail);
 void proto_msg_clear(struct proto_msg *m);
+/* Whether a parsed JSON value is standard JSON all through. json-c's tokener, even in strict
+ * mode, also takes NaN, Infinity and numbers such as 1., -.5 or 00.5, and writes such doubles
+ * back out as they came, which no client's JSON.parse accepts. The notify door checks too. */
+struct json_object;
+bool proto_json_standard(struct json_object *o);
 const char *proto_code_name(enum proto_code c);
 
 /* Reply frames; each returns a new frame (refs = 1) or NULL on allocation failure. room may be

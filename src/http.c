@@ -376,6 +376,12 @@ static void notify(const struct http_request *req, struct http_response *resp)
 			json_error(resp, 400, "trailing bytes after JSON");
 			return;
 		}
+	/* NaN, Infinity or 00.5 would be relayed verbatim into messages no client can parse. */
+	if (!proto_json_standard(root)) {
+		json_object_put(root);
+		json_error(resp, 400, "malformed JSON");
+		return;
+	}
 	if (!json_object_is_type(root, json_type_object) ||
 	    !json_object_object_get_ex(root, "event", &event) ||
 	    !json_object_is_type(event, json_type_string) || !json_object_get_string_len(event)) {
@@ -416,8 +422,9 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	data_raw = json_object_object_get_ex(root, "data", &data)
 	               ? json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN)
 	               : "null";
+	/* Only a JSON true persists: json-c would read any non-empty string ("false") as true. */
 	if (json_object_object_get_ex(root, "persist", &persist) &&
-	    json_object_get_boolean(persist)) {
+	    json_object_is_type(persist, json_type_boolean) && json_object_get_boolean(persist)) {
 		/* Durable: through realtime.publish, delivered by every replica's listener. */
 		persist_notify(req, resp, json_object_get_string(event), room_name_buf, data_raw);
 		json_object_put(root);

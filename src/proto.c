@@ -3,6 +3,7 @@
 #include "proto.h"
 #include "util.h"
 
+#include <ctype.h>
 #include <json-c/json.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,61 @@ void proto_msg_clear(struct proto_msg *m)
 	free(m->body);
 	free(m->token);
 	memset(m, 0, sizeof(*m));
+}
+
+/* Whether s is exactly one JSON number (RFC 8259 section 6). */
+static bool json_number_text(const char *s)
+{
+	if (*s == '-')
+		s++;
+	if (*s == '0') /* no leading zeros: "0" alone or "0." / "0e" */
+		s++;
+	else if (isdigit((unsigned char)*s))
+		while (isdigit((unsigned char)*s))
+			s++;
+	else
+		return false;
+	if (*s == '.') {
+		if (!isdigit((unsigned char)*++s))
+			return false;
+		while (isdigit((unsigned char)*s))
+			s++;
+	}
+	if (*s == 'e' || *s == 'E') {
+		s++;
+		if (*s == '+' || *s == '-')
+			s++;
+		if (!isdigit((unsigned char)*s))
+			return false;
+		while (isdigit((unsigned char)*s))
+			s++;
+	}
+	return *s == '\0';
+}
+
+bool proto_json_standard(json_object *o)
+{
+	switch (json_object_get_type(o)) {
+	case json_type_double:
+		/* json-c serializes a parsed double as the text it was parsed from. */
+		return json_number_text(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	case json_type_array:
+		for (size_t i = 0; i < json_object_array_length(o); i++)
+			if (!proto_json_standard(json_object_array_get_idx(o, i)))
+				return false;
+		return true;
+	case json_type_object: {
+		json_object_object_foreach(o, key, val)
+		{
+			(void)key;
+			if (!proto_json_standard(val))
+				return false;
+		}
+		return true;
+	}
+	default:
+		return true;
+	}
 }
 
 static json_object *get(json_object *o, const char *key)
@@ -160,6 +216,12 @@ static enum proto_code parse_fields(json_object *root, struct proto_msg *out, co
 			*detail = "token is required";
 			return PROTO_BAD_JSON;
 		}
+		/* No JWT holds a NUL; strdup would cut the token there (to "" for "\u0000..."). */
+		if (memchr(json_object_get_string(tok), '\0',
+		           (size_t)json_object_get_string_len(tok))) {
+			*detail = "invalid token";
+			return PROTO_BAD_JSON;
+		}
 		out->token = strdup(json_object_get_string(tok));
 		if (!out->token) {
 			*detail = "out of memory";
@@ -213,6 +275,11 @@ enum proto_code proto_parse(const char *data, size_t len, struct proto_msg *out,
 			json_object_put(root);
 			return PROTO_BAD_JSON;
 		}
+	}
+	if (!proto_json_standard(root)) {
+		*detail = "malformed JSON";
+		json_object_put(root);
+		return PROTO_BAD_JSON;
 	}
 	if (!json_object_is_type(root, json_type_object)) {
 		*detail = "message must be a JSON object";
