@@ -392,3 +392,33 @@ def _up(server):
         return True
     except OSError:
         return False
+
+
+def test_db_event_reaches_members_on_two_replicas_once(server_factory, cluster, db):
+    # Database events need no bus: each replica LISTENs. With Redis joining the replicas for
+    # ephemeral messages, a DB event must still arrive exactly once on each.
+    from rc import RedisServer
+    redis = RedisServer().start()
+    try:
+        env = {"DATABASE_URL": cluster.dsn_for(db), "REDIS_ADDR": redis.addr}
+        nodes = [server_factory(dict(env, NODE_ID=f"n{i}")) for i in (1, 2)]
+        for n in nodes:
+            wait_until(lambda n=n: n.json("/health")[1]["postgres"] == "up"
+                       and n.json("/health")[1]["redis"] == "up", 15, what="both up")
+
+        async def go():
+            socks = []
+            for n in nodes:
+                for _ in range(2):
+                    ws = await connect(n, ADMIN)
+                    await join(ws, "both-1")
+                    socks.append(ws)
+            sql(cluster, db, "SELECT realtime.publish('db', ARRAY['both-1'], '{\"k\":1}')")
+            for ws in socks:
+                m = (await collect(ws, 1))[0]
+                assert m["event"] == "db" and m["data"] == {"k": 1}
+            for ws in socks:
+                await quiet(ws, 0.5)
+        run(go())
+    finally:
+        redis.stop()
