@@ -39,8 +39,9 @@ struct conn {
 	uint64_t tokens_at_ns;
 	uint32_t strikes;
 	uint64_t last_limited_ns;
-	struct buf rx;                     /* a message being assembled from fragments */
-	lws_sorted_usec_list_t sul_auth;   /* AUTH_TIMEOUT_S for unauthenticated connections */
+	struct buf rx;                   /* a message being assembled from fragments */
+	size_t rx_skipped;               /* bytes of a binary message so far (counted, not kept) */
+	lws_sorted_usec_list_t sul_auth; /* AUTH_TIMEOUT_S for unauthenticated connections */
 	lws_sorted_usec_list_t sul_expiry; /* token_expiring, then 4001 */
 	bool expiring_sent;
 	struct conn *prev, *next; /* all live connections */

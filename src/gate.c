@@ -699,8 +699,14 @@ static void start_pending(int fd, const struct sockaddr_storage *ss)
 	int one = 1, lowat = GATE_NOTSENT_LOWAT;
 
 	if (g_npending >= MAX_PENDING) {
-		close(fd);
-		return;
+		/* Full of heads still arriving: drop the oldest (the likeliest slowloris) rather
+		 * than the newcomer, so slow sockets cannot lock real clients out. New sockets are
+		 * added at the head, so the oldest is at the tail. */
+		struct pending *old = g_pending;
+		while (old && old->next)
+			old = old->next;
+		if (old)
+			pend_close(old);
 	}
 	p = calloc(1, sizeof(*p));
 	if (!p) {

@@ -23,6 +23,7 @@
 #define QUERY_TIMEOUT_MS  5000
 #define POLICY_TIMEOUT_MS 3000
 #define SWEEP_EVERY_MS    2000
+#define HOLD_LIVE_MAX_MS  5000
 #define PRUNE_EVERY_MS    60000
 #define REPLAY_MAX        10000
 /* How long a replay may wait for the query connection (after a restart) before failing. */
@@ -60,9 +61,19 @@ static struct pgc *g_listen, *g_query;
 static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
 static bool g_have_w;
+static bool g_hold_live;
+static uint64_t g_hold_since_ns;
 static uint64_t g_w;
 static struct seen *g_seen;
 static struct inbound *g_in_head, *g_in_tail;
+
+static void drain_inbound(void);
+
+static void release_live(void)
+{
+	g_hold_live = false;
+	drain_inbound();
+}
 
 static bool seen_has(long long id)
 {
@@ -174,6 +185,10 @@ static void deliver_json(const char *text)
 
 static void drain_inbound(void)
 {
+	/* After a reconnect, live notifications wait until the catch-up has delivered what was
+	 * committed before them, so rooms still see commit order (bounded: see on_sweep_timer). */
+	if (g_hold_live)
+		return;
 	while (g_in_head && (g_in_head->json || g_in_head->failed)) {
 		struct inbound *in = g_in_head;
 		g_in_head = in->next;
@@ -268,8 +283,10 @@ static void sweep_done(struct sweep *sw, bool advance)
 		g_w = sw->new_w;
 		g_have_w = true;
 		seen_prune();
-		if (sw->catchup)
+		if (sw->catchup) {
 			g_need_catchup = false;
+			release_live();
+		}
 	}
 	g_sweep_in_flight = false;
 	free(sw->ids);
@@ -388,6 +405,11 @@ static void update_state(void)
 
 static void on_sweep_timer(uv_timer_t *t)
 {
+	/* A catch-up that cannot run (query connection down) must not stall live delivery
+	 * for long: after the bound, live events flow and the catch-up delivers late. */
+	if (g_hold_live &&
+	    util_now_ns() - g_hold_since_ns > (uint64_t)HOLD_LIVE_MAX_MS * 1000000ull)
+		release_live();
 	sweep(g_need_catchup);
 }
 
@@ -399,6 +421,11 @@ static void on_listened(void *arg, const PGresult *res, const char *err)
 	}
 	g_listening = true;
 	g_need_catchup = true;
+	if (g_have_w) {
+		/* A reconnect: hold live events until the missed ones are out. */
+		g_hold_live = true;
+		g_hold_since_ns = util_now_ns();
+	}
 	update_state();
 	sweep(true);
 }

@@ -333,9 +333,19 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 		return -1;
 	}
 	if (lws_frame_is_binary(wsi)) {
-		if (complete)
+		/* Not buffered, but counted: the size limit holds for binary messages too. */
+		c->rx_skipped += len;
+		if (c->rx_skipped > (size_t)g_cfg->max_message_size) {
+			metrics.closes[CLOSE_TOO_BIG]++;
+			lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
+			                 (unsigned char *)"message too big", 15);
+			return -1;
+		}
+		if (complete) {
+			c->rx_skipped = 0;
 			conn_reply(c, proto_error(PROTO_BAD_JSON, "binary frames are not supported",
 			                          NULL));
+		}
 		return 0;
 	}
 	/* The common case, a whole message in one callback, is parsed in place. */
