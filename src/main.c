@@ -5,6 +5,7 @@
 #include "log.h"
 #include "migrate.h"
 #include "server.h"
+#include "workers.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,13 @@ static void setup_logging(const struct config *cfg)
 	         cfg->node_id);
 }
 
+/* One serving process; with --workers each child runs this under its own NODE_ID. */
+static int serve_one(struct config *cfg)
+{
+	setup_logging(cfg);
+	return srv_run(cfg);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
 	struct config cfg;
@@ -40,7 +48,7 @@ static int cmd_serve(int argc, char **argv)
 		return rc > 0 ? 0 : 2;
 	}
 	setup_logging(&cfg);
-	rc = srv_run(&cfg);
+	rc = cfg.workers > 1 ? workers_run(&cfg, serve_one) : srv_run(&cfg);
 	config_free(&cfg);
 	return rc;
 }

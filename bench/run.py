@@ -1,0 +1,686 @@
+#!/usr/bin/python3
+"""`make bench`: every scenario against roomcast and the Node.js baseline (bench/baseline) in one
+run, on a throwaway PostgreSQL; prints one table and writes bench/results/bench-<time>.json (and
+latest.json). `make bench-smoke` (`run.py --smoke`) is a 5-second check that the load generator
+still counts deliveries against a real roomcast.
+
+Scenarios (each server fresh, one at a time, so CPU and RSS belong to that run):
+  idle      N idle WebSocket clients held; server RSS delta / N
+  workers   roomcast --workers W holding M clients over one port (needs redis-server)
+  fanout1   one room of N members; events via POST /api/notify; deliveries/s, loss, duplicates,
+            server CPU (utime+stime from /proc) per delivery; roomcast plain and ?batch=1
+  floor     bench/sendfloor: the writer's CPU per send() of one message over loopback TCP, the
+            kernel's share of any delivery that takes one write (260 B; 2.6 KB for a batch)
+  fanoutS   the same into many rooms of K members
+  latency   commit-to-client at a fixed open-loop rate into rooms of 10, events from
+            realtime.publish, next to bench/pglisten (raw libpq LISTEN: PostgreSQL's floor)
+  writers   pgbench TPS of an order/product update workload, triggers off / on
+  notify    POST /api/notify requests/s, closed loop
+
+Scale with environment variables (defaults sized for 2 cores, ~10 minutes); see PARAMS below.
+BENCH_ONLY=idle,fanout1 runs a subset. BENCH_PERF=1 records `perf record -g` of roomcast during
+its fan-out runs into bench/results/.
+"""
+
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+ROOMCAST = os.environ.get("ROOMCAST_BIN") or os.path.join(ROOT, "roomcast")
+LOADGEN = os.environ.get("LOADGEN_BIN") or os.path.join(ROOT, "build", "bench", "loadgen")
+PGLISTEN = os.environ.get("PGLISTEN_BIN") or os.path.join(ROOT, "build", "bench", "pglisten")
+SENDFLOOR = os.path.join(ROOT, "build", "bench", "sendfloor")
+BASELINE = os.path.join(HERE, "baseline", "server.js")
+RESULTS = os.path.join(HERE, "results")
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+NOTIFY_TOKEN = "bench-notify-token"
+
+
+def env_int(name, default):
+    return int(os.environ.get(name, default))
+
+
+def env_float(name, default):
+    return float(os.environ.get(name, default))
+
+
+PARAMS = {
+    "idle_conns": env_int("BENCH_IDLE_CONNS", 19000),
+    "workers": env_int("BENCH_WORKERS", 0),  # 0: enough workers for BENCH_WORKERS_CONNS
+    "workers_conns": env_int("BENCH_WORKERS_CONNS", 100000),
+    "fan_conns": env_int("BENCH_FAN_CONNS", 10000),
+    "fan_events": env_int("BENCH_FAN_EVENTS", 60),
+    "fan_rate": env_float("BENCH_FAN_RATE", 50),
+    "small_conns": env_int("BENCH_SMALL_CONNS", 10000),
+    "small_room": env_int("BENCH_SMALL_ROOM", 10),
+    "small_events": env_int("BENCH_SMALL_EVENTS", 6000),
+    "small_rate": env_float("BENCH_SMALL_RATE", 2000),
+    "notify_senders": env_int("BENCH_NOTIFY_SENDERS", 16),
+    "lat_conns": env_int("BENCH_LAT_CONNS", 1000),
+    "lat_rate": env_float("BENCH_LAT_RATE", 200),
+    "lat_seconds": env_float("BENCH_LAT_SECONDS", 20),
+    "lat_senders": env_int("BENCH_LAT_SENDERS", 4),
+    "pgbench_clients": env_int("BENCH_PGBENCH_CLIENTS", 8),
+    "pgbench_seconds": env_int("BENCH_PGBENCH_SECONDS", 15),
+    "notify_seconds": env_float("BENCH_NOTIFY_SECONDS", 5),
+    "notify_conns": env_int("BENCH_NOTIFY_CONNS", 8),
+}
+SCENARIOS = ["idle", "workers", "floor", "fanout1", "fanoutS", "latency", "writers", "notify"]
+
+log_lines = []
+
+
+def say(msg):
+    line = time.strftime("%H:%M:%S ") + msg
+    log_lines.append(line)
+    print("bench: " + line, file=sys.stderr, flush=True)
+
+
+def free_port():
+    """A port below the ephemeral range (32768-60999 here), so the tens of thousands of client
+    sockets a scenario leaves in TIME_WAIT never hold the next server's port."""
+    import random
+    for _ in range(200):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+def wait_http(url, timeout=20, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError("server exited with %s" % proc.returncode)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError("no answer from " + url)
+
+
+def make_token():
+    out = subprocess.run([ROOMCAST, "token", "--sub", "1", "--role", "admin", "--ttl", "6h"],
+                         env=dict(os.environ, JWT_SECRET=SECRET), check=True,
+                         stdout=subprocess.PIPE, text=True)
+    return out.stdout.strip()
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+class Server:
+    """roomcast (kind 'roomcast') or the baseline (kind 'baseline') on a free port."""
+
+    def __init__(self, kind, env=None):
+        self.kind = kind
+        self.port = free_port()
+        self.env = dict(os.environ)
+        for k in ("DATABASE_URL", "REDIS_ADDR", "WORKERS", "NODE_ID", "WS_ORIGINS"):
+            self.env.pop(k, None)
+        self.env.update({
+            "JWT_SECRET": SECRET, "PORT": str(self.port), "HOST": "127.0.0.1",
+            "NOTIFY_TOKEN": NOTIFY_TOKEN, "LOG_LEVEL": "warn", "AUTHZ": "claims",
+            "MAX_CONNECTIONS": "19900", "MAX_CONNECTIONS_PER_IP": "10000000",
+            "RATE_LIMIT": "1000/s,burst=1000",
+        })
+        if kind == "baseline":
+            self.env.pop("AUTHZ")
+        self.env.update({k: str(v) for k, v in (env or {}).items()})
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-%s-" % kind, suffix=".log",
+                                               delete=False)
+        cmd = [ROOMCAST, "serve"] if kind == "roomcast" else ["node", BASELINE]
+        for attempt in range(3):
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log,
+                                         stderr=subprocess.STDOUT, cwd=ROOT)
+            try:
+                wait_http("http://127.0.0.1:%d/health" % self.port, proc=self.proc)
+                break
+            except RuntimeError as e:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+                with open(self.log.name, errors="replace") as f:
+                    tail = f.read()[-1500:]
+                if attempt == 2:
+                    raise RuntimeError("%s: %s\n%s" % (kind, e, tail))
+                say("%s did not start (%s); retrying on another port" % (kind, e))
+                self.port = free_port()
+                self.env["PORT"] = str(self.port)
+        time.sleep(0.3)
+
+    def pids(self):
+        kids = children(self.proc.pid)
+        return kids if kids else [self.proc.pid]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        if self.proc.returncode not in (0, -signal.SIGTERM):
+            with open(self.log.name, errors="replace") as f:
+                say("%s exited %s; log tail:\n%s" % (self.kind, self.proc.returncode,
+                                                      f.read()[-2000:]))
+        os.unlink(self.log.name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def loadgen(mode, server, args, timeout=900):
+    cmd = [LOADGEN, mode, "--port", str(server.port), "--quiet"] + [str(a) for a in args]
+    for pid in server.pids():
+        cmd += ["--pid", str(pid)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError("loadgen %s failed (%s): %s" % (mode, proc.returncode,
+                                                           proc.stderr[-2000:]))
+    if proc.stderr.strip():
+        say("loadgen: " + proc.stderr.strip().replace("\n", " | ")[:400])
+    return json.loads(proc.stdout)
+
+
+def perf_wrap(server, name):
+    """Starts `perf record` on roomcast when BENCH_PERF=1; returns the process to stop."""
+    if os.environ.get("BENCH_PERF") != "1" or server.kind != "roomcast":
+        return None
+    out = os.path.join(RESULTS, "perf-%s.data" % name)
+    return subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g",
+                             "-o", out, "-p", ",".join(str(p) for p in server.pids())],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def perf_stop(p):
+    if p:
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+
+
+# ---- scenarios ----
+
+def sc_idle(ctx):
+    n = PARAMS["idle_conns"]
+    out = {}
+    for kind in ("roomcast", "baseline"):
+        say("idle: %d connections to %s" % (n, kind))
+        with Server(kind, {"MAX_CONNECTIONS": n + 500}) as s:
+            out[kind] = loadgen("idle", s, ["--conns", n, "--token", ctx["token"],
+                                            "--settle", 3, "--connect-timeout", 300])
+    return out
+
+
+def sc_workers(ctx):
+    m = PARAMS["workers_conns"]
+    if m <= 0:
+        return None
+    if not ctx.get("redis"):
+        say("workers: redis-server not found; skipped")
+        return None
+    # One process holds ~19 500 sockets: leave each worker headroom for SO_REUSEPORT's uneven
+    # hashing.
+    w = PARAMS["workers"] or max(2, -(-m // 15000))
+    say("workers: %d connections over %d workers" % (m, w))
+    env = {"WORKERS": w, "REDIS_ADDR": ctx["redis"], "MAX_CONNECTIONS": 19500}
+    with Server("roomcast", env) as s:
+        time.sleep(1)
+        r = loadgen("idle", s, ["--conns", m, "--token", ctx["token"], "--settle", 3,
+                                "--connect-timeout", 600, "--inflight", 32])
+        r["workers"] = w
+        r["worker_pids"] = len(s.pids())
+    return {"roomcast": r}
+
+
+def sc_floor(ctx):
+    out = {}
+    for size in (260, 2600):
+        say("floor: send() of %d bytes round robin over 1000 loopback connections" % size)
+        proc = subprocess.run([SENDFLOOR, "--conns", "1000", "--msgs", "200000", "--size",
+                               str(size)], stdout=subprocess.PIPE, text=True, check=True)
+        out[str(size)] = json.loads(proc.stdout)
+    return out
+
+
+def fanout_runs(ctx, name, conns, room_size, events, rate):
+    out = {}
+    common = ["--conns", conns, "--room-size", room_size, "--events", events, "--rate", rate,
+              "--token", ctx["token"], "--notify-token", NOTIFY_TOKEN, "--senders",
+              PARAMS["notify_senders"], "--settle", 1, "--drain", 5, "--connect-timeout", 300]
+    for label, kind, extra in (("roomcast", "roomcast", []),
+                               ("roomcast_batch", "roomcast", ["--batch"]),
+                               ("baseline", "baseline", [])):
+        say("%s: %d clients, rooms of %s, %d events at %g/s to %s" %
+            (name, conns, room_size or conns, events, rate, label))
+        with Server(kind, {"MAX_CONNECTIONS": conns + 500}) as s:
+            p = perf_wrap(s, name + "-" + label)
+            try:
+                out[label] = loadgen("fanout", s, common + extra)
+            finally:
+                perf_stop(p)
+    return out
+
+
+def sc_fanout1(ctx):
+    return fanout_runs(ctx, "fanout1", PARAMS["fan_conns"], 0, PARAMS["fan_events"],
+                       PARAMS["fan_rate"])
+
+
+def sc_fanoutS(ctx):
+    return fanout_runs(ctx, "fanoutS", PARAMS["small_conns"], PARAMS["small_room"],
+                       PARAMS["small_events"], PARAMS["small_rate"])
+
+
+def sc_latency(ctx):
+    pg = ctx["pg"]
+    rate, secs = PARAMS["lat_rate"], PARAMS["lat_seconds"]
+    events = int(rate * secs)
+    out = {}
+    for kind in ("roomcast", "baseline"):
+        say("latency: %d events at %g/s into rooms of 10 (%d clients) via %s, with pglisten" %
+            (events, rate, PARAMS["lat_conns"], kind))
+        with Server(kind, {"DATABASE_URL": pg.dsn}) as s:
+            wait_pg_up(s)
+            listen = subprocess.Popen([PGLISTEN, pg.dsn, "--events", str(events)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            listen.stderr.readline()  # "pglisten: listening"
+            try:
+                r = loadgen("latency", s, [
+                    "--conns", PARAMS["lat_conns"], "--room-size", 10, "--events", events,
+                    "--rate", rate, "--pg", pg.dsn, "--senders", PARAMS["lat_senders"],
+                    "--token", ctx["token"], "--settle", 1, "--drain", 5])
+            finally:
+                try:
+                    listen.wait(10)
+                except subprocess.TimeoutExpired:
+                    listen.send_signal(signal.SIGTERM)
+                    listen.wait(10)
+            r["floor"] = json.loads(listen.stdout.read())
+            out[kind] = r
+    return out
+
+
+def wait_pg_up(server, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % server.port) as r:
+            if json.load(r).get("postgres") == "up":
+                return
+        time.sleep(0.1)
+    raise RuntimeError("%s never reported postgres up" % server.kind)
+
+
+def pgbench(pg, seconds, clients):
+    nproducts, norders = pg.bench_sizes
+    cmd = ["pgbench", "-n", "-c", str(clients), "-j", str(min(clients, 4)), "-T", str(seconds),
+           "-f", os.path.join(HERE, "pgbench_orders.sql"), "-D", "nproducts=%d" % nproducts,
+           "-D", "norders=%d" % norders, pg.dsn]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError("pgbench failed:\n" + proc.stdout[-2000:])
+    lat = re.search(r"latency average = ([0-9.]+) ms", proc.stdout)
+    return {"tps": float(m.group(1)), "latency_ms": float(lat.group(1)) if lat else None}
+
+
+def set_triggers(pg, on):
+    verb = "ENABLE" if on else "DISABLE"
+    pg.psql('ALTER TABLE public.product %s TRIGGER USER; ALTER TABLE public."order" %s TRIGGER '
+            'USER;' % (verb, verb))
+
+
+NOTIFY_CALL = "PERFORM pg_notify('realtime_events', payload);"
+
+
+def sc_writers(ctx):
+    pg = ctx["pg"]
+    secs, clients = PARAMS["pgbench_seconds"], PARAMS["pgbench_clients"]
+    out = {}
+    set_triggers(pg, False)
+    say("writers: pgbench %d clients %ds without triggers" % (clients, secs))
+    out["no_triggers"] = pgbench(pg, secs, clients)
+    set_triggers(pg, True)
+    say("writers: with triggers, nobody listening")
+    out["triggers"] = pgbench(pg, secs, clients)
+    # Diagnosis: the same triggers with the NOTIFY taken out of realtime.publish, which splits
+    # the trigger's own work from the commit-time NOTIFY lock. Skipped if the text moved.
+    src = pg.psql("SELECT pg_get_functiondef('realtime.publish(text,text[],jsonb,jsonb)'"
+                  "::regprocedure)")[0][0]
+    if NOTIFY_CALL in src:
+        say("writers: with triggers but without NOTIFY (diagnosis)")
+        pg.psql(src.replace(NOTIFY_CALL, "NULL;"))
+        try:
+            out["triggers_no_notify"] = pgbench(pg, secs, clients)
+        finally:
+            pg.psql(src)
+    say("writers: with triggers and roomcast listening")
+    with Server("roomcast", {"DATABASE_URL": pg.dsn}) as s:
+        wait_pg_up(s)
+        cpu0 = proc_cpu(s.pids())
+        out["triggers_roomcast"] = pgbench(pg, secs, clients)
+        out["triggers_roomcast"]["roomcast_cpu_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
+    pg.psql("TRUNCATE realtime.events")
+    return out
+
+
+def proc_cpu(pids):
+    total = 0.0
+    tck = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tck
+        except OSError:
+            pass
+    return total
+
+
+def sc_notify(ctx):
+    out = {}
+    for kind in ("roomcast", "baseline"):
+        say("notify: POST /api/notify closed loop, %d connections, %gs, %s" %
+            (PARAMS["notify_conns"], PARAMS["notify_seconds"], kind))
+        with Server(kind) as s:
+            out[kind] = loadgen("notify", s, ["--duration", PARAMS["notify_seconds"], "--rate", 0,
+                                              "--senders", PARAMS["notify_conns"],
+                                              "--notify-token", NOTIFY_TOKEN, "--settle", 0])
+    return out
+
+
+# ---- setup ----
+
+def start_pg():
+    from pgcluster import PgCluster
+    pg = PgCluster(settings={"max_connections": "100", "shared_buffers": "128MB"})
+    try:
+        pg.start()
+        fill_pg(pg)
+    except BaseException:
+        pg.cleanup()
+        raise
+    return pg
+
+
+def fill_pg(pg):
+    for f in ("marketplace.sql", "demo.sql"):
+        pg.psql_file(os.path.join(ROOT, "sql", f))
+    nproducts, norders = 10000, 10000
+    pg.psql("""
+        INSERT INTO public.seller (id_seller, name) SELECT g, 'seller ' || g
+          FROM generate_series(4, 100) g ON CONFLICT DO NOTHING;
+        INSERT INTO public.client (id_client, name, email) SELECT g, 'client ' || g, g || '@x'
+          FROM generate_series(4, 1000) g ON CONFLICT DO NOTHING;
+        INSERT INTO public.product (id_product, id_seller, name, price, stock)
+          SELECT g, 1 + g % 100, 'product ' || g, 10, 100
+          FROM generate_series(7, %(np)d) g ON CONFLICT DO NOTHING;
+        INSERT INTO public."order" (id_order, id_client, status, total)
+          SELECT g, 1 + g %% 1000, 'paid', 10 FROM generate_series(5, %(no)d) g
+          ON CONFLICT DO NOTHING;
+        INSERT INTO public.product_order (id_order, id_product, quantity, price)
+          SELECT g, 1 + (g * 7) %% %(np)d, 1, 10 FROM generate_series(5, %(no)d) g;
+        INSERT INTO public.product_order (id_order, id_product, quantity, price)
+          SELECT g, 1 + (g * 13) %% %(np)d, 1, 10 FROM generate_series(5, %(no)d) g;
+    """.replace("%(np)d", str(nproducts)).replace("%(no)d", str(norders))
+           .replace("%%", "%"))
+    pg.psql("VACUUM ANALYZE")
+    subprocess.run([ROOMCAST, "migrate"], env=dict(os.environ, DATABASE_URL=pg.dsn), check=True,
+                   stdout=subprocess.DEVNULL)
+    pg.bench_sizes = (nproducts, norders)
+
+
+def start_redis():
+    import shutil
+    if not shutil.which("redis-server"):
+        return None, None
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, "127.0.0.1:%d" % port
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None, None
+
+
+def machine():
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            model = m.group(1) if m else ""
+    except OSError:
+        pass
+    mem = 0
+    with open("/proc/meminfo") as f:
+        mem = int(re.search(r"MemTotal:\s*(\d+)", f.read()).group(1)) // 1024
+
+    def version(cmd):
+        try:
+            return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True).stdout.strip().splitlines()[0]
+        except OSError:
+            return None
+    return {"cpus": os.cpu_count(), "cpu": model, "mem_mb": mem, "kernel": platform.release(),
+            "roomcast": version([ROOMCAST, "version"]), "node": version(["node", "--version"]),
+            "postgres": version(["pgbench", "--version"])}
+
+
+# ---- the table ----
+
+def fmt(v, spec="%.0f"):
+    if v is None:
+        return "-"
+    return spec % v if isinstance(v, (int, float)) else str(v)
+
+
+def ratio(a, b):
+    """How many times better roomcast (a) is than the baseline (b) for a lower-is-better value."""
+    if not a or not b:
+        return "-"
+    return "%.1fx" % (b / a)
+
+
+def table(res):
+    rows = []
+
+    def row(scenario, metric, rc, rcb, bl, vs, target=""):
+        rows.append((scenario, metric, rc, rcb, bl, vs, target))
+
+    idle = res.get("idle")
+    if idle:
+        r, b = idle["roomcast"], idle["baseline"]
+        rk = r["server"].get("rss_per_conn_bytes")
+        bk = b["server"].get("rss_per_conn_bytes")
+        row("idle %d" % PARAMS["idle_conns"], "clients held", fmt(r["connected"]), "",
+            fmt(b["connected"]), "", ">= 19000 in one process")
+        row("", "server RSS / client (KB)", fmt(rk and rk / 1024, "%.2f"), "",
+            fmt(bk and bk / 1024, "%.2f"), ratio(rk, bk), "<= 1.5 KB")
+    w = res.get("workers")
+    if w:
+        r = w["roomcast"]
+        row("workers %d" % PARAMS["workers_conns"], "clients held (%d workers)" % r["workers"],
+            fmt(r["connected"]), "", "", "", ">= 100000")
+        rk = r["server"].get("rss_per_conn_bytes")
+        row("", "server RSS / client (KB)", fmt(rk and rk / 1024, "%.2f"), "", "", "", "")
+    fl = res.get("floor")
+    if fl:
+        row("kernel floor (sendfloor)", "CPU us / send() 260 B | 2.6 KB",
+            fmt(fl["260"]["cpu_us_per_send"], "%.2f"), fmt(fl["2600"]["cpu_us_per_send"], "%.2f"),
+            "", "", "one write per delivery")
+    for key, title in (("fanout1", "fan-out 1 room x %d" % PARAMS["fan_conns"]),
+                       ("fanoutS", "fan-out rooms of %d (%d clients)" %
+                        (PARAMS["small_room"], PARAMS["small_conns"]))):
+        f = res.get(key)
+        if not f:
+            continue
+        r, rb, b = f["roomcast"], f["roomcast_batch"], f["baseline"]
+        row(title, "deliveries/s", fmt(r.get("deliveries_per_s")),
+            fmt(rb.get("deliveries_per_s")), fmt(b.get("deliveries_per_s")),
+            ratio(b.get("deliveries_per_s"), r.get("deliveries_per_s")), "")
+        row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")),
+            "%s / %s" % (rb.get("lost"), rb.get("dups")), "%s / %s" % (b.get("lost"), b.get("dups")),
+            "", "0 / 0")
+        row("", "messages per frame", fmt(r.get("per_frame"), "%.1f"),
+            fmt(rb.get("per_frame"), "%.1f"), fmt(b.get("per_frame"), "%.1f"), "", "")
+        rc, rcb, bc = (x["server"].get("cpu_us_per_delivery") for x in (r, rb, b))
+        row("", "server CPU us / delivery", fmt(rc, "%.2f"), fmt(rcb, "%.2f"), fmt(bc, "%.2f"),
+            ratio(rc, bc), "<= 4 (batch < 1.5), >= 3x")
+        row("", "delivery p50 / p99 (ms)",
+            "%s / %s" % (fmt(r["latency"]["p50_us"] / 1e3, "%.0f"),
+                         fmt(r["latency"]["p99_us"] / 1e3, "%.0f")),
+            "%s / %s" % (fmt(rb["latency"]["p50_us"] / 1e3, "%.0f"),
+                         fmt(rb["latency"]["p99_us"] / 1e3, "%.0f")),
+            "%s / %s" % (fmt(b["latency"]["p50_us"] / 1e3, "%.0f"),
+                         fmt(b["latency"]["p99_us"] / 1e3, "%.0f")), "", "")
+    lat = res.get("latency")
+    if lat:
+        r, b = lat["roomcast"], lat["baseline"]
+        for q, name in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
+            row("latency %g ev/s, rooms of 10" % PARAMS["lat_rate"] if q == "p50_us" else "",
+                "commit->client %s (ms)" % name, fmt(r["latency"][q] / 1e3, "%.2f"), "",
+                fmt(b["latency"][q] / 1e3, "%.2f"), ratio(r["latency"][q], b["latency"][q]),
+                "<= 1.5x floor" if q != "p999_us" else "")
+            row("", "  raw LISTEN floor %s (ms)" % name, fmt(r["floor"]["latency"][q] / 1e3, "%.2f"),
+                "", fmt(b["floor"]["latency"][q] / 1e3, "%.2f"), "", "")
+            row("", "  vs floor", "%.2fx" % (r["latency"][q] / max(r["floor"]["latency"][q], 1)),
+                "", "%.2fx" % (b["latency"][q] / max(b["floor"]["latency"][q], 1)), "", "")
+        row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "",
+            "%s / %s" % (b.get("lost"), b.get("dups")), "", "0 / 0")
+    wr = res.get("writers")
+    if wr:
+        base = wr["no_triggers"]["tps"]
+        title = "writers pgbench %d clients" % PARAMS["pgbench_clients"]
+        for k, name in (("no_triggers", "TPS without triggers"), ("triggers", "TPS with triggers"),
+                        ("triggers_no_notify", "  triggers minus NOTIFY (diag.)"),
+                        ("triggers_roomcast", "TPS triggers + roomcast listening")):
+            if k in wr:
+                row(title if k == "no_triggers" else "", name,
+                    "%.0f (%.0f%%)" % (wr[k]["tps"], 100 * wr[k]["tps"] / base), "", "", "",
+                    ">= 70%" if k == "triggers_roomcast" else "")
+    nt = res.get("notify")
+    if nt:
+        r, b = nt["roomcast"], nt["baseline"]
+        row("POST /api/notify", "requests/s", fmt(r.get("requests_per_s")), "",
+            fmt(b.get("requests_per_s")), ratio(b.get("requests_per_s"), r.get("requests_per_s")),
+            "")
+        row("", "server CPU us / request", fmt(r["server"].get("cpu_us_per_request"), "%.1f"), "",
+            fmt(b["server"].get("cpu_us_per_request"), "%.1f"),
+            ratio(r["server"].get("cpu_us_per_request"), b["server"].get("cpu_us_per_request")), "")
+    head = ("scenario", "metric", "roomcast", "rc batch=1", "baseline", "rc vs base", "target")
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(head)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(r)) for r in rows]
+    return "\n".join(lines)
+
+
+# ---- main ----
+
+def smoke():
+    """make bench-smoke: a few seconds against a real roomcast; fails unless deliveries were
+    counted exactly."""
+    token = make_token()
+    with Server("roomcast") as s:
+        r = loadgen("fanout", s, ["--conns", 50, "--room-size", 10, "--events", 100, "--rate", 50,
+                                  "--token", token, "--notify-token", NOTIFY_TOKEN, "--settle",
+                                  0.2, "--drain", 3, "--connect-timeout", 20])
+    ok = (r["connected"] == 50 and r["joined"] == 50 and r["expected"] == 1000 and
+          r["deliveries"] == 1000 and r["unique"] == 1000 and r["lost"] == 0 and r["dups"] == 0
+          and r["latency"]["count"] == 1000)
+    print("bench-smoke: %s: %d/%d deliveries, %d lost, %d dups, p50 %.0f us, %.2f us CPU each" %
+          ("ok" if ok else "FAILED", r["deliveries"], r["expected"], r["lost"], r["dups"],
+           r["latency"]["p50_us"], r["server"].get("cpu_us_per_delivery", 0)))
+    return 0 if ok else 1
+
+
+def main():
+    if "--smoke" in sys.argv:
+        return smoke()
+    only = [s for s in os.environ.get("BENCH_ONLY", "").split(",") if s]
+    todo = [s for s in SCENARIOS if not only or s in only]
+    os.makedirs(RESULTS, exist_ok=True)
+    started = time.time()
+    ctx = {"token": make_token()}
+    res = {}
+    pg = redis = None
+    try:
+        if {"latency", "writers"} & set(todo):
+            say("starting PostgreSQL")
+            pg = ctx["pg"] = start_pg()
+        if "workers" in todo and PARAMS["workers_conns"] > 0:
+            redis, ctx["redis"] = start_redis()
+        for name in todo:
+            t = time.time()
+            try:
+                r = globals()["sc_" + name](ctx)
+            except Exception as e:  # one failed scenario must not lose the others' results
+                say("%s failed: %s" % (name, e))
+                r = {"error": str(e)}
+            if r is not None:
+                res[name] = r
+                say("%s done in %.0fs" % (name, time.time() - t))
+    finally:
+        if redis:
+            redis.terminate()
+            redis.wait()
+        if pg:
+            pg.cleanup()
+    ok_res = {k: v for k, v in res.items() if "error" not in v}
+    text = table(ok_res)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    doc = {"when": stamp, "seconds": round(time.time() - started), "machine": machine(),
+           "params": PARAMS, "results": res, "table": text.splitlines()}
+    for path in (os.path.join(RESULTS, "bench-%s.json" % stamp), os.path.join(RESULTS,
+                                                                              "latest.json")):
+        with open(path, "w") as f:
+            json.dump(doc, f, indent=1)
+    print()
+    m = doc["machine"]
+    print("roomcast bench, %s: %d CPUs (%s), %d MB, kernel %s, node %s; %ds" %
+          (stamp, m["cpus"], m["cpu"], m["mem_mb"], m["kernel"], m["node"], doc["seconds"]))
+    print(text)
+    for k, v in res.items():
+        if "error" in v:
+            print("%s: FAILED: %s" % (k, v["error"]))
+    print("\nresults: %s" % os.path.join(RESULTS, "bench-%s.json" % stamp))
+    return 1 if any("error" in v for v in res.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
