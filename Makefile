@@ -88,6 +88,11 @@ run: deps
 	@$(MAKE) --no-print-directory roomcast
 	@tools/run-dev.sh
 
+# Two replicas (8081, 8082) on a throwaway Redis and the dev PostgreSQL; see tools/run-cluster.sh.
+run-cluster: deps
+	@$(MAKE) --no-print-directory roomcast
+	@tools/run-cluster.sh
+
 clean:
 	rm -rf build roomcast
 
@@ -97,10 +102,6 @@ format:
 
 format-check:
 	@clang-format --dry-run --Werror $(FORMAT_FILES) && echo "format ok"
-# Two replicas (8081, 8082) on a throwaway Redis and the dev PostgreSQL; see tools/run-cluster.sh.
-run-cluster: deps
-	@$(MAKE) --no-print-directory roomcast
-	@tools/run-cluster.sh
 
 # ---- fuzzing (libFuzzer with clang; tests/fuzz/README.md) ----
 # `make fuzz` builds every harness into build/fuzz/ and runs each for FUZZ_SECONDS;
