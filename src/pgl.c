@@ -14,6 +14,7 @@
 #include "util.h"
 
 #include <json-c/json.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,9 @@ static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
 static bool g_have_w;
 static bool g_hold_live;
+static long long g_max_id;                /* highest outbox id delivered */
+static long long g_restart_floor_id = -1; /* >= 0: catching up by id after a restart */
+static char g_pm_start[64];               /* pg_postmaster_start_time() last seen */
 static uint64_t g_hold_since_ns;
 static uint64_t g_w;
 static struct seen *g_seen;
@@ -169,6 +173,8 @@ static void deliver_json(const char *text)
 	}
 	memset(&ev, 0, sizeof(ev));
 	ev.id_num = json_object_get_int64(id_o);
+	if (ev.id_num > g_max_id)
+		g_max_id = ev.id_num;
 	snprintf(id_raw, sizeof(id_raw), "%lld", ev.id_num);
 	ev.id_raw = id_raw;
 	ev.event = str_field(o, "event") ? str_field(o, "event") : "event";
@@ -277,6 +283,8 @@ struct sweep {
 	long long *ids;
 };
 
+static void sweep(bool catchup);
+
 static void sweep_done(struct sweep *sw, bool advance)
 {
 	if (advance) {
@@ -285,6 +293,7 @@ static void sweep_done(struct sweep *sw, bool advance)
 		seen_prune();
 		if (sw->catchup) {
 			g_need_catchup = false;
+			g_restart_floor_id = -1;
 			release_live();
 		}
 	}
@@ -328,6 +337,20 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		return;
 	}
 	sw->new_w = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	if (g_pm_start[0] && strcmp(g_pm_start, PQgetvalue(res, 0, 4))) {
+		/* PostgreSQL restarted. After a crash, transaction ids of work whose WAL was never
+		 * flushed are handed out again, so events committed since may have xids below W:
+		 * catch up by id instead (sequences never go back) and restart W from there. */
+		log_warn("postgres restarted: catching up by event id", "reason",
+		         "transaction ids may have been reused");
+		snprintf(g_pm_start, sizeof(g_pm_start), "%s", PQgetvalue(res, 0, 4));
+		g_restart_floor_id = g_max_id;
+		g_w = 0;
+		sweep_done(sw, false);
+		sweep(true);
+		return;
+	}
+	snprintf(g_pm_start, sizeof(g_pm_start), "%s", PQgetvalue(res, 0, 4));
 	if (!g_have_w) {
 		/* First contact: nothing before now is owed to anyone connected. */
 		sweep_done(sw, true);
@@ -376,8 +399,8 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 static void sweep(bool catchup)
 {
 	struct sweep *sw;
-	char wbuf[24];
-	const char *p[1] = {wbuf};
+	char wbuf[24], fbuf[24];
+	const char *p[2] = {wbuf, fbuf};
 
 	if (g_sweep_in_flight || !g_listening || !pgc_is_up(g_query))
 		return;
@@ -386,13 +409,18 @@ static void sweep(bool catchup)
 		return;
 	sw->catchup = catchup;
 	snprintf(wbuf, sizeof(wbuf), "%llu", (unsigned long long)(g_have_w ? g_w : 0));
+	/* After a server restart the catch-up goes by id (see on_swept); otherwise no id floor. */
+	snprintf(fbuf, sizeof(fbuf), "%lld",
+	         g_restart_floor_id >= 0 ? g_restart_floor_id : LLONG_MAX);
 	g_sweep_in_flight = true;
 	if (pgc_query(g_query,
 	              "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
-	              "clock_timestamp() - e.created_at < interval '1 second' "
+	              "clock_timestamp() - e.created_at < interval '1 second', "
+	              "pg_postmaster_start_time()::text "
 	              "FROM (SELECT 1) s LEFT JOIN realtime.events e "
-	              "ON $1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8 ORDER BY e.id",
-	              1, p, QUERY_TIMEOUT_MS, on_swept, sw) < 0) {
+	              "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
+	              "OR e.id > $2::bigint ORDER BY e.id",
+	              2, p, QUERY_TIMEOUT_MS, on_swept, sw) < 0) {
 		g_sweep_in_flight = false;
 		free(sw);
 	}
