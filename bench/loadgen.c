@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -1334,6 +1335,9 @@ int main(int argc, char **argv)
 			if ((p = fork()) < 0)
 				die("fork");
 			if (p == 0) {
+				/* A parent killed by a timeout must not leave thousands of sockets
+				 * held by orphans. */
+				prctl(PR_SET_PDEATHSIG, SIGKILL);
 				srand((unsigned)getpid());
 				receiver(k, lo, hi);
 			}
@@ -1347,6 +1351,7 @@ int main(int argc, char **argv)
 			if (p < 0)
 				die("fork");
 			if (p == 0) {
+				prctl(PR_SET_PDEATHSIG, SIGKILL);
 				if (opt.source == SRC_PG)
 					sender_pg(k);
 				else
@@ -1488,6 +1493,10 @@ int main(int argc, char **argv)
 		fprintf(out, ",\"rss_per_conn_bytes\":%.0f",
 		        (double)(at_go.rss_kb - before.rss_kb) * 1024.0 /
 		            (double)load(&S->connected));
+	/* What holding them costs: keep-alive pings and timers while nothing else happens. */
+	if (opt.mode == M_IDLE && opt.hold_s > 0)
+		fprintf(out, ",\"hold_s\":%.1f,\"hold_cpu_pct\":%.1f", opt.hold_s,
+		        cpu * 100.0 / opt.hold_s);
 	if (opt.mode != M_IDLE && opt.mode != M_NOTIFY && deliveries)
 		fprintf(out, ",\"cpu_us_per_delivery\":%.3f", cpu * 1e6 / (double)deliveries);
 	if (opt.mode == M_NOTIFY && load(&S->sent))

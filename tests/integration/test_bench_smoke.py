@@ -109,6 +109,21 @@ def nodes_seen(server, want, timeout=10):
     return seen
 
 
+def children_safe(pid):
+    try:
+        return children(pid)
+    except OSError:
+        return []
+
+
+def zombie(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" in f.read()
+    except OSError:
+        return True
+
+
 def test_workers_share_the_port_restart_a_crash_and_stop_cleanly(server_factory, redis_addr):
     server = server_factory({"WORKERS": "2", "REDIS_ADDR": redis_addr, "NODE_ID": "bench"})
     sup = server.proc.pid
@@ -127,21 +142,6 @@ def test_workers_share_the_port_restart_a_crash_and_stop_cleanly(server_factory,
     assert time.monotonic() - started < 5.5
     for pid in first[1:] + children_safe(sup):
         assert not os.path.exists(f"/proc/{pid}/status") or zombie(pid)
-
-
-def children_safe(pid):
-    try:
-        return children(pid)
-    except OSError:
-        return []
-
-
-def zombie(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return "zombie" in f.read()
-    except OSError:
-        return True
 
 
 def test_workers_stop_when_a_worker_cannot_start(redis_addr):
