@@ -87,46 +87,14 @@ done
 redis-cli -p "$redis_port" ping >/dev/null 2>&1 || die "redis-server did not answer PING"
 export REDIS_ADDR=127.0.0.1:$redis_port
 
-# --- PostgreSQL and migrations (the same dev database as make run) ---
+# --- the same dev database, migrations, secrets and tokens as make run ---
 db_started=1
-DATABASE_URL=$(tools/devdb.sh start)
-export DATABASE_URL
-say "applying migrations"
-"$bin" migrate up
-
-# --- development secrets: the ones make run uses, so their tokens work here too ---
-secret_file() {
-	local file=$dir/$1
-	shift
-	if ! [ -s "$file" ]; then
-		(
-			umask 077
-			"$@" >"$file"
-		)
-	fi
-	cat "$file"
-}
-JWT_SECRET=${JWT_SECRET:-$(secret_file jwt_secret sh -c 'head -c 32 /dev/urandom | base64')}
-NOTIFY_TOKEN=${NOTIFY_TOKEN:-$(secret_file notify_token sh -c 'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"')}
-export JWT_SECRET NOTIFY_TOKEN
-
-# Demo identities (sql/demo.sql): seller 1 is user 101.
-admin_token=$("$bin" token --sub admin --role admin --ttl 24h)
-seller_token=$("$bin" token --sub 101 --role seller --seller-id 1 --ttl 24h)
-user_token=$("$bin" token --sub 7 --ttl 24h)
-
+# shellcheck source=tools/dev-common.sh
+. tools/dev-common.sh
+dev_database
+dev_secrets
 envfile=$dir/cluster.env
-(
-	umask 077
-	{
-		printf 'export DATABASE_URL=%q\n' "$DATABASE_URL"
-		printf 'export REDIS_ADDR=%q\n' "$REDIS_ADDR"
-		printf 'export NOTIFY_TOKEN=%q\n' "$NOTIFY_TOKEN"
-		printf 'export ADMIN_TOKEN=%q\n' "$admin_token"
-		printf 'export SELLER_TOKEN=%q\n' "$seller_token"
-		printf 'export USER_TOKEN=%q\n' "$user_token"
-	} >"$envfile"
-)
+dev_env_file "$envfile" DATABASE_URL REDIS_ADDR NOTIFY_TOKEN ADMIN_TOKEN SELLER_TOKEN USER_TOKEN
 
 # --- the replicas ---
 export ENVIRONMENT=development LOG_FORMAT=text

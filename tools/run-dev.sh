@@ -44,42 +44,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# --- PostgreSQL and migrations ---
-DATABASE_URL=$(tools/devdb.sh start)
-export DATABASE_URL
-say "applying migrations"
-"$bin" migrate up
-
-# --- development secrets, generated once and kept with the dev database ---
-secret_file() {
-	local file=$dir/$1
-	shift
-	if ! [ -s "$file" ]; then
-		(
-			umask 077
-			"$@" >"$file"
-		)
-	fi
-	cat "$file"
-}
-JWT_SECRET=${JWT_SECRET:-$(secret_file jwt_secret sh -c 'head -c 32 /dev/urandom | base64')}
-NOTIFY_TOKEN=${NOTIFY_TOKEN:-$(secret_file notify_token sh -c 'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"')}
-export JWT_SECRET NOTIFY_TOKEN
-
-# Demo identities (sql/demo.sql): seller 1 is user 101.
-admin_token=$("$bin" token --sub admin --role admin --ttl 24h)
-seller_token=$("$bin" token --sub 101 --role seller --seller-id 1 --ttl 24h)
-
+# --- PostgreSQL, migrations, development secrets (kept with the dev database), tokens ---
+# shellcheck source=tools/dev-common.sh
+. tools/dev-common.sh
+dev_database
+dev_secrets
 envfile=$dir/dev.env
-(
-	umask 077
-	{
-		printf 'export DATABASE_URL=%q\n' "$DATABASE_URL"
-		printf 'export NOTIFY_TOKEN=%q\n' "$NOTIFY_TOKEN"
-		printf 'export ADMIN_TOKEN=%q\n' "$admin_token"
-		printf 'export SELLER_TOKEN=%q\n' "$seller_token"
-	} >"$envfile"
-)
+dev_env_file "$envfile" DATABASE_URL NOTIFY_TOKEN ADMIN_TOKEN SELLER_TOKEN
 
 # --- the server ---
 export ENVIRONMENT=development PORT="$port" LOG_FORMAT=text
@@ -127,9 +98,9 @@ cat <<EOF
                     (marketplace schema + demo rows, migrations applied)
 
  admin token (24h):
-   $admin_token
+   $ADMIN_TOKEN
  seller token (24h, seller 1 = user 101, auto-joined to room seller-1):
-   $seller_token
+   $SELLER_TOKEN
  NOTIFY_TOKEN:      $NOTIFY_TOKEN
 
  All of the above as shell variables:   source $envfile

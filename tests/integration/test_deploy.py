@@ -27,7 +27,7 @@ COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 NGINX_CONF = os.path.join(ROOT, "deploy", "nginx.conf")
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 PACKAGES = os.path.join(ROOT, "tools", "packages.txt")
-SCRIPTS = [".ci/run", "tools/run-dev.sh"]
+SCRIPTS = [".ci/run", "tools/run-dev.sh", "tools/run-cluster.sh", "tools/dev-common.sh"]
 REPLICAS = ["roomcast1", "roomcast2"]
 
 
