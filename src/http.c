@@ -135,93 +135,98 @@ static void admin_clients(const struct http_request *req, struct http_response *
 	buf_puts(&resp->body, "}");
 }
 
+/* Prometheus text: the HELP and TYPE lines that open a metric family. */
+static void family(struct buf *b, const char *name, const char *type, const char *help)
+{
+	buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One sample of a family; label NULL for an unlabelled one. */
+static void sample(struct buf *b, const char *name, const char *label, const char *value,
+                   unsigned long long v)
+{
+	if (label)
+		buf_printf(b, "%s{%s=\"%s\"} %llu\n", name, label, value, v);
+	else
+		buf_printf(b, "%s %llu\n", name, v);
+}
+
+/* A counter family with one sample per name of names[from..n). */
+static void labelled(struct buf *b, const char *name, const char *help, const char *label,
+                     const char *const *names, const uint64_t *values, int from, int n)
+{
+	family(b, name, "counter", help);
+	for (int i = from; i < n; i++)
+		sample(b, name, label, names[i], (unsigned long long)values[i]);
+}
+
+static void counter(struct buf *b, const char *name, const char *help, uint64_t v)
+{
+	family(b, name, "counter", help);
+	sample(b, name, NULL, NULL, (unsigned long long)v);
+}
+
 static void render_metrics(struct http_response *resp)
 {
 	struct buf *b = &resp->body;
+	const char *auth_names[AUTH_REASON_COUNT], *classes[6] = {"", "1xx", "2xx", "3xx", "4xx",
+	                                                          "5xx"};
 
 	resp->status = 200;
 	resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
-	buf_printf(b,
-	           "# HELP roomcast_connections WebSocket clients connected now.\n"
-	           "# TYPE roomcast_connections gauge\nroomcast_connections %lld\n"
-	           "# HELP roomcast_connections_total WebSocket clients accepted.\n"
-	           "# TYPE roomcast_connections_total counter\nroomcast_connections_total %llu\n"
-	           "# HELP roomcast_rooms Rooms with at least one member.\n"
-	           "# TYPE roomcast_rooms gauge\nroomcast_rooms %zu\n",
-	           (long long)metrics.connections, (unsigned long long)metrics.connections_total,
-	           room_count());
-	buf_printf(b,
-	           "# HELP roomcast_messages_in_total Client messages received.\n"
-	           "# TYPE roomcast_messages_in_total counter\nroomcast_messages_in_total %llu\n",
-	           (unsigned long long)metrics.messages_in);
-	buf_puts(b, "# HELP roomcast_messages_routed_total Messages routed to rooms, by source.\n"
-	            "# TYPE roomcast_messages_routed_total counter\n");
-	for (int i = 0; i < SRC_COUNT; i++)
-		buf_printf(b, "roomcast_messages_routed_total{source=\"%s\"} %llu\n",
-		           metrics_source_names[i], (unsigned long long)metrics.messages_routed[i]);
-	buf_printf(
-	    b,
-	    "# HELP roomcast_messages_out_total Room messages written to clients.\n"
-	    "# TYPE roomcast_messages_out_total counter\nroomcast_messages_out_total %llu\n"
-	    "# HELP roomcast_bytes_out_total Bytes of WebSocket payload written.\n"
-	    "# TYPE roomcast_bytes_out_total counter\nroomcast_bytes_out_total %llu\n"
-	    "# HELP roomcast_client_errors_total Error replies sent to clients.\n"
-	    "# TYPE roomcast_client_errors_total counter\nroomcast_client_errors_total %llu\n",
-	    (unsigned long long)metrics.deliveries, (unsigned long long)metrics.bytes_out,
-	    (unsigned long long)metrics.client_errors);
-	buf_puts(b, "# HELP roomcast_closes_total Connections closed by the server, by reason.\n"
-	            "# TYPE roomcast_closes_total counter\n");
-	for (int i = 0; i < CLOSE_COUNT; i++)
-		buf_printf(b, "roomcast_closes_total{reason=\"%s\"} %llu\n", metrics_close_names[i],
-		           (unsigned long long)metrics.closes[i]);
-	buf_puts(b, "# HELP roomcast_handshakes_refused_total Connections refused before the "
-	            "upgrade, by reason.\n# TYPE roomcast_handshakes_refused_total counter\n");
-	for (int i = 0; i < REFUSE_COUNT; i++)
-		buf_printf(b, "roomcast_handshakes_refused_total{reason=\"%s\"} %llu\n",
-		           metrics_refuse_names[i], (unsigned long long)metrics.refused[i]);
-	buf_puts(b, "# HELP roomcast_auth_failures_total Tokens refused, by reason.\n"
-	            "# TYPE roomcast_auth_failures_total counter\n");
-	for (int i = 1; i < AUTH_REASON_COUNT; i++)
-		buf_printf(b, "roomcast_auth_failures_total{reason=\"%s\"} %llu\n",
-		           auth_reason_name((enum auth_reason)i),
-		           (unsigned long long)metrics.auth_failures[i]);
-	buf_puts(b, "# HELP roomcast_http_requests_total HTTP responses, by status class.\n"
-	            "# TYPE roomcast_http_requests_total counter\n");
-	for (int i = 1; i <= 5; i++)
-		buf_printf(b, "roomcast_http_requests_total{code=\"%dxx\"} %llu\n", i,
-		           (unsigned long long)metrics.http_requests[i]);
-	buf_printf(
-	    b,
-	    "# HELP roomcast_postgres_up Whether the listener and query connections are up "
-	    "(-1: not configured).\n# TYPE roomcast_postgres_up gauge\nroomcast_postgres_up %d\n"
-	    "# HELP roomcast_postgres_reconnects_total Listener connections lost.\n"
-	    "# TYPE roomcast_postgres_reconnects_total counter\n"
-	    "roomcast_postgres_reconnects_total %llu\n"
-	    "# HELP roomcast_postgres_catchup_rows_total Events delivered by catch-up reads "
-	    "rather than notifications.\n# TYPE roomcast_postgres_catchup_rows_total counter\n"
-	    "roomcast_postgres_catchup_rows_total %llu\n"
-	    "# HELP roomcast_postgres_notify_queue_usage pg_notification_queue_usage() at the "
-	    "last heartbeat.\n# TYPE roomcast_postgres_notify_queue_usage gauge\n"
-	    "roomcast_postgres_notify_queue_usage %g\n",
-	    strcmp(pgl_state(), "disabled") ? metrics.pg_up : -1,
-	    (unsigned long long)metrics.pg_reconnects, (unsigned long long)metrics.pg_catchup_rows,
-	    metrics.pg_queue_usage);
-	buf_printf(
-	    b,
-	    "# HELP roomcast_redis_up Whether the Redis link (subscriber and publisher) is "
-	    "up (-1: not configured).\n# TYPE roomcast_redis_up gauge\nroomcast_redis_up %d\n"
-	    "# HELP roomcast_redis_reconnects_total Redis links lost after being up.\n"
-	    "# TYPE roomcast_redis_reconnects_total counter\n"
-	    "roomcast_redis_reconnects_total %llu\n"
-	    "# HELP roomcast_redis_publish_failures_total Messages not published through "
-	    "Redis, delivered on this replica only.\n"
-	    "# TYPE roomcast_redis_publish_failures_total counter\n"
-	    "roomcast_redis_publish_failures_total %llu\n",
-	    strcmp(bus_state(), "disabled") ? metrics.redis_up : -1,
-	    (unsigned long long)metrics.redis_reconnects,
-	    (unsigned long long)metrics.redis_publish_failures);
-	buf_puts(b, "# HELP roomcast_delivery_latency_seconds From event arrival to the write to "
-	            "the client.\n# TYPE roomcast_delivery_latency_seconds histogram\n");
+	family(b, "roomcast_connections", "gauge", "WebSocket clients connected now.");
+	buf_printf(b, "roomcast_connections %lld\n", (long long)metrics.connections);
+	counter(b, "roomcast_connections_total", "WebSocket clients accepted.",
+	        metrics.connections_total);
+	family(b, "roomcast_rooms", "gauge", "Rooms with at least one member.");
+	buf_printf(b, "roomcast_rooms %zu\n", room_count());
+	counter(b, "roomcast_messages_in_total", "Client messages received.", metrics.messages_in);
+	labelled(b, "roomcast_messages_routed_total", "Messages routed to rooms, by source.",
+	         "source", metrics_source_names, metrics.messages_routed, 0, SRC_COUNT);
+	counter(b, "roomcast_messages_out_total", "Room messages written to clients.",
+	        metrics.deliveries);
+	counter(b, "roomcast_bytes_out_total", "Bytes of WebSocket payload written.",
+	        metrics.bytes_out);
+	counter(b, "roomcast_client_errors_total", "Error replies sent to clients.",
+	        metrics.client_errors);
+	labelled(b, "roomcast_closes_total", "Connections closed by the server, by reason.",
+	         "reason", metrics_close_names, metrics.closes, 0, CLOSE_COUNT);
+	labelled(b, "roomcast_handshakes_refused_total",
+	         "Connections refused before the upgrade, by reason.", "reason",
+	         metrics_refuse_names, metrics.refused, 0, REFUSE_COUNT);
+	/* Reason 0 is AUTH_OK, which is not a failure. */
+	for (int i = 0; i < AUTH_REASON_COUNT; i++)
+		auth_names[i] = auth_reason_name((enum auth_reason)i);
+	labelled(b, "roomcast_auth_failures_total", "Tokens refused, by reason.", "reason",
+	         auth_names, metrics.auth_failures, 1, AUTH_REASON_COUNT);
+	labelled(b, "roomcast_http_requests_total", "HTTP responses, by status class.", "code",
+	         classes, metrics.http_requests, 1, 6);
+
+	family(b, "roomcast_postgres_up", "gauge",
+	       "Whether the listener and query connections are up (-1: not configured).");
+	buf_printf(b, "roomcast_postgres_up %d\n",
+	           strcmp(pgl_state(), "disabled") ? metrics.pg_up : -1);
+	counter(b, "roomcast_postgres_reconnects_total", "Listener connections lost.",
+	        metrics.pg_reconnects);
+	counter(b, "roomcast_postgres_catchup_rows_total",
+	        "Events delivered by catch-up reads rather than notifications.",
+	        metrics.pg_catchup_rows);
+	family(b, "roomcast_postgres_notify_queue_usage", "gauge",
+	       "pg_notification_queue_usage() at the last heartbeat.");
+	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
+
+	family(b, "roomcast_redis_up", "gauge",
+	       "Whether the Redis link (subscriber and publisher) is up (-1: not configured).");
+	buf_printf(b, "roomcast_redis_up %d\n",
+	           strcmp(bus_state(), "disabled") ? metrics.redis_up : -1);
+	counter(b, "roomcast_redis_reconnects_total", "Redis links lost after being up.",
+	        metrics.redis_reconnects);
+	counter(b, "roomcast_redis_publish_failures_total",
+	        "Messages not published through Redis, delivered on this replica only.",
+	        metrics.redis_publish_failures);
+
+	family(b, "roomcast_delivery_latency_seconds", "histogram",
+	       "From event arrival to the write to the client.");
 	for (int i = 0; i < METRICS_LAT_BUCKETS; i++)
 		buf_printf(b, "roomcast_delivery_latency_seconds_bucket{le=\"%g\"} %llu\n",
 		           metrics_lat_bounds[i], (unsigned long long)metrics.lat_buckets[i]);
