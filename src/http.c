@@ -169,8 +169,8 @@ static void counter(struct buf *b, const char *name, const char *help, uint64_t 
 static void render_metrics(struct http_response *resp)
 {
 	struct buf *b = &resp->body;
-	const char *auth_names[AUTH_REASON_COUNT], *classes[6] = {"", "1xx", "2xx", "3xx", "4xx",
-	                                                          "5xx"};
+	const char *auth_names[AUTH_REASON_COUNT],
+	    *classes[6] = {"", "1xx", "2xx", "3xx", "4xx", "5xx"};
 
 	resp->status = 200;
 	resp->content_type = "text/plain; version=0.0.4; charset=utf-8";
