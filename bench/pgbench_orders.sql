@@ -1,6 +1,7 @@
 -- The writers of the writer-cost scenario (bench/run.py): one transaction per order update as
 -- the REST service would run it, a product's stock and an order's total. With roomcast's
--- triggers each commit publishes product_updated and order_updated (2 outbox rows, 1 NOTIFY).
+-- triggers each commit publishes product_updated (row trigger) and order_updated (at commit): 2
+-- outbox rows and 2 NOTIFYs, which take PostgreSQL's notify lock once, at commit.
 \set pid random(1, :nproducts)
 \set oid random(1, :norders)
 BEGIN;

@@ -28,6 +28,7 @@ import platform
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,7 @@ PARAMS = {
     "lat_senders": env_int("BENCH_LAT_SENDERS", 4),
     "pgbench_clients": env_int("BENCH_PGBENCH_CLIENTS", 8),
     "pgbench_seconds": env_int("BENCH_PGBENCH_SECONDS", 15),
+    "pgbench_rounds": env_int("BENCH_PGBENCH_ROUNDS", 3),
     "notify_seconds": env_float("BENCH_NOTIFY_SECONDS", 5),
     "notify_conns": env_int("BENCH_NOTIFY_CONNS", 8),
 }
@@ -369,37 +371,67 @@ def set_triggers(pg, on):
             'USER;' % (verb, verb))
 
 
-NOTIFY_CALL = "PERFORM pg_notify('realtime_events', payload);"
+# Where the NOTIFY is sent, per migration: realtime.append (005 and later) or realtime.publish
+# (001-004). The diagnosis row replaces the call with something as cheap that sends nothing.
+NOTIFY_CALLS = [
+    ("realtime.append(text,text[],jsonb,jsonb)",
+     "IF pg_notify('realtime_events', payload) IS NULL THEN", "IF payload IS NULL THEN"),
+    ("realtime.publish(text,text[],jsonb,jsonb)",
+     "PERFORM pg_notify('realtime_events', payload);", "NULL;"),
+]
+
+
+def without_notify(pg):
+    """(original source, source without the NOTIFY) of the function that sends it, or None."""
+    for sig, call, instead in NOTIFY_CALLS:
+        if pg.psql("SELECT to_regprocedure(%s) IS NOT NULL", (sig,))[0][0]:
+            src = pg.psql("SELECT pg_get_functiondef(%s::regprocedure)", (sig,))[0][0]
+            if call in src:
+                return src, src.replace(call, instead)
+    return None
 
 
 def sc_writers(ctx):
+    """pgbench TPS of bench/pgbench_orders.sql without the triggers, with them, with them but
+    without the NOTIFY (diagnosis), and with them while roomcast listens. The variants run
+    interleaved, BENCH_PGBENCH_ROUNDS times, on an emptied outbox each time; each figure is the
+    median of its rounds and each percentage the median of the round-by-round ratios (the
+    machine is shared, so a round's variants see the same background load)."""
     pg = ctx["pg"]
     secs, clients = PARAMS["pgbench_seconds"], PARAMS["pgbench_clients"]
-    out = {}
-    set_triggers(pg, False)
-    say("writers: pgbench %d clients %ds without triggers" % (clients, secs))
-    out["no_triggers"] = pgbench(pg, secs, clients)
-    set_triggers(pg, True)
-    say("writers: with triggers, nobody listening")
-    out["triggers"] = pgbench(pg, secs, clients)
-    # Diagnosis: the same triggers with the NOTIFY taken out of realtime.publish, which splits
-    # the trigger's own work from the commit-time NOTIFY lock. Skipped if the text moved.
-    src = pg.psql("SELECT pg_get_functiondef('realtime.publish(text,text[],jsonb,jsonb)'"
-                  "::regprocedure)")[0][0]
-    if NOTIFY_CALL in src:
-        say("writers: with triggers but without NOTIFY (diagnosis)")
-        pg.psql(src.replace(NOTIFY_CALL, "NULL;"))
-        try:
-            out["triggers_no_notify"] = pgbench(pg, secs, clients)
-        finally:
-            pg.psql(src)
-    say("writers: with triggers and roomcast listening")
-    with Server("roomcast", {"DATABASE_URL": pg.dsn}) as s:
-        wait_pg_up(s)
-        cpu0 = proc_cpu(s.pids())
-        out["triggers_roomcast"] = pgbench(pg, secs, clients)
-        out["triggers_roomcast"]["roomcast_cpu_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
+    rounds = max(1, PARAMS["pgbench_rounds"])
+    diag = without_notify(pg)
+    runs = {}
+
+    def run(key, r, what):
+        pg.psql("TRUNCATE realtime.events")
+        pg.psql("CHECKPOINT")
+        say("writers: round %d/%d, %s" % (r + 1, rounds, what))
+        runs.setdefault(key, []).append(pgbench(pg, secs, clients))
+
+    for r in range(rounds):
+        set_triggers(pg, False)
+        run("no_triggers", r, "pgbench %d clients %ds without triggers" % (clients, secs))
+        set_triggers(pg, True)
+        run("triggers", r, "with triggers, nobody listening")
+        if diag:
+            pg.psql(diag[1])
+            try:
+                run("triggers_no_notify", r, "with triggers but without NOTIFY (diagnosis)")
+            finally:
+                pg.psql(diag[0])
+        with Server("roomcast", {"DATABASE_URL": pg.dsn}) as s:
+            wait_pg_up(s)
+            cpu0 = proc_cpu(s.pids())
+            run("triggers_roomcast", r, "with triggers and roomcast listening")
+            runs["triggers_roomcast"][-1]["roomcast_cpu_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
     pg.psql("TRUNCATE realtime.events")
+    out = {}
+    base = runs["no_triggers"]
+    for key, rs in runs.items():
+        out[key] = {"tps": statistics.median(x["tps"] for x in rs),
+                    "ratio": statistics.median(x["tps"] / b["tps"] for x, b in zip(rs, base)),
+                    "rounds": rs}
     return out
 
 
@@ -605,8 +637,9 @@ def table(res):
                         ("triggers_no_notify", "  triggers minus NOTIFY (diag.)"),
                         ("triggers_roomcast", "TPS triggers + roomcast listening")):
             if k in wr:
+                ratio = wr[k].get("ratio", wr[k]["tps"] / base)
                 row(title if k == "no_triggers" else "", name,
-                    "%.0f (%.0f%%)" % (wr[k]["tps"], 100 * wr[k]["tps"] / base), "", "", "",
+                    "%.0f (%.0f%%)" % (wr[k]["tps"], 100 * ratio), "", "", "",
                     ">= 70%" if k == "triggers_roomcast" else "")
     nt = res.get("notify")
     if nt:

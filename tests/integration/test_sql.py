@@ -426,6 +426,67 @@ def test_publish_rejects_bad_arguments(db, event, rooms):
     assert db.one("SELECT realtime.publish('e', %s::text[], '{}')", (["x" * 128],)) > 0
 
 
+def _show_sync(cur):
+    cur.execute("SHOW synchronous_commit")
+    return cur.fetchone()[0]
+
+
+def test_publishing_transaction_commits_synchronously(db):
+    # 004: with synchronous_commit = off (as in this cluster, and a documented production
+    # setting), a crash may lose commits whose NOTIFY was already delivered and hand their ids
+    # out again. Every publishing transaction is therefore raised to `on`, for that
+    # transaction only, through every door: both publish overloads, row and commit-time
+    # (deferred) triggers, realtime.watch.
+    db.sql("CREATE TABLE public.coupons (id_coupon serial PRIMARY KEY, code text)")
+    db.sql("SELECT realtime.watch('public.coupons', 'coupon')")
+    conn = db.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET synchronous_commit = off")
+            conn.commit()
+            for publish in ["SELECT realtime.publish('e', ARRAY['r-1'], '{}')",
+                            "SELECT realtime.publish('e', 'r-1', '{}')",
+                            "UPDATE product SET stock = stock + 1 WHERE id_product = 1",
+                            "INSERT INTO coupons (code) VALUES ('A')"]:
+                cur.execute("SELECT 1")
+                assert _show_sync(cur) == "off"
+                cur.execute(publish)
+                assert _show_sync(cur) == "on", publish
+                conn.commit()
+                assert _show_sync(cur) == "off", publish  # the session's setting is back
+
+            # The commit record is flushed when COMMIT returns: the WAL flush position has
+            # passed everything inserted before it. (Deterministic with the override; without
+            # it this usually fails, the WAL writer flushing only every 200 ms.) The order
+            # trigger is deferred: it publishes inside COMMIT itself.
+            for publish in ["SELECT realtime.publish('e', ARRAY['r-1'], '{}')",
+                            "UPDATE \"order\" SET total = total + 1 WHERE id_order = 1"]:
+                cur.execute(publish)
+                cur.execute("SELECT pg_current_wal_insert_lsn()::text")
+                before_commit = cur.fetchone()[0]
+                conn.commit()
+                cur.execute("SELECT pg_current_wal_flush_lsn() >= %s::pg_lsn", (before_commit,))
+                assert cur.fetchone()[0] is True, publish
+                conn.commit()
+
+            # A rolled-back savepoint takes the event and the override with it.
+            cur.execute("SAVEPOINT s")
+            cur.execute("SELECT realtime.publish('e', ARRAY['r-1'], '{}')")
+            assert _show_sync(cur) == "on"
+            cur.execute("ROLLBACK TO SAVEPOINT s")
+            assert _show_sync(cur) == "off"
+            conn.rollback()
+
+            # Stronger settings are kept as they are (never lowered to `on`).
+            for level in ("local", "remote_write", "remote_apply", "on"):
+                cur.execute("SET LOCAL synchronous_commit = %s" % level)
+                cur.execute("SELECT realtime.publish('e', ARRAY['r-1'], '{}')")
+                assert _show_sync(cur) == level
+                conn.rollback()
+    finally:
+        conn.close()
+
+
 def test_snap_xmin_bounds_transactions_open_at_insert(db):
     a = db.connect(autocommit=False)
     try:
@@ -514,6 +575,130 @@ def test_watch_and_unwatch_a_new_table(db):
     with db.listen() as l:
         db.sql("INSERT INTO coupons (id_client, code) VALUES (1, 'C')")
         assert l.drain() == []
+
+
+# -- 005: the lean trigger path publishes exactly what 002 did ------------------------------
+
+# Row changes of every kind through every trigger, run against a database migrated up to 004
+# (the 002 trigger bodies) and one with every migration (005's): the events must be the same.
+SAME_EVENTS_SCRIPT = [
+    "UPDATE product SET stock = 7, price = 21.50 WHERE id_product = 3",
+    "UPDATE product SET id_seller = 3 WHERE id_product = 2",
+    "UPDATE product SET price = price WHERE id_product = 1",
+    "UPDATE product SET description = NULL WHERE id_product = 4",
+    "INSERT INTO product (id_seller, name, price, stock) VALUES (2, 'Teapot', 30, 5)",
+    "DELETE FROM product WHERE name = 'Teapot'",
+    """UPDATE "order" SET status = 'delivered', total = 99.99 WHERE id_order = 1""",
+    """UPDATE "order" SET id_client = 3 WHERE id_order = 2""",
+    """UPDATE "order" SET status = status""",
+    """BEGIN; INSERT INTO "order" (id_client, status, total) VALUES (2, 'pending', 1);
+       INSERT INTO product_order (id_order, id_product, quantity, price)
+       SELECT currval('order_id_order_seq'), p, 1, 1 FROM unnest(ARRAY[6, 1, 5, 2]) p; COMMIT""",
+    """DELETE FROM "order" WHERE id_order = 3""",
+    "UPDATE delivery SET status = 'delivered' WHERE id_delivery = 1",
+    """BEGIN; INSERT INTO delivery (address) VALUES ('1 New St');
+       UPDATE "order" SET id_delivery = currval('delivery_id_delivery_seq') WHERE id_order = 4;
+       COMMIT""",
+    "DELETE FROM delivery WHERE id_delivery = 2",
+    "UPDATE delivery SET status = status",
+    # realtime.watch: composite key, templates, a NULL template column, an invalid room
+    "CREATE TABLE public.seat (hall int, num int, label text, id_client int, meta json, "
+    "PRIMARY KEY (hall, num))",
+    "SELECT realtime.watch('public.seat', 'seat', ARRAY['client-{id_client}', 'label-{label}'])",
+    """INSERT INTO seat VALUES (2, 14, 'aisle', 3, '{"a": [1, 2]}')""",
+    "INSERT INTO seat VALUES (2, 15, 'not a room', NULL, NULL)",
+    """UPDATE seat SET id_client = 1, meta = '{"a": [1, 2, 3]}' WHERE num = 14""",
+    "UPDATE seat SET label = label",
+    "DELETE FROM seat WHERE num = 14",
+]
+
+
+def _stable(event):
+    """The parts of an event both paths must produce identically: times and ids aside."""
+    drop = {"created_at", "updated_at"}
+    data = {k: v for k, v in event["data"].items() if k not in drop}
+    meta = dict(event["meta"])
+    if "old" in meta:
+        meta["old"] = {k: v for k, v in meta["old"].items() if k not in drop}
+    return (event["event"], event["rooms"], data, meta)
+
+
+def test_lean_triggers_publish_what_002_published(cluster):
+    runs = {}
+    for label, files in (("004", [f for f in UP_FILES if os.path.basename(f) < "005"]),
+                         ("all", UP_FILES)):
+        d = _new_db(cluster, "tmpl_market_only")
+        try:
+            d.apply(files)
+            with d.listen() as l:
+                for sql in SAME_EVENTS_SCRIPT:
+                    d.sql(sql)
+                runs[label] = [_stable(e) for e in l.drain()]
+        finally:
+            cluster.drop_database(d.name)
+    assert "005_lean_triggers" in [os.path.basename(f)[:-4] for f in UP_FILES]
+    assert len(runs["all"]) == 17, runs["all"]
+    assert runs["all"] == runs["004"]
+
+
+def test_changed_columns_follow_alter_table_in_one_session(db):
+    # The column list is cached per session (realtime.columns_<oid>); a column added, renamed
+    # or dropped later must still be reported right by the same session.
+    with db.listen() as l:
+        conn = db.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("UPDATE product SET stock = 1 WHERE id_product = 1")
+                cur.execute("SELECT current_setting('realtime.columns_' || 'product'::regclass::oid)")
+                assert cur.fetchone()[0].startswith("{id_product,id_seller,name")
+                db.sql("ALTER TABLE product ADD COLUMN color text")
+                cur.execute("UPDATE product SET color = 'red', stock = 2 WHERE id_product = 1")
+                db.sql("ALTER TABLE product RENAME COLUMN color TO colour")
+                cur.execute("UPDATE product SET colour = 'blue' WHERE id_product = 1")
+                db.sql("ALTER TABLE product DROP COLUMN colour")
+                cur.execute("UPDATE product SET stock = 3 WHERE id_product = 1")
+                # A cache first filled in a transaction that rolled back reads '' afterwards.
+                cur.execute("BEGIN")
+                cur.execute("""UPDATE "order" SET total = 5 WHERE id_order = 4""")
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cur.execute("ROLLBACK")
+                cur.execute("""UPDATE "order" SET total = 6 WHERE id_order = 4""")
+        finally:
+            conn.close()
+        got = l.drain()
+    assert [(e["event"], e["meta"]["changed"], e["meta"]["old"]) for e in got] == [
+        ("product_updated", ["stock"], {"stock": 12}),
+        ("product_updated", ["stock", "color"], {"stock": 1, "color": None}),
+        ("product_updated", ["colour"], {"colour": "red"}),
+        ("product_updated", ["stock"], {"stock": 2}),
+        ("order_updated", ["total"], {"total": 34.5}),
+    ]
+    assert got[3]["data"].keys() == got[0]["data"].keys()
+
+
+ROOM_NAMES = ["a", "A-z_0.9:x", "x" * 128, "x" * 129, "", "a b", "a\n", "\na", "é", "a/b",
+              "a,b", "room\x7f", "order-1", "-", "_.:", "ʟ", "a\tb", "{a}"]
+
+
+def test_room_rule_is_the_documented_pattern(db):
+    # 005 checks rooms without the regex's bounded repetition; the rule stays
+    # ^[A-Za-z0-9_.:-]{1,128}$ exactly.
+    conn = db.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            for name in ROOM_NAMES:
+                want = re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", name) is not None
+                cur.execute("SAVEPOINT s")
+                try:
+                    cur.execute("SELECT realtime.publish('e', ARRAY[%s], '{}')", (name,))
+                    ok = True
+                except psycopg2.errors.InvalidParameterValue:
+                    ok = False
+                cur.execute("ROLLBACK TO SAVEPOINT s")
+                assert ok == want, repr(name)
+    finally:
+        conn.rollback()
+        conn.close()
 
 
 def test_watch_default_rooms_composite_key_and_bad_templates(db):
@@ -642,12 +827,25 @@ def test_down_then_up_with_marketplace(db):
     assert [(e["event"], e["rooms"]) for e in got] == [("product_updated", ["product-1", "seller-1", "admins"])]
 
 
+def down_file(version):
+    return os.path.join(MIGRATIONS, version + ".down.sql")
+
+
 def test_down_one_step_at_a_time(db):
-    down_policy, down_triggers, _ = DOWN_FILES
-    db.apply([down_policy])
+    # 004 down: publish no longer raises synchronous_commit.
+    db.apply([f for f in DOWN_FILES if os.path.basename(f) >= "004"])
+    conn = db.connect(autocommit=False)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET LOCAL synchronous_commit = off")
+            cur.execute("SELECT realtime.publish('e', ARRAY['r-1'], '{}')")
+            assert _show_sync(cur) == "off"
+    finally:
+        conn.close()
+    db.apply([down_file("003_policy")])
     assert db.one("SELECT to_regprocedure('realtime.can_join(jsonb,text)') IS NULL") is True
     assert db.sql(REALTIME_TRIGGERS) == MARKET_TRIGGERS
-    db.apply([down_triggers])
+    db.apply([down_file("002_triggers")])
     assert db.sql(REALTIME_TRIGGERS) == []
     assert db.one("SELECT to_regprocedure('realtime.publish(text,text[],jsonb,jsonb)') IS NOT NULL")
     db.apply(UP_FILES[1:])
@@ -726,9 +924,12 @@ def test_roomcast_migrate(cluster):
 
         p = run_migrate(d.dsn, "down", "1")
         assert p.returncode == 0, p.stderr
-        assert d.one("SELECT to_regprocedure('realtime.can_join(jsonb,text)') IS NULL") is True
         assert d.sql("SELECT version FROM realtime.schema_migrations ORDER BY 1") == [(n,) for n in names[:-1]]
-        p = run_migrate(d.dsn, "down", str(len(names)))
+        p = run_migrate(d.dsn, "down", str(len(names) - 3))  # down to 001-002
+        assert p.returncode == 0, p.stderr
+        assert d.one("SELECT to_regprocedure('realtime.can_join(jsonb,text)') IS NULL") is True
+        assert d.sql("SELECT version FROM realtime.schema_migrations ORDER BY 1") == [(n,) for n in names[:2]]
+        p = run_migrate(d.dsn, "down", "2")
         assert p.returncode == 0, p.stderr
         assert d.one("SELECT to_regnamespace('realtime') IS NULL") is True
         p = run_migrate(d.dsn)
