@@ -637,9 +637,9 @@ def table(res):
                         ("triggers_no_notify", "  triggers minus NOTIFY (diag.)"),
                         ("triggers_roomcast", "TPS triggers + roomcast listening")):
             if k in wr:
-                ratio = wr[k].get("ratio", wr[k]["tps"] / base)
+                share = wr[k].get("ratio", wr[k]["tps"] / base)
                 row(title if k == "no_triggers" else "", name,
-                    "%.0f (%.0f%%)" % (wr[k]["tps"], 100 * ratio), "", "", "",
+                    "%.0f (%.0f%%)" % (wr[k]["tps"], 100 * share), "", "", "",
                     ">= 70%" if k == "triggers_roomcast" else "")
     nt = res.get("notify")
     if nt:
