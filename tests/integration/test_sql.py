@@ -17,6 +17,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg2
@@ -610,6 +611,26 @@ SAME_EVENTS_SCRIPT = [
     """UPDATE seat SET id_client = 1, meta = '{"a": [1, 2, 3]}' WHERE num = 14""",
     "UPDATE seat SET label = label",
     "DELETE FROM seat WHERE num = 14",
+    # The DELETE path (006 moved its stash from a session setting to realtime.stash): one order
+    # deleted, inserted again with another seller's item and deleted again in one transaction;
+    # a DELETE undone by a savepoint; a DELETE consumed early by SET CONSTRAINTS, then the id
+    # reused; a delivery whose orders the DELETE itself detaches (ON DELETE SET NULL).
+    """BEGIN; INSERT INTO "order" (id_order, id_client, status, total) VALUES (900, 2, 'new', 1);
+       INSERT INTO product_order (id_order, id_product, quantity, price) VALUES (900, 1, 1, 1);
+       DELETE FROM "order" WHERE id_order = 900;
+       INSERT INTO "order" (id_order, id_client, status, total) VALUES (900, 3, 'new', 2);
+       INSERT INTO product_order (id_order, id_product, quantity, price) VALUES (900, 5, 1, 1);
+       DELETE FROM "order" WHERE id_order = 900; COMMIT""",
+    """BEGIN; SAVEPOINT s; DELETE FROM "order" WHERE id_order = 4; ROLLBACK TO SAVEPOINT s;
+       UPDATE "order" SET total = 7 WHERE id_order = 4; COMMIT""",
+    """BEGIN; DELETE FROM "order" WHERE id_order = 4; SET CONSTRAINTS ALL IMMEDIATE;
+       INSERT INTO "order" (id_order, id_client) VALUES (4, 2);
+       INSERT INTO product_order (id_order, id_product, quantity, price) VALUES (4, 3, 1, 1);
+       COMMIT""",
+    """ALTER TABLE "order" DROP CONSTRAINT order_id_delivery_fkey,
+       ADD CONSTRAINT order_id_delivery_fkey FOREIGN KEY (id_delivery)
+           REFERENCES delivery (id_delivery) ON DELETE SET NULL""",
+    "DELETE FROM delivery WHERE id_delivery = 1",
 ]
 
 
@@ -624,8 +645,11 @@ def _stable(event):
 
 
 def test_lean_triggers_publish_what_002_published(cluster):
+    # 004: the 002 trigger bodies; 005: the lean ones with the stash in a session setting;
+    # all: the stash in realtime.stash (006) and what came after.
     runs = {}
     for label, files in (("004", [f for f in UP_FILES if os.path.basename(f) < "005"]),
+                         ("005", [f for f in UP_FILES if os.path.basename(f) < "006"]),
                          ("all", UP_FILES)):
         d = _new_db(cluster, "tmpl_market_only")
         try:
@@ -634,11 +658,26 @@ def test_lean_triggers_publish_what_002_published(cluster):
                 for sql in SAME_EVENTS_SCRIPT:
                     d.sql(sql)
                 runs[label] = [_stable(e) for e in l.drain()]
+            if label == "all":
+                assert d.one("SELECT count(*) FROM realtime.stash") == 0  # nothing left behind
         finally:
             cluster.drop_database(d.name)
-    assert "005_lean_triggers" in [os.path.basename(f)[:-4] for f in UP_FILES]
-    assert len(runs["all"]) == 17, runs["all"]
+    names = [os.path.basename(f)[:-4] for f in UP_FILES]
+    assert "005_lean_triggers" in names and "006_sealed_stash" in names
+    assert len(runs["all"]) == 27, runs["all"]
     assert runs["all"] == runs["004"]
+    assert runs["all"] == runs["005"]
+    # The stash carried the rooms the cascades had removed by commit time.
+    deleted = [(e[0], e[1]) for e in runs["all"] if e[0] in ("order_deleted", "delivery_deleted")]
+    assert deleted == [
+        ("order_deleted", ["order-3", "client-3", "seller-2", "seller-3"]),
+        ("delivery_deleted", ["delivery-2"]),
+        # Both DELETEs of order 900 carry the rooms stashed by the later one, as 002 did.
+        ("order_deleted", ["order-900", "client-2", "seller-3"]),
+        ("order_deleted", ["order-900", "client-3", "seller-3"]),
+        ("order_deleted", ["order-4", "client-1", "seller-3"]),
+        ("delivery_deleted", ["delivery-1", "order-1", "client-1", "order-2", "client-3"]),
+    ], deleted
 
 
 def test_changed_columns_follow_alter_table_in_one_session(db):
@@ -674,6 +713,221 @@ def test_changed_columns_follow_alter_table_in_one_session(db):
         ("order_updated", ["total"], {"total": 34.5}),
     ]
     assert got[3]["data"].keys() == got[0]["data"].keys()
+
+
+# -- 006: a DELETE's rooms are not the deleting session's to choose --------------------------
+
+BEFORE_006 = [f for f in UP_FILES if os.path.basename(f) < "006"]
+
+
+def _app_role_dsn(db):
+    """The application's role, as in test_privileges_app_role_publishes_through_triggers_only:
+    reads and writes the marketplace tables, has nothing in schema realtime."""
+    db.sql("DO $$ BEGIN IF to_regrole('rc_app') IS NULL THEN CREATE ROLE rc_app LOGIN; END IF; END $$")
+    db.sql("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO rc_app")
+    db.sql("GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO rc_app")
+    return db.dsn.replace("postgres@", "rc_app@")
+
+
+@pytest.mark.parametrize("with_006", [False, True], ids=["before_006", "with_006"])
+def test_app_role_cannot_choose_the_rooms_of_a_delete(cluster, with_006):
+    # The commit-time trigger adds the rooms the BEFORE DELETE trigger stashed (the order's
+    # items are cascaded away by then). Up to 005 the stash was the setting
+    # realtime.stash_<kind>_<id>, which the deleting session could overwrite before COMMIT: the
+    # real order_deleted, with the order's data, went to rooms of its choice, also rooms no
+    # order event may reach and names publish would refuse. 006 keeps it out of the session's
+    # reach, and the forged setting is ignored.
+    d = _new_db(cluster, "tmpl_market_only")
+    try:
+        d.apply(UP_FILES if with_006 else BEFORE_006)
+        did = d.one("INSERT INTO delivery (address) VALUES ('1 New St') RETURNING id_delivery")
+        app = psycopg2.connect(_app_role_dsn(d))
+        try:
+            with d.listen() as l, app.cursor() as cur:
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute("SELECT realtime.publish('x', ARRAY['user-7'], '{}')")
+                app.rollback()
+                cur.execute('DELETE FROM "order" WHERE id_order = 4')
+                cur.execute("SELECT set_config('realtime.stash_order_4', %s, true)",
+                            ("seller-2,user-7,not a room",))
+                app.commit()
+                cur.execute("DELETE FROM delivery WHERE id_delivery = %s", (did,))
+                cur.execute("SELECT set_config(%s, 'client-2', false)",
+                            ("realtime.stash_delivery_%d" % did,))
+                app.commit()
+                got = l.drain()
+        finally:
+            app.close()
+        stash_left = d.one("SELECT count(*) FROM realtime.stash") if with_006 else 0
+    finally:
+        cluster.drop_database(d.name)
+    assert [e["data"].get("id_order", e["data"].get("id_delivery")) for e in got] == [4, did]
+    rooms = [(e["event"], e["rooms"]) for e in got]
+    if not with_006:  # the attack worked
+        assert rooms == [("order_deleted",
+                          ["order-4", "client-1", "seller-2", "user-7", "not a room"]),
+                         ("delivery_deleted", ["delivery-%d" % did, "client-2"])]
+    else:
+        assert rooms == [("order_deleted", ["order-4", "client-1", "seller-1"]),
+                         ("delivery_deleted", ["delivery-%d" % did])]
+    assert stash_left == 0
+
+
+@pytest.mark.parametrize("with_006", [False, True], ids=["before_006", "with_006"])
+def test_forged_column_cache_can_only_reorder_meta_changed(cluster, with_006):
+    # The one setting the triggers still read is 005's column cache realtime.columns_<oid>.
+    # Forged by the application's role it adds no room, hides or invents no change and names
+    # no other table's column: a list that misses a column of the row is read again from the
+    # catalog, and names the row does not have are never listed. It decides the order of
+    # meta.changed in that session's own events; before 006 it could also repeat a column.
+    d = _new_db(cluster, "tmpl_market_only")
+    try:
+        d.apply(UP_FILES if with_006 else BEFORE_006)
+        app = psycopg2.connect(_app_role_dsn(d))
+        app.autocommit = True
+        try:
+            with d.listen() as l, app.cursor() as cur:
+                cur.execute("SELECT 'realtime.columns_' || 'product'::regclass::oid")
+                setting = cur.fetchone()[0]
+                cur.execute("SELECT set_config(%s, %s, false)", (setting,
+                            "{updated_at,created_at,status,stock,stock,price,description,name,"
+                            "id_seller,id_product,total,id_order,admins}"))
+                cur.execute("UPDATE product SET price = 1, stock = 2 WHERE id_product = 3")
+                cur.execute("SELECT set_config(%s, '{price,admins}', false)", (setting,))
+                cur.execute("UPDATE product SET price = 3, stock = 4 WHERE id_product = 3")
+                got = l.drain()
+        finally:
+            app.close()
+    finally:
+        cluster.drop_database(d.name)
+    assert [e["rooms"] for e in got] == [["product-3", "seller-2", "admins"]] * 2
+    assert [e["meta"]["old"] for e in got] == [{"price": 18.9, "stock": 100},
+                                               {"price": 1, "stock": 2}]
+    assert got[0]["meta"]["changed"] == (["stock", "price"] if with_006
+                                         else ["stock", "stock", "price"])
+    assert got[1]["meta"]["changed"] == ["price", "stock"]  # table order, from the catalog
+
+
+def test_serializable_deleters_do_not_fail_each_other(db):
+    # Every transaction that deletes an order writes realtime.stash. Read back with an index
+    # scan (DELETE ... WHERE xid = ...), it gave SERIALIZABLE transactions predicate locks on
+    # its shared index page, and concurrent deleters failed each other with serialization
+    # errors (measured with this workload: a few of its 200 transactions in every run). 006
+    # reads it with an upsert and by ctid, which take none: no failures, as before 006.
+    db.sql("""INSERT INTO "order" (id_client, total) SELECT 1, 1 FROM generate_series(1, 400)""")
+    db.sql("""INSERT INTO product_order (id_order, id_product, quantity, price)
+              SELECT id_order, 1 + id_order % 6, 1, 1 FROM "order" WHERE id_order > 4""")
+    ids = [r[0] for r in db.sql('SELECT id_order FROM "order" WHERE id_order > 4 ORDER BY 1')]
+    failures = []
+    errors = []
+
+    def deleter(mine):
+        try:
+            conn = db.connect(autocommit=False)
+            conn.set_session(isolation_level="SERIALIZABLE")
+            try:
+                with conn.cursor() as cur:
+                    for i in range(0, len(mine), 2):
+                        try:
+                            for order_id in mine[i:i + 2]:
+                                cur.execute('DELETE FROM "order" WHERE id_order = %s', (order_id,))
+                            conn.commit()
+                        except psycopg2.errors.SerializationFailure as e:
+                            conn.rollback()
+                            failures.append(str(e).splitlines()[:2])
+            finally:
+                conn.close()
+        except Exception as e:  # noqa: BLE001 - reported by the test thread
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=deleter, args=(ids[k::8],)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and failures == []
+    assert db.one('SELECT count(*) FROM "order" WHERE id_order > 4') == 0
+    assert db.one("SELECT count(*) FROM realtime.stash") == 0
+    seller = {1: 1, 2: 1, 3: 2, 4: 2, 5: 3, 6: 3}
+    rooms = dict(db.sql("""SELECT (data ->> 'id_order')::int, rooms FROM realtime.events
+                            WHERE event = 'order_deleted'"""))
+    assert rooms == {i: ["order-%d" % i, "client-1", "seller-%d" % seller[1 + i % 6]] for i in ids}
+
+
+def test_stash_rows_last_one_transaction_and_prune_removes_leftovers(db):
+    def stash():
+        return db.sql("SELECT kind, id, rooms FROM realtime.stash ORDER BY kind, id")
+
+    with db.listen() as l:
+        conn = db.connect(autocommit=False)
+        try:
+            with conn.cursor() as cur:
+                # INSERT and UPDATE never touch the table, not even at commit time.
+                cur.execute('UPDATE "order" SET total = total + 1')
+                cur.execute('INSERT INTO "order" (id_client) VALUES (2)')
+                cur.execute("UPDATE delivery SET status = 'x'")
+                cur.execute("UPDATE product SET stock = stock + 1")
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cur.execute("""SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_xact_user_tables
+                                WHERE relid = 'realtime.stash'::regclass""")
+                assert cur.fetchone() == (0, 0, 0)
+                conn.commit()
+                # A DELETE: a row from its BEFORE trigger, gone once the commit-time one ran.
+                cur.execute('DELETE FROM "order" WHERE id_order = 4')
+                cur.execute("SELECT kind, id, rooms FROM realtime.stash")
+                assert cur.fetchall() == [("order", 4, ["seller-1"])]
+                cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cur.execute("SELECT count(*) FROM realtime.stash")
+                assert cur.fetchone()[0] == 0
+                conn.commit()
+                # No setting is left in the session (005 left one per deleted id, for good).
+                cur.execute("SELECT current_setting('realtime.stash_order_4', true)")
+                assert cur.fetchone()[0] is None
+                conn.commit()
+
+                # A DELETE whose commit-time trigger never runs (disabled here) leaves its row...
+                cur.execute('ALTER TABLE "order" DISABLE TRIGGER realtime_order')
+                cur.execute('DELETE FROM "order" WHERE id_order = 3')
+                cur.execute('ALTER TABLE "order" ENABLE TRIGGER realtime_order')
+                conn.commit()
+                assert stash() == [("order", 3, ["seller-1", "seller-2", "seller-3"])]
+                # ...until prune, which keeps the rows of the transaction that calls it.
+                cur.execute('DELETE FROM "order" WHERE id_order = 2')
+                cur.execute("SELECT realtime.prune('1 day')")
+                cur.execute("SELECT kind, id FROM realtime.stash")
+                assert cur.fetchall() == [("order", 2)]
+                conn.commit()
+        finally:
+            conn.close()
+        got = l.drain()
+    assert stash() == []
+    deleted = [(e["event"], e["rooms"]) for e in got if e["event"].endswith("_deleted")]
+    assert deleted == [("order_deleted", ["order-4", "client-1", "seller-1"]),
+                       ("order_deleted", ["order-2", "client-2", "seller-3"])]
+
+
+def test_006_down_restores_005(cluster):
+    functions = """
+        SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.provolatile,
+               (SELECT array_agg(a::text ORDER BY a::text)
+                  FROM unnest(coalesce(p.proacl, acldefault('f', p.proowner))) a)
+          FROM pg_proc p WHERE p.pronamespace = 'realtime'::regnamespace ORDER BY 1"""
+    before = _new_db(cluster, "tmpl_market_only")
+    after = _new_db(cluster, "tmpl_market_only")
+    try:
+        before.apply(BEFORE_006)
+        after.apply([f for f in UP_FILES if os.path.basename(f) < "007"])
+        assert after.one("SELECT to_regclass('realtime.stash') IS NOT NULL") is True
+        after.apply([down_file("006_sealed_stash")] * 2)  # re-runnable
+        assert after.one("SELECT to_regclass('realtime.stash') IS NULL") is True
+        assert after.sql(functions) == before.sql(functions)
+        after.apply([f for f in UP_FILES if os.path.basename(f).startswith("006")])
+        with after.listen() as l:
+            after.sql('DELETE FROM "order" WHERE id_order = 4')
+            assert [e["rooms"] for e in l.drain()] == [["order-4", "client-1", "seller-1"]]
+    finally:
+        cluster.drop_database(before.name)
+        cluster.drop_database(after.name)
 
 
 ROOM_NAMES = ["a", "A-z_0.9:x", "x" * 128, "x" * 129, "", "a b", "a\n", "\na", "é", "a/b",
