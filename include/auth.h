@@ -45,22 +45,30 @@ struct auth_config {
 	const char *issuer;         /* NULL: not checked */
 	const char *audience;       /* NULL: not checked */
 	int leeway_s;
+	bool drop_claims_json; /* identities get no claims_json (nothing will read it) */
 };
 
 /* The verifier keeps copies of everything in the config; the caller's buffers may go away. */
 struct auth;
 
-#define AUTH_ID_MAX 128
+/* Longest identifier claim accepted, NUL included; longer ones make the token malformed. */
+#define AUTH_ID_MAX   128
+#define AUTH_ROLE_MAX 32
 
+/* The identity a verified token carries. Every connection keeps one, so the four strings share
+ * one allocation of their actual lengths. After auth_verify none of them is NULL ("" when the
+ * claim is absent); a zeroed identity (not authenticated) has all four NULL. */
 struct auth_identity {
-	char user_id[AUTH_ID_MAX];   /* sub, else user_id, else id (numbers rendered in decimal) */
-	char role[32];               /* lower-cased; "" when absent */
-	char seller_id[AUTH_ID_MAX]; /* seller_id, id_seller, or reference_id for role seller */
-	char client_id[AUTH_ID_MAX]; /* client_id or id_client */
-	char **rooms;                /* patterns of the "rooms" claim, each malloc'd */
+	const char *user_id;   /* sub, else user_id, else id (numbers rendered in decimal) */
+	const char *role;      /* lower-cased */
+	const char *seller_id; /* seller_id, id_seller, or reference_id for role seller */
+	const char *client_id; /* client_id or id_client */
+	char *strings;         /* the allocation the four point into */
+	char **rooms;          /* patterns of the "rooms" claim, each malloc'd */
 	size_t n_rooms;
 	long long exp, iat, nbf; /* 0 when absent (exp is never absent after auth_verify) */
-	char *claims_json;       /* the payload as canonical JSON, malloc'd (for SQL policy) */
+	char *claims_json;       /* the payload as canonical JSON, malloc'd (for SQL policy); NULL
+	                          * when the verifier was made with drop_claims_json */
 };
 
 /* Returns NULL and fills err on a bad config (e.g. no key for an allowed family, unreadable PEM).

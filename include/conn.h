@@ -1,6 +1,7 @@
 /* A WebSocket client connection: its identity, rooms, outbound frame queue with a byte budget,
- * rate limiter, timers and lifecycle. Connections are freed only from the reaper, never inside
- * one of their own lws callbacks. */
+ * rate limiter, lifecycle, and the one timer that runs every connection's deadlines (pings,
+ * pong timeout, auth timeout, token expiry, closing). Connections are freed only from the
+ * reaper, never inside one of their own lws callbacks. */
 #ifndef ROOMCAST_CONN_H
 #define ROOMCAST_CONN_H
 
@@ -9,10 +10,12 @@
 #include "frame.h"
 #include "room.h"
 #include "util.h"
+#include "wheel.h"
 
 #include <libwebsockets.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <uv.h>
 
 enum conn_state {
 	CONN_AWAIT_AUTH = 0, /* upgraded without a token; must send an auth frame in time */
@@ -25,24 +28,28 @@ struct conn {
 	struct room_member member; /* must stay first: fan-out casts members back to conns */
 	struct lws *wsi;           /* NULL once lws destroyed the wsi */
 	enum conn_state state;
-	unsigned refs; /* pending async operations that will come back to it */
-	char id[48];   /* "conn-<n>" unique within this node */
-	char ip[48];
-	bool batch; /* ?batch=1: several room messages per frame as an array */
+	unsigned refs;  /* pending async operations that will come back to it */
+	char id[24];    /* "conn-<n>" unique within this node */
+	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
+	bool batch;     /* ?batch=1: several room messages per frame as an array */
 	struct auth_identity ident;
 	struct frame_queue q;
 	uint16_t close_code;
-	bool close_sent; /* our close frame is written; waiting for the peer's */
-	char close_reason[64];
+	bool close_sent;          /* our close frame is written; waiting for the peer's */
+	const char *close_reason; /* a string literal: conn_close's reason */
 	/* Token bucket for client messages. */
 	double tokens;
 	uint64_t tokens_at_ns;
 	uint32_t strikes;
 	uint64_t last_limited_ns;
-	struct buf rx;                   /* a message being assembled from fragments */
-	size_t rx_skipped;               /* bytes of a binary message so far (counted, not kept) */
-	lws_sorted_usec_list_t sul_auth; /* AUTH_TIMEOUT_S for unauthenticated connections */
-	lws_sorted_usec_list_t sul_expiry; /* token_expiring, then 4001 */
+	struct buf rx;     /* a message being assembled from fragments */
+	size_t rx_skipped; /* bytes of a binary message so far (counted, not kept) */
+	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
+	struct wheel_node timer; /* filed under its next deadline while not dead */
+	uint32_t rx_at;          /* last frame from the peer, pongs included */
+	uint32_t ping_at;        /* last ping asked for */
+	uint32_t deadline;       /* await_auth: auth timeout; closing: when the socket goes */
+	bool ping_due;           /* a ping waits for the writeable callback */
 	bool expiring_sent;
 	struct conn *prev, *next; /* all live connections */
 	struct conn *next_dead;
@@ -50,11 +57,19 @@ struct conn {
 	void *pending;     /* owned by the session module: joins waiting for replay */
 };
 
-/* Module setup: the config outlives every connection; ctx is the lws context for timers. */
+/* Module setup: the config outlives every connection; ctx is the lws context. */
 void conn_setup(const struct config *cfg, struct lws_context *ctx);
+/* Starts the connection timer, one uv_timer firing every second on loop; stop it before the
+ * loop has to end. The timer does not keep the loop alive. */
+void conn_timers_start(uv_loop_t *loop);
+void conn_timers_stop(void);
+/* Runs every deadline up to tick to (ticks are seconds from start, the first is 1). The timer
+ * calls it; unit tests drive it directly, without a loop. */
+void conn_timers_run(uint32_t to);
 
 /* Creates a connection for wsi with refs = 0, linked into the live list; the lws session keeps
- * the pointer and must call conn_detach when the wsi goes away. */
+ * the pointer and must call conn_detach when the wsi goes away. ip is kept, not copied: the
+ * gate's slot key, released by the caller before conn_detach. */
 struct conn *conn_new(struct lws *wsi, const char *ip, bool batch);
 /* lws is destroying the wsi: leave all rooms, cancel timers, hand to the reaper. Idempotent. */
 void conn_detach(struct conn *c);
@@ -75,10 +90,35 @@ int conn_send(struct conn *c, struct frame *f);
 /* Queues a reply frame the caller owned (consumes its reference). */
 void conn_reply(struct conn *c, struct frame *f);
 /* Decides to close: with flush, queued frames go out first (1000/1001); without, they are
- * dropped (4008 and violations). */
+ * dropped (4008 and violations). reason must be a string literal (it is kept, not copied). */
 void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush);
 /* The writeable callback's work; returns -1 when lws should close the connection now. */
 int conn_on_writeable(struct conn *c);
+
+/* The peer sent a frame (data or pong): its silence clock restarts. */
+void conn_touch(struct conn *c);
+/* Re-reads c's deadlines after its state or token changed: what is due already is done now
+ * (token_expiring; closes) and c is filed for its next one. Safe inside c's own callbacks:
+ * dropping a socket is left to the timer. */
+void conn_timers_update(struct conn *c);
+
+/* What conn_due finds due at a tick. */
+enum conn_due_bits {
+	CONN_DUE_PING = 1u << 0,     /* silent for PING_INTERVAL_S (and not pinged since) */
+	CONN_DUE_AUTH = 1u << 1,     /* no auth frame within AUTH_TIMEOUT_S: close 4001 */
+	CONN_DUE_EXPIRING = 1u << 2, /* EXPIRY_WARN_S before exp: send token_expiring */
+	CONN_DUE_EXPIRED = 1u << 3,  /* exp + JWT_LEEWAY_S passed: close 4001 */
+	CONN_DUE_SILENT = 1u << 4,   /* silent for PONG_TIMEOUT_S: drop the socket */
+	CONN_DUE_STUCK = 1u << 5,    /* closing for too long: drop the socket */
+};
+/* Seconds before exp at which token_expiring is sent. */
+#define CONN_EXPIRY_WARN_S 30
+/* Pure: the conn_due_bits due for c at tick now, wall being time(NULL). */
+unsigned conn_due(const struct conn *c, const struct config *cfg, uint32_t now, long long wall);
+/* Pure: the first tick after now at which something may be due for c (0: never, c is dead).
+ * A deadline may move later meanwhile (traffic): the timer then looks again and refiles. */
+uint32_t conn_next_due(const struct conn *c, const struct config *cfg, uint32_t now,
+                       long long wall);
 
 /* Token bucket: true when a message may be processed now. */
 bool conn_rate_take(struct conn *c);

@@ -18,7 +18,7 @@ struct gate_ticket {
 	int fd;
 	bool authenticated;
 	bool batch;
-	char ip[48];
+	const char *ip; /* the per-address slot's own copy: valid while the slot is held */
 	struct auth_identity ident; /* valid when authenticated */
 };
 

@@ -16,6 +16,7 @@ enum metrics_close {
 	CLOSE_SLOW,
 	CLOSE_RATE,
 	CLOSE_PEER,
+	CLOSE_TIMEOUT, /* silent past PONG_TIMEOUT_S */
 	CLOSE_COUNT
 };
 enum metrics_refuse {

@@ -1,17 +1,17 @@
 /* What a connected client can do (SPEC §3): authenticate (first frame or refresh), join, leave,
- * broadcast, ping; automatic rooms; token expiry warnings and the 4001 close; rate limiting. */
+ * broadcast, ping; automatic rooms; arming token expiry (the connection timer sends the warning
+ * and closes 4001); rate limiting. */
 #ifndef ROOMCAST_SESSION_H
 #define ROOMCAST_SESSION_H
 
 #include "config.h"
 
-#include <libwebsockets.h>
 #include <stddef.h>
 
 struct auth;
 struct conn;
 
-void sess_setup(const struct config *cfg, const struct auth *auth, struct lws_context *ctx);
+void sess_setup(const struct config *cfg, const struct auth *auth);
 /* The connection finished its upgrade; c->ident is filled when it presented a valid token. */
 void sess_open(struct conn *c, int authenticated);
 /* Drops joins still waiting for replay (the connection is going away). */

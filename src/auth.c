@@ -41,6 +41,7 @@ struct auth {
 	char *issuer;        /* NULL: not checked */
 	char *audience;      /* NULL: not checked */
 	int leeway_s;
+	bool drop_claims_json;
 };
 
 static const struct {
@@ -252,6 +253,7 @@ struct auth *auth_new(const struct auth_config *cfg, char *err, size_t errlen)
 		goto oom;
 	a->algorithms = cfg->algorithms & keyed;
 	a->leeway_s = cfg->leeway_s;
+	a->drop_claims_json = cfg->drop_claims_json;
 	if (has_secret) {
 		a->secret = malloc(cfg->secret_len);
 		if (!a->secret)
@@ -468,18 +470,47 @@ static enum auth_reason check_audience(const struct auth *a, struct json_object 
 	return AUTH_BAD_AUDIENCE;
 }
 
-/* Fills the identity fields of out from a verified payload. Allocates out->rooms and
- * out->claims_json (the caller clears out on failure). Out of memory is reported as
+/* Points the four identity strings of out into one allocation holding exactly their bytes. */
+static int pack_strings(struct auth_identity *out, const char *const vals[4])
+{
+	size_t len[4], total = 0;
+	char *p;
+
+	for (int i = 0; i < 4; i++) {
+		len[i] = strlen(vals[i]) + 1;
+		total += len[i];
+	}
+	p = out->strings = malloc(total);
+	if (!p)
+		return -1;
+	for (int i = 0; i < 4; i++) {
+		const char **field = i == 0   ? &out->user_id
+		                     : i == 1 ? &out->role
+		                     : i == 2 ? &out->seller_id
+		                              : &out->client_id;
+		memcpy(p, vals[i], len[i]);
+		*field = p;
+		p += len[i];
+	}
+	return 0;
+}
+
+/* Fills the identity fields of out from a verified payload. Allocates out->strings, out->rooms
+ * and out->claims_json (the caller clears out on failure). Out of memory is reported as
  * AUTH_MALFORMED: the enum has no internal-error reason and the token is refused either way. */
-static enum auth_reason extract_identity(struct json_object *payload, struct auth_identity *out)
+static enum auth_reason extract_identity(const struct auth *a, struct json_object *payload,
+                                         struct auth_identity *out)
 {
 	static const char *const user_names[] = {"sub", "user_id", "id", NULL};
 	static const char *const seller_names[] = {"seller_id", "id_seller", NULL};
 	static const char *const client_names[] = {"client_id", "id_client", NULL};
+	char user_id[AUTH_ID_MAX] = "", role[AUTH_ROLE_MAX] = "", seller_id[AUTH_ID_MAX] = "",
+	     client_id[AUTH_ID_MAX] = "";
+	const char *vals[4] = {user_id, role, seller_id, client_id};
 	struct json_object *v;
 	int r;
 
-	r = claim_id_first(payload, user_names, out->user_id, sizeof(out->user_id));
+	r = claim_id_first(payload, user_names, user_id, sizeof(user_id));
 	if (r < 0)
 		return AUTH_MALFORMED;
 	if (r == 0)
@@ -493,20 +524,22 @@ static enum auth_reason extract_identity(struct json_object *payload, struct aut
 			return AUTH_MALFORMED;
 		s = json_object_get_string(v);
 		len = (size_t)json_object_get_string_len(v);
-		if (len >= sizeof(out->role) || !clean_string(s, len))
+		if (len >= sizeof(role) || !clean_string(s, len))
 			return AUTH_MALFORMED;
 		for (size_t i = 0; i < len; i++)
-			out->role[i] = (char)tolower((unsigned char)s[i]);
-		out->role[len] = '\0';
+			role[i] = (char)tolower((unsigned char)s[i]);
+		role[len] = '\0';
 	}
 
-	r = claim_id_first(payload, seller_names, out->seller_id, sizeof(out->seller_id));
+	r = claim_id_first(payload, seller_names, seller_id, sizeof(seller_id));
 	/* reference_id names a seller only in seller tokens; for clients it is something else. */
-	if (r == 0 && !strcmp(out->role, "seller"))
-		r = claim_id(payload, "reference_id", out->seller_id, sizeof(out->seller_id));
+	if (r == 0 && !strcmp(role, "seller"))
+		r = claim_id(payload, "reference_id", seller_id, sizeof(seller_id));
 	if (r < 0)
 		return AUTH_MALFORMED;
-	if (claim_id_first(payload, client_names, out->client_id, sizeof(out->client_id)) < 0)
+	if (claim_id_first(payload, client_names, client_id, sizeof(client_id)) < 0)
+		return AUTH_MALFORMED;
+	if (pack_strings(out, vals) < 0)
 		return AUTH_MALFORMED;
 
 	v = get_claim(payload, "rooms");
@@ -535,6 +568,8 @@ static enum auth_reason extract_identity(struct json_object *payload, struct aut
 		}
 	}
 
+	if (a->drop_claims_json)
+		return AUTH_OK;
 	out->claims_json = strdup(json_object_to_json_string_ext(
 	    payload, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	return out->claims_json ? AUTH_OK : AUTH_MALFORMED;
@@ -634,7 +669,7 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
 	r = check_audience(a, payload);
 	if (r != AUTH_OK)
 		return r;
-	return extract_identity(payload, out);
+	return extract_identity(a, payload, out);
 }
 
 /* On AUTH_OK, out owns malloc'd rooms and claims_json (release with auth_identity_clear); on any
@@ -710,19 +745,27 @@ void auth_identity_clear(struct auth_identity *id)
 		free(id->rooms[i]);
 	free(id->rooms);
 	free(id->claims_json);
+	free(id->strings);
 	memset(id, 0, sizeof(*id));
 }
 
-/* dst receives its own copies of rooms and claims_json (release with auth_identity_clear). On
- * failure dst is left zeroed. */
+/* dst receives its own copies of the strings, rooms and claims_json (release with
+ * auth_identity_clear). On failure dst is left zeroed. */
 int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *src)
 {
 	if (!dst || !src || dst == src)
 		return -1;
 	*dst = *src;
+	dst->user_id = dst->role = dst->seller_id = dst->client_id = NULL;
+	dst->strings = NULL;
 	dst->rooms = NULL;
 	dst->n_rooms = 0;
 	dst->claims_json = NULL;
+	if (src->strings) {
+		const char *vals[4] = {src->user_id, src->role, src->seller_id, src->client_id};
+		if (pack_strings(dst, vals) < 0)
+			goto fail;
+	}
 	if (src->n_rooms) {
 		dst->rooms = calloc(src->n_rooms, sizeof(*dst->rooms));
 		if (!dst->rooms)
@@ -747,12 +790,12 @@ fail:
 
 bool auth_is_admin(const struct auth_identity *id)
 {
-	return id && !strcmp(id->role, "admin");
+	return id && id->role && !strcmp(id->role, "admin");
 }
 
 bool auth_is_service(const struct auth_identity *id)
 {
-	return id && !strcmp(id->role, "service");
+	return id && id->role && !strcmp(id->role, "service");
 }
 
 /* Adds the comma list of room patterns as a JSON array claim. libjwt 1.10 has no array setter,

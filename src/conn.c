@@ -1,14 +1,18 @@
 /* Connection lifecycle, the outbound queue with its byte budget, writes from the writeable
- * callback, closes with codes, and the per-connection token bucket. */
+ * callback, closes with codes, the per-connection token bucket, and the connection timer: one
+ * uv_timer and a one-second wheel that run every connection's pings and deadlines. */
 #include "conn.h"
 #include "authz.h"
 #include "session.h"
 #include "log.h"
 #include "metrics.h"
+#include "proto.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 _Static_assert(FRAME_PRE >= LWS_PRE, "frame headroom must fit the lws header");
 
@@ -18,6 +22,19 @@ static struct conn *g_live;
 static struct conn *g_dead;
 static int64_t g_count;
 static uint64_t g_seq;
+
+/*
+ * The connection timer. lws 4.1.6 keeps every timer of a thread (lws_sul, lws_set_timeout, the
+ * ping/hangup of a retry policy) in one list sorted by deadline and inserts by walking it, so a
+ * per-connection timer costs O(connections) each time it is armed. roomcast therefore arms no
+ * lws timer per connection: every live connection sits in this wheel under its next deadline,
+ * and a one-second uv_timer visits only the connections due. Ticks count seconds from start.
+ */
+static uv_loop_t *g_loop;
+static uv_timer_t g_tick;
+static uint64_t g_tick_origin_ms;
+static struct wheel g_wheel;
+static bool g_kill_pending; /* lws must run its timers to drop a socket (see drop_socket) */
 
 /* lws_write's close-frame type: lws 4.1.6 handles it but keeps the enum value private. */
 #define CONN_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
@@ -34,6 +51,16 @@ void conn_setup(const struct config *cfg, struct lws_context *ctx)
 {
 	g_cfg = cfg;
 	g_ctx = ctx;
+	wheel_init(&g_wheel, 1);
+}
+
+/* The current tick: from the loop's cached clock while the timer runs (cheap enough for every
+ * frame), else the wheel's own (unit tests drive it by hand). */
+static uint32_t now_tick(void)
+{
+	if (!g_loop)
+		return g_wheel.now;
+	return (uint32_t)((uv_now(g_loop) - g_tick_origin_ms) / 1000) + 1;
 }
 
 struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
@@ -44,12 +71,17 @@ struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
 	c->wsi = wsi;
 	c->state = CONN_AWAIT_AUTH;
 	snprintf(c->id, sizeof(c->id), "conn-%llu", (unsigned long long)++g_seq);
-	snprintf(c->ip, sizeof(c->ip), "%s", ip ? ip : "");
+	c->ip = ip;
 	c->batch = batch;
 	frame_queue_init(&c->q);
 	buf_init(&c->rx);
 	c->tokens = g_cfg->rate_burst;
 	c->tokens_at_ns = util_now_ns();
+	/* "At least N seconds": a tick stamp may be up to a second older than the moment it
+	 * records, so deadlines are one tick further than the number of seconds they allow. */
+	c->rx_at = now_tick();
+	c->deadline = c->rx_at + (uint32_t)g_cfg->auth_timeout_s + 1;
+	wheel_put(&g_wheel, &c->timer, conn_next_due(c, g_cfg, c->rx_at, (long long)time(NULL)));
 	c->next = g_live;
 	if (g_live)
 		g_live->prev = c;
@@ -77,8 +109,7 @@ void conn_detach(struct conn *c)
 	c->wsi = NULL;
 	room_leave_all(&c->member);
 	sess_pending_clear(c);
-	lws_sul_cancel(&c->sul_auth);
-	lws_sul_cancel(&c->sul_expiry);
+	wheel_del(&g_wheel, &c->timer);
 	frame_queue_clear(&c->q);
 	buf_free(&c->rx);
 	if (c->prev)
@@ -172,17 +203,16 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 	metrics.closes[why]++;
 	set_state(c, CONN_CLOSING);
 	c->close_code = code;
-	snprintf(c->close_reason, sizeof(c->close_reason), "%s", reason);
-	log_info("closing connection", "conn", c->id, "user",
-	         c->ident.user_id[0] ? c->ident.user_id : NULL, "reason", reason);
+	c->close_reason = reason;
+	log_info("closing connection", "conn", c->id, "user", c->ident.user_id, "reason", reason);
 	/* The connection stays in its rooms until lws detaches it, so a fan-out in progress never
 	 * sees a room array change under it; conn_send refuses frames from now on. */
 	if (!flush)
 		frame_queue_clear(&c->q);
 	/* A peer that stopped reading never gives us a writeable callback to send the close
-	 * frame from; lws then kills the socket when this timeout expires. */
-	if (c->wsi)
-		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, flush ? 5 : 2);
+	 * frame from; the timer drops the socket when this deadline passes. */
+	c->deadline = now_tick() + (flush ? 5 : 2) + 1;
+	wheel_put(&g_wheel, &c->timer, c->deadline);
 	request_write(c);
 }
 
@@ -254,6 +284,16 @@ int conn_on_writeable(struct conn *c)
 
 	if (!c->wsi)
 		return -1;
+	if (c->ping_due) {
+		/* The payload is never checked, but it must not be empty: lws 4.1.6 does not pass
+		 * an empty pong to LWS_CALLBACK_RECEIVE_PONG, and that callback is how the answer
+		 * is noticed. */
+		unsigned char ping[LWS_PRE + 2] = {0};
+		c->ping_due = false;
+		memcpy(ping + LWS_PRE, "rc", 2);
+		if (conn_alive(c) && lws_write(c->wsi, ping + LWS_PRE, 2, LWS_WRITE_PING) < 0)
+			return -1;
+	}
 	while (c->q.count && n < WRITES_PER_CALLBACK) {
 		uint32_t taken = 1;
 		struct frame *f = c->batch ? take_batch(c, &taken) : NULL;
@@ -270,8 +310,11 @@ int conn_on_writeable(struct conn *c)
 			metrics_observe_latency((double)(util_now_ns() - f->born_ns) / 1e9);
 		frame_unref(f);
 		n++;
-		/* lws keeps what the kernel did not take; stop until that drains. */
-		if (lws_send_pipe_choked(c->wsi))
+		/* lws keeps what the kernel did not take; stop until that drains. The socket's
+		 * TCP_NOTSENT_LOWAT makes the kernel refuse bytes past 16 KB unsent, so this
+		 * bounds what we hand it. lws_send_pipe_choked() would ask the same of a poll()
+		 * syscall per frame, 16 % of a fan-out's CPU. */
+		if (lws_partial_buffered(c->wsi))
 			break;
 	}
 	if (c->q.count) {
@@ -284,17 +327,202 @@ int conn_on_writeable(struct conn *c)
 		 * open, still read, until the peer answers with its close (lws completes that) or
 		 * the timeout passes: closing at once would reset a peer with frames in flight, and
 		 * the reset would destroy the close code before the peer read it. */
-		unsigned char frame[LWS_PRE + 2 + sizeof(c->close_reason)];
-		size_t rlen = strlen(c->close_reason);
+		unsigned char frame[LWS_PRE + 2 + 123];
+		size_t rlen = strnlen(c->close_reason, 123); /* a control frame holds 125 bytes */
 		frame[LWS_PRE] = (unsigned char)(c->close_code >> 8);
 		frame[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
 		memcpy(frame + LWS_PRE + 2, c->close_reason, rlen);
 		if (lws_write(c->wsi, frame + LWS_PRE, 2 + rlen, CONN_LWS_WRITE_CLOSE) < 0)
 			return -1;
 		c->close_sent = true;
-		lws_set_timeout(c->wsi, PENDING_TIMEOUT_CLOSE_ACK, CONN_CLOSE_ACK_S);
+		c->deadline = now_tick() + CONN_CLOSE_ACK_S + 1;
+		wheel_put(&g_wheel, &c->timer, c->deadline);
 	}
 	return 0;
+}
+
+/* ---- the connection timer ---- */
+
+static uint32_t max_u32(uint32_t a, uint32_t b)
+{
+	return a > b ? a : b;
+}
+
+unsigned conn_due(const struct conn *c, const struct config *cfg, uint32_t now, long long wall)
+{
+	unsigned due = 0;
+
+	switch (c->state) {
+	case CONN_DEAD:
+		return 0;
+	case CONN_CLOSING:
+		return now >= c->deadline ? CONN_DUE_STUCK : 0;
+	case CONN_AWAIT_AUTH:
+		if (now >= c->deadline)
+			due |= CONN_DUE_AUTH;
+		break;
+	case CONN_OPEN:
+		if (!c->ident.exp)
+			break;
+		if (!c->expiring_sent && wall >= c->ident.exp - CONN_EXPIRY_WARN_S)
+			due |= CONN_DUE_EXPIRING;
+		if (wall >= c->ident.exp + cfg->jwt_leeway_s)
+			due |= CONN_DUE_EXPIRED;
+		break;
+	}
+	/* Any frame proves the peer alive, a pong or a message alike. */
+	if (now >= c->rx_at + (uint32_t)cfg->pong_timeout_s + 1)
+		return CONN_DUE_SILENT;
+	if (!(due & (CONN_DUE_AUTH | CONN_DUE_EXPIRED)) &&
+	    now >= max_u32(c->rx_at, c->ping_at) + (uint32_t)cfg->ping_interval_s + 1)
+		due |= CONN_DUE_PING;
+	return due;
+}
+
+uint32_t conn_next_due(const struct conn *c, const struct config *cfg, uint32_t now, long long wall)
+{
+	uint32_t next;
+
+	switch (c->state) {
+	case CONN_DEAD:
+		return 0;
+	case CONN_CLOSING:
+		next = c->deadline;
+		break;
+	default:
+		next = c->rx_at + (uint32_t)cfg->pong_timeout_s + 1;
+		if (max_u32(c->rx_at, c->ping_at) + (uint32_t)cfg->ping_interval_s + 1 < next)
+			next = max_u32(c->rx_at, c->ping_at) + (uint32_t)cfg->ping_interval_s + 1;
+		if (c->state == CONN_AWAIT_AUTH && c->deadline < next)
+			next = c->deadline;
+	}
+	if (next <= now)
+		next = now + 1;
+	if (c->state == CONN_OPEN && c->ident.exp) {
+		/* Token times are wall-clock seconds: look again when the wall clock gets there. */
+		long long at = c->expiring_sent ? c->ident.exp + cfg->jwt_leeway_s
+		                                : c->ident.exp - CONN_EXPIRY_WARN_S;
+		long long in = at - wall;
+		if (in < 1)
+			in = 1;
+		if (in < (long long)(next - now))
+			next = now + (uint32_t)in;
+	}
+	return next;
+}
+
+/* Drops the socket of a peer that is silent or will not finish closing. lws closes a wsi with
+ * nothing buffered at once (roomcast's LWS_CALLBACK_CLOSED detaches c, which the reaper frees
+ * later). With bytes buffered for a peer that stopped reading, a synchronous kill would wait
+ * for them; lws's own timeout path drops them, so that one goes through lws_set_timeout: one
+ * insert at the head of lws's timer list, run when lws next services its timers. */
+static void drop_socket(struct conn *c, const char *why)
+{
+	if (!c->wsi)
+		return;
+	log_info("dropping connection", "conn", c->id, "reason", why);
+	if (lws_partial_buffered(c->wsi)) {
+		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		g_kill_pending = true;
+		return;
+	}
+	lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_SYNC);
+}
+
+/* Does what is due for c at tick now and files it for its next deadline. may_kill is false
+ * inside c's own callbacks. */
+static void run_timers(struct conn *c, uint32_t now, bool may_kill)
+{
+	long long wall = (long long)time(NULL);
+	unsigned due = conn_due(c, g_cfg, now, wall);
+
+	if (due & (CONN_DUE_SILENT | CONN_DUE_STUCK)) {
+		if (!may_kill) {
+			wheel_put(&g_wheel, &c->timer, now + 1);
+			return;
+		}
+		if (due & CONN_DUE_SILENT) {
+			/* No close frame for a peer that stopped answering: the socket just goes.
+			 */
+			metrics.closes[CLOSE_TIMEOUT]++;
+			set_state(c, CONN_CLOSING);
+			c->close_sent = true;
+			c->deadline = now + 1;
+		}
+		drop_socket(c, due & CONN_DUE_SILENT ? "no pong" : "close not completed");
+		/* Looked at again next tick, in case the socket is still there. */
+		if (c->state != CONN_DEAD)
+			wheel_put(&g_wheel, &c->timer, now + 1);
+		return;
+	}
+	if (due & CONN_DUE_AUTH)
+		conn_close(c, 4001, "authentication timeout", true);
+	if (due & CONN_DUE_EXPIRING) {
+		long long left = c->ident.exp - wall;
+		c->expiring_sent = true;
+		conn_reply(c, proto_token_expiring(left > 0 ? (long)left : 0));
+	}
+	if (due & CONN_DUE_EXPIRED)
+		conn_close(c, 4001, "token expired", true);
+	if (due & CONN_DUE_PING) {
+		c->ping_due = true;
+		c->ping_at = now;
+		request_write(c);
+	}
+	wheel_put(&g_wheel, &c->timer, conn_next_due(c, g_cfg, now, wall));
+}
+
+void conn_timers_update(struct conn *c)
+{
+	if (c->state != CONN_DEAD)
+		run_timers(c, max_u32(now_tick(), g_wheel.now), false);
+}
+
+void conn_touch(struct conn *c)
+{
+	/* Not refiled: the wheel visits c at its old deadline, finds nothing due, and files it
+	 * again. That costs one visit per PING_INTERVAL_S instead of work on every frame. */
+	c->rx_at = now_tick();
+}
+
+static void on_due(struct wheel_node *n, void *arg)
+{
+	struct conn *c = (struct conn *)((char *)n - offsetof(struct conn, timer));
+	run_timers(c, g_wheel.now, true);
+}
+
+void conn_timers_run(uint32_t to)
+{
+	g_kill_pending = false;
+	wheel_advance(&g_wheel, to, on_due, NULL);
+	/* lws runs its timers after servicing a descriptor; waking it makes it drop the sockets
+	 * handed to it above now rather than on its next unrelated event. */
+	if (g_kill_pending && g_ctx)
+		lws_cancel_service(g_ctx);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+	conn_timers_run(now_tick());
+}
+
+void conn_timers_start(uv_loop_t *loop)
+{
+	g_loop = loop;
+	g_tick_origin_ms = uv_now(loop);
+	wheel_init(&g_wheel, 1);
+	uv_timer_init(loop, &g_tick);
+	uv_timer_start(&g_tick, on_tick, 1000, 1000);
+	uv_unref((uv_handle_t *)&g_tick);
+}
+
+void conn_timers_stop(void)
+{
+	if (!g_loop)
+		return;
+	uv_timer_stop(&g_tick);
+	uv_close((uv_handle_t *)&g_tick, NULL);
+	g_loop = NULL;
 }
 
 bool conn_rate_take(struct conn *c)

@@ -80,18 +80,20 @@ static struct ip_entry *ip_find(const char *ip)
 	return e;
 }
 
-static int ip_acquire(const char *ip)
+/* Takes a slot for ip; the entry's copy of the address is what tickets and connections keep
+ * (it lives as long as any slot is held). NULL when out of memory. */
+static struct ip_entry *ip_acquire(const char *ip)
 {
 	struct ip_entry *e = ip_find(ip);
 	if (!e) {
 		e = calloc(1, sizeof(*e));
 		if (!e)
-			return -1;
+			return NULL;
 		snprintf(e->ip, sizeof(e->ip), "%s", ip);
 		HASH_ADD_STR(g_ips, ip, e);
 	}
 	e->count++;
-	return 0;
+	return e;
 }
 
 void gate_ip_release(const char *ip)
@@ -527,8 +529,12 @@ struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate
 		REFUSE(429, "Too Many Requests", "too many connections from this address",
 		       REFUSE_PER_IP);
 	t = calloc(1, sizeof(*t));
-	if (!t)
+	ie = t ? ip_acquire(u->ip) : NULL;
+	if (!ie) {
+		free(t);
 		REFUSE(503, "Service Unavailable", "out of memory", REFUSE_CAPACITY);
+	}
+	t->ip = ie->ip;
 	token = find_token(u);
 	if (token) {
 		enum auth_reason why =
@@ -537,7 +543,7 @@ struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate
 		if (why != AUTH_OK) {
 			metrics.auth_failures[why]++;
 			log_info("handshake refused", "ip", u->ip, "reason", auth_reason_name(why));
-			free(t);
+			gate_ticket_free(t, true);
 			REFUSE(401, "Unauthorized", "unauthorized", REFUSE_UNAUTHORIZED);
 		}
 		t->authenticated = true;
@@ -547,8 +553,6 @@ struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate
 	t->batch = batch && (!strcmp(batch, "1") || !strcmp(batch, "true"));
 	free(batch);
 	t->fd = fd;
-	snprintf(t->ip, sizeof(t->ip), "%s", u->ip);
-	ip_acquire(u->ip);
 	return t;
 }
 
@@ -742,6 +746,23 @@ static void start_pending(int fd, const struct sockaddr_storage *ss)
 	uv_timer_start(&p->timer, on_deadline, (uint64_t)g_cfg->header_timeout_s * 1000, 0);
 }
 
+/* At the descriptor limit every refused client would log a line: at most one a second, with
+ * the number refused since the last one. */
+static void log_emfile(void)
+{
+	static uint64_t last_ns, quiet;
+	uint64_t now = util_now_ns();
+	char n[24];
+
+	quiet++;
+	if (last_ns && now - last_ns < 1000000000ull)
+		return;
+	snprintf(n, sizeof(n), "%llu", (unsigned long long)quiet);
+	log_warn("accept failed", "reason", "too many open files", "refused", n);
+	last_ns = now;
+	quiet = 0;
+}
+
 static void on_accept(uv_poll_t *handle, int status, int events)
 {
 	/* Bounded so one busy listener cannot starve the rest of the loop. */
@@ -763,7 +784,7 @@ static void on_accept(uv_poll_t *handle, int status, int events)
 						close(fd);
 					g_spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 				}
-				log_warn("accept failed", "reason", "too many open files");
+				log_emfile();
 			}
 			return;
 		}

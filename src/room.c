@@ -7,11 +7,13 @@
 #include <string.h>
 #include <uthash.h>
 
+/* Most rooms are a user's own (user-<id>), with one member: the name lives in the same
+ * allocation and the member array starts at one slot, so such a room costs two allocations. */
 struct room {
-	char *name;
 	struct room_member **members;
 	uint32_t count, cap;
 	UT_hash_handle hh;
+	char name[];
 };
 
 static struct room *g_rooms;
@@ -85,7 +87,9 @@ int room_join(const char *name, struct room_member *m)
 	if (r && sub_index(m, r) >= 0)
 		return 1;
 	if (m->nsubs == m->capsubs) {
-		uint32_t ncap = m->capsubs ? m->capsubs * 2 : 4;
+		/* Two fit the automatic rooms of most connections (user-<id>, and admins or
+		 * seller-<id>). */
+		uint32_t ncap = m->capsubs ? m->capsubs * 2 : 2;
 		struct room_sub *ns = realloc(m->subs, sizeof(*ns) * ncap);
 		if (!ns)
 			return -1;
@@ -93,20 +97,19 @@ int room_join(const char *name, struct room_member *m)
 		m->capsubs = ncap;
 	}
 	if (!r) {
-		r = calloc(1, sizeof(struct room));
-		if (!r || !(r->name = strdup(name))) {
-			free(r);
+		size_t len = strlen(name);
+		r = calloc(1, sizeof(struct room) + len + 1);
+		if (!r)
 			return -1;
-		}
-		HASH_ADD_KEYPTR(hh, g_rooms, r->name, strlen(r->name), r);
+		memcpy(r->name, name, len + 1);
+		HASH_ADD_KEYPTR(hh, g_rooms, r->name, len, r);
 	}
 	if (r->count == r->cap) {
-		uint32_t ncap = r->cap ? r->cap * 2 : 4;
+		uint32_t ncap = r->cap ? r->cap * 2 : 1;
 		struct room_member **nm = realloc(r->members, sizeof(*nm) * ncap);
 		if (!nm) {
 			if (!r->count) {
 				HASH_DEL(g_rooms, r);
-				free(r->name);
 				free(r);
 			}
 			return -1;
@@ -126,7 +129,6 @@ static void free_room(struct room *r)
 {
 	HASH_DEL(g_rooms, r);
 	free(r->members);
-	free(r->name);
 	free(r);
 }
 

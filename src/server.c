@@ -14,6 +14,7 @@
 #include "proto.h"
 #include "session.h"
 
+#include <errno.h>
 #include <libwebsockets.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
@@ -178,46 +180,49 @@ static void fill_request(struct http_x *x, struct http_request *req)
 	req->body_len = x->body.len;
 }
 
-/* Writes the prepared response from the HTTP writeable callback. */
+/* Writes the prepared response from the HTTP writeable callback: head and body in one write,
+ * so one send() per response (HTTP/1.1 only; lws 4.1.6 does not track the body's bytes). */
 static int http_write(struct lws *wsi, struct http_x *x)
 {
-	unsigned char hdr[LWS_PRE + 1024], *start = hdr + LWS_PRE, *p = start,
-	                                   *end = hdr + sizeof(hdr) - 1;
 	struct http_response *r = &x->resp;
-	size_t len = r->body.len;
-	int n;
+	size_t len = strcmp(x->method, "HEAD") ? r->body.len : 0;
+	size_t hdr_max = 1024 + (r->extra_headers ? strlen(r->extra_headers) : 0);
+	unsigned char *buf = malloc(LWS_PRE + hdr_max + len), *start = buf + LWS_PRE, *p = start,
+	              *end = start + hdr_max - 1;
+	int n, rc = -1;
 
+	if (!buf)
+		return -1;
 	metrics.http_requests[r->status / 100]++;
-	if (lws_add_http_common_headers(wsi, (unsigned)r->status, r->content_type, len, &p, end) ||
+	if (lws_add_http_common_headers(wsi, (unsigned)r->status, r->content_type, r->body.len, &p,
+	                                end) ||
 	    lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
 	                                (const unsigned char *)"nosniff", 7, &p, end) ||
 	    lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
 	                                (const unsigned char *)"no-store", 8, &p, end))
-		return -1;
+		goto out;
 	if (r->extra_headers) {
 		n = (int)strlen(r->extra_headers);
 		if (p + n >= end)
-			return -1;
+			goto out;
 		memcpy(p, r->extra_headers, (size_t)n);
 		p += n;
 	}
-	if (lws_finalize_write_http_header(wsi, start, &p, end))
-		return -1;
-	if (len && strcmp(x->method, "HEAD")) {
-		/* lws may write a protocol header in front of the payload: give it headroom. */
-		unsigned char *out = malloc(LWS_PRE + len);
-		if (!out)
-			return -1;
-		memcpy(out + LWS_PRE, r->body.data, len);
-		n = lws_write(wsi, out + LWS_PRE, len, LWS_WRITE_HTTP_FINAL);
-		free(out);
-		if (n < (int)len)
-			return -1;
+	if (lws_finalize_http_header(wsi, &p, end))
+		goto out;
+	if (len) {
+		memcpy(p, r->body.data, len);
+		p += len;
 	}
+	n = (int)(p - start);
+	if (lws_write(wsi, start, (size_t)n, LWS_WRITE_HTTP_HEADERS) < n)
+		goto out;
 	/* A request refused before its body leaves unread bytes: close instead of reusing. */
-	if (x->refused)
-		return -1;
-	return lws_http_transaction_completed(wsi) ? -1 : 0;
+	if (!x->refused)
+		rc = lws_http_transaction_completed(wsi) ? -1 : 0;
+out:
+	free(buf);
+	return rc;
 }
 
 static void respond(struct lws *wsi, struct http_x *x)
@@ -316,6 +321,7 @@ static void detach(struct pss *pss)
 	if (!pss || !pss->conn)
 		return;
 	gate_ip_release(pss->conn->ip);
+	pss->conn->ip = NULL;
 	conn_detach(pss->conn);
 	pss->conn = NULL;
 }
@@ -389,7 +395,14 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		sess_open(pss->conn, pss->conn->state == CONN_OPEN);
 		return 0;
 	case LWS_CALLBACK_RECEIVE:
-		return pss->conn ? on_receive(wsi, pss->conn, in, len) : -1;
+		if (!pss->conn)
+			return -1;
+		conn_touch(pss->conn);
+		return on_receive(wsi, pss->conn, in, len);
+	case LWS_CALLBACK_RECEIVE_PONG:
+		if (pss->conn)
+			conn_touch(pss->conn);
+		return 0;
 	case LWS_CALLBACK_SERVER_WRITEABLE:
 		return pss->conn ? conn_on_writeable(pss->conn) : -1;
 	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
@@ -482,9 +495,12 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 }
 
 static const struct lws_protocols protocols[] = {
-    /* A small receive buffer: lws allocates one for every connection, and roomcast
-     * reassembles longer messages itself (up to MAX_MESSAGE_SIZE). */
-    {"roomcast", callback, sizeof(struct pss), 512, 0, NULL, 0},
+    /* rx_buffer_size: lws allocates it for every connection (and reads at most that much per
+     * read), so it is the smallest that still holds a whole control frame (125 bytes);
+     * roomcast reassembles longer messages itself (up to MAX_MESSAGE_SIZE). tx_packet_size:
+     * left at 0, lws 4.1.6 would cut every send to rx_buffer_size + 20 bytes and copy the
+     * rest aside (lws_issue_raw), so it is set above any frame roomcast writes. */
+    {"roomcast", callback, sizeof(struct pss), 128, 0, NULL, 1 << 20},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
@@ -526,6 +542,7 @@ static void finish(void)
 	uv_signal_stop(&g_sigint);
 	uv_close((uv_handle_t *)&g_sigterm, NULL);
 	uv_close((uv_handle_t *)&g_sigint, NULL);
+	conn_timers_stop();
 	bus_stop();
 	pgl_stop();
 	lws_context_destroy(g_ctx);
@@ -570,6 +587,46 @@ static void on_signal(uv_signal_t *s, int signum)
 	begin_shutdown(signum == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
+/* Descriptors beyond one per WebSocket client: listeners, PostgreSQL, Redis, lws, the gate's
+ * spare, logs, and heads still being read. */
+#define FD_RESERVE 64
+
+/* Each WebSocket client holds a descriptor. Raises the soft RLIMIT_NOFILE towards what
+ * MAX_CONNECTIONS needs (up to the hard limit); if that is still short, lowers MAX_CONNECTIONS
+ * so that clients beyond it get a clean 503 instead of accept() failing at the limit. Runs
+ * before lws sizes its descriptor table from the limit. */
+static void fit_fd_limit(struct config *cfg)
+{
+	rlim_t want = (rlim_t)cfg->max_connections + FD_RESERVE;
+	struct rlimit rl;
+	char from[24], to[24], lim[24];
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0) {
+		log_warn("getrlimit failed", "reason", strerror(errno));
+		return;
+	}
+	if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want && rl.rlim_cur < rl.rlim_max) {
+		struct rlimit up = rl;
+		up.rlim_cur =
+		    rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &up) == 0)
+			rl = up;
+		else
+			log_warn("setrlimit failed", "reason", strerror(errno));
+	}
+	if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	snprintf(from, sizeof(from), "%ld", cfg->max_connections);
+	cfg->max_connections = rl.rlim_cur > 2 * FD_RESERVE ? (long)(rl.rlim_cur - FD_RESERVE)
+	                                                    : (long)(rl.rlim_cur / 2);
+	if (cfg->max_connections < 1)
+		cfg->max_connections = 1;
+	snprintf(to, sizeof(to), "%ld", cfg->max_connections);
+	snprintf(lim, sizeof(lim), "%llu", (unsigned long long)rl.rlim_cur);
+	log_warn("MAX_CONNECTIONS lowered to fit the open file limit", "from", from, "to", to,
+	         "rlimit_nofile", lim);
+}
+
 int srv_run(struct config *cfg)
 {
 	struct lws_context_creation_info info;
@@ -603,6 +660,8 @@ int srv_run(struct config *cfg)
 	ac.issuer = cfg->jwt_issuer;
 	ac.audience = cfg->jwt_audience;
 	ac.leeway_s = (int)cfg->jwt_leeway_s;
+	/* Only the SQL policy reads the claims; every connection would otherwise keep a copy. */
+	ac.drop_claims_json = cfg->authz_mode != AUTHZ_SQL;
 	g_auth = auth_new(&ac, err, sizeof(err));
 	free(pem);
 	if (!g_auth) {
@@ -620,11 +679,13 @@ int srv_run(struct config *cfg)
 	srand((unsigned)time(NULL) ^ (unsigned)getpid() << 16);
 	uv_loop_init(&g_loop);
 	lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
+	fit_fd_limit(cfg);
 
-	/* lws pings a connection idle for PING_INTERVAL_S and hangs up when nothing valid
-	 * (a pong or any frame) arrived for PONG_TIMEOUT_S. */
-	retry.secs_since_valid_ping = (uint16_t)cfg->ping_interval_s;
-	retry.secs_since_valid_hangup = (uint16_t)cfg->pong_timeout_s;
+	/* No lws validity timer: with a zero hangup time lws never arms one (a NULL policy would
+	 * mean its default, 300/310 s). Every lws timer is an insert into one sorted list that
+	 * costs O(connections); pings and PONG_TIMEOUT_S are the connection timer's (conn.c). */
+	retry.secs_since_valid_ping = 0;
+	retry.secs_since_valid_hangup = 0;
 
 	memset(&info, 0, sizeof(info));
 	foreign[0] = &g_loop;
@@ -668,7 +729,7 @@ int srv_run(struct config *cfg)
 		return 1;
 	}
 	conn_setup(cfg, g_ctx);
-	sess_setup(cfg, g_auth, g_ctx);
+	sess_setup(cfg, g_auth);
 	authz_setup(cfg, &g_loop);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	if (gate_setup(cfg, g_auth) < 0 || bus_start(cfg, &g_loop) < 0 ||
@@ -677,6 +738,7 @@ int srv_run(struct config *cfg)
 		auth_free(g_auth);
 		return 1;
 	}
+	conn_timers_start(&g_loop);
 	uv_check_init(&g_loop, &g_reaper);
 	uv_check_start(&g_reaper, on_reap);
 	uv_unref((uv_handle_t *)&g_reaper);

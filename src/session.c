@@ -1,5 +1,6 @@
-/* Client message handling and per-connection timers. Every client mistake gets an error reply
- * and the connection stays open; only abuse (rate, size, expired token) closes it. */
+/* Client message handling: authentication and refresh, joins with replay, leaves, broadcasts,
+ * rate limiting. Every client mistake gets an error reply and the connection stays open; only
+ * abuse (rate, size, expired token) closes it. Deadlines are run by the connection timer. */
 #include "session.h"
 #include "authz.h"
 #include "bus.h"
@@ -19,19 +20,14 @@
 
 static const struct config *g_cfg;
 static const struct auth *g_auth;
-static struct lws_context *g_ctx;
 static uint64_t g_broadcast_seq;
 
 /* A connection may sit in at most this many rooms; joins beyond it are refused. */
 #define MAX_ROOMS_PER_CONN 256
-/* Seconds before exp at which token_expiring is sent. */
-#define EXPIRY_WARN_S 30
-
-void sess_setup(const struct config *cfg, const struct auth *auth, struct lws_context *ctx)
+void sess_setup(const struct config *cfg, const struct auth *auth)
 {
 	g_cfg = cfg;
 	g_auth = auth;
-	g_ctx = ctx;
 }
 
 static void reply_error(struct conn *c, enum proto_code code, const char *msg, const char *room)
@@ -40,47 +36,12 @@ static void reply_error(struct conn *c, enum proto_code code, const char *msg, c
 	conn_reply(c, proto_error(code, msg, room));
 }
 
-#define conn_of(sul, field) ((struct conn *)((char *)(sul)-offsetof(struct conn, field)))
-
-static void on_auth_timeout(lws_sorted_usec_list_t *sul)
-{
-	struct conn *c = conn_of(sul, sul_auth);
-	if (c->state == CONN_AWAIT_AUTH)
-		conn_close(c, 4001, "authentication timeout", true);
-}
-
-static void on_expiry(lws_sorted_usec_list_t *sul)
-{
-	struct conn *c = conn_of(sul, sul_expiry);
-	time_t now = time(NULL);
-	long long left = c->ident.exp - (long long)now;
-
-	if (!conn_alive(c))
-		return;
-	if (!c->expiring_sent) {
-		c->expiring_sent = true;
-		conn_reply(c, proto_token_expiring(left > 0 ? (long)left : 0));
-		lws_sul_schedule(g_ctx, 0, &c->sul_expiry, on_expiry,
-		                 (lws_usec_t)(left + g_cfg->jwt_leeway_s) * LWS_US_PER_SEC);
-		return;
-	}
-	if (left + g_cfg->jwt_leeway_s <= 0) {
-		conn_close(c, 4001, "token expired", true);
-		return;
-	}
-	lws_sul_schedule(g_ctx, 0, &c->sul_expiry, on_expiry,
-	                 (lws_usec_t)(left + g_cfg->jwt_leeway_s) * LWS_US_PER_SEC);
-}
-
-/* (Re)arms the expiry timers for the token now in c->ident. */
+/* Starts the token's expiry schedule: token_expiring CONN_EXPIRY_WARN_S before exp (at once
+ * when less is left), then 4001 at exp + JWT_LEEWAY_S. The connection timer runs it. */
 static void arm_expiry(struct conn *c)
 {
-	long long left = c->ident.exp - (long long)time(NULL);
-	long long warn_in = left - EXPIRY_WARN_S;
-
 	c->expiring_sent = false;
-	lws_sul_schedule(g_ctx, 0, &c->sul_expiry, on_expiry,
-	                 (lws_usec_t)(warn_in > 0 ? warn_in : 0) * LWS_US_PER_SEC);
+	conn_timers_update(c);
 }
 
 static void join_auto(struct conn *c, const char *prefix, const char *id)
@@ -98,29 +59,26 @@ static void join_auto(struct conn *c, const char *prefix, const char *id)
 		          "out of memory");
 }
 
-/* Enters the authenticated state: automatic rooms and expiry timers. */
+/* Enters the authenticated state with its automatic rooms; the caller arms the expiry. */
 static void become_open(struct conn *c)
 {
-	lws_sul_cancel(&c->sul_auth);
 	c->state = CONN_OPEN;
 	join_auto(c, "user-", c->ident.user_id);
 	if (auth_is_admin(&c->ident))
 		join_auto(c, "", "admins");
 	if (!strcmp(c->ident.role, "seller") && c->ident.seller_id[0])
 		join_auto(c, "seller-", c->ident.seller_id);
-	arm_expiry(c);
 	log_info("client authenticated", "conn", c->id, "user", c->ident.user_id, "role",
 	         c->ident.role[0] ? c->ident.role : NULL);
 }
 
 void sess_open(struct conn *c, int authenticated)
 {
+	/* Without a token the AUTH_TIMEOUT_S deadline set by conn_new runs. */
 	if (authenticated) {
 		become_open(c);
-		return;
+		arm_expiry(c);
 	}
-	lws_sul_schedule(g_ctx, 0, &c->sul_auth, on_auth_timeout,
-	                 (lws_usec_t)g_cfg->auth_timeout_s * LWS_US_PER_SEC);
 }
 
 /* A join with `since` waiting for its replay. The connection is already in the room so no
@@ -384,13 +342,14 @@ static void do_auth(struct conn *c, struct proto_msg *m)
 		auth_identity_clear(&c->ident);
 		c->ident = id;
 		recheck_rooms(c);
-		arm_expiry(c);
 		conn_reply(c, proto_authenticated(c->ident.exp));
+		arm_expiry(c);
 		return;
 	}
 	c->ident = id;
 	become_open(c);
 	conn_reply(c, proto_authenticated(c->ident.exp));
+	arm_expiry(c);
 }
 
 /* Rate limiting: an error reply at most every 100 ms while over the limit, and a 4029 close

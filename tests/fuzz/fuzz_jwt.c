@@ -158,10 +158,11 @@ static enum auth_reason verify(const struct auth *a, const char *tok, size_t len
 	header_alg(tok, len, alg, sizeof(alg));
 	FUZZ_CHECK(!strncmp(alg, family, 2), "accepted alg '%s' under a %s key", alg, family);
 	/* ... and the identity is what the claims promise. */
-	FUZZ_CHECK(id.user_id[0] && memchr(id.user_id, 0, sizeof(id.user_id)), "no user id");
-	FUZZ_CHECK(memchr(id.role, 0, sizeof(id.role)) && memchr(id.seller_id, 0, AUTH_ID_MAX) &&
-	               memchr(id.client_id, 0, AUTH_ID_MAX),
-	           "unterminated identity field");
+	FUZZ_CHECK(id.user_id && id.role && id.seller_id && id.client_id, "identity field unset");
+	FUZZ_CHECK(id.user_id[0] && strlen(id.user_id) < AUTH_ID_MAX, "no user id");
+	FUZZ_CHECK(strlen(id.role) < AUTH_ROLE_MAX && strlen(id.seller_id) < AUTH_ID_MAX &&
+	               strlen(id.client_id) < AUTH_ID_MAX,
+	           "identity field too long");
 	for (const char *p = id.role; *p; p++)
 		FUZZ_CHECK(!isupper((unsigned char)*p), "role not lower-cased: %s", id.role);
 	FUZZ_CHECK(id.exp >= NOW - LEEWAY, "expired token accepted (exp %lld)", id.exp);
@@ -184,11 +185,12 @@ static enum auth_reason verify(const struct auth *a, const char *tok, size_t len
 	json_object_put(claims);
 
 	FUZZ_CHECK(auth_identity_copy(&copy, &id) == 0, "copy failed");
-	FUZZ_CHECK(!strcmp(copy.user_id, id.user_id) && !strcmp(copy.role, id.role) &&
-	               copy.n_rooms == id.n_rooms && copy.exp == id.exp &&
-	               !strcmp(copy.claims_json, id.claims_json) &&
-	               copy.claims_json != id.claims_json,
-	           "copy differs");
+	FUZZ_CHECK(
+	    !strcmp(copy.user_id, id.user_id) && !strcmp(copy.role, id.role) &&
+	        !strcmp(copy.seller_id, id.seller_id) && !strcmp(copy.client_id, id.client_id) &&
+	        copy.strings != id.strings && copy.n_rooms == id.n_rooms && copy.exp == id.exp &&
+	        !strcmp(copy.claims_json, id.claims_json) && copy.claims_json != id.claims_json,
+	    "copy differs");
 	for (size_t i = 0; i < id.n_rooms; i++)
 		FUZZ_CHECK(!strcmp(copy.rooms[i], id.rooms[i]) && copy.rooms[i] != id.rooms[i],
 		           "room copy");

@@ -389,6 +389,58 @@ def test_peer_that_never_pongs_is_closed(server_factory):
     assert 9 in seen, f"server never pinged (frames seen: {seen})"
     assert 2 <= elapsed <= 5.5, elapsed
     wait_until(lambda: server.admin()["clients"] == 0, timeout=3, what="connection gone")
+    assert metric(server, 'roomcast_closes_total{reason="timeout"}') == 1
+
+
+def test_peer_that_talks_but_never_pongs_stays(server_factory):
+    # Any frame proves the peer alive, not only a pong: a client that sends messages but
+    # ignores pings is kept, and pinged only once it falls silent.
+    server = server_factory({"PING_INTERVAL_S": "1", "PONG_TIMEOUT_S": "3"})
+    c = RawClient(server, make_token("5"))
+    assert c.status == 101
+    replies = pings = 0
+    end = time.monotonic() + 6
+    while time.monotonic() < end:
+        c.send_frame('{"type":"ping"}')
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                f = c.read_frame(timeout=max(0.01, deadline - time.monotonic()))
+            except socket.timeout:
+                break
+            assert f is not None and f[0] != 8, f"closed while talking: {f}"
+            replies += f[0] == 1
+            pings += f[0] == 9
+    assert replies >= 10 and pings == 0, (replies, pings)
+    # Then silent and deaf: pinged, and dropped within PONG_TIMEOUT_S plus a tick.
+    t0 = time.monotonic()
+    _, seen = wait_server_close(c, timeout=8)
+    assert 9 in seen and time.monotonic() - t0 <= 5.5, seen
+    c.close()
+
+
+def test_silent_peers_are_dropped_in_bulk(server_factory):
+    # Hundreds of dead peers at once: each costs the timer O(1), and the ones that still
+    # answer stay.
+    server = server_factory({"PING_INTERVAL_S": "1", "PONG_TIMEOUT_S": "3"})
+    deaf = [RawClient(server, make_token(str(i))) for i in range(300)]
+    assert all(c.status == 101 for c in deaf)
+
+    async def go():
+        ws = await connect(server, make_token("alive"), ping_interval=None)
+        # Waited for on the event loop, so that the live client keeps answering pings.
+        for _ in range(100):
+            if server.admin()["clients"] == 1:
+                break
+            await asyncio.sleep(0.1)
+        assert server.admin()["clients"] == 1
+        await send(ws, "ping")
+        assert await recv_json(ws) == {"type": "pong"}
+        await ws.close()
+    run(go())
+    assert metric(server, 'roomcast_closes_total{reason="timeout"}') == 300
+    for c in deaf:
+        c.close()
 
 
 def test_peer_that_pongs_stays(server_factory):
