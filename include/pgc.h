@@ -28,11 +28,18 @@ struct pgc *pgc_start(uv_loop_t *loop, const char *conninfo, const char *name,
 /* Closes the connection and fails pending queries; frees pc once its handles closed. */
 void pgc_stop(struct pgc *pc);
 bool pgc_is_up(const struct pgc *pc);
+/* Ends a reconnect backoff now (when pc is waiting one out): another connection to the same
+ * server just succeeded, so the server is evidently back. why is logged. */
+void pgc_retry_now(struct pgc *pc, const char *why);
 uint64_t pgc_reconnects(const struct pgc *pc);
 
 /* Queues a parameterized query (text params, text results). Returns 0, or -1 when the
  * connection is down (cb is then not called). params are copied. */
 int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *params,
               uint32_t timeout_ms, pgc_result_fn cb, void *arg);
+/* Like pgc_query, but queued ahead of every ordinary query not yet sent (earlier urgent ones
+ * keep their order): for work that others wait on. */
+int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+                    uint32_t timeout_ms, pgc_result_fn cb, void *arg);
 
 #endif

@@ -35,6 +35,7 @@ struct pgc {
 	uv_timer_t heartbeat; /* idle liveness probe */
 	PostgresPollingStatusType connect_phase;
 	struct pgc_query *head, *tail; /* head is in flight when sent */
+	struct pgc_query *urgent_tail; /* last query queued with pgc_query_first */
 	bool in_flight;
 	bool heartbeat_in_flight;
 	uint32_t attempts;
@@ -83,6 +84,7 @@ static void fail_all(struct pgc *pc, const char *why)
 		free_query(q);
 	}
 	pc->tail = NULL;
+	pc->urgent_tail = NULL;
 	pc->in_flight = false;
 }
 
@@ -138,6 +140,18 @@ static void drop_conn(struct pgc *pc)
 static void on_backoff_done(uv_timer_t *t)
 {
 	start_connect(t->data);
+}
+
+void pgc_retry_now(struct pgc *pc, const char *why)
+{
+	/* Only a connection waiting out its backoff: one that is connecting or up has nothing
+	 * to skip, and a stopping one must stay down. */
+	if (!pc || pc->state != PGC_BACKOFF)
+		return;
+	log_info("postgres reconnecting without waiting out the backoff", "conn", pc->name,
+	         "reason", why);
+	uv_timer_stop(&pc->timer);
+	start_connect(pc);
 }
 
 /* Connection lost or never made: drop it, tell the owner, retry after a jittered delay. */
@@ -298,6 +312,8 @@ static void finish_query(struct pgc *pc, PGresult *res)
 	pc->head = q->next;
 	if (!pc->head)
 		pc->tail = NULL;
+	if (pc->urgent_tail == q)
+		pc->urgent_tail = NULL;
 	pc->in_flight = false;
 	if (q->cb) {
 		if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
@@ -419,10 +435,12 @@ uint64_t pgc_reconnects(const struct pgc *pc)
 	return pc ? pc->reconnects : 0;
 }
 
-int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *params,
-              uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+/* Queues a copy of the query: urgent ones go ahead of every ordinary query (behind the one
+ * in flight, which cannot be recalled, and behind earlier urgent ones, which keep their order). */
+static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams,
+                       const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	struct pgc_query *q;
+	struct pgc_query *q, *prev;
 
 	if (!pc || pc->state != PGC_UP)
 		return -1;
@@ -438,11 +456,32 @@ int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *p
 	q->timeout_ms = timeout_ms;
 	q->cb = cb;
 	q->arg = arg;
-	if (pc->tail)
-		pc->tail->next = q;
-	else
+	prev = pc->tail;
+	if (urgent) {
+		prev = pc->urgent_tail ? pc->urgent_tail : pc->in_flight ? pc->head : NULL;
+		pc->urgent_tail = q;
+	}
+	if (prev) {
+		q->next = prev->next;
+		prev->next = q;
+	} else {
+		q->next = pc->head;
 		pc->head = q;
-	pc->tail = q;
+	}
+	if (!q->next)
+		pc->tail = q;
 	pump(pc);
 	return 0;
+}
+
+int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+              uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+{
+	return queue_query(pc, false, sql, nparams, params, timeout_ms, cb, arg);
+}
+
+int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+                    uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+{
+	return queue_query(pc, true, sql, nparams, params, timeout_ms, cb, arg);
 }

@@ -24,9 +24,13 @@
 #define QUERY_TIMEOUT_MS  5000
 #define POLICY_TIMEOUT_MS 3000
 #define SWEEP_EVERY_MS    2000
-#define HOLD_LIVE_MAX_MS  5000
-#define PRUNE_EVERY_MS    60000
-#define REPLAY_MAX        10000
+/* How long live events may wait for the catch-up after a listener reconnect. A query
+ * connection that hangs is noticed at its query deadline (5 s), reconnects at once and needs at
+ * most its connect deadline (5 s) before the catch-up runs: 15 s covers that with room to
+ * spare, so commit order holds unless PostgreSQL stays half-reachable for longer. */
+#define HOLD_LIVE_MAX_MS 15000
+#define PRUNE_EVERY_MS   60000
+#define REPLAY_MAX       10000
 /* How long a replay may wait for the query connection (after a restart) before failing. */
 #define REPLAY_WAIT_MS 3000
 
@@ -59,14 +63,13 @@ static struct replay *g_waiting;
 
 static const struct config *g_cfg;
 static struct pgc *g_listen, *g_query;
-static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer;
+static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer, g_hold_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
 static bool g_have_w;
 static bool g_hold_live;
 static long long g_max_id;                /* highest outbox id delivered */
 static long long g_restart_floor_id = -1; /* >= 0: catching up by id after a restart */
 static char g_pm_start[64];               /* pg_postmaster_start_time() last seen */
-static uint64_t g_hold_since_ns;
 static uint64_t g_w;
 static struct seen *g_seen;
 static struct inbound *g_in_head, *g_in_tail;
@@ -76,7 +79,19 @@ static void drain_inbound(void);
 static void release_live(void)
 {
 	g_hold_live = false;
+	uv_timer_stop(&g_hold_timer);
 	drain_inbound();
+}
+
+/* A catch-up that cannot run (the query connection stays away) must not stall live delivery
+ * for ever: after the bound, live events flow and the catch-up delivers late. */
+static void on_hold_expired(uv_timer_t *t)
+{
+	if (!g_hold_live)
+		return;
+	log_warn("live events released before the catch-up", "reason",
+	         "query connection not back in time; missed events will arrive late");
+	release_live();
 }
 
 static bool seen_has(long long id)
@@ -192,7 +207,7 @@ static void deliver_json(const char *text)
 static void drain_inbound(void)
 {
 	/* After a reconnect, live notifications wait until the catch-up has delivered what was
-	 * committed before them, so rooms still see commit order (bounded: see on_sweep_timer). */
+	 * committed before them, so rooms still see commit order (bounded: HOLD_LIVE_MAX_MS). */
 	if (g_hold_live)
 		return;
 	while (g_in_head && (g_in_head->json || g_in_head->failed)) {
@@ -298,6 +313,16 @@ static void sweep_done(struct sweep *sw, bool advance)
 		}
 	}
 	g_sweep_in_flight = false;
+	/* An ordinary sweep that was already under way when the listener came back kept the
+	 * catch-up from starting; run it now rather than at the next tick, since live events are
+	 * held until it is out. (Only after an ordinary sweep: a failed catch-up is retried by the
+	 * timer or when the query connection returns, never in a tight loop.) */
+	if (!sw->catchup && g_need_catchup) {
+		free(sw->ids);
+		free(sw);
+		sweep(true);
+		return;
+	}
 	free(sw->ids);
 	free(sw);
 }
@@ -387,10 +412,11 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 	}
 	{
 		const char *p[1] = {ids.data};
-		if (pgc_query(g_query,
-		              "SELECT realtime.event_json(e) FROM realtime.events e "
-		              "WHERE e.id = ANY($1::bigint[]) ORDER BY e.id",
-		              1, p, QUERY_TIMEOUT_MS, on_fetched, sw) < 0)
+		if ((sw->catchup ? pgc_query_first : pgc_query)(
+		        g_query,
+		        "SELECT realtime.event_json(e) FROM realtime.events e "
+		        "WHERE e.id = ANY($1::bigint[]) ORDER BY e.id",
+		        1, p, QUERY_TIMEOUT_MS, on_fetched, sw) < 0)
 			on_fetched(sw, NULL, "query connection down");
 	}
 	buf_free(&ids);
@@ -413,14 +439,16 @@ static void sweep(bool catchup)
 	snprintf(fbuf, sizeof(fbuf), "%lld",
 	         g_restart_floor_id >= 0 ? g_restart_floor_id : LLONG_MAX);
 	g_sweep_in_flight = true;
-	if (pgc_query(g_query,
-	              "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
-	              "clock_timestamp() - e.created_at < interval '1 second', "
-	              "pg_postmaster_start_time()::text "
-	              "FROM (SELECT 1) s LEFT JOIN realtime.events e "
-	              "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
-	              "OR e.id > $2::bigint ORDER BY e.id",
-	              2, p, QUERY_TIMEOUT_MS, on_swept, sw) < 0) {
+	/* A catch-up goes ahead of queued replays and policy checks: live events wait for it. */
+	if ((catchup ? pgc_query_first : pgc_query)(
+	        g_query,
+	        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
+	        "clock_timestamp() - e.created_at < interval '1 second', "
+	        "pg_postmaster_start_time()::text "
+	        "FROM (SELECT 1) s LEFT JOIN realtime.events e "
+	        "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
+	        "OR e.id > $2::bigint ORDER BY e.id",
+	        2, p, QUERY_TIMEOUT_MS, on_swept, sw) < 0) {
 		g_sweep_in_flight = false;
 		free(sw);
 	}
@@ -433,11 +461,6 @@ static void update_state(void)
 
 static void on_sweep_timer(uv_timer_t *t)
 {
-	/* A catch-up that cannot run (query connection down) must not stall live delivery
-	 * for long: after the bound, live events flow and the catch-up delivers late. */
-	if (g_hold_live &&
-	    util_now_ns() - g_hold_since_ns > (uint64_t)HOLD_LIVE_MAX_MS * 1000000ull)
-		release_live();
 	sweep(g_need_catchup);
 }
 
@@ -452,7 +475,7 @@ static void on_listened(void *arg, const PGresult *res, const char *err)
 	if (g_have_w) {
 		/* A reconnect: hold live events until the missed ones are out. */
 		g_hold_live = true;
-		g_hold_since_ns = util_now_ns();
+		uv_timer_start(&g_hold_timer, on_hold_expired, HOLD_LIVE_MAX_MS, 0);
 	}
 	update_state();
 	sweep(true);
@@ -461,6 +484,10 @@ static void on_listened(void *arg, const PGresult *res, const char *err)
 static void listener_up(struct pgc *pc, void *arg)
 {
 	pgc_query(pc, "LISTEN " CHANNEL, 0, NULL, QUERY_TIMEOUT_MS, on_listened, NULL);
+	/* After a restart the two connections back off independently; the query connection may
+	 * be seconds from its next attempt while the catch-up (and live events held behind it)
+	 * needs it now. The server is evidently back: skip the rest of its backoff. */
+	pgc_retry_now(g_query, "listener connected");
 }
 
 static void listener_down(struct pgc *pc, void *arg)
@@ -474,6 +501,8 @@ static void flush_waiting(bool expire_only);
 
 static void query_up(struct pgc *pc, void *arg)
 {
+	/* The same the other way round: events are delivered only once the listener is back. */
+	pgc_retry_now(g_listen, "query connection connected");
 	update_state();
 	flush_waiting(false);
 	if (g_need_catchup)
@@ -522,6 +551,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop)
 	uv_timer_init(loop, &g_sweep_timer);
 	uv_timer_init(loop, &g_prune_timer);
 	uv_timer_init(loop, &g_wait_timer);
+	uv_timer_init(loop, &g_hold_timer);
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
 	return 0;
@@ -536,6 +566,7 @@ void pgl_stop(void)
 	uv_close((uv_handle_t *)&g_sweep_timer, NULL);
 	uv_close((uv_handle_t *)&g_prune_timer, NULL);
 	uv_close((uv_handle_t *)&g_wait_timer, NULL);
+	uv_close((uv_handle_t *)&g_hold_timer, NULL);
 	while (g_waiting) {
 		struct replay *rp = g_waiting;
 		g_waiting = rp->next;

@@ -1,12 +1,16 @@
-"""The fault matrix with real processes: PostgreSQL restarted during a burst, the listener's
-backend frozen with SIGSTOP (a peer that vanishes without a reset), slowloris handshakes, a file
-descriptor limit below the clients offered, SIGTERM during a burst, and CPU while PostgreSQL is
-down. Each row asserts the SPEC's behaviour and that nothing promised was lost or duplicated.
+"""The fault matrix with real processes: PostgreSQL restarted during a burst (cleanly and as a
+crash, which can hand out transaction ids and outbox ids again), a catch-up delayed behind live
+events by a hung query connection, the listener's backend frozen with SIGSTOP (a peer that
+vanishes without a reset), Redis CLIENT KILL TYPE pubsub, Redis's pubsub output-buffer limit
+lowered during a flood, Redis frozen 30 s, slowloris handshakes, a file descriptor limit below
+the clients offered, SIGTERM during a burst, and CPU while PostgreSQL or Redis is down. Each row
+asserts the SPEC's behaviour and that nothing promised was lost or duplicated.
 
 Rows covered elsewhere: listener backend terminated, out-of-order commits across a listener
 loss and PostgreSQL down at start (test_pg.py); a client that stops reading, oversized heads,
-per-address and total connection caps, a single slow head (test_limits.py); Redis faults
-(test_redis.py). Rows marked `slow` run in `make check-faults`, not in `make test`.
+per-address and total connection caps, a single slow head (test_limits.py); Redis killed,
+briefly frozen and down at start (test_redis.py). README "Faults and hostile input" maps every
+row to its test. Rows marked `slow` run in `make check-faults`, not in `make test`.
 """
 
 import asyncio
@@ -25,9 +29,10 @@ import pytest
 
 import rc
 from pgcluster import PgCluster, free_port
-from rc import (Notifier, RawClient, Server, closed_code, connect, cpu_share, join,
+from rc import (Notifier, RawClient, RedisServer, Server, connect, cpu_share, join,
                 make_token, metric_samples, proc_fd_count, raise_nofile, recv_json, run,
                 send, settle, wait_until)
+from test_redis import NOTIFY, PASSWORD, DETECT_S, member, start_node, wait_redis
 
 ADMIN = make_token("1", "admin")
 
@@ -229,13 +234,24 @@ def query_pid(cluster):
     return rows[0][0] if rows else None
 
 
+def listening(cluster, pid):
+    """The listener backend pid has run LISTEN (its last statement is LISTEN or, later, the
+    heartbeat that follows it) and is idle again."""
+    rows = cluster.psql("SELECT query FROM pg_stat_activity WHERE pid = %s AND state = 'idle'",
+                        (pid,))
+    return bool(rows) and rows[0][0].startswith(("LISTEN", "SELECT pg_notification_queue"))
+
+
 def test_commit_order_kept_while_catchup_waits_for_query_connection(server_factory,
                                                                     own_cluster):
-    # The listener reconnects while the catch-up cannot run yet (the query connection hangs,
-    # as after a restart when the query connection's backoff is longer than the listener's).
-    # Event A commits while the listener is away (only catch-up can deliver it), event B
-    # after the listener is back (its notification arrives at once). SPEC §8: live events
-    # in commit order also across a lost connection, so A must reach the client before B.
+    # The listener reconnects while the catch-up cannot run: the query connection's backend
+    # hangs (SIGSTOP, no reset) until both events arrived, so roomcast only gets its catch-up
+    # out after the query connection's deadline (5 s) has dropped the hung connection and a
+    # new one is up. Event A commits while the listener is away (only the catch-up can deliver
+    # it), event B after the listener is back (its notification arrives at once). SPEC §8:
+    # live events in commit order also across a lost connection, so A must reach the client
+    # before B. roomcast holds live events for up to 15 s after a listener reconnect; with
+    # the earlier 5 s bound the hold expired before the catch-up about one run in two.
     server = pg_server(server_factory, own_cluster)
     pub = Publisher(own_cluster, "order-kept")
 
@@ -250,20 +266,26 @@ def test_commit_order_kept_while_catchup_waits_for_query_connection(server_facto
         try:
             own_cluster.psql("SELECT pg_terminate_backend(%s)", (lpid,))
             await loop.run_in_executor(None, pub.publish, 1)  # A: listener away
+            new = await loop.run_in_executor(None, lambda: wait_until(
+                lambda: listener_pid(own_cluster) not in (None, lpid) and
+                listener_pid(own_cluster), 10, what="listener back"))
             await loop.run_in_executor(None, lambda: wait_until(
-                lambda: listener_pid(own_cluster) not in (None, lpid), 10,
-                what="listener back"))
-            await asyncio.sleep(0.5)  # its LISTEN done
+                lambda: listening(own_cluster, new), 10, what="LISTEN done"))
+            t_back = time.monotonic()
             await loop.run_in_executor(None, pub.publish, 2)  # B: listener back
-            got = await collect(ws, 2, 20)
+            got = await collect(ws, 2, 25)
+            took = time.monotonic() - t_back
         finally:
             os.kill(qpid, signal.SIGCONT)
-        got += await collect(ws, 1, 3)
+        got += await collect(ws, 1, 3)  # a duplicate would arrive now
         pub.close()
-        return got
-    got = run_long(go())
+        return got, took
+    got, took = run_long(go())
     assert [m["data"]["i"] for m in got] == [1, 2], \
         f"delivered {[m['data']['i'] for m in got]}: a live event overtook the catch-up"
+    # The hung query connection is dropped at its 5 s deadline and replaced at once.
+    assert took < 12, took
+    assert "live events released before the catch-up" not in server.logs()
 
 
 @pytest.fixture
@@ -302,7 +324,10 @@ def test_events_committed_after_crash_restart_are_delivered(server_factory, lazy
         for i in range(5):
             await loop.run_in_executor(None, pub.publish, i)
         assert len(await collect(ws, 5, 10)) == 5
-        top = cluster.psql("SELECT max(xid)::text::bigint FROM realtime.events")[0][0]
+        # Transactions that take an id and commit without publishing (any other write on
+        # the database): asynchronous commits, not flushed before the crash.
+        for _ in range(20):
+            top = cluster.psql("SELECT pg_current_xact_id()::text::bigint")[0][0]
         await asyncio.sleep(3)  # the 2 s sweep moves W past those transactions
         pub.close()
         server.proc.send_signal(signal.SIGSTOP)
@@ -326,6 +351,44 @@ def test_events_committed_after_crash_restart_are_delivered(server_factory, lazy
     got = run_long(go())
     seq = [m["data"]["i"] for m in got]
     assert seq == list(range(5, 15)), f"after the crash restart got {seq}"
+
+
+def test_events_after_crash_restart_delivered_although_ids_repeat(server_factory,
+                                                                  lazy_wal_cluster):
+    # With synchronous_commit=off a crash also forgets sequence values whose WAL was never
+    # flushed: events committed after the restart got outbox ids roomcast had already
+    # delivered (for events the crash then lost), and it dropped them as duplicates (seen
+    # before migration 004: the first 7 events after the restart never arrived). Since 004,
+    # realtime.publish raises synchronous_commit to on for its transaction, so whatever was
+    # delivered is durable and neither its id nor its xid can be handed out again.
+    cluster = lazy_wal_cluster
+    server = pg_server(server_factory, cluster)
+    pub = Publisher(cluster, "crash-ids")
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        assert (await join(ws, "crash-ids"))["type"] == "joined"
+        loop = asyncio.get_running_loop()
+        for i in range(40):
+            await loop.run_in_executor(None, pub.publish, i)
+        before = await collect(ws, 40, 15)
+        assert len(before) == 40
+        top_id = max(m["id"] for m in before)
+        pub.close()
+        await loop.run_in_executor(None, _restart, cluster, "immediate")
+        await loop.run_in_executor(None, lambda: wait_until(
+            lambda: server.json("/health")[1]["postgres"] == "up", 30, what="postgres up"))
+        for i in range(40, 50):
+            await loop.run_in_executor(None, pub.publish, i)
+        reused = cluster.psql("SELECT count(*) FROM realtime.events WHERE id <= %s AND "
+                              "(data->>'i')::int >= 40", (top_id,))[0][0]
+        got = await collect(ws, 10, 15)
+        got += await collect(ws, 1, 2)
+        pub.close()
+        return got, reused
+    got, reused = run_long(go())
+    seq = [m["data"]["i"] for m in got]
+    assert seq == list(range(40, 50)), f"after the crash got {seq} ({reused} ids reused)"
 
 
 # ---- the listener's backend frozen (SIGSTOP: no RST, the socket stays open) ----
@@ -501,6 +564,221 @@ def test_cpu_idle_and_backoff_capped_while_postgres_down_long(server_factory):
     assert attempts < 60, attempts
 
 
+# ---- Redis faults (the replica link, SPEC §4) ----
+#
+# Two replicas on one Redis. A member on the publishing replica must get every notify exactly
+# once and in order whatever happens to Redis (what did not come back is delivered locally);
+# the other replica's member may miss the degraded window (ephemeral messages are at most once
+# across replicas) but never gets one twice or out of order, and gets everything published
+# once both links are back.
+
+
+@pytest.fixture
+def redis_pair(request, server_factory):
+    r = RedisServer(password=PASSWORD).start()
+    failed_before = request.session.testsfailed
+    # The test's members read in Python: a flood must not make them slow consumers (4008).
+    big = {"SEND_QUEUE_MAX_BYTES": str(64 << 20)}
+    try:
+        n1 = start_node(server_factory, r.addr, "n1", **big)
+        n2 = start_node(server_factory, r.addr, "n2", **big)
+        for n in (n1, n2):
+            wait_redis(n, "up")
+        yield r, n1, n2
+    finally:
+        if request.session.testsfailed > failed_before:
+            print("---- redis log ----\n" + r.logs()[-10000:], file=sys.stderr)
+        r.stop()
+
+
+def redis_reconnects(server):
+    return metric(server, "roomcast_redis_reconnects_total")
+
+
+def _notify_stream(n1, n2, room, fault, at, after=300, pace=0.0, pad=0, timeout=180):
+    """Posts notifies 0, 1, ... to room on n1 (pausing `pace` s between them) while a member on
+    n1 and one on n2 collect. When notify `at` has been answered, fault() runs in a thread (it
+    may take long; the posting goes on meanwhile) and must return once the fault is over; then
+    both links must come back, and `after` more notifies go out. Returns (local, remote, first,
+    n): the numbers each member got, the first notify posted after both replicas were up on
+    Redis again, and how many were posted."""
+    state = {"posted": 0, "first": None}
+    stop = threading.Event()
+    filler = "x" * pad
+
+    def push():
+        notifier = Notifier(n1, NOTIFY)
+        try:
+            i = 0
+            while not stop.is_set() and (state["first"] is None or i < state["first"] + after):
+                status, body, _ = notifier.post({"event": "s", "room": room,
+                                                 "data": {"i": i, "pad": filler}})
+                assert status == 200, (i, status, body)
+                i += 1
+                state["posted"] = i
+                if pace:
+                    time.sleep(pace)
+        finally:
+            notifier.close()
+
+    async def reader(ws, got, done):
+        while not done():
+            try:
+                m = await recv_json(ws, 0.2)
+            except asyncio.TimeoutError:
+                continue
+            got.append(m["data"]["i"])
+
+    async def go():
+        local = await member(n1, "1", room)
+        remote = await member(n2, "2", room)
+        loop = asyncio.get_running_loop()
+        got_local, got_remote = [], []
+        deadline = time.monotonic() + timeout
+        pusher = loop.run_in_executor(None, push)
+        done = lambda: (pusher.done() and len(got_local) >= state["posted"]) or \
+            time.monotonic() > deadline  # noqa: E731
+        readers = asyncio.gather(reader(local, got_local, done),
+                                 reader(remote, got_remote, done))
+        try:
+            while state["posted"] < at and not pusher.done():
+                await asyncio.sleep(0.005)
+            await loop.run_in_executor(None, fault)
+            for node in (n1, n2):
+                await loop.run_in_executor(None, wait_redis, node, "up", 30)
+            state["first"] = state["posted"]
+            await readers
+            await pusher
+        finally:
+            stop.set()
+            readers.cancel()
+            await settle(pusher)
+        # A duplicate or a straggler would arrive now.
+        for ws, got in ((local, got_local), (remote, got_remote)):
+            while True:
+                try:
+                    got.append((await recv_json(ws, 1.0))["data"]["i"])
+                except asyncio.TimeoutError:
+                    break
+            await ws.close()
+        return got_local, got_remote, state["first"], state["posted"]
+    return run_long(go())
+
+
+def _assert_stream(local, remote, first, n):
+    assert local == list(range(n)), \
+        f"publisher's member: missing {sorted(set(range(n)) - set(local))[:20]}, " \
+        f"{len(local) - len(set(local))} duplicated"
+    assert remote == sorted(set(remote)), "other replica: duplicated or out of order"
+    missing = sorted(set(range(first, n)) - set(remote))
+    assert not missing, f"other replica missed notifies after recovery: {missing[:20]}"
+
+
+def test_redis_client_kill_type_pubsub(redis_pair):
+    # CLIENT KILL TYPE pubsub cuts both replicas' subscriber connections (not their
+    # publishers): each must notice at once, take the link down, deliver locally what had
+    # not come back, resubscribe and carry on.
+    r, n1, n2 = redis_pair
+    before = [redis_reconnects(n) for n in (n1, n2)]
+    killed = []
+
+    def fault():
+        killed.append(r.client().client_kill_filter(_type="pubsub"))
+    local, remote, first, n = _notify_stream(n1, n2, "product-21", fault, at=500)
+    assert killed == [2], killed
+    _assert_stream(local, remote, first, n)
+    assert [redis_reconnects(n) for n in (n1, n2)] > before
+    for node in (n1, n2):
+        assert "redis connection failed" in node.logs()
+        assert node.json("/ready")[0] == 200
+
+
+def test_redis_pubsub_output_buffer_limit_cuts_roomcast_during_flood(redis_pair):
+    # During a flood of large notifies (20 kB: beyond Redis's 16 kB static reply buffer, so
+    # every message counts against the limit) the pubsub output-buffer limit is lowered
+    # step by step until Redis closes roomcast's subscriber for overcoming it. roomcast must
+    # reconnect (again and again while the limit stays low), never lose a message for the
+    # publisher's own members, never duplicate one anywhere, and recover once the limit is
+    # restored.
+    r, n1, n2 = redis_pair
+    cli = r.client()
+    default = cli.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+    before = [redis_reconnects(n) for n in (n1, n2)]
+    steps = []
+
+    def fault():
+        for limit in ("1mb 256kb 10", "256kb 64kb 5", "64kb 32kb 1", "16kb 8kb 1", "4kb 2kb 1"):
+            cli.config_set("client-output-buffer-limit", "pubsub " + limit)
+            steps.append(limit)
+            try:
+                wait_until(lambda: "overcoming of output buffer limits" in r.logs(), 1.5,
+                           interval=0.05)
+                break
+            except AssertionError:
+                continue
+        # Held low for a while: roomcast keeps getting cut and must keep coming back.
+        time.sleep(2)
+        cli.config_set("client-output-buffer-limit", default)
+    local, remote, first, n = _notify_stream(n1, n2, "product-22", fault, at=100, pad=20000)
+    assert "overcoming of output buffer limits" in r.logs(), f"never cut (limits {steps})"
+    _assert_stream(local, remote, first, n)
+    assert [redis_reconnects(n) for n in (n1, n2)] > before
+
+
+@pytest.mark.slow
+def test_redis_frozen_30s(redis_pair):
+    # Redis stopped (SIGSTOP: connections stay open, nothing answers) for 30 s while notifies
+    # keep coming: noticed by the heartbeat within 5 s, degraded local delivery meanwhile,
+    # the loop idle while it waits, and the link back without a restart of roomcast.
+    r, n1, n2 = redis_pair
+    seen = {}
+
+    def fault():
+        r.freeze()
+        t0 = time.monotonic()
+        try:
+            for node in (n1, n2):
+                wait_redis(node, "down", timeout=max(0.2, DETECT_S - (time.monotonic() - t0)))
+            seen["detected"] = time.monotonic() - t0
+            seen["health"] = n1.json("/health")[1]
+            seen["ready"] = n1.get("/ready")[0]
+            # n2 gets no traffic of its own: only its reconnect attempts may use the CPU.
+            seen["cpu"] = cpu_share(n2.proc.pid, 10)
+            time.sleep(max(0.0, 30 - (time.monotonic() - t0)))
+        finally:
+            r.thaw()
+    local, remote, first, n = _notify_stream(n1, n2, "product-23", fault, at=100, after=100,
+                                             pace=0.04)
+    assert seen["detected"] <= DETECT_S, seen
+    assert seen["health"]["status"] == "degraded" and seen["health"]["redis"] == "down"
+    assert seen["ready"] == 503
+    assert seen["cpu"] < 0.03, seen
+    _assert_stream(local, remote, first, n)
+    # Retries back off (200 ms doubling to 5 s, each attempt up to 3 s): a handful, not a loop.
+    attempts = n2.logs().count('"redis connection failed"')
+    assert attempts < 20, attempts
+
+
+@pytest.mark.parametrize("how", ["refused", "silent"])
+def test_cpu_idle_while_redis_down(server_factory, how):
+    peer = SilentPeer() if how == "silent" else None
+    try:
+        port = peer.port if peer else free_port()
+        server = server_factory({"REDIS_ADDR": f"127.0.0.1:{port}"})
+        assert server.json("/health")[1]["redis"] == "down"
+        time.sleep(0.5)
+        share = cpu_share(server.proc.pid, 5)
+        assert share < 0.05, f"{share:.1%} of a core while Redis is down ({how})"
+        status, body = server.json("/health")
+        assert status == 200 and body["status"] == "degraded" and body["redis"] == "down"
+        assert server.get("/ready")[0] == 503
+        attempts = server.logs().count('"redis connection failed"')
+        assert attempts < 20, attempts
+    finally:
+        if peer:
+            peer.close()
+
+
 # ---- slowloris ----
 
 def _trickle(socks, stop, period=1.0):
@@ -608,7 +886,9 @@ def test_slowloris_beyond_pending_capacity_does_not_block_normal_clients(server_
         async def go():
             return await _normal_client_round_trip(server, notifier, "product-4", 0)
         t = run(go())
-        assert t < 2.0, t
+        # Refused outright (reset) without room for newcomers; well under a second when
+        # served (5 s leaves room for a loaded machine).
+        assert t < 5.0, t
     finally:
         notifier.close()
         for s in socks:
@@ -715,6 +995,45 @@ def test_fd_limit_below_clients_offered(lowfd_server):
     for c in early:
         c.close()
     notifier.close()
+
+
+def test_fd_limit_idle_sockets_refused_quietly_and_max_connections_fitted(lowfd_server):
+    # MAX_CONNECTIONS (10000 by default) cannot fit 200 descriptors: roomcast lowers it at
+    # start and says so. Sockets that never send a byte hold descriptors without counting as
+    # connections, so the limit is still reached; then every refused client would log a line:
+    # at most one a second, with a count.
+    raise_nofile(2048)
+    server = lowfd_server(200)
+    assert "MAX_CONNECTIONS lowered to fit the open file limit" in server.logs()
+    socks = []
+    try:
+        for i in range(600):
+            s = socket.socket()
+            s.bind((f"127.0.0.{2 + i % 4}", 0))
+            s.settimeout(2)
+            try:
+                s.connect((server.host, server.port))
+            except OSError:
+                s.close()
+                continue
+            socks.append(s)
+        wait_until(lambda: '"accept failed"' in server.logs(), 5, what="descriptor limit hit")
+        time.sleep(2.5)
+        share = cpu_share(server.proc.pid, 2)
+        assert share < 0.10, f"{share:.1%} of a core at the descriptor limit"
+        lines = server.logs().count('"accept failed"')
+        assert 1 <= lines <= 8, lines
+        assert server.proc.poll() is None
+    finally:
+        for s in socks:
+            s.close()
+
+    def served():
+        try:  # refused (reset) until the server has dropped enough of the idle sockets
+            return server.json("/health")[0] == 200
+        except OSError:
+            return False
+    wait_until(served, 15, interval=0.2, what="served again once the idle sockets are gone")
 
 
 # ---- SIGTERM during a burst ----

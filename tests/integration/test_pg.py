@@ -360,9 +360,19 @@ def test_resume_in_an_automatic_room(pgserver, cluster, db):
         sql(cluster, db, "SELECT realtime.publish('missed', ARRAY['user-55'], '{}')")
         ws = await connect(server, token)
         await ws.send('{"type":"join","payload":{"room":"user-55","since":%d}}' % last)
-        joined = await recv_json(ws)
-        assert joined["payload"] == {"room": "user-55", "recovered": True, "replayed": 1}
-        assert (await collect(ws, 1))[0]["event"] == "missed"
+        # The connection is in user-55 from its start, so the live copy of 'missed' may come
+        # before `joined` when its notification reaches roomcast late (seen under valgrind);
+        # the replay after `joined` then repeats it with the same id, as SPEC §8 allows.
+        early = []
+        while True:
+            m = await recv_json(ws)
+            if m.get("type") == "joined":
+                break
+            early.append(m)
+        assert m["payload"] == {"room": "user-55", "recovered": True, "replayed": 1}
+        replayed = await collect(ws, 1)
+        assert [e["event"] for e in early + replayed] == ["missed"] * (len(early) + 1)
+        assert all(e["id"] == replayed[0]["id"] for e in early)
     run(go())
 
 
