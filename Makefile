@@ -195,3 +195,15 @@ check-faults: $(BIN)
 
 soak: $(BIN)
 	ROOMCAST_BIN=$(ROOMCAST_BIN) $(PYTHON) tests/soak/soak.py --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
+
+# `make valgrind` runs the integration suite with every roomcast process it starts under
+# valgrind memcheck (tests/valgrind/run.sh): a memory error or a definite or indirect leak in
+# any process fails it, as does a failing test. VALGRIND_ARGS are pytest arguments (default:
+# the whole integration suite, about 18 min on 2 cores; .ci/run passes a subset).
+VALGRIND_ARGS ?= tests/integration
+VALGRIND_LOGS := build/valgrind
+
+.PHONY: valgrind
+
+valgrind: $(BIN)
+	tests/valgrind/run.sh $(CURDIR)/$(BIN) $(VALGRIND_LOGS) $(VALGRIND_ARGS)
