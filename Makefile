@@ -199,7 +199,7 @@ soak: $(BIN)
 # `make valgrind` runs the integration suite with every roomcast process it starts under
 # valgrind memcheck (tests/valgrind/run.sh): a memory error or a definite or indirect leak in
 # any process fails it, as does a failing test. VALGRIND_ARGS are pytest arguments (default:
-# the whole integration suite, about 18 min on 2 cores; .ci/run passes a subset).
+# the whole integration suite, about 10 min on 2 cores; .ci/run runs it).
 VALGRIND_ARGS ?= tests/integration
 VALGRIND_LOGS := build/valgrind
 

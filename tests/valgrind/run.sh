@@ -5,8 +5,8 @@
 #
 #   tests/valgrind/run.sh BINARY LOGDIR [pytest arguments...]
 #
-# No test is left out: the whole suite passed under valgrind here (18 min on 2 cores), its
-# deadlines included. The `slow` rows stay deselected as in `make test` (pytest.ini).
+# No test is left out: the whole suite passed under valgrind here (about 10 min on 2 cores),
+# its deadlines included. The `slow` rows stay deselected as in `make test` (pytest.ini).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 bin=$1
