@@ -4,6 +4,7 @@
 #include "log.h"
 #include "util.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -38,26 +39,133 @@ int log_enabled(enum log_level level)
 	return level >= g_level;
 }
 
-/* Appends s to buf as JSON string content (no quotes), escaping what JSON requires. */
-static size_t put_escaped(char *buf, size_t pos, size_t cap, const char *s)
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 when s does not start one: overlong
+ * forms, surrogates and code points above U+10FFFF are invalid, as is a sequence cut short. */
+static size_t utf8_len(const unsigned char *s)
 {
-	for (; *s && pos + 7 < cap; s++) {
-		unsigned char c = (unsigned char)*s;
+	unsigned char c = s[0];
+	size_t n;
+	unsigned cp, min;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		n = 2;
+		cp = c & 0x1f;
+		min = 0x80;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		cp = c & 0x0f;
+		min = 0x800;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		cp = c & 0x07;
+		min = 0x10000;
+	} else {
+		return 0;
+	}
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+/* Appends s to buf as JSON string content (no quotes). Any byte string gives valid JSON: control
+ * bytes and DEL are \u-escaped, bytes that are not UTF-8 become U+FFFD, and a character that
+ * does not fit whole is left out rather than cut. */
+static size_t put_escaped(char *buf, size_t pos, size_t cap, const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+
+	while (*s && pos + 7 < cap) {
+		unsigned char c = *s;
+		size_t n = utf8_len(s);
 		if (c == '"' || c == '\\') {
 			buf[pos++] = '\\';
 			buf[pos++] = (char)c;
-		} else if (c < 0x20) {
+		} else if (c < 0x20 || c == 0x7f) {
 			pos += (size_t)snprintf(buf + pos, cap - pos, "\\u%04x", c);
+		} else if (n == 0) {
+			pos += (size_t)snprintf(buf + pos, cap - pos, "\\ufffd");
+			n = 1;
 		} else {
-			buf[pos++] = (char)c;
+			memcpy(buf + pos, s, n);
+			pos += n;
 		}
+		s += n ? n : 1;
 	}
+	return pos;
+}
+
+/* True when a text-format value can be written bare: non-empty, no space, quote, backslash,
+ * '=' or control byte, and valid UTF-8. Anything else is quoted so that no value can forge
+ * another key, another record or another line. */
+static bool text_bare(const char *str)
+{
+	const unsigned char *s = (const unsigned char *)str;
+
+	if (!*s)
+		return false;
+	while (*s) {
+		size_t n = utf8_len(s);
+		if (!n || *s <= 0x20 || *s == 0x7f || *s == '"' || *s == '\\' || *s == '=')
+			return false;
+		s += n;
+	}
+	return true;
+}
+
+/* Appends s to buf for the text format: bare when text_bare, else in double quotes with \",
+ * \\, \n, \r, \t and \xNN for other control bytes and bytes that are not UTF-8. A message
+ * (quote false) is never quoted, since it is a sentence from the code, but escaped alike. */
+static size_t put_text(char *buf, size_t pos, size_t cap, const char *str, bool quote)
+{
+	const unsigned char *s = (const unsigned char *)str;
+
+	if (text_bare(str)) {
+		while (*s && pos + 4 < cap) {
+			size_t n = utf8_len(s);
+			memcpy(buf + pos, s, n);
+			pos += n;
+			s += n;
+		}
+		return pos;
+	}
+	if (quote && pos + 1 < cap)
+		buf[pos++] = '"';
+	/* 6 keeps room for the longest escape and the closing quote. */
+	while (*s && pos + 6 < cap) {
+		unsigned char c = *s;
+		size_t n = utf8_len(s);
+		if (c == '"' || c == '\\') {
+			buf[pos++] = '\\';
+			buf[pos++] = (char)c;
+		} else if (c == '\n' || c == '\r' || c == '\t') {
+			buf[pos++] = '\\';
+			buf[pos++] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+		} else if (c < 0x20 || c == 0x7f || n == 0) {
+			pos += (size_t)snprintf(buf + pos, cap - pos, "\\x%02x", c);
+			n = 1;
+		} else {
+			memcpy(buf + pos, s, n);
+			pos += n;
+		}
+		s += n ? n : 1;
+	}
+	if (quote && pos + 1 < cap)
+		buf[pos++] = '"';
 	return pos;
 }
 
 static size_t put_raw(char *buf, size_t pos, size_t cap, const char *s)
 {
 	size_t n = strlen(s);
+	if (pos + 1 >= cap)
+		return pos;
 	if (pos + n >= cap)
 		n = cap - pos - 1;
 	memcpy(buf + pos, s, n);
@@ -89,7 +197,7 @@ void log_writev(enum log_level level, const char *msg, va_list ap)
 		pos = put_raw(buf, pos, cap, " ");
 		pos = put_raw(buf, pos, cap, lvl[level]);
 		pos = put_raw(buf, pos, cap, " ");
-		pos = put_raw(buf, pos, cap, msg);
+		pos = put_text(buf, pos, cap, msg, false);
 	}
 	for (;;) {
 		const char *k = va_arg(ap, const char *);
@@ -107,9 +215,9 @@ void log_writev(enum log_level level, const char *msg, va_list ap)
 			pos = put_raw(buf, pos, cap, "\"");
 		} else {
 			pos = put_raw(buf, pos, cap, " ");
-			pos = put_raw(buf, pos, cap, k);
+			pos = put_text(buf, pos, cap, k, true);
 			pos = put_raw(buf, pos, cap, "=");
-			pos = put_raw(buf, pos, cap, v);
+			pos = put_text(buf, pos, cap, v, true);
 		}
 	}
 	if (g_format == LOG_FORMAT_JSON)
