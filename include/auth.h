@@ -4,6 +4,7 @@
 #ifndef ROOMCAST_AUTH_H
 #define ROOMCAST_AUTH_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <time.h>
@@ -87,6 +88,25 @@ enum auth_reason auth_verify(const struct auth *a, const char *token, size_t len
 void auth_identity_clear(struct auth_identity *id);
 /* Deep copy; returns 0 or -1 on allocation failure. */
 int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *src);
+
+/* a + b, saturated at LLONG_MIN / LLONG_MAX instead of overflowing: exp, nbf and iat are
+ * whatever the token says (exp = INT64_MAX is a valid token), so every sum with them goes here. */
+static inline long long auth_time_add(long long a, long long b)
+{
+	long long r;
+	if (__builtin_add_overflow(a, b, &r))
+		return b > 0 ? LLONG_MAX : LLONG_MIN;
+	return r;
+}
+
+/* a - b, saturated likewise. */
+static inline long long auth_time_sub(long long a, long long b)
+{
+	long long r;
+	if (__builtin_sub_overflow(a, b, &r))
+		return b < 0 ? LLONG_MAX : LLONG_MIN;
+	return r;
+}
 
 bool auth_is_admin(const struct auth_identity *id);
 bool auth_is_service(const struct auth_identity *id);

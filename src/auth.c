@@ -19,6 +19,7 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/obj_mac.h>
 #include <openssl/pem.h>
 
@@ -602,24 +603,46 @@ static enum auth_reason check_header(const struct auth *a, struct json_object *h
 	return AUTH_OK;
 }
 
-/* Asks libjwt to check the signature with the key of the pinned family only, then confirms it
+/* HS256/384/512 are checked here, not by libjwt: the MAC of header.payload is compared with the
+ * decoded signature by CRYPTO_memcmp, so the time taken says nothing about how many leading
+ * bytes of a forged signature were right (libjwt compares base64 text, and how depends on its
+ * version). A signature of another length fails before any comparison; the digest lengths are
+ * public. */
+static enum auth_reason check_hmac(const struct auth *a, const char *token, size_t signed_len,
+                                   const unsigned char *sig, size_t siglen, int alg_idx)
+{
+	unsigned bit = alg_table[alg_idx].bit;
+	const EVP_MD *md = bit == AUTH_ALG_HS256   ? EVP_sha256()
+	                   : bit == AUTH_ALG_HS384 ? EVP_sha384()
+	                                           : EVP_sha512();
+	unsigned char mac[EVP_MAX_MD_SIZE];
+	unsigned int maclen = 0;
+	bool ok;
+
+	/* Unreachable by construction of a->algorithms; an empty key would make any MAC valid. */
+	if (!a->secret || !a->secret_len)
+		return AUTH_ALG_REFUSED;
+	if (!HMAC(md, a->secret, (int)a->secret_len, (const unsigned char *)token, signed_len, mac,
+	          &maclen)) {
+		ERR_clear_error();
+		return AUTH_BAD_SIGNATURE;
+	}
+	ok = siglen == maclen && CRYPTO_memcmp(mac, sig, maclen) == 0;
+	OPENSSL_cleanse(mac, sizeof(mac));
+	return ok ? AUTH_OK : AUTH_BAD_SIGNATURE;
+}
+
+/* RS and ES: asks libjwt to check the signature with the public key only, then confirms it
  * verified under the alg we pinned (it reads alg from the token itself). */
 static enum auth_reason check_signature(const struct auth *a, const char *token, size_t len,
                                         int alg_idx)
 {
 	char buf[AUTH_TOKEN_MAX + 1];
-	const unsigned char *key;
-	int keylen, rc;
+	const unsigned char *key = (const unsigned char *)a->pem;
+	int keylen = (int)a->pem_len, rc;
 	jwt_t *jwt = NULL;
 	enum auth_reason r = AUTH_OK;
 
-	if (alg_table[alg_idx].bit & AUTH_ALG_HS_MASK) {
-		key = a->secret;
-		keylen = (int)a->secret_len;
-	} else {
-		key = (const unsigned char *)a->pem;
-		keylen = (int)a->pem_len;
-	}
 	/* Unreachable by construction of a->algorithms, but an empty key would make libjwt skip
 	 * verification altogether, so it is checked where it matters. */
 	if (!key || keylen <= 0)
@@ -654,12 +677,13 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
 	if (claim_time(payload, "nbf", true, &out->nbf) < 0 ||
 	    claim_time(payload, "iat", true, &out->iat) < 0)
 		return AUTH_MALFORMED;
-	/* Written as now - leeway > exp (not now > exp + leeway) so a huge exp cannot overflow. */
-	if (t - a->leeway_s > out->exp)
+	/* Every sum saturates: exp, nbf and iat are whatever the token says, and now is whatever
+	 * the caller passes. */
+	if (auth_time_add(t, -(long long)a->leeway_s) > out->exp)
 		return AUTH_EXPIRED;
-	if (out->nbf && t + a->leeway_s < out->nbf)
+	if (out->nbf && auth_time_add(t, a->leeway_s) < out->nbf)
 		return AUTH_NOT_YET_VALID;
-	if (out->iat && t + a->leeway_s < out->iat)
+	if (out->iat && auth_time_add(t, a->leeway_s) < out->iat)
 		return AUTH_ISSUED_FUTURE;
 	if (a->issuer) {
 		iss = get_claim(payload, "iss");
@@ -677,9 +701,9 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
 enum auth_reason auth_verify(const struct auth *a, const char *token, size_t len, time_t now,
                              struct auth_identity *out)
 {
-	unsigned char dec[AUTH_TOKEN_MAX];
+	unsigned char dec[AUTH_TOKEN_MAX], sigdec[AUTH_TOKEN_MAX];
 	const char *dot1, *dot2, *sig;
-	size_t hlen, plen, slen, dlen;
+	size_t hlen, plen, slen, dlen, siglen;
 	struct json_object *hdr = NULL, *payload = NULL;
 	int alg_idx = -1;
 	enum auth_reason r;
@@ -718,7 +742,7 @@ enum auth_reason auth_verify(const struct auth *a, const char *token, size_t len
 	 * does not depend on how a libjwt version treats an empty third part. */
 	if (slen == 0)
 		return AUTH_BAD_SIGNATURE;
-	if (b64url_decode(sig, slen, dec, &dlen) < 0)
+	if (b64url_decode(sig, slen, sigdec, &siglen) < 0)
 		return AUTH_MALFORMED;
 	/* The payload is parsed before the signature check only because it is cheaper than RSA;
 	 * none of it is trusted until the signature verifies. */
@@ -728,7 +752,10 @@ enum auth_reason auth_verify(const struct auth *a, const char *token, size_t len
 	if (!payload)
 		return AUTH_MALFORMED;
 
-	r = check_signature(a, token, len, alg_idx);
+	if (alg_table[alg_idx].bit & AUTH_ALG_HS_MASK)
+		r = check_hmac(a, token, (size_t)(dot2 - token), sigdec, siglen, alg_idx);
+	else
+		r = check_signature(a, token, len, alg_idx);
 	if (r == AUTH_OK)
 		r = check_claims(a, payload, now, out);
 	json_object_put(payload);

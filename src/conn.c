@@ -364,9 +364,9 @@ unsigned conn_due(const struct conn *c, const struct config *cfg, uint32_t now, 
 	case CONN_OPEN:
 		if (!c->ident.exp)
 			break;
-		if (!c->expiring_sent && wall >= c->ident.exp - CONN_EXPIRY_WARN_S)
+		if (!c->expiring_sent && wall >= auth_time_add(c->ident.exp, -CONN_EXPIRY_WARN_S))
 			due |= CONN_DUE_EXPIRING;
-		if (wall >= c->ident.exp + cfg->jwt_leeway_s)
+		if (wall >= auth_time_add(c->ident.exp, cfg->jwt_leeway_s))
 			due |= CONN_DUE_EXPIRED;
 		break;
 	}
@@ -400,9 +400,10 @@ uint32_t conn_next_due(const struct conn *c, const struct config *cfg, uint32_t 
 		next = now + 1;
 	if (c->state == CONN_OPEN && c->ident.exp) {
 		/* Token times are wall-clock seconds: look again when the wall clock gets there. */
-		long long at = c->expiring_sent ? c->ident.exp + cfg->jwt_leeway_s
-		                                : c->ident.exp - CONN_EXPIRY_WARN_S;
-		long long in = at - wall;
+		/* Saturating: exp is the token's, INT64_MAX included. */
+		long long at = c->expiring_sent ? auth_time_add(c->ident.exp, cfg->jwt_leeway_s)
+		                                : auth_time_add(c->ident.exp, -CONN_EXPIRY_WARN_S);
+		long long in = auth_time_sub(at, wall);
 		if (in < 1)
 			in = 1;
 		if (in < (long long)(next - now))
@@ -458,7 +459,7 @@ static void run_timers(struct conn *c, uint32_t now, bool may_kill)
 	if (due & CONN_DUE_AUTH)
 		conn_close(c, 4001, "authentication timeout", true);
 	if (due & CONN_DUE_EXPIRING) {
-		long long left = c->ident.exp - wall;
+		long long left = auth_time_sub(c->ident.exp, wall);
 		c->expiring_sent = true;
 		conn_reply(c, proto_token_expiring(left > 0 ? (long)left : 0));
 	}

@@ -3,6 +3,7 @@
 #include "auth.h"
 
 #include <check.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -308,10 +309,24 @@ static const struct vcase cases[] = {
 	{"exp int64 max", C_HS, S_HS256, H_HS256,
 	 "{\"sub\":\"u1\",\"exp\":9223372036854775807}", AUTH_OK},
 	{"exp 1e300", C_HS, S_HS256, H_HS256, "{\"sub\":\"u1\",\"exp\":1e300}", AUTH_OK},
-	/* libjwt parses the payload with jansson, which refuses integers beyond int64: a correctly
-	 * signed token then fails inside jwt_decode, reported as a bad signature. */
+	/* HS tokens no longer pass through libjwt (whose jansson refused integers beyond int64 as
+	 * a bad signature); json-c reads this one as a number beyond int64: saturated, valid. */
 	{"exp beyond int64", C_HS, S_HS256, H_HS256,
-	 "{\"sub\":\"u1\",\"exp\":99999999999999999999}", AUTH_BAD_SIGNATURE},
+	 "{\"sub\":\"u1\",\"exp\":99999999999999999999}", AUTH_OK},
+	{"exp int64 max - 1", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"exp\":9223372036854775806}", AUTH_OK},
+	{"exp int64 min", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"exp\":-9223372036854775808}", AUTH_EXPIRED},
+	{"exp -1e300", C_HS, S_HS256, H_HS256, "{\"sub\":\"u1\",\"exp\":-1e300}", AUTH_EXPIRED},
+	{"nbf int64 max", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"exp\":9223372036854775807,\"nbf\":9223372036854775807}",
+	 AUTH_NOT_YET_VALID},
+	{"nbf int64 min", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"exp\":9223372036854775807,\"nbf\":-9223372036854775808}", AUTH_OK},
+	{"iat int64 max", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"exp\":1700003600,\"iat\":9223372036854775807}", AUTH_ISSUED_FUTURE},
+	{"iat int64 min", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"exp\":1700003600,\"iat\":-9223372036854775808}", AUTH_OK},
 	{"missing exp", C_HS, S_HS256, H_HS256, "{\"sub\":\"u1\"}", AUTH_MISSING_EXP},
 	{"exp string", C_HS, S_HS256, H_HS256, "{\"sub\":\"u1\",\"exp\":\"1700003600\"}",
 	 AUTH_MISSING_EXP},
@@ -416,9 +431,9 @@ static const struct vcase cases[] = {
 	{"sub object", C_HS, S_HS256, H_HS256, "{\"sub\":{},\"exp\":1700003600}", AUTH_MALFORMED},
 	{"sub float", C_HS, S_HS256, H_HS256, "{\"sub\":1.5,\"exp\":1700003600}", AUTH_MALFORMED},
 	{"sub bool", C_HS, S_HS256, H_HS256, "{\"sub\":true,\"exp\":1700003600}", AUTH_MALFORMED},
-	/* jansson inside libjwt refuses \u0000 before our own control-byte check can. */
+	/* Refused by our control-byte check (HS tokens no longer reach libjwt's jansson). */
 	{"sub with escaped NUL", C_HS, S_HS256, H_HS256,
-	 "{\"sub\":\"admin\\u0000x\",\"exp\":1700003600}", AUTH_BAD_SIGNATURE},
+	 "{\"sub\":\"admin\\u0000x\",\"exp\":1700003600}", AUTH_MALFORMED},
 	{"sub with escaped control byte", C_HS, S_HS256, H_HS256,
 	 "{\"sub\":\"admin\\u0001x\",\"exp\":1700003600}", AUTH_MALFORMED},
 	{"sub with newline", C_HS, S_HS256, H_HS256, "{\"sub\":\"a\\nb\",\"exp\":1700003600}",
@@ -498,6 +513,149 @@ START_TEST(test_table)
 		assert_zeroed(&id);
 	}
 	auth_identity_clear(&id);
+	free(tok);
+	auth_free(a);
+}
+END_TEST
+
+/* ---- HMAC signatures (checked by roomcast with CRYPTO_memcmp, not by libjwt) ---- */
+
+/* Returns a malloc'd token "h.p.<sig>" where sig is the raw HMAC of h.p with md, changed by
+ * edit: 0 as is, 1 last byte flipped, 2 first byte flipped, 3 truncated by one byte, 4 one byte
+ * appended, 5 all zero bytes of the right length. */
+static char *tok_hmac_edit(const EVP_MD *md, const char *header, const char *payload, int edit)
+{
+	char *input = signing_input(header, payload);
+	unsigned char mac[EVP_MAX_MD_SIZE + 1];
+	unsigned int maclen = 0;
+
+	ck_assert_ptr_nonnull(HMAC(md, SECRET, (int)strlen(SECRET), (const unsigned char *)input,
+	                           strlen(input), mac, &maclen));
+	switch (edit) {
+	case 1:
+		mac[maclen - 1] ^= 0x01;
+		break;
+	case 2:
+		mac[0] ^= 0x80;
+		break;
+	case 3:
+		maclen--;
+		break;
+	case 4:
+		mac[maclen++] = 0;
+		break;
+	case 5:
+		memset(mac, 0, maclen);
+		break;
+	}
+	return finish(input, mac, maclen);
+}
+
+static enum auth_reason verify_hs(const char *tok)
+{
+	struct auth *a = make_auth(C_HS);
+	struct auth_identity id;
+	enum auth_reason r = auth_verify(a, tok, strlen(tok), NOW, &id);
+
+	if (r != AUTH_OK)
+		assert_zeroed(&id);
+	auth_identity_clear(&id);
+	auth_free(a);
+	return r;
+}
+
+START_TEST(test_hmac_wrong_signatures)
+{
+	static const struct {
+		const char *hdr;
+		const EVP_MD *(*md)(void);
+	} algs[] = {{H_HS256, EVP_sha256}, {H_HS384, EVP_sha384}, {H_HS512, EVP_sha512}};
+
+	for (size_t i = 0; i < sizeof(algs) / sizeof(algs[0]); i++) {
+		for (int edit = 0; edit <= 5; edit++) {
+			char *tok = tok_hmac_edit(algs[i].md(), algs[i].hdr, P_OK, edit);
+			enum auth_reason want = edit == 0 ? AUTH_OK : AUTH_BAD_SIGNATURE;
+			enum auth_reason r = verify_hs(tok);
+			ck_assert_msg(r == want, "%s edit %d: got %s", algs[i].hdr, edit,
+			              auth_reason_name(r));
+			free(tok);
+		}
+	}
+}
+END_TEST
+
+/* The MAC is computed with the algorithm the header names, pinned to the allowed set: a valid
+ * HS512 MAC under an HS256 header is as wrong as any other 64 bytes, and the reverse too. */
+START_TEST(test_hmac_alg_mismatch_and_none)
+{
+	char *tok = tok_hmac(EVP_sha512(), SECRET, strlen(SECRET), H_HS256, P_OK);
+	ck_assert_int_eq(verify_hs(tok), AUTH_BAD_SIGNATURE);
+	free(tok);
+	tok = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), H_HS512, P_OK);
+	ck_assert_int_eq(verify_hs(tok), AUTH_BAD_SIGNATURE);
+	free(tok);
+	/* HS384 is valid, but not allowed by C_HS256_ONLY. */
+	{
+		struct auth *a = make_auth(C_HS256_ONLY);
+		struct auth_identity id;
+		tok = tok_hmac(EVP_sha384(), SECRET, strlen(SECRET), H_HS384, P_OK);
+		ck_assert_int_eq(auth_verify(a, tok, strlen(tok), NOW, &id), AUTH_ALG_REFUSED);
+		free(tok);
+		auth_free(a);
+	}
+	/* none with the correct HS256 MAC attached, and with none. */
+	tok = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), "{\"alg\":\"none\"}", P_OK);
+	ck_assert_int_eq(verify_hs(tok), AUTH_ALG_REFUSED);
+	free(tok);
+	tok = finish(signing_input("{\"alg\":\"none\"}", P_OK), "", 0);
+	ck_assert_int_eq(verify_hs(tok), AUTH_ALG_REFUSED);
+	free(tok);
+	/* The HMAC key is never used for an RS256 header, even with a correct HMAC. */
+	tok = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), H_RS256, P_OK);
+	ck_assert_int_eq(verify_hs(tok), AUTH_ALG_REFUSED);
+	free(tok);
+}
+END_TEST
+
+/* The signature covers exactly header.payload: a payload changed after signing fails. */
+START_TEST(test_hmac_covers_payload)
+{
+	char *good = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), H_HS256, P_OK);
+	char *other = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), H_HS256,
+	                       "{\"sub\":\"admin\",\"exp\":1700003600}");
+	char *dot_g = strrchr(good, '.'), *dot_o = strrchr(other, '.');
+	char *mixed = malloc(strlen(other) + strlen(good));
+
+	ck_assert_ptr_nonnull(mixed);
+	/* other's header.payload with good's signature. */
+	sprintf(mixed, "%.*s%s", (int)(dot_o - other), other, dot_g);
+	ck_assert_int_eq(verify_hs(mixed), AUTH_BAD_SIGNATURE);
+	free(mixed);
+	free(good);
+	free(other);
+}
+END_TEST
+
+/* now at the int64 edges: now + leeway and now - leeway saturate instead of wrapping. */
+START_TEST(test_time_claims_at_int64_edges)
+{
+	struct auth *a = make_auth(C_HS);
+	struct auth_identity id;
+	char *tok = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), H_HS256,
+	                     "{\"sub\":\"u1\",\"exp\":9223372036854775807,"
+	                     "\"nbf\":9223372036854775000,\"iat\":1}");
+
+	/* At the far end of time nbf has passed: with a wrapping now + leeway it had not. */
+	ck_assert_int_eq(auth_verify(a, tok, strlen(tok), (time_t)LLONG_MAX, &id), AUTH_OK);
+	auth_identity_clear(&id);
+	ck_assert_int_eq(auth_verify(a, tok, strlen(tok), (time_t)LLONG_MAX - 1000, &id),
+	                 AUTH_NOT_YET_VALID);
+	free(tok);
+	/* At the far negative end an ordinary token is not yet valid, not expired by a wrap. */
+	tok = tok_hmac(EVP_sha256(), SECRET, strlen(SECRET), H_HS256,
+	               "{\"sub\":\"u1\",\"exp\":1700003600,\"nbf\":1}");
+	ck_assert_int_eq(auth_verify(a, tok, strlen(tok), (time_t)LLONG_MIN, &id),
+	                 AUTH_NOT_YET_VALID);
 	free(tok);
 	auth_free(a);
 }
@@ -919,6 +1077,10 @@ static Suite *auth_suite(void)
 	tcase_add_test(tc, test_role_and_tenants);
 	tcase_add_test(tc, test_rooms_times_and_claims);
 	tcase_add_test(tc, test_oversized_token);
+	tcase_add_test(tc, test_hmac_wrong_signatures);
+	tcase_add_test(tc, test_hmac_alg_mismatch_and_none);
+	tcase_add_test(tc, test_hmac_covers_payload);
+	tcase_add_test(tc, test_time_claims_at_int64_edges);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("config");
