@@ -4,7 +4,9 @@
 #include "migrate.h"
 #include "log.h"
 
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 #include <openssl/evp.h>
@@ -22,6 +24,11 @@ enum {
 #define MIGRATE_LOCK_KEY "8245931958348116852"
 
 #define SHA256_HEX_LEN 64
+
+/* Default of MIGRATE_WAIT_S: long enough for a first PostgreSQL start that loads a schema. */
+#define MIGRATE_WAIT_DEFAULT_S 60
+#define STR_(x)                #x
+#define STR(x)                 STR_(x)
 
 /* Copies a libpq message without its trailing newline, which would only clutter log lines. */
 static const char *trimmed(const char *msg, char *buf, size_t cap)
@@ -43,28 +50,95 @@ static void on_notice(void *arg, const char *message)
 	log_debug("postgres notice", "message", trimmed(message, buf, sizeof(buf)));
 }
 
+/* How long connect_db keeps retrying: MIGRATE_WAIT_S seconds (default 60, 0 = one attempt).
+ * Read here rather than from the serve config table because only this subcommand uses it. */
+static long wait_budget_ms(void)
+{
+	const char *env = getenv("MIGRATE_WAIT_S");
+	char *end;
+	long s;
+
+	if (!env || !*env)
+		return MIGRATE_WAIT_DEFAULT_S * 1000L;
+	s = strtol(env, &end, 10);
+	if (*end || s < 0 || s > 86400) {
+		log_warn("invalid MIGRATE_WAIT_S, using the default", "value", env, "default_s",
+		         STR(MIGRATE_WAIT_DEFAULT_S));
+		return MIGRATE_WAIT_DEFAULT_S * 1000L;
+	}
+	return s * 1000L;
+}
+
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
+}
+
+/* One connection attempt; NULL (with *why filled) when it fails. */
+static PGconn *try_connect(const char *conninfo, char *why, size_t cap)
+{
+	/* expand_dbname lets conninfo be a URI or key=value string, as DATABASE_URL may be. The
+	 * connect_timeout comes first so that one in conninfo wins: a host that drops packets
+	 * would otherwise block an attempt for the kernel's whole SYN retry time. */
+	const char *keys[] = {"connect_timeout", "dbname", "fallback_application_name", NULL};
+	const char *values[] = {"10", conninfo, "roomcast-migrate", NULL};
+	PGconn *conn = PQconnectdbParams(keys, values, 1);
+
+	if (!conn) {
+		snprintf(why, cap, "out of memory");
+		return NULL;
+	}
+	if (PQstatus(conn) != CONNECTION_OK) {
+		trimmed(PQerrorMessage(conn), why, cap);
+		/* libpq splits its message over lines (a hint on the second): keep one log line. */
+		for (char *p = why; *p; p++)
+			if (*p == '\n' || *p == '\t')
+				*p = ' ';
+		PQfinish(conn);
+		return NULL;
+	}
+	return conn;
+}
+
+/* Connects, retrying with backoff (250 ms doubling to 5 s) for MIGRATE_WAIT_S while the server
+ * is unreachable or still starting: in a compose stack migrate often starts with PostgreSQL.
+ * Every failed attempt is logged with its reason. Only connecting is retried; SQL errors later
+ * fail at once. The caller owns the returned connection (PQfinish). */
 static PGconn *connect_db(const char *conninfo)
 {
-	/* expand_dbname lets conninfo be a URI or key=value string, as DATABASE_URL may be. */
-	const char *keys[] = {"dbname", "fallback_application_name", NULL};
-	const char *values[] = {conninfo, "roomcast-migrate", NULL};
-	char buf[512];
+	char why[512], attempt_s[16], delay_s[16];
+	long budget, deadline, delay = 250, left;
 	PGconn *conn;
 
 	if (!conninfo || !*conninfo) {
 		log_error("PQconnectdb failed", "reason", "no database URL given (DATABASE_URL)");
 		return NULL;
 	}
-	conn = PQconnectdbParams(keys, values, 1);
-	if (!conn) {
-		log_error("PQconnectdb failed", "reason", "out of memory");
-		return NULL;
-	}
-	if (PQstatus(conn) != CONNECTION_OK) {
-		log_error("PQconnectdb failed", "reason",
-		          trimmed(PQerrorMessage(conn), buf, sizeof(buf)));
-		PQfinish(conn);
-		return NULL;
+	budget = wait_budget_ms();
+	deadline = now_ms() + budget;
+	for (int attempt = 1;; attempt++) {
+		conn = try_connect(conninfo, why, sizeof(why));
+		if (conn)
+			break;
+		left = deadline - now_ms();
+		snprintf(attempt_s, sizeof(attempt_s), "%d", attempt);
+		if (left <= 0) {
+			log_error(
+			    "PQconnectdb failed", "reason", why, "attempts", attempt_s, "hint",
+			    budget ? "gave up after MIGRATE_WAIT_S" : "MIGRATE_WAIT_S=0: no retry");
+			return NULL;
+		}
+		if (delay > left)
+			delay = left;
+		snprintf(delay_s, sizeof(delay_s), "%ld", delay);
+		log_warn("PQconnectdb failed, retrying", "reason", why, "attempt", attempt_s,
+		         "retry_in_ms", delay_s);
+		struct timespec ts = {delay / 1000, (delay % 1000) * 1000000L};
+		nanosleep(&ts, NULL);
+		delay = delay * 2 > 5000 ? 5000 : delay * 2;
 	}
 	PQsetNoticeProcessor(conn, on_notice, NULL);
 	return conn;
