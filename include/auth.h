@@ -89,6 +89,10 @@ void auth_identity_clear(struct auth_identity *id);
 /* Deep copy; returns 0 or -1 on allocation failure. */
 int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *src);
 
+/* Fills the seller / client ids id has not got (NULL or "" leaves one as it is); returns 0 or -1
+ * on allocation failure (id unchanged). claims_json gains the same claims. */
+int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, const char *client_id);
+
 /* a + b, saturated at LLONG_MIN / LLONG_MAX instead of overflowing: exp, nbf and iat are
  * whatever the token says (exp = INT64_MAX is a valid token), so every sum with them goes here. */
 static inline long long auth_time_add(long long a, long long b)

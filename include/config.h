@@ -35,6 +35,10 @@ struct config {
 	long ping_interval_s;
 	long pong_timeout_s;
 	long auth_timeout_s;
+	char *token_expiry_action;
+	bool token_expiry_keep; /* derived: TOKEN_EXPIRY_ACTION=keep */
+	long listen_probe_s;    /* 0: the listener is not probed */
+	long trigger_check_s;   /* 0: realtime.attach_triggers() is not run */
 	long outbox_retention_s;
 	char *log_level;
 	char *log_format;

@@ -55,6 +55,7 @@ struct conn {
 	struct conn *next_dead;
 	void *authz_cache; /* owned by the authz module */
 	void *pending;     /* owned by the session module: joins waiting for replay */
+	void *dbident;     /* owned by the session module: the database identity lookup */
 };
 
 /* Module setup: the config outlives every connection; ctx is the lws context. */
@@ -107,7 +108,7 @@ enum conn_due_bits {
 	CONN_DUE_PING = 1u << 0,     /* silent for PING_INTERVAL_S (and not pinged since) */
 	CONN_DUE_AUTH = 1u << 1,     /* no auth frame within AUTH_TIMEOUT_S: close 4001 */
 	CONN_DUE_EXPIRING = 1u << 2, /* EXPIRY_WARN_S before exp: send token_expiring */
-	CONN_DUE_EXPIRED = 1u << 3,  /* exp + JWT_LEEWAY_S passed: close 4001 */
+	CONN_DUE_EXPIRED = 1u << 3,  /* exp + JWT_LEEWAY_S passed: close 4001 (never with keep) */
 	CONN_DUE_SILENT = 1u << 4,   /* silent for PONG_TIMEOUT_S: drop the socket */
 	CONN_DUE_STUCK = 1u << 5,    /* closing for too long: drop the socket */
 };

@@ -32,6 +32,9 @@ bool pgc_is_up(const struct pgc *pc);
  * server just succeeded, so the server is evidently back. why is logged. */
 void pgc_retry_now(struct pgc *pc, const char *why);
 uint64_t pgc_reconnects(const struct pgc *pc);
+/* Drops an up connection as if it had failed (hooks.down runs, a reconnect is scheduled): for a
+ * connection that answers queries but is evidently broken otherwise. why is logged. */
+void pgc_reconnect(struct pgc *pc, const char *why);
 
 /* Queues a parameterized query (text params, text results). Returns 0, or -1 when the
  * connection is down (cb is then not called). params are copied. */

@@ -34,6 +34,14 @@ typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, bool allowed, v
  * always called (check conn_alive there); c is held until then. */
 int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg);
 
+/* The identity answer: seller / client ids as decimal text ("" when the database has none);
+ * ok is false (err says why) when the lookup failed or timed out. */
+typedef void (*pgl_identity_fn)(struct conn *c, bool ok, const char *seller_id,
+                                const char *client_id, const char *err);
+/* Asks realtime.identity(claims) with a 3 s deadline. cb is always called once started (check
+ * conn_alive there); c is held until then. Returns -1 when PostgreSQL is not available. */
+int pgl_identity(struct conn *c, pgl_identity_fn cb);
+
 typedef void (*pgl_published_fn)(void *arg, long long id, const char *err);
 /* realtime.publish(event, ARRAY[room], data, meta) for POST /api/notify with persist. */
 int pgl_publish(const char *event, const char *room, const char *data_json, pgl_published_fn cb,

@@ -14,7 +14,8 @@ struct conn;
 void sess_setup(const struct config *cfg, const struct auth *auth);
 /* The connection finished its upgrade; c->ident is filled when it presented a valid token. */
 void sess_open(struct conn *c, int authenticated);
-/* Drops joins still waiting for replay (the connection is going away). */
+/* Drops joins still waiting for replay and messages waiting for the identity lookup (the
+ * connection is going away). */
 void sess_pending_clear(struct conn *c);
 /* One complete client text message. */
 void sess_message(struct conn *c, const char *data, size_t len);

@@ -815,6 +815,49 @@ fail:
 	return -1;
 }
 
+/* Gives id the seller and client ids it lacks (from the database, not the token): the packed
+ * strings are rebuilt, and claims_json, when kept, gains seller_id / client_id so a SQL policy
+ * sees the same identity. Ids the token carried are never replaced. */
+int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, const char *client_id)
+{
+	const char *vals[4];
+	char *old = id->strings;
+
+	if (!id->strings)
+		return -1;
+	vals[0] = id->user_id;
+	vals[1] = id->role;
+	vals[2] = id->seller_id[0] || !seller_id ? id->seller_id : seller_id;
+	vals[3] = id->client_id[0] || !client_id ? id->client_id : client_id;
+	if (vals[2] == id->seller_id && vals[3] == id->client_id)
+		return 0;
+	if (pack_strings(id, vals) < 0) {
+		/* pack_strings left the fields pointing into the old allocation. */
+		id->strings = old;
+		return -1;
+	}
+	free(old);
+	if (id->claims_json) {
+		struct json_object *o = json_tokener_parse(id->claims_json);
+		char *text = NULL;
+		if (o && json_object_is_type(o, json_type_object)) {
+			if (id->seller_id[0])
+				json_object_object_add(o, "seller_id",
+				                       json_object_new_string(id->seller_id));
+			if (id->client_id[0])
+				json_object_object_add(o, "client_id",
+				                       json_object_new_string(id->client_id));
+			text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+		}
+		json_object_put(o);
+		if (text) {
+			free(id->claims_json);
+			id->claims_json = text;
+		}
+	}
+	return 0;
+}
+
 bool auth_is_admin(const struct auth_identity *id)
 {
 	return id && id->role && !strcmp(id->role, "admin");

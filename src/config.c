@@ -53,6 +53,12 @@ static const struct opt opts[] = {
     {"PING_INTERVAL_S", I(ping_interval_s), "25", 1, 3600, "server ping interval"},
     {"PONG_TIMEOUT_S", I(pong_timeout_s), "60", 2, 7200, "close a peer silent this long"},
     {"AUTH_TIMEOUT_S", I(auth_timeout_s), "10", 1, 3600, "deadline for first-frame auth"},
+    {"TOKEN_EXPIRY_ACTION", S(token_expiry_action), "close", 0, 0,
+     "at exp + leeway: close (4001) or keep (checked at the handshake only)"},
+    {"LISTEN_PROBE_S", I(listen_probe_s), "30", 0, 3600,
+     "seconds between checks that the listener hears its own NOTIFY (0: off)"},
+    {"TRIGGER_CHECK_S", I(trigger_check_s), "10", 0, 3600,
+     "seconds between realtime.attach_triggers() runs (0: off)"},
     {"OUTBOX_RETENTION", D(outbox_retention_s), "24h", 60, 365L * 86400, "replay window"},
     {"LOG_LEVEL", S(log_level), "info", 0, 0, "debug, info, warn or error"},
     {"LOG_FORMAT", S(log_format), "json", 0, 0, "json or text"},
@@ -236,6 +242,13 @@ static int validate(struct config *cfg, FILE *err)
 	if (config_parse_rate(cfg->rate_limit, &cfg->rate_per_s, &cfg->rate_burst) < 0) {
 		fprintf(err, "roomcast: invalid RATE_LIMIT=%s: expected like 20/s,burst=40\n",
 		        cfg->rate_limit);
+		return -1;
+	}
+	if (!strcasecmp(cfg->token_expiry_action, "keep"))
+		cfg->token_expiry_keep = true;
+	else if (strcasecmp(cfg->token_expiry_action, "close")) {
+		fprintf(err, "roomcast: invalid TOKEN_EXPIRY_ACTION=%s: expected close or keep\n",
+		        cfg->token_expiry_action);
 		return -1;
 	}
 	if (cfg->pong_timeout_s <= cfg->ping_interval_s) {

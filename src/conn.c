@@ -366,7 +366,9 @@ unsigned conn_due(const struct conn *c, const struct config *cfg, uint32_t now, 
 			break;
 		if (!c->expiring_sent && wall >= auth_time_add(c->ident.exp, -CONN_EXPIRY_WARN_S))
 			due |= CONN_DUE_EXPIRING;
-		if (wall >= auth_time_add(c->ident.exp, cfg->jwt_leeway_s))
+		/* TOKEN_EXPIRY_ACTION=keep: the Go service checked exp at the handshake only. */
+		if (!cfg->token_expiry_keep &&
+		    wall >= auth_time_add(c->ident.exp, cfg->jwt_leeway_s))
 			due |= CONN_DUE_EXPIRED;
 		break;
 	}
@@ -398,7 +400,8 @@ uint32_t conn_next_due(const struct conn *c, const struct config *cfg, uint32_t 
 	}
 	if (next <= now)
 		next = now + 1;
-	if (c->state == CONN_OPEN && c->ident.exp) {
+	if (c->state == CONN_OPEN && c->ident.exp &&
+	    !(c->expiring_sent && cfg->token_expiry_keep)) {
 		/* Token times are wall-clock seconds: look again when the wall clock gets there. */
 		/* Saturating: exp is the token's, INT64_MAX included. */
 		long long at = c->expiring_sent ? auth_time_add(c->ident.exp, cfg->jwt_leeway_s)

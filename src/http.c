@@ -7,6 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pgl.h"
+#include "pgwatch.h"
 #include "proto.h"
 #include "room.h"
 
@@ -53,19 +54,26 @@ static void health(struct http_response *resp, bool ready_only)
 
 	resp->content_type = "application/json";
 	if (ready_only) {
+		/* A deaf listener or missing triggers do not make the replica unready: it still
+		 * serves clients, HTTP notify and Redis; the body says what is wrong. */
 		resp->status = healthy ? 200 : 503;
-		buf_printf(&resp->body, "{\"ready\":%s,\"postgres\":\"%s\",\"redis\":\"%s\"}",
+		buf_printf(&resp->body, "{\"ready\":%s,\"postgres\":\"%s\",\"redis\":\"%s\"",
 		           healthy ? "true" : "false", pg, redis);
+		pgw_health_json(&resp->body);
+		buf_puts(&resp->body, "}");
 		return;
 	}
+	healthy = healthy && !pgw_degraded();
 	resp->status = 200;
 	buf_printf(&resp->body,
 	           "{\"status\":\"%s\",\"service\":\"roomcast\",\"version\":\"%s\",\"node\":",
 	           healthy ? "healthy" : "degraded", g_version);
 	buf_json_str(&resp->body, g_cfg->node_id, strlen(g_cfg->node_id));
 	buf_printf(&resp->body,
-	           ",\"uptime_s\":%ld,\"connections\":%lld,\"postgres\":\"%s\",\"redis\":\"%s\"}",
+	           ",\"uptime_s\":%ld,\"connections\":%lld,\"postgres\":\"%s\",\"redis\":\"%s\"",
 	           (long)(time(NULL) - g_started), (long long)conn_count(), pg, redis);
+	pgw_health_json(&resp->body);
+	buf_puts(&resp->body, "}");
 }
 
 /* The bearer token of the request (from the header only: admin and notify tokens are never
@@ -214,6 +222,7 @@ static void render_metrics(struct http_response *resp)
 	family(b, "roomcast_postgres_notify_queue_usage", "gauge",
 	       "pg_notification_queue_usage() at the last heartbeat.");
 	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
+	pgw_metrics(b);
 
 	family(b, "roomcast_redis_up", "gauge",
 	       "Whether the Redis link (subscriber and publisher) is up (-1: not configured).");

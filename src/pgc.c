@@ -425,6 +425,12 @@ void pgc_stop(struct pgc *pc)
 	uv_close((uv_handle_t *)&pc->heartbeat, on_closed);
 }
 
+void pgc_reconnect(struct pgc *pc, const char *why)
+{
+	if (pc && pc->state == PGC_UP)
+		lose(pc, why);
+}
+
 bool pgc_is_up(const struct pgc *pc)
 {
 	return pc && pc->state == PGC_UP;

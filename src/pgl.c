@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pgc.h"
+#include "pgwatch.h"
 #include "proto.h"
 #include "router.h"
 #include "util.h"
@@ -271,7 +272,7 @@ static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
 	uint64_t xid;
 	bool large;
 
-	if (strcmp(n->relname, CHANNEL))
+	if (pgw_on_notify(n) || strcmp(n->relname, CHANNEL))
 		return;
 	o = parse_json(n->extra, strlen(n->extra));
 	if (!o || !json_object_object_get_ex(o, "id", &v)) {
@@ -484,6 +485,7 @@ static void on_listened(void *arg, const PGresult *res, const char *err)
 static void listener_up(struct pgc *pc, void *arg)
 {
 	pgc_query(pc, "LISTEN " CHANNEL, 0, NULL, QUERY_TIMEOUT_MS, on_listened, NULL);
+	pgw_listener_up();
 	/* After a restart the two connections back off independently; the query connection may
 	 * be seconds from its next attempt while the catch-up (and live events held behind it)
 	 * needs it now. The server is evidently back: skip the rest of its backoff. */
@@ -493,6 +495,7 @@ static void listener_up(struct pgc *pc, void *arg)
 static void listener_down(struct pgc *pc, void *arg)
 {
 	g_listening = false;
+	pgw_listener_down();
 	metrics.pg_reconnects++;
 	update_state();
 }
@@ -507,6 +510,7 @@ static void query_up(struct pgc *pc, void *arg)
 	flush_waiting(false);
 	if (g_need_catchup)
 		sweep(true);
+	pgw_query_up();
 }
 
 static void query_down(struct pgc *pc, void *arg)
@@ -554,6 +558,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop)
 	uv_timer_init(loop, &g_hold_timer);
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
+	pgw_start(cfg, loop, g_listen, g_query);
 	return 0;
 }
 
@@ -573,6 +578,7 @@ void pgl_stop(void)
 		conn_release(rp->c);
 		free(rp);
 	}
+	pgw_stop();
 	pgc_stop(g_listen);
 	pgc_stop(g_query);
 	g_listen = g_query = NULL;
@@ -790,6 +796,63 @@ int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg)
 	}
 	conn_hold(c);
 	return 0;
+}
+
+/* ---- identity from the database ---- */
+
+struct ident_req {
+	struct conn *c;
+	pgl_identity_fn cb;
+};
+
+/* realtime.identity answers {"seller_id": int|null, "client_id": int|null}. */
+static void on_identity(void *arg, const PGresult *res, const char *err)
+{
+	struct ident_req *ir = arg;
+	json_object *o = NULL, *v;
+	char seller[24] = "", client[24] = "";
+	bool ok = res && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
+	          (o = parse_json(PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0))) &&
+	          json_object_is_type(o, json_type_object);
+
+	if (ok && json_object_object_get_ex(o, "seller_id", &v) && json_object_get_int64(v) > 0)
+		snprintf(seller, sizeof(seller), "%lld", (long long)json_object_get_int64(v));
+	if (ok && json_object_object_get_ex(o, "client_id", &v) && json_object_get_int64(v) > 0)
+		snprintf(client, sizeof(client), "%lld", (long long)json_object_get_int64(v));
+	json_object_put(o);
+	ir->cb(ir->c, ok, seller, client, ok ? NULL : err ? err : "unexpected answer");
+	conn_release(ir->c);
+	free(ir);
+}
+
+int pgl_identity(struct conn *c, pgl_identity_fn cb)
+{
+	struct ident_req *ir;
+	json_object *o = NULL;
+	const char *p[1] = {c->ident.claims_json};
+	int rc = -1;
+
+	if (!pgc_is_up(g_query) || !(ir = calloc(1, sizeof(*ir))))
+		return -1;
+	if (!p[0]) {
+		/* Claims are kept only for AUTHZ=sql; the lookup needs just the subject and role.
+		 */
+		o = json_object_new_object();
+		json_object_object_add(o, "sub", json_object_new_string(c->ident.user_id));
+		json_object_object_add(o, "role", json_object_new_string(c->ident.role));
+		p[0] = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+	}
+	ir->c = c;
+	ir->cb = cb;
+	if (p[0] && pgc_query(g_query, "SELECT realtime.identity($1::jsonb)::text", 1, p,
+	                      POLICY_TIMEOUT_MS, on_identity, ir) == 0) {
+		conn_hold(c);
+		rc = 0;
+	} else {
+		free(ir);
+	}
+	json_object_put(o);
+	return rc;
 }
 
 /* ---- persistent notify ---- */

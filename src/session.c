@@ -59,6 +59,167 @@ static void join_auto(struct conn *c, const char *prefix, const char *id)
 		          "out of memory");
 }
 
+/*
+ * Identity from the database. The auth service's tokens carry no seller or client id (sub is a
+ * uuid), so with DATABASE_URL a connection whose token has neither asks realtime.identity(claims)
+ * once. Meanwhile the connection is already in its user/admins rooms (nothing for them is lost)
+ * and its messages wait here, in order, so a join of seller-<id> is decided with the answer
+ * rather than refused. A failed lookup is logged and retried at the next auth refresh.
+ */
+enum dbid_state { DBID_NONE = 0, DBID_PENDING, DBID_DONE, DBID_FAILED };
+
+struct held_msg {
+	struct held_msg *next;
+	size_t len;
+	char data[];
+};
+
+struct dbident {
+	enum dbid_state state;
+	char seller_id[24], client_id[24]; /* the answer ("" when the database has none) */
+	struct held_msg *head, *tail;
+	uint32_t held;
+};
+
+/* Messages a connection may send while its lookup is pending; more get rate_limited errors. */
+#define HELD_MAX 64
+
+static void dispatch(struct conn *c, const char *data, size_t len);
+
+static void join_seller_room(struct conn *c)
+{
+	char room[ROOM_NAME_MAX + 1];
+
+	if (strcmp(c->ident.role, "seller") || !c->ident.seller_id[0])
+		return;
+	snprintf(room, sizeof(room), "seller-%s", c->ident.seller_id);
+	if (!room_is_member(&c->member, room))
+		join_auto(c, "seller-", c->ident.seller_id);
+}
+
+/* Applies the looked-up ids to c's identity (a refreshed token has lost them again). */
+static void apply_dbident(struct conn *c)
+{
+	struct dbident *d = c->dbident;
+
+	if (auth_identity_fill_ids(&c->ident, d->seller_id, d->client_id) < 0)
+		log_error("auth_identity_fill_ids failed", "conn", c->id, "reason",
+		          "out of memory");
+}
+
+/* Runs the messages that waited for the lookup, unless one of them started another. */
+static void release_held(struct conn *c)
+{
+	struct dbident *d = c->dbident;
+
+	while (d->head && d->state != DBID_PENDING && conn_alive(c)) {
+		struct held_msg *h = d->head;
+		d->head = h->next;
+		if (!d->head)
+			d->tail = NULL;
+		d->held--;
+		dispatch(c, h->data, h->len);
+		free(h);
+	}
+}
+
+static void on_dbident(struct conn *c, bool ok, const char *seller_id, const char *client_id,
+                       const char *err)
+{
+	struct dbident *d;
+
+	if (!conn_alive(c) || !(d = c->dbident) || d->state != DBID_PENDING)
+		return;
+	if (!ok) {
+		char why[160];
+		snprintf(why, sizeof(why), "%s", err ? err : "unknown");
+		for (char *nl = strchr(why, '\n'); nl; nl = strchr(nl, '\n'))
+			*nl = ' ';
+		d->state = DBID_FAILED;
+		log_warn(
+		    "identity lookup failed: no seller/client rooms until the next auth refresh",
+		    "conn", c->id, "user", c->ident.user_id, "reason", why);
+	} else {
+		d->state = DBID_DONE;
+		snprintf(d->seller_id, sizeof(d->seller_id), "%s", seller_id);
+		snprintf(d->client_id, sizeof(d->client_id), "%s", client_id);
+		apply_dbident(c);
+		log_info("identity resolved from the database", "conn", c->id, "user",
+		         c->ident.user_id, "seller", seller_id[0] ? seller_id : NULL, "client",
+		         client_id[0] ? client_id : NULL);
+		join_seller_room(c);
+	}
+	release_held(c);
+}
+
+/* Starts (or, after a refresh, reapplies) the database identity of c when its token lacks one. */
+static void resolve_identity(struct conn *c)
+{
+	struct dbident *d = c->dbident;
+
+	if (!pgl_enabled() || auth_is_admin(&c->ident) || auth_is_service(&c->ident))
+		return;
+	if (d && d->state == DBID_DONE) {
+		apply_dbident(c);
+		join_seller_room(c);
+		return;
+	}
+	if (d && d->state == DBID_PENDING)
+		return;
+	if (c->ident.seller_id[0] || c->ident.client_id[0])
+		return; /* the token says who it is */
+	if (!d && !(d = c->dbident = calloc(1, sizeof(*d)))) {
+		log_error("identity lookup failed", "conn", c->id, "reason", "out of memory");
+		return;
+	}
+	d->state = DBID_PENDING;
+	if (pgl_identity(c, on_dbident) < 0) {
+		d->state = DBID_FAILED;
+		log_warn(
+		    "identity lookup failed: no seller/client rooms until the next auth refresh",
+		    "conn", c->id, "user", c->ident.user_id, "reason", "postgres is down");
+	}
+}
+
+/* True when msg was kept for after the lookup (or refused because too many wait). */
+static bool hold_message(struct conn *c, const char *data, size_t len)
+{
+	struct dbident *d = c->dbident;
+	struct held_msg *h;
+
+	if (!d || d->state != DBID_PENDING)
+		return false;
+	if (d->held >= HELD_MAX || !(h = malloc(sizeof(*h) + len))) {
+		reply_error(c, PROTO_RATE_LIMITED, "identity lookup in progress", NULL);
+		return true;
+	}
+	h->next = NULL;
+	h->len = len;
+	memcpy(h->data, data, len);
+	if (d->tail)
+		d->tail->next = h;
+	else
+		d->head = h;
+	d->tail = h;
+	d->held++;
+	return true;
+}
+
+static void dbident_free(struct conn *c)
+{
+	struct dbident *d = c->dbident;
+
+	if (!d)
+		return;
+	while (d->head) {
+		struct held_msg *h = d->head;
+		d->head = h->next;
+		free(h);
+	}
+	free(d);
+	c->dbident = NULL;
+}
+
 /* Enters the authenticated state with its automatic rooms; the caller arms the expiry. */
 static void become_open(struct conn *c)
 {
@@ -70,6 +231,7 @@ static void become_open(struct conn *c)
 		join_auto(c, "seller-", c->ident.seller_id);
 	log_info("client authenticated", "conn", c->id, "user", c->ident.user_id, "role",
 	         c->ident.role[0] ? c->ident.role : NULL);
+	resolve_identity(c);
 }
 
 void sess_open(struct conn *c, int authenticated)
@@ -138,6 +300,7 @@ void sess_pending_clear(struct conn *c)
 {
 	while (c->pending)
 		pending_end(c, (struct pending_join **)&c->pending, false, NULL, 0);
+	dbident_free(c);
 }
 
 void route_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
@@ -341,6 +504,9 @@ static void do_auth(struct conn *c, struct proto_msg *m)
 		}
 		auth_identity_clear(&c->ident);
 		c->ident = id;
+		/* The database ids first: rooms they grant must survive the recheck. A lookup that
+		 * failed is tried again here. */
+		resolve_identity(c);
 		recheck_rooms(c);
 		conn_reply(c, proto_authenticated(c->ident.exp));
 		arm_expiry(c);
@@ -375,15 +541,23 @@ static bool rate_ok(struct conn *c)
 
 void sess_message(struct conn *c, const char *data, size_t len)
 {
-	struct proto_msg m;
-	const char *detail;
-	enum proto_code rc;
-
 	if (!conn_alive(c))
 		return;
 	metrics.messages_in++;
 	if (!rate_ok(c))
 		return;
+	if (hold_message(c, data, len))
+		return;
+	dispatch(c, data, len);
+}
+
+/* One message, rate limit already taken. */
+static void dispatch(struct conn *c, const char *data, size_t len)
+{
+	struct proto_msg m;
+	const char *detail;
+	enum proto_code rc;
+
 	rc = proto_parse(data, len, &m, &detail);
 	if (rc != PROTO_OK) {
 		reply_error(c, rc, detail, m.room);
