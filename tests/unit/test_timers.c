@@ -237,6 +237,30 @@ START_TEST(test_due_token_expiry)
 }
 END_TEST
 
+START_TEST(test_due_token_expiry_keep)
+{
+	struct conn c;
+	long long wall = 1700000000;
+
+	cfg_defaults();
+	g_cfg.ping_interval_s = 1000;
+	g_cfg.pong_timeout_s = 2000;
+	g_cfg.token_expiry_keep = true;
+	memset(&c, 0, sizeof(c));
+	c.state = CONN_OPEN;
+	c.rx_at = 100;
+	c.ident.exp = wall + 100;
+	/* The warning is still sent 30 s before exp... */
+	ck_assert_uint_eq(conn_next_due(&c, &g_cfg, 100, wall), 170);
+	ck_assert_uint_eq(conn_due(&c, &g_cfg, 170, wall + 70), CONN_DUE_EXPIRING);
+	c.expiring_sent = true;
+	/* ...but nothing closes it: long past exp + leeway only liveness is due. */
+	ck_assert_uint_eq(conn_due(&c, &g_cfg, 1000, wall + 5000), 0);
+	ck_assert_uint_eq(conn_next_due(&c, &g_cfg, 190, wall + 90), 100 + 1000 + 1);
+	g_cfg.token_expiry_keep = false;
+}
+END_TEST
+
 START_TEST(test_due_closing_and_dead)
 {
 	struct conn c;
@@ -369,6 +393,7 @@ static Suite *timers_suite(void)
 	tcase_add_test(d, test_due_ping_then_silence);
 	tcase_add_test(d, test_due_auth_timeout);
 	tcase_add_test(d, test_due_token_expiry);
+	tcase_add_test(d, test_due_token_expiry_keep);
 	tcase_add_test(d, test_due_closing_and_dead);
 	suite_add_tcase(s, d);
 
