@@ -7,6 +7,7 @@
 #include "config.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct conn;
@@ -28,8 +29,22 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 /* After a token refresh: may c stay in room? Claims decide; rooms only a policy can grant are
  * kept when the policy allowed them for this connection (its cached verdict). */
 bool authz_still_allowed(struct conn *c, const char *room);
-/* Records a policy verdict for c (cached for the connection's lifetime). */
-void authz_cache_put(struct conn *c, const char *room, bool allowed);
+/* A policy check that got no answer (timeout, error): denies, cached only briefly. */
+#define AUTHZ_VERDICT_FAILED (-1)
+/* Verdicts kept per connection; past it the oldest denial (or expired one) gives way. */
+#define AUTHZ_CACHE_MAX 256
+/* Records a policy verdict for c: > 0 allowed, 0 denied, AUTHZ_VERDICT_FAILED. Joins reuse it
+ * for 5 s (failed), 60 s (denied) or 300 s (allowed), then ask again. */
+void authz_cache_put(struct conn *c, const char *room, int verdict);
+/* Number of verdicts cached for c (for tests). */
+uint32_t authz_cache_count(const struct conn *c);
+
+/* True for rooms that are receive-only for ordinary users (product-<id>, sellers, clients,
+ * admin, admins). */
+bool authz_room_is_public(const char *room);
+/* May id broadcast into room (of which it is a member)? Receive-only rooms refuse users that
+ * are neither admin nor service, unless the token's "rooms" claim names the room. */
+bool authz_may_broadcast(const struct auth_identity *id, const char *room);
 /* Frees the connection's verdict cache. */
 void authz_cache_free(struct conn *c);
 

@@ -29,9 +29,10 @@ typedef void (*pgl_replay_fn)(struct conn *c, const char *room, bool ok, bool re
  * Returns 0 when started, -1 when PostgreSQL is not available (cb not called). */
 int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb);
 
-typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, bool allowed, void *arg);
-/* Asks realtime.can_join(claims, room) with a 3 s deadline; a failure or timeout denies. cb is
- * always called (check conn_alive there); c is held until then. */
+/* verdict: 1 allowed, 0 denied, -1 no answer (the query failed or timed out). */
+typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, int verdict, void *arg);
+/* Asks realtime.can_join(claims, room) with a 3 s deadline; a failure or timeout denies (-1).
+ * cb is always called (check conn_alive there); c is held until then. */
 int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg);
 
 /* The identity answer: seller / client ids as decimal text ("" when the database has none);

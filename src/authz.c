@@ -6,16 +6,22 @@
 #include "log.h"
 #include "pgl.h"
 #include "room.h"
+#include "util.h"
 
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* Policy verdicts of one connection: few rooms per connection, so a flat array. */
+/* Policy verdicts of one connection: a flat array of at most AUTHZ_CACHE_MAX. A verdict is
+ * reused for a join until it expires: a failed check (timeout, error) only briefly, so a
+ * policy that was slow once does not lock the user out for the connection's lifetime. */
 struct verdict {
 	char room[ROOM_NAME_MAX + 1];
 	bool allowed;
+	bool failed;         /* the check timed out or failed: a denial, not an answer */
+	uint64_t at_ns;      /* when it was recorded (util_now_ns) */
+	uint64_t expires_ns; /* joins ask the policy again from then on */
 };
 
 struct verdict_cache {
@@ -28,6 +34,11 @@ static uv_loop_t *g_loop;
 
 /* SPEC §6: both policies answer within 3 s or deny. */
 #define POLICY_TIMEOUT_MS 3000
+/* How long a verdict answers joins without asking again: a failure briefly, a real answer
+ * longer (ownership changes rarely; a refresh keeps rooms by the verdict that let them in). */
+#define FAILED_TTL_S  5
+#define DENIED_TTL_S  60
+#define ALLOWED_TTL_S 300
 
 void authz_setup(const struct config *cfg, uv_loop_t *loop)
 {
@@ -70,14 +81,14 @@ struct ask {
 
 static struct verdict *cache_find(struct conn *c, const char *room);
 
-static void on_policy(struct conn *c, const char *room, bool allowed, void *arg)
+static void on_policy(struct conn *c, const char *room, int verdict, void *arg)
 {
 	struct ask a = *(struct ask *)arg;
 
 	free(arg);
 	if (conn_alive(c))
-		authz_cache_put(c, room, allowed);
-	a.cb(c, room, allowed, a.arg);
+		authz_cache_put(c, room, verdict);
+	a.cb(c, room, verdict > 0, a.arg);
 }
 
 /* The backend answers {"allowed":true}; anything else, any other status, or no answer in time
@@ -86,6 +97,7 @@ static void on_backend(void *arg, int status, const char *body, size_t len, cons
 {
 	struct ask *a = arg;
 	bool allowed = false;
+	int verdict;
 
 	if (status == 200 && body) {
 		json_object *o = json_tokener_parse(body), *v;
@@ -98,8 +110,13 @@ static void on_backend(void *arg, int status, const char *body, size_t len, cons
 		log_warn("backend policy failed", "room", a->room, "status", st, "reason",
 		         err ? err : "unexpected status");
 	}
+	/* No answer, or a server error: a failure, cached briefly. Any other status is the
+	 * backend's denial. */
+	verdict = status == 200                    ? allowed
+	          : (status <= 0 || status >= 500) ? AUTHZ_VERDICT_FAILED
+	                                           : 0;
 	if (conn_alive(a->c))
-		authz_cache_put(a->c, a->room, allowed);
+		authz_cache_put(a->c, a->room, verdict);
 	a->cb(a->c, a->room, allowed, a->arg);
 	conn_release(a->c);
 	free(a);
@@ -134,7 +151,7 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 		return r;
 	if (g_cfg->authz_mode == AUTHZ_CLAIMS)
 		return AUTHZ_DENY;
-	if ((v = cache_find(c, room)))
+	if ((v = cache_find(c, room)) && util_now_ns() < v->expires_ns)
 		return v->allowed ? AUTHZ_ALLOW : AUTHZ_DENY;
 	if (!(a = calloc(1, sizeof(*a))))
 		return AUTHZ_DENY;
@@ -168,15 +185,40 @@ static struct verdict *cache_find(struct conn *c, const char *room)
 	return NULL;
 }
 
-void authz_cache_put(struct conn *c, const char *room, bool allowed)
+/* The entry to overwrite in a full cache: an expired one, else the oldest that did not let
+ * the connection in (so rooms it is in keep their verdict for a refresh), else the oldest. */
+static struct verdict *cache_victim(struct verdict_cache *vc, uint64_t now)
+{
+	struct verdict *best = NULL;
+	int best_rank = 3;
+
+	for (uint32_t i = 0; i < vc->count; i++) {
+		struct verdict *v = &vc->v[i];
+		int rank = now >= v->expires_ns ? 0 : !v->allowed ? 1 : 2;
+		if (rank < best_rank || (rank == best_rank && v->at_ns < best->at_ns)) {
+			best = v;
+			best_rank = rank;
+		}
+	}
+	return best;
+}
+
+void authz_cache_put(struct conn *c, const char *room, int verdict)
 {
 	struct verdict_cache *vc = c->authz_cache;
 	struct verdict *v = cache_find(c, room);
+	uint64_t now = util_now_ns();
+	unsigned ttl_s;
 
-	if (!v) {
+	if (!v && vc && vc->count == AUTHZ_CACHE_MAX) {
+		v = cache_victim(vc, now);
+	} else if (!v) {
 		if (!vc || vc->count == vc->cap) {
 			uint32_t ncap = vc ? vc->cap * 2 : 4;
-			struct verdict_cache *n = realloc(vc, sizeof(*n) + ncap * sizeof(n->v[0]));
+			struct verdict_cache *n;
+			if (ncap > AUTHZ_CACHE_MAX)
+				ncap = AUTHZ_CACHE_MAX;
+			n = realloc(vc, sizeof(*n) + ncap * sizeof(n->v[0]));
 			if (!n)
 				return; /* uncached: the policy is simply asked again next time */
 			if (!vc)
@@ -185,15 +227,50 @@ void authz_cache_put(struct conn *c, const char *room, bool allowed)
 			c->authz_cache = vc = n;
 		}
 		v = &vc->v[vc->count++];
-		snprintf(v->room, sizeof(v->room), "%s", room);
 	}
-	v->allowed = allowed;
+	snprintf(v->room, sizeof(v->room), "%s", room);
+	v->allowed = verdict > 0;
+	v->failed = verdict < 0;
+	ttl_s = v->failed ? FAILED_TTL_S : v->allowed ? ALLOWED_TTL_S : DENIED_TTL_S;
+	v->at_ns = now;
+	v->expires_ns = now + (uint64_t)ttl_s * 1000000000ull;
+}
+
+uint32_t authz_cache_count(const struct conn *c)
+{
+	const struct verdict_cache *vc = c->authz_cache;
+	return vc ? vc->count : 0;
 }
 
 void authz_cache_free(struct conn *c)
 {
 	free(c->authz_cache);
 	c->authz_cache = NULL;
+}
+
+/* Rooms whose readers are not their writers: product-<id> (any authenticated user may join it
+ * by the claim rules, SPEC §6), the role-wide rooms the n8n workflows post to (sellers,
+ * clients, admin; any user of the role may join them) and admins. Events come from the
+ * database or notify; members only listen. */
+bool authz_room_is_public(const char *room)
+{
+	if (!strncmp(room, "product-", 8) && room[8])
+		return true;
+	return !strcmp(room, "sellers") || !strcmp(room, "clients") || !strcmp(room, "admin") ||
+	       !strcmp(room, "admins");
+}
+
+bool authz_may_broadcast(const struct auth_identity *id, const char *room)
+{
+	if (auth_is_admin(id) || auth_is_service(id))
+		return true;
+	if (!authz_room_is_public(room))
+		return true;
+	/* The token's issuer may still name such a room for this user on purpose. */
+	for (size_t i = 0; i < id->n_rooms; i++)
+		if (room_pattern_match(id->rooms[i], room))
+			return true;
+	return false;
 }
 
 bool authz_still_allowed(struct conn *c, const char *room)

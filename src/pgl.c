@@ -768,12 +768,12 @@ struct verdict_req {
 static void on_verdict(void *arg, const PGresult *res, const char *err)
 {
 	struct verdict_req *vr = arg;
-	bool allowed = res && PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+	int verdict = !res ? -1 : PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
 
 	if (!res)
 		log_warn("realtime.can_join failed", "conn", vr->c->id, "room", vr->room, "reason",
 		         err);
-	vr->cb(vr->c, vr->room, allowed, vr->arg);
+	vr->cb(vr->c, vr->room, verdict, vr->arg);
 	conn_release(vr->c);
 	free(vr);
 }

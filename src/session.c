@@ -453,6 +453,10 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 		reply_error(c, PROTO_NOT_MEMBER, "join the room before broadcasting", m->room);
 		return;
 	}
+	if (!authz_may_broadcast(&c->ident, m->room)) {
+		reply_error(c, PROTO_FORBIDDEN, "this room is receive-only", m->room);
+		return;
+	}
 	/* Ephemeral ids are strings, unique across replicas by the node prefix. */
 	snprintf(id, sizeof(id), "%s-%llu", g_cfg->node_id, (unsigned long long)++g_broadcast_seq);
 	util_timestamp(ts);
