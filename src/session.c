@@ -144,9 +144,10 @@ static void on_dbident(struct conn *c, bool ok, const char *seller_id, const cha
 		snprintf(d->seller_id, sizeof(d->seller_id), "%s", seller_id);
 		snprintf(d->client_id, sizeof(d->client_id), "%s", client_id);
 		apply_dbident(c);
-		log_info("identity resolved from the database", "conn", c->id, "user",
-		         c->ident.user_id, "seller", seller_id[0] ? seller_id : NULL, "client",
-		         client_id[0] ? client_id : NULL);
+		log_write(seller_id[0] || client_id[0] ? LOG_INFO : LOG_DEBUG,
+		          "identity resolved from the database", "conn", c->id, "user",
+		          c->ident.user_id, "seller", seller_id[0] ? seller_id : NULL, "client",
+		          client_id[0] ? client_id : NULL, (const char *)0);
 		join_seller_room(c);
 	}
 	release_held(c);
