@@ -24,9 +24,14 @@ struct config {
 	char *ws_origins;
 	char *backend_url;
 	char *notify_token;
+	char *notify_allow_from; /* CIDR list, validated here, parsed by http.c */
 	long notify_max_bytes;
 	long max_connections;
 	long max_connections_per_ip;
+	long max_http_connections;
+	long max_http_connections_per_ip;
+	long http_body_timeout_s;
+	long http_idle_timeout_s;
 	long max_message_size;
 	long send_queue_max_bytes;
 	char *rate_limit;

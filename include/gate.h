@@ -1,7 +1,8 @@
 /* The front door: owns the listening socket on the libuv loop, reads each connection's first
  * request head within a deadline and size limit, refuses what must be refused (401, 403, 404,
  * 429, 503, 431, 400) before anything is allocated for it, strips tokens and h2c upgrades, and
- * hands the socket to libwebsockets with a ticket describing what it already checked. */
+ * hands the socket to libwebsockets with a ticket describing what it already checked. Counts
+ * every connection from accept to close and closes any that passes its phase's deadline. */
 #ifndef ROOMCAST_GATE_H
 #define ROOMCAST_GATE_H
 
@@ -11,15 +12,35 @@
 
 #include <libwebsockets.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
-/* What the gate learned about an accepted WebSocket upgrade, keyed by its socket. */
+/* Where an accepted connection is in its life. Each phase but GATE_WS has an absolute deadline
+ * that no byte resets: the head (HEADER_TIMEOUT_S from accept, which also bounds the WebSocket
+ * handshake), a request body and its answer (HTTP_BODY_TIMEOUT_S from the end of the head) and
+ * an idle keep-alive connection's next head (HTTP_IDLE_TIMEOUT_S from the last answer). */
+enum gate_phase { GATE_HEAD = 0, GATE_HTTP, GATE_IDLE, GATE_UPGRADE, GATE_WS, GATE_PHASES };
+
+/*
+ * One accepted TCP connection, counted from accept to close: in the HTTP budget
+ * (MAX_HTTP_CONNECTIONS, MAX_HTTP_CONNECTIONS_PER_IP) until its upgrade is admitted, then in the
+ * WebSocket one (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP). The gate owns it while it reads the
+ * head; from the hand-off it belongs to the lws connection (its opaque user data, never a
+ * descriptor number, which lws clears before its last callback and the kernel reuses) and is
+ * freed with gate_ticket_close from LWS_CALLBACK_WSI_DESTROY.
+ */
 struct gate_ticket {
-	int fd;
+	enum gate_phase phase;
+	bool ws; /* counted in the WebSocket budget */
 	bool authenticated;
 	bool batch;
-	const char *ip; /* the per-address slot's own copy: valid while the slot is held */
-	struct auth_identity ident; /* valid when authenticated */
+	const char *ip;             /* the per-address entry's copy: valid until close */
+	struct auth_identity ident; /* valid when authenticated; attach_conn takes it */
+	struct lws *wsi;            /* NULL while the gate holds the socket */
+	uint64_t deadline_ms;       /* on the loop's clock; 0: none */
+	uint64_t opened_ms;
+	struct gate_ticket *dprev, *dnext; /* the deadline list (tickets in lws) */
+	void *ipe;                         /* the per-address entry */
 };
 
 /* What the admission checks need from a WebSocket upgrade request (pointers into the
@@ -41,22 +62,28 @@ struct gate_refusal {
 };
 
 /* The checks every WebSocket upgrade passes, in order: path /ws, key, Origin, total and
- * per-address capacity, token (SPEC §3 order). Returns a ticket with its per-address slot
- * taken (free with gate_ticket_free(t, true) if it is not used), or NULL and *ref. */
-struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate_refusal *ref);
+ * per-address capacity, token (SPEC §3 order). On success moves t into the WebSocket budget,
+ * records what it learned (identity, batch) and returns 0; else -1 and *ref. */
+int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_refusal *ref);
 
-/* Keeps cfg and auth (they outlive the gate) for gate_admit and the listener. */
-int gate_setup(const struct config *cfg, const struct auth *auth);
+/* Counts a connection lws accepted itself (TLS) from ip: NULL and *ref when a budget is full. */
+struct gate_ticket *gate_ticket_open(const char *ip, struct gate_refusal *ref);
+/* The ticket of the socket being handed to lws right now (the gate calls lws's adopt, which
+ * reports the new connection before it returns); NULL when none. The caller binds it to the
+ * wsi at once. */
+struct gate_ticket *gate_ticket_claim(void);
+/* Ties t to wsi, so its deadlines can close it. */
+void gate_ticket_bind(struct gate_ticket *t, struct lws *wsi);
+/* Enters phase and sets its absolute deadline (ms from now; 0: none). */
+void gate_ticket_phase(struct gate_ticket *t, enum gate_phase phase, long ms);
+/* The connection is gone: releases its budget slots and frees t. */
+void gate_ticket_close(struct gate_ticket *t);
+
+/* Keeps cfg and auth (they outlive the gate) and starts the deadline sweep on loop. */
+int gate_setup(const struct config *cfg, const struct auth *auth, uv_loop_t *loop);
 /* Opens the listening socket (plain HTTP mode) and hands accepted sockets to vhost. */
-int gate_start(uv_loop_t *loop, struct lws_vhost *vhost);
-/* Stops accepting; connections still being read are closed. */
+int gate_start(struct lws_vhost *vhost);
+/* Stops accepting and the deadline sweep; connections still being read are closed. */
 void gate_stop(void);
-
-/* Removes and returns the ticket for fd (NULL if none). The caller owns it: free with
- * gate_ticket_free, which keeps the per-address slot unless release_ip is set. */
-struct gate_ticket *gate_ticket_take(int fd);
-void gate_ticket_free(struct gate_ticket *t, bool release_ip);
-/* A WebSocket client from ip went away: frees its per-address slot. */
-void gate_ip_release(const char *ip);
 
 #endif

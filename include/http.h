@@ -16,6 +16,7 @@ struct http_request {
 	const char *query;         /* without '?', may be "" */
 	const char *authorization; /* may be NULL */
 	const char *content_type;  /* may be NULL */
+	const char *peer;          /* TCP peer address (inet_ntop form), NULL when unknown */
 	long content_length;       /* -1 when absent */
 	const char *body;
 	size_t body_len;
@@ -34,7 +35,8 @@ struct http_response {
 
 void http_setup(const struct config *cfg, const struct auth *auth, const char *version);
 /* Whether the body of this request should be read (POST to a path that takes one). Fills resp
- * and returns false when the request is refused before its body (405, 413, 415, 404). */
+ * and returns false when the request is refused before its body (405, 401/403 for a notify
+ * without a valid credential, 415, 413), so no body byte is read for a refused request. */
 bool http_wants_body(const struct http_request *req, struct http_response *resp);
 /* Handles a complete request. */
 void http_handle(const struct http_request *req, struct http_response *resp);

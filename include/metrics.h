@@ -50,6 +50,9 @@ struct metrics {
 	uint64_t redis_reconnects, redis_publish_failures;
 	int redis_up;
 	uint64_t http_requests[6];                 /* by status class 1xx..5xx, index 0 unused */
+	/* The gate's budgets: every accepted TCP connection, from accept to close. */
+	int64_t open_http, open_ws, open_addresses;
+	uint64_t deadline_closes[5]; /* by enum gate_phase: closed at an absolute deadline */
 	uint64_t lat_buckets[METRICS_LAT_BUCKETS]; /* notify-to-send seconds histogram */
 	double lat_sum;
 	uint64_t lat_count;

@@ -2,6 +2,7 @@
  * --help and validation. Adding an option is one row here plus one field in struct config. */
 #include "config.h"
 #include "auth.h"
+#include "cidr.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -42,10 +43,20 @@ static const struct opt opts[] = {
     {"WS_ORIGINS", S(ws_origins), NULL, 0, 0, "comma list of allowed Origins"},
     {"BACKEND_URL", S(backend_url), NULL, 0, 0, "room authorization over HTTP"},
     {"NOTIFY_TOKEN", S(notify_token), NULL, 0, 0, "shared secret for POST /api/notify"},
+    {"NOTIFY_ALLOW_FROM", S(notify_allow_from), NULL, 0, 0,
+     "comma list of CIDRs whose TCP peers may POST /api/notify without a credential"},
     {"NOTIFY_MAX_BYTES", I(notify_max_bytes), "65536", 64, 16 << 20, "max notify body"},
     {"MAX_CONNECTIONS", I(max_connections), "10000", 1, 10000000, "WebSocket clients"},
     {"MAX_CONNECTIONS_PER_IP", I(max_connections_per_ip), "1000", 1, 10000000,
      "WebSocket clients per address"},
+    {"MAX_HTTP_CONNECTIONS", I(max_http_connections), "512", 1, 1000000,
+     "connections not (yet) a WebSocket: request heads, HTTP, keep-alive"},
+    {"MAX_HTTP_CONNECTIONS_PER_IP", I(max_http_connections_per_ip), "64", 1, 1000000,
+     "connections not (yet) a WebSocket per address"},
+    {"HTTP_BODY_TIMEOUT_S", I(http_body_timeout_s), "10", 1, 600,
+     "absolute deadline for a request body and its answer, from the end of its head"},
+    {"HTTP_IDLE_TIMEOUT_S", I(http_idle_timeout_s), "15", 1, 3600,
+     "absolute deadline for the next complete request head on a kept-alive connection"},
     {"MAX_MESSAGE_SIZE", I(max_message_size), "8192", 64, 16 << 20, "bytes per client message"},
     {"SEND_QUEUE_MAX_BYTES", I(send_queue_max_bytes), "1048576", 1024, 1 << 30,
      "per-connection outbound budget"},
@@ -238,6 +249,23 @@ static int validate(struct config *cfg, FILE *err)
 		        "roomcast: invalid JWT_SECRET: shorter than 32 bytes is refused outside "
 		        "ENVIRONMENT=development\n");
 		return -1;
+	}
+	if (is_set(cfg->notify_token) && strlen(cfg->notify_token) < 32 && cfg->production) {
+		fprintf(err,
+		        "roomcast: invalid NOTIFY_TOKEN: shorter than 32 bytes is refused when "
+		        "ENVIRONMENT=production\n");
+		return -1;
+	}
+	{
+		struct cidr_list l;
+		if (cidr_list_parse(cfg->notify_allow_from, &l) < 0) {
+			fprintf(err,
+			        "roomcast: invalid NOTIFY_ALLOW_FROM=%s: expected a comma list of "
+			        "CIDRs like 10.0.0.0/8,::1/128\n",
+			        cfg->notify_allow_from);
+			return -1;
+		}
+		cidr_list_free(&l);
 	}
 	if (config_parse_rate(cfg->rate_limit, &cfg->rate_per_s, &cfg->rate_burst) < 0) {
 		fprintf(err, "roomcast: invalid RATE_LIMIT=%s: expected like 20/s,burst=40\n",

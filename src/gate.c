@@ -1,8 +1,9 @@
 /* The listening socket, first-request-head reading with deadline and size limit, early refusals
- * with exact HTTP answers, per-address and total connection accounting, and the hand-off of
- * accepted sockets to lws. lws never sees a token or an h2c upgrade. */
+ * with exact HTTP answers, per-address and total accounting of every connection from accept to
+ * close, the absolute deadlines of each phase, and the hand-off of accepted sockets to lws.
+ * lws never sees a token or an h2c upgrade. */
 #include "gate.h"
-#include "conn.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "util.h"
@@ -20,7 +21,7 @@
 #include <unistd.h>
 #include <uthash.h>
 
-enum pend_state { PEND_READING, PEND_LINGER, PEND_HANDOFF, PEND_CLOSED };
+enum pend_state { PEND_READING, PEND_LINGER, PEND_HANDOFF, PEND_CLOSED, PEND_LINGER_DONE };
 
 /* A socket the gate is still reading (or draining after a refusal). */
 struct pending {
@@ -34,18 +35,14 @@ struct pending {
 	size_t len;
 	char *out; /* rewritten head handed to lws */
 	size_t out_len;
+	struct gate_ticket *t; /* NULL once refused (lingering) or handed off */
 	struct pending *prev, *next;
 };
 
-struct ticket_entry {
-	int fd;
-	struct gate_ticket *t;
-	UT_hash_handle hh;
-};
-
+/* Connections from one address, by budget. */
 struct ip_entry {
 	char ip[48];
-	long count;
+	long http, ws;
 	UT_hash_handle hh;
 };
 
@@ -57,21 +54,34 @@ static uv_poll_t g_listen_poll;
 static int g_listen_fd = -1;
 static int g_spare_fd = -1;
 static struct pending *g_pending;
-static long g_npending;
-static struct ticket_entry *g_tickets;
-static long g_ntickets;
+static long g_npending, g_nlinger;
 static struct ip_entry *g_ips;
+static long g_nips;
+/* Connections in each budget, and the tickets in lws with a deadline (oldest first). */
+static long g_nhttp, g_nws;
+static struct gate_ticket *g_dl_head, *g_dl_tail;
+static uv_timer_t g_sweep;
+static bool g_sweeping;
+/* The ticket being handed to lws (see gate_ticket_claim). */
+static struct gate_ticket *g_handoff;
 /* One buffer for every head: heads are peeked, parsed, rewritten and consumed within a single
  * readable callback, so no socket needs a buffer of its own while it waits. */
 static char *g_head;
 
-/* Upper bound on sockets the gate reads at once, so slow handshakes cannot exhaust fds. */
-#define MAX_PENDING 4096
-#define LINGER_MS   1000
+#define LINGER_MS 1000
+/* How often deadlines of connections in lws are checked: a deadline is kept to within this. */
+#define SWEEP_MS 200
 /* Unsent bytes the kernel may hold per client socket (see start_pending). */
 #define GATE_NOTSENT_LOWAT 16384
 
 static void pend_close(struct pending *p);
+
+/* Refused sockets drained at once; beyond it a refusal is sent and the socket closed. */
+static long linger_max(void)
+{
+	long n = g_cfg->max_http_connections / 8;
+	return n < 4 ? 4 : n;
+}
 
 static struct ip_entry *ip_find(const char *ip)
 {
@@ -80,54 +90,149 @@ static struct ip_entry *ip_find(const char *ip)
 	return e;
 }
 
-/* Takes a slot for ip; the entry's copy of the address is what tickets and connections keep
- * (it lives as long as any slot is held). NULL when out of memory. */
-static struct ip_entry *ip_acquire(const char *ip)
+static void publish_counts(void)
 {
-	struct ip_entry *e = ip_find(ip);
-	if (!e) {
-		e = calloc(1, sizeof(*e));
-		if (!e)
-			return NULL;
-		snprintf(e->ip, sizeof(e->ip), "%s", ip);
-		HASH_ADD_STR(g_ips, ip, e);
-	}
-	e->count++;
-	return e;
+	metrics.open_http = g_nhttp;
+	metrics.open_ws = g_nws;
+	metrics.open_addresses = g_nips;
 }
 
-void gate_ip_release(const char *ip)
+static void dl_unlink(struct gate_ticket *t)
 {
-	struct ip_entry *e = ip_find(ip);
-	if (e && --e->count <= 0) {
-		HASH_DEL(g_ips, e);
-		free(e);
-	}
+	if (!t->deadline_ms)
+		return;
+	if (t->dprev)
+		t->dprev->dnext = t->dnext;
+	else
+		g_dl_head = t->dnext;
+	if (t->dnext)
+		t->dnext->dprev = t->dprev;
+	else
+		g_dl_tail = t->dprev;
+	t->dprev = t->dnext = NULL;
+	t->deadline_ms = 0;
 }
 
-struct gate_ticket *gate_ticket_take(int fd)
+static long http_cap_per_ip(void)
 {
-	struct ticket_entry *e;
+	return g_cfg->max_http_connections_per_ip;
+}
+
+struct gate_ticket *gate_ticket_open(const char *ip, struct gate_refusal *ref)
+{
+	struct ip_entry *e = ip_find(ip);
 	struct gate_ticket *t;
 
-	HASH_FIND_INT(g_tickets, &fd, e);
-	if (!e)
+	if (e && e->http >= http_cap_per_ip()) {
+		*ref =
+		    (struct gate_refusal){429, "Too Many Requests",
+		                          "too many connections from this address", REFUSE_PER_IP};
 		return NULL;
-	HASH_DEL(g_tickets, e);
-	t = e->t;
-	free(e);
-	g_ntickets--;
+	}
+	if (g_nhttp >= g_cfg->max_http_connections) {
+		*ref = (struct gate_refusal){503, "Service Unavailable", "too many connections",
+		                             REFUSE_CAPACITY};
+		return NULL;
+	}
+	t = calloc(1, sizeof(*t));
+	if (t && !e && (e = calloc(1, sizeof(*e)))) {
+		snprintf(e->ip, sizeof(e->ip), "%s", ip);
+		HASH_ADD_STR(g_ips, ip, e);
+		g_nips++;
+	}
+	if (!t || !e) {
+		free(t);
+		*ref = (struct gate_refusal){503, "Service Unavailable", "out of memory",
+		                             REFUSE_CAPACITY};
+		return NULL;
+	}
+	e->http++;
+	g_nhttp++;
+	t->ipe = e;
+	t->ip = e->ip;
+	t->opened_ms = uv_now(g_loop);
+	publish_counts();
 	return t;
 }
 
-void gate_ticket_free(struct gate_ticket *t, bool release_ip)
+void gate_ticket_close(struct gate_ticket *t)
 {
+	struct ip_entry *e;
+
 	if (!t)
 		return;
-	if (release_ip)
-		gate_ip_release(t->ip);
+	e = t->ipe;
+	dl_unlink(t);
+	if (t->ws) {
+		e->ws--;
+		g_nws--;
+	} else {
+		e->http--;
+		g_nhttp--;
+	}
+	if (e->ws <= 0 && e->http <= 0) {
+		HASH_DEL(g_ips, e);
+		free(e);
+		g_nips--;
+	}
 	auth_identity_clear(&t->ident);
 	free(t);
+	publish_counts();
+}
+
+struct gate_ticket *gate_ticket_claim(void)
+{
+	struct gate_ticket *t = g_handoff;
+	g_handoff = NULL;
+	return t;
+}
+
+void gate_ticket_bind(struct gate_ticket *t, struct lws *wsi)
+{
+	t->wsi = wsi;
+}
+
+void gate_ticket_phase(struct gate_ticket *t, enum gate_phase phase, long ms)
+{
+	dl_unlink(t);
+	t->phase = phase;
+	if (ms <= 0)
+		return;
+	/* Deadlines of one length are set in time order, so appending keeps the list nearly
+	 * sorted; the sweep still looks at every entry (see sweep). */
+	t->deadline_ms = uv_now(g_loop) + (uint64_t)ms;
+	t->dprev = g_dl_tail;
+	t->dnext = NULL;
+	if (g_dl_tail)
+		g_dl_tail->dnext = t;
+	else
+		g_dl_head = t;
+	g_dl_tail = t;
+}
+
+/* Closes every connection in lws past its deadline. lws restarts its own timeouts on every
+ * byte (a body chunk, a header fragment), so these are the ones that bound a slow peer. The
+ * kill is asynchronous (the ticket goes with the wsi in LWS_CALLBACK_WSI_DESTROY); waking lws
+ * makes it happen now. The list mixes deadline lengths, so it is walked whole: it only holds
+ * connections that are not WebSockets, at most MAX_HTTP_CONNECTIONS plus upgrades in flight. */
+static void sweep(uv_timer_t *h)
+{
+	uint64_t now = uv_now(g_loop);
+	struct lws_context *ctx = NULL;
+	struct gate_ticket *t = g_dl_head, *next;
+
+	for (; t; t = next) {
+		next = t->dnext;
+		if (t->deadline_ms > now || !t->wsi)
+			continue;
+		metrics.deadline_closes[t->phase]++;
+		log_debug("connection deadline passed", "ip", t->ip);
+		dl_unlink(t);
+		lws_set_timeout(t->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+		ctx = lws_get_context(t->wsi);
+	}
+	if (ctx)
+		lws_cancel_service(ctx);
 }
 
 /* ---- pending sockets ---- */
@@ -139,17 +244,27 @@ static void on_handle_closed(uv_handle_t *h)
 	if (--p->closing_handles)
 		return;
 	if (p->state == PEND_HANDOFF) {
-		/* lws takes over the socket from here; the rewritten head is read first. */
-		struct lws *wsi =
-		    lws_adopt_socket_vhost_readbuf(g_vhost, p->fd, p->out, p->out_len);
-		if (!wsi) {
-			struct gate_ticket *t = gate_ticket_take(p->fd);
-			gate_ticket_free(t, true);
-			log_warn("lws_adopt_socket_vhost_readbuf failed", "ip", p->ip);
+		/* lws takes over the socket from here; the rewritten head is read first. lws
+		 * reports the new connection (LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED, where
+		 * the ticket is claimed and bound to the wsi) before adopt returns, and may run
+		 * its whole handshake inside the call. */
+		struct lws *wsi;
+		g_handoff = p->t;
+		p->t = NULL;
+		wsi = lws_adopt_socket_vhost_readbuf(g_vhost, p->fd, p->out, p->out_len);
+		if (g_handoff) {
+			/* Not claimed: lws failed before it had a connection (and closed fd). */
+			gate_ticket_close(g_handoff);
+			g_handoff = NULL;
 		}
+		if (!wsi)
+			log_warn("lws_adopt_socket_vhost_readbuf failed", "ip", p->ip);
 	} else {
 		close(p->fd);
 	}
+	if (p->state == PEND_LINGER_DONE)
+		g_nlinger--;
+	gate_ticket_close(p->t);
 	free(p->out);
 	free(p);
 }
@@ -158,7 +273,9 @@ static void pend_close(struct pending *p)
 {
 	if (p->state == PEND_CLOSED || p->closing_handles)
 		return;
-	if (p->state != PEND_HANDOFF)
+	if (p->state == PEND_LINGER)
+		p->state = PEND_LINGER_DONE; /* on_handle_closed gives back its linger slot */
+	else if (p->state != PEND_HANDOFF)
 		p->state = PEND_CLOSED;
 	if (p->prev)
 		p->prev->next = p->next;
@@ -197,11 +314,16 @@ static void refuse(struct pending *p, int status, const char *reason, const char
 
 	metrics.refused[why]++;
 	metrics.http_requests[status / 100]++;
-	if (send(p->fd, resp, (size_t)n, MSG_NOSIGNAL) < 0) {
+	/* A refused connection no longer counts; lingering ones are bounded apart (a flood of
+	 * refused sockets is then closed at once instead of holding descriptors). */
+	gate_ticket_close(p->t);
+	p->t = NULL;
+	if (send(p->fd, resp, (size_t)n, MSG_NOSIGNAL) < 0 || g_nlinger >= linger_max()) {
 		pend_close(p);
 		return;
 	}
 	shutdown(p->fd, SHUT_WR);
+	g_nlinger++;
 	p->state = PEND_LINGER;
 	uv_poll_start(&p->poll, UV_READABLE, on_linger_read);
 	uv_timer_start(&p->timer, on_deadline, LINGER_MS, 0);
@@ -221,6 +343,7 @@ static void on_deadline(uv_timer_t *t)
 	struct pending *p = t->data;
 	if (p->state == PEND_READING) {
 		metrics.refused[REFUSE_HEADER_TIMEOUT]++;
+		metrics.deadline_closes[GATE_HEAD]++;
 		log_debug("request head timeout", "ip", p->ip);
 	}
 	pend_close(p);
@@ -232,9 +355,9 @@ struct head {
 	const char *method, *target, *version;
 	size_t method_len, target_len, version_len;
 	const char *upgrade, *connection, *key, *ws_version, *protocol, *origin, *authorization,
-	    *host;
+	    *host, *content_type;
 	size_t upgrade_len, connection_len, key_len, ws_version_len, protocol_len, origin_len,
-	    authorization_len, host_len;
+	    authorization_len, host_len, content_type_len;
 	size_t head_len;     /* through the blank line */
 	long content_length; /* -1 when absent */
 	bool chunked;
@@ -317,6 +440,7 @@ static int parse_head(const char *buf, size_t len, struct head *h)
 		KEEP("Origin", origin)
 		KEEP("Authorization", authorization)
 		KEEP("Host", host)
+		KEEP("Content-Type", content_type)
 #undef KEEP
 		if (name_is(line, nlen, "Content-Length"))
 			h->content_length = strtol(v, NULL, 10);
@@ -502,10 +626,9 @@ static void hand_off(struct pending *p)
 	pend_close(p);
 }
 
-struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate_refusal *ref)
+int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_refusal *ref)
 {
-	struct gate_ticket *t;
-	struct ip_entry *ie;
+	struct ip_entry *ie = t->ipe;
 	char *token, *batch;
 
 #define REFUSE(st, rs, bd, wy)                                                                     \
@@ -514,27 +637,21 @@ struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate
 		ref->reason = rs;                                                                  \
 		ref->body = bd;                                                                    \
 		ref->why = wy;                                                                     \
-		return NULL;                                                                       \
+		return -1;                                                                         \
 	} while (0)
+	if (t->ws)
+		REFUSE(400, "Bad Request", "bad request", REFUSE_BAD_REQUEST); /* admitted twice */
 	if (!path_is(u, "/ws"))
 		REFUSE(404, "Not Found", "not found", REFUSE_NOT_FOUND);
 	if (!u->has_key)
 		REFUSE(400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
 	if (!origin_allowed(u))
 		REFUSE(403, "Forbidden", "origin not allowed", REFUSE_ORIGIN);
-	if (conn_count() + g_ntickets >= g_cfg->max_connections)
+	if (g_nws >= g_cfg->max_connections)
 		REFUSE(503, "Service Unavailable", "too many connections", REFUSE_CAPACITY);
-	ie = ip_find(u->ip);
-	if (ie && ie->count >= g_cfg->max_connections_per_ip)
+	if (ie->ws >= g_cfg->max_connections_per_ip)
 		REFUSE(429, "Too Many Requests", "too many connections from this address",
 		       REFUSE_PER_IP);
-	t = calloc(1, sizeof(*t));
-	ie = t ? ip_acquire(u->ip) : NULL;
-	if (!ie) {
-		free(t);
-		REFUSE(503, "Service Unavailable", "out of memory", REFUSE_CAPACITY);
-	}
-	t->ip = ie->ip;
 	token = find_token(u);
 	if (token) {
 		enum auth_reason why =
@@ -543,7 +660,7 @@ struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate
 		if (why != AUTH_OK) {
 			metrics.auth_failures[why]++;
 			log_info("handshake refused", "ip", u->ip, "reason", auth_reason_name(why));
-			gate_ticket_free(t, true);
+			auth_identity_clear(&t->ident);
 			REFUSE(401, "Unauthorized", "unauthorized", REFUSE_UNAUTHORIZED);
 		}
 		t->authenticated = true;
@@ -552,8 +669,14 @@ struct gate_ticket *gate_admit(const struct gate_upgrade *u, int fd, struct gate
 	batch = query_param(u->target, u->target_len, "batch");
 	t->batch = batch && (!strcmp(batch, "1") || !strcmp(batch, "true"));
 	free(batch);
-	t->fd = fd;
-	return t;
+	/* From the HTTP budget to the WebSocket one. */
+	ie->http--;
+	g_nhttp--;
+	ie->ws++;
+	g_nws++;
+	t->ws = true;
+	publish_counts();
+	return 0;
 }
 
 static void accept_ws(struct pending *p, const struct head *h)
@@ -571,24 +694,70 @@ static void accept_ws(struct pending *p, const struct head *h)
 	    .ip = p->ip,
 	};
 	struct gate_refusal ref;
-	struct gate_ticket *t = gate_admit(&u, p->fd, &ref);
-	struct ticket_entry *e;
+	long left;
 
-	if (!t) {
+	if (gate_admit(p->t, &u, &ref) < 0) {
 		refuse(p, ref.status, ref.reason, ref.body, ref.why);
 		return;
 	}
-	e = calloc(1, sizeof(*e));
-	if (!e || rewrite(p, h, true) < 0 || consume_head(p, p->len) < 0) {
-		free(e);
-		gate_ticket_free(t, true);
+	if (rewrite(p, h, true) < 0 || consume_head(p, p->len) < 0) {
 		pend_close(p);
 		return;
 	}
-	e->fd = p->fd;
-	e->t = t;
-	HASH_ADD_INT(g_tickets, fd, e);
-	g_ntickets++;
+	/* The handshake in lws keeps the head's deadline, counted from accept. */
+	left = g_cfg->header_timeout_s * 1000 - (long)(uv_now(g_loop) - p->t->opened_ms);
+	gate_ticket_phase(p->t, GATE_UPGRADE, left > 1 ? left : 1);
+	hand_off(p);
+}
+
+/* A notify's credential is checked on its head, before a body byte is read: refused here
+ * (401/403) the client reads the answer and the gate drains what it still sends. Returns true
+ * when p was refused. */
+static bool refuse_notify(struct pending *p, const struct head *h)
+{
+	char method[8], path[16], ctype[128], authz[4096];
+	struct http_request req;
+	struct http_response resp;
+	bool refused;
+
+	if (h->target_len < 11 || strncmp(h->target, "/api/notify", 11) ||
+	    (h->target_len > 11 && h->target[11] != '?') || h->method_len >= sizeof(method))
+		return false;
+	memcpy(method, h->method, h->method_len);
+	method[h->method_len] = '\0';
+	snprintf(path, sizeof(path), "/api/notify");
+	memset(&req, 0, sizeof(req));
+	req.method = method;
+	req.path = path;
+	req.query = "";
+	if (h->content_type && h->content_type_len < sizeof(ctype)) {
+		memcpy(ctype, h->content_type, h->content_type_len);
+		ctype[h->content_type_len] = '\0';
+		req.content_type = ctype;
+	}
+	if (h->authorization && h->authorization_len < sizeof(authz)) {
+		memcpy(authz, h->authorization, h->authorization_len);
+		authz[h->authorization_len] = '\0';
+		req.authorization = authz;
+	}
+	req.content_length = h->content_length;
+	req.peer = p->ip;
+	memset(&resp, 0, sizeof(resp));
+	buf_init(&resp.body);
+	http_wants_body(&req, &resp);
+	refused = resp.status == 401 || resp.status == 403;
+	if (refused)
+		refuse(p, resp.status, resp.status == 401 ? "Unauthorized" : "Forbidden",
+		       resp.body.data ? resp.body.data : "{\"error\":\"unauthorized\"}",
+		       REFUSE_UNAUTHORIZED);
+	http_response_free(&resp);
+	return refused;
+}
+
+/* Plain HTTP goes to lws with the body deadline running: the head is complete. */
+static void hand_off_http(struct pending *p)
+{
+	gate_ticket_phase(p->t, GATE_HTTP, g_cfg->http_body_timeout_s * 1000);
 	hand_off(p);
 }
 
@@ -677,8 +846,10 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		       REFUSE_BAD_REQUEST);
 		return;
 	}
+	if (refuse_notify(p, &h))
+		return;
 	if (!h.upgrade) {
-		hand_off(p);
+		hand_off_http(p);
 		return;
 	}
 	/* Upgrade: h2c (or anything else): strip it so lws serves plain HTTP/1.1. */
@@ -692,44 +863,84 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		pend_close(p);
 		return;
 	}
-	hand_off(p);
+	hand_off_http(p);
 }
 
 /* ---- listening ---- */
 
+/* The HTTP budget is full: closes the oldest head still being read if it has been at it for a
+ * second (the likeliest slowloris), so slow sockets spread over many addresses cannot lock new
+ * clients out. New sockets are added at the head of the list, so the oldest is at the tail. */
+static bool evict_oldest_head(void)
+{
+	struct pending *p = g_pending;
+	uint64_t now = uv_now(g_loop);
+
+	while (p && p->next)
+		p = p->next;
+	for (; p; p = p->prev)
+		if (p->state == PEND_READING && p->t) {
+			if (now - p->t->opened_ms < 1000)
+				return false;
+			metrics.refused[REFUSE_HEADER_TIMEOUT]++;
+			pend_close(p);
+			return true;
+		}
+	return false;
+}
+
+/* Over a budget with no linger slot left: one send of the refusal and a close. */
+static void refuse_now(int fd, const struct gate_refusal *ref)
+{
+	char resp[320];
+	int n = snprintf(resp, sizeof(resp),
+	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+	                 "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+	                 ref->status, ref->reason, strlen(ref->body), ref->body);
+	metrics.refused[ref->why]++;
+	metrics.http_requests[ref->status / 100]++;
+	if (send(fd, resp, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		(void)0; /* a peer that is already gone needs no answer */
+	close(fd);
+}
+
 static void start_pending(int fd, const struct sockaddr_storage *ss)
 {
 	struct pending *p;
+	struct gate_ticket *t;
+	struct gate_refusal ref;
+	char ip[48] = "";
 	int one = 1, lowat = GATE_NOTSENT_LOWAT;
 
-	if (g_npending >= MAX_PENDING) {
-		/* Full of heads still arriving: drop the oldest (the likeliest slowloris) rather
-		 * than the newcomer, so slow sockets cannot lock real clients out. New sockets are
-		 * added at the head, so the oldest is at the tail. */
-		struct pending *old = g_pending;
-		while (old && old->next)
-			old = old->next;
-		if (old)
-			pend_close(old);
+	if (ss->ss_family == AF_INET)
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, ip, sizeof(ip));
+	else if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, ip, sizeof(ip));
+	/* Counted from here to its close: refused at once when its address or the server is
+	 * over the HTTP budget (the WebSocket budget is checked when it asks to upgrade). */
+	t = gate_ticket_open(ip, &ref);
+	if (!t && ref.status == 503 && evict_oldest_head())
+		t = gate_ticket_open(ip, &ref);
+	if (!t && g_nlinger >= linger_max()) {
+		refuse_now(fd, &ref);
+		return;
 	}
 	p = calloc(1, sizeof(*p));
 	if (!p) {
+		gate_ticket_close(t);
 		close(fd);
 		return;
 	}
 	p->fd = fd;
+	p->t = t;
+	snprintf(p->ip, sizeof(p->ip), "%s", ip);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	/* Keep at most this much unsent in the kernel: beyond it the socket reports itself not
 	 * writable, so a client that stops reading backs up into our byte-bounded queue (and is
 	 * closed with 4008) instead of into megabytes of kernel buffer. */
 	setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
-	if (ss->ss_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, p->ip,
-		          sizeof(p->ip));
-	else if (ss->ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, p->ip,
-		          sizeof(p->ip));
 	if (uv_poll_init(g_loop, &p->poll, fd) < 0) {
+		gate_ticket_close(t);
 		close(fd);
 		free(p);
 		return;
@@ -742,6 +953,10 @@ static void start_pending(int fd, const struct sockaddr_storage *ss)
 		g_pending->prev = p;
 	g_pending = p;
 	g_npending++;
+	if (!t) {
+		refuse(p, ref.status, ref.reason, ref.body, ref.why);
+		return;
+	}
 	uv_poll_start(&p->poll, UV_READABLE, on_readable);
 	uv_timer_start(&p->timer, on_deadline, (uint64_t)g_cfg->header_timeout_s * 1000, 0);
 }
@@ -792,23 +1007,31 @@ static void on_accept(uv_poll_t *handle, int status, int events)
 	}
 }
 
-int gate_setup(const struct config *cfg, const struct auth *auth)
+int gate_setup(const struct config *cfg, const struct auth *auth, uv_loop_t *loop)
 {
 	g_cfg = cfg;
 	g_auth = auth;
+	g_loop = loop;
 	free(g_head);
 	g_head = malloc((size_t)cfg->max_header_bytes + 1);
-	return g_head ? 0 : -1;
+	if (!g_head)
+		return -1;
+	uv_timer_init(loop, &g_sweep);
+	uv_timer_start(&g_sweep, sweep, SWEEP_MS, SWEEP_MS);
+	/* The sweep alone does not keep the loop running (it ends once lws is gone). */
+	uv_unref((uv_handle_t *)&g_sweep);
+	g_sweeping = true;
+	return 0;
 }
 
-int gate_start(uv_loop_t *loop, struct lws_vhost *vhost)
+int gate_start(struct lws_vhost *vhost)
 {
 	const struct config *cfg = g_cfg;
+	uv_loop_t *loop = g_loop;
 	struct sockaddr_storage ss;
 	socklen_t sl;
 	int one = 1;
 
-	g_loop = loop;
 	g_vhost = vhost;
 	memset(&ss, 0, sizeof(ss));
 	if (strchr(cfg->host, ':')) {
@@ -863,6 +1086,11 @@ void gate_stop(void)
 	}
 	while (g_pending)
 		pend_close(g_pending);
+	if (g_sweeping) {
+		g_sweeping = false;
+		uv_timer_stop(&g_sweep);
+		uv_close((uv_handle_t *)&g_sweep, NULL);
+	}
 	if (g_spare_fd >= 0) {
 		close(g_spare_fd);
 		g_spare_fd = -1;

@@ -3,6 +3,7 @@
 #include "http.h"
 #include "assets.h"
 #include "bus.h"
+#include "cidr.h"
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -12,6 +13,8 @@
 #include "room.h"
 
 #include <json-c/json.h>
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +26,11 @@ static const struct auth *g_auth;
 static const char *g_version;
 static time_t g_started;
 static uint64_t g_notify_seq;
+/* NOTIFY_ALLOW_FROM, and the SHA-256 of NOTIFY_TOKEN (compared digest to digest, so neither
+ * the time taken nor an early exit tells a caller the token's length or a matching prefix). */
+static struct cidr_list g_notify_allow;
+static unsigned char g_token_digest[SHA256_DIGEST_LENGTH];
+static bool g_have_token;
 
 void http_setup(const struct config *cfg, const struct auth *auth, const char *version)
 {
@@ -30,6 +38,14 @@ void http_setup(const struct config *cfg, const struct auth *auth, const char *v
 	g_auth = auth;
 	g_version = version;
 	g_started = time(NULL);
+	cidr_list_free(&g_notify_allow);
+	/* Validated by config_load: a list that does not parse here stays empty (deny). */
+	if (cidr_list_parse(cfg->notify_allow_from, &g_notify_allow) < 0)
+		log_error("NOTIFY_ALLOW_FROM failed", "reason", "not a CIDR list");
+	g_have_token = cfg->notify_token && *cfg->notify_token;
+	if (g_have_token)
+		SHA256((const unsigned char *)cfg->notify_token, strlen(cfg->notify_token),
+		       g_token_digest);
 }
 
 void http_response_free(struct http_response *resp)
@@ -186,6 +202,24 @@ static void render_metrics(struct http_response *resp)
 	buf_printf(b, "roomcast_connections %lld\n", (long long)metrics.connections);
 	counter(b, "roomcast_connections_total", "WebSocket clients accepted.",
 	        metrics.connections_total);
+	/* Every accepted TCP connection, by the budget it counts against (see gate.h). */
+	family(b, "roomcast_open_connections", "gauge",
+	       "Accepted TCP connections open now, by budget: http (request heads, HTTP, "
+	       "keep-alive, upgrades not yet admitted) and websocket.");
+	buf_printf(b,
+	           "roomcast_open_connections{phase=\"http\"} %lld\n"
+	           "roomcast_open_connections{phase=\"websocket\"} %lld\n",
+	           (long long)metrics.open_http, (long long)metrics.open_ws);
+	family(b, "roomcast_open_addresses", "gauge",
+	       "Peer addresses with at least one open connection.");
+	buf_printf(b, "roomcast_open_addresses %lld\n", (long long)metrics.open_addresses);
+	{
+		static const char *const phases[] = {"head", "http", "idle", "upgrade",
+		                                     "websocket"};
+		labelled(b, "roomcast_deadline_closes_total",
+		         "Connections closed at an absolute deadline, by phase.", "phase", phases,
+		         metrics.deadline_closes, 0, 4);
+	}
 	family(b, "roomcast_rooms", "gauge", "Rooms with at least one member.");
 	buf_printf(b, "roomcast_rooms %zu\n", room_count());
 	counter(b, "roomcast_messages_in_total", "Client messages received.", metrics.messages_in);
@@ -249,21 +283,30 @@ static void render_metrics(struct http_response *resp)
 
 /* ---- POST /api/notify ---- */
 
+/* The notify credential, checked on the request head before any body byte is read: a TCP
+ * peer in NOTIFY_ALLOW_FROM (never a forwarded header), NOTIFY_TOKEN, or a JWT with role admin
+ * or service. */
 static bool notify_authorized(const struct http_request *req, struct http_response *resp)
 {
 	size_t len;
-	const char *tok = bearer(req, &len);
+	const char *tok;
 	struct auth_identity id;
 	enum auth_reason why;
 	bool ok;
 
+	if (req->peer && cidr_list_match(&g_notify_allow, req->peer))
+		return true;
+	tok = bearer(req, &len);
 	if (!tok) {
 		json_error(resp, 401, "unauthorized");
 		return false;
 	}
-	if (g_cfg->notify_token && *g_cfg->notify_token &&
-	    util_consttime_eq(tok, len, g_cfg->notify_token, strlen(g_cfg->notify_token)))
-		return true;
+	if (g_have_token) {
+		unsigned char d[SHA256_DIGEST_LENGTH];
+		SHA256((const unsigned char *)tok, len, d);
+		if (!CRYPTO_memcmp(d, g_token_digest, sizeof(d)))
+			return true;
+	}
 	why = auth_verify(g_auth, tok, len, time(NULL), &id);
 	if (why != AUTH_OK) {
 		metrics.auth_failures[why]++;
@@ -364,8 +407,7 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	struct frame *f;
 	size_t end, name_len;
 
-	if (!notify_authorized(req, resp))
-		return;
+	/* The credential was checked on the head (http_wants_body, through http_handle). */
 	/* Nothing checked the body's UTF-8 before us (lws does it for WebSocket frames only), and
 	 * one bad byte in a room message makes browsers fail the connection of every member. */
 	if (!utf8_valid((const unsigned char *)req->body, req->body_len)) {
@@ -478,6 +520,8 @@ bool http_wants_body(const struct http_request *req, struct http_response *resp)
 		resp->extra_headers = "Allow: POST\r\n";
 		return false;
 	}
+	if (!notify_authorized(req, resp))
+		return false;
 	if (!is_json_type(req->content_type)) {
 		json_error(resp, 415, "content type must be application/json");
 		return false;

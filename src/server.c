@@ -43,6 +43,7 @@ struct http_x {
 	char authorization[4096];
 	char content_type[128];
 	long content_length;
+	const char *peer;       /* the connection's address (its gate ticket's copy) */
 	bool refused;           /* answered before reading the body */
 	struct http_wait *wait; /* an answer is being computed elsewhere (PostgreSQL) */
 	struct buf body;
@@ -91,10 +92,12 @@ static struct http_x *http_begin(struct lws *wsi, struct pss *pss, const char *u
 	    {WSI_TOKEN_HEAD_URI, "HEAD"},
 	};
 	struct http_x *x = calloc(1, sizeof(*x));
+	struct gate_ticket *t = lws_get_opaque_user_data(wsi);
 	char cl[32];
 
 	if (!x)
 		return NULL;
+	x->peer = t ? t->ip : NULL;
 	snprintf(x->method, sizeof(x->method), "OTHER");
 	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
 		if (lws_hdr_total_length(wsi, methods[i].tok) > 0) {
@@ -176,6 +179,7 @@ static void fill_request(struct http_x *x, struct http_request *req)
 	req->authorization = x->authorization[0] ? x->authorization : NULL;
 	req->content_type = x->content_type[0] ? x->content_type : NULL;
 	req->content_length = x->content_length;
+	req->peer = x->peer;
 	req->body = x->body.data ? x->body.data : "";
 	req->body_len = x->body.len;
 }
@@ -218,8 +222,13 @@ static int http_write(struct lws *wsi, struct http_x *x)
 	if (lws_write(wsi, start, (size_t)n, LWS_WRITE_HTTP_HEADERS) < n)
 		goto out;
 	/* A request refused before its body leaves unread bytes: close instead of reusing. */
-	if (!x->refused)
+	if (!x->refused) {
+		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
 		rc = lws_http_transaction_completed(wsi) ? -1 : 0;
+		/* Kept alive: the next complete head is due within HTTP_IDLE_TIMEOUT_S. */
+		if (!rc && t)
+			gate_ticket_phase(t, GATE_IDLE, g_cfg->http_idle_timeout_s * 1000);
+	}
 out:
 	free(buf);
 	return rc;
@@ -239,21 +248,19 @@ static void respond(struct lws *wsi, struct http_x *x)
 
 static bool g_tls;
 
-/* Creates the connection for an admitted upgrade; consumes the ticket. */
+/* Creates the connection for an admitted upgrade; takes the ticket's identity (the ticket
+ * itself stays with the wsi until LWS_CALLBACK_WSI_DESTROY). */
 static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 {
 	struct conn *c = conn_new(wsi, t->ip, t->batch);
 
-	if (!c) {
-		gate_ticket_free(t, true);
+	if (!c)
 		return 1;
-	}
 	if (t->authenticated) {
 		c->ident = t->ident;
 		memset(&t->ident, 0, sizeof(t->ident));
 		c->state = CONN_OPEN; /* sess_open finishes the transition */
 	}
-	gate_ticket_free(t, false);
 	pss->conn = c;
 	return 0;
 }
@@ -287,7 +294,7 @@ static const char *hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, siz
 	return dst;
 }
 
-static int admit_tls(struct lws *wsi, struct gate_ticket **out)
+static int admit_tls(struct lws *wsi, struct gate_ticket *t)
 {
 	char target[2048], args[1536], origin[256], authz[4096], proto[4096], key[64], ip[48];
 	struct gate_upgrade u;
@@ -307,21 +314,38 @@ static int admit_tls(struct lws *wsi, struct gate_ticket **out)
 	    hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, authz, sizeof(authz), &u.authorization_len);
 	u.protocol = hdr(wsi, WSI_TOKEN_PROTOCOL, proto, sizeof(proto), &u.protocol_len);
 	u.has_key = hdr(wsi, WSI_TOKEN_KEY, key, sizeof(key), &alen) != NULL;
+	snprintf(ip, sizeof(ip), "%s", t->ip);
+	u.ip = ip;
+	if (gate_admit(t, &u, &ref) < 0)
+		return refuse_in_lws(wsi, &ref);
+	return attach_conn(wsi, pss, t);
+}
+
+/* A connection lws accepted itself (TLS): counted like the gate's from here, with the head's
+ * deadline (which covers the TLS handshake) running. NULL when over a budget. */
+static struct gate_ticket *open_tls(struct lws *wsi)
+{
+	char ip[64];
+	struct gate_refusal ref;
+	struct gate_ticket *t;
+
 	lws_get_peer_simple(wsi, ip, sizeof(ip));
 	/* The TLS listener is dual-stack: count IPv4 clients by their IPv4 address. */
-	u.ip = strncmp(ip, "::ffff:", 7) ? ip : ip + 7;
-	*out = gate_admit(&u, lws_get_socket_fd(wsi), &ref);
-	if (!*out)
-		return refuse_in_lws(wsi, &ref);
-	return attach_conn(wsi, pss, *out);
+	t = gate_ticket_open(strncmp(ip, "::ffff:", 7) ? ip : ip + 7, &ref);
+	if (!t) {
+		/* No answer is possible before the TLS handshake: the socket is closed. */
+		metrics.refused[ref.why]++;
+		return NULL;
+	}
+	gate_ticket_phase(t, GATE_HEAD, g_cfg->header_timeout_s * 1000);
+	return t;
 }
 
 static void detach(struct pss *pss)
 {
 	if (!pss || !pss->conn)
 		return;
-	gate_ip_release(pss->conn->ip);
-	pss->conn->ip = NULL;
+	pss->conn->ip = NULL; /* the ticket's copy goes with the wsi */
 	conn_detach(pss->conn);
 	pss->conn = NULL;
 }
@@ -376,24 +400,40 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	struct pss *pss = user;
 
 	switch (reason) {
+	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED: {
+		/* Every connection lws gets: the gate's hand-off (its ticket is claimed inside
+		 * the adopt call) or, with TLS, one lws accepted itself. The ticket rides on the
+		 * wsi from here to LWS_CALLBACK_WSI_DESTROY. */
+		struct gate_ticket *t = g_tls ? open_tls(wsi) : gate_ticket_claim();
+		if (!t)
+			return -1;
+		lws_set_opaque_user_data(wsi, t);
+		gate_ticket_bind(t, wsi);
+		return 0;
+	}
 	case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
-		struct gate_ticket *t = gate_ticket_take(lws_get_socket_fd(wsi));
-		/* Plain HTTP: only upgrades the gate checked carry a ticket; one arriving later on
-		 * a kept-alive connection bypassed the gate and is refused. With TLS, lws accepts
-		 * the connection itself and the same admission checks run here. */
-		if (!t && g_tls && g_state == SRV_RUNNING)
-			return admit_tls(wsi, &t);
-		if (!t || g_state != SRV_RUNNING) {
-			gate_ticket_free(t, true);
+		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
+		if (!t || g_state != SRV_RUNNING)
 			return 1;
-		}
+		/* With TLS, lws read the head itself and the admission checks run here. */
+		if (g_tls && !t->ws)
+			return admit_tls(wsi, t);
+		/* Plain HTTP: only upgrades the gate admitted; one arriving later on a kept-alive
+		 * connection bypassed the gate and is refused. */
+		if (!t->ws || t->phase != GATE_UPGRADE)
+			return 1;
 		return attach_conn(wsi, pss, t);
 	}
-	case LWS_CALLBACK_ESTABLISHED:
+	case LWS_CALLBACK_ESTABLISHED: {
+		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
 		if (!pss->conn)
 			return -1;
+		/* From here the connection's own timers (auth, ping, silence) bound it. */
+		if (t)
+			gate_ticket_phase(t, GATE_WS, 0);
 		sess_open(pss->conn, pss->conn->state == CONN_OPEN);
 		return 0;
+	}
 	case LWS_CALLBACK_RECEIVE:
 		if (!pss->conn)
 			return -1;
@@ -419,6 +459,11 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		x = http_begin(wsi, pss, in);
 		if (!x)
 			return -1;
+		/* The head is complete: the body and the answer are due within
+		 * HTTP_BODY_TIMEOUT_S, however slowly the bytes come. */
+		if (lws_get_opaque_user_data(wsi))
+			gate_ticket_phase(lws_get_opaque_user_data(wsi), GATE_HTTP,
+			                  g_cfg->http_body_timeout_s * 1000);
 		fill_request(x, &req);
 		if (http_wants_body(&req, &x->resp))
 			return 0; /* the body follows in LWS_CALLBACK_HTTP_BODY */
@@ -481,14 +526,20 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
 		http_end(pss);
 		return 0;
-	case LWS_CALLBACK_WSI_DESTROY:
+	case LWS_CALLBACK_WSI_DESTROY: {
+		/* Every wsi ends here, whatever phase it died in (a reset while waiting for a
+		 * header slot included): its ticket releases its budget slots. */
+		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
 		if (pss) {
 			detach(pss);
 			http_end(pss);
 		}
-		/* A socket the gate handed over that never reached the upgrade filter. */
-		gate_ticket_free(gate_ticket_take(lws_get_socket_fd(wsi)), true);
+		if (t) {
+			lws_set_opaque_user_data(wsi, NULL);
+			gate_ticket_close(t);
+		}
 		return 0;
+	}
 	default:
 		return 0;
 	}
@@ -591,13 +642,15 @@ static void on_signal(uv_signal_t *s, int signum)
  * spare, logs, and heads still being read. */
 #define FD_RESERVE 64
 
-/* Each WebSocket client holds a descriptor. Raises the soft RLIMIT_NOFILE towards what
- * MAX_CONNECTIONS needs (up to the hard limit); if that is still short, lowers MAX_CONNECTIONS
- * so that clients beyond it get a clean 503 instead of accept() failing at the limit. Runs
- * before lws sizes its descriptor table from the limit. */
+/* Each connection holds a descriptor: MAX_CONNECTIONS WebSocket clients, MAX_HTTP_CONNECTIONS
+ * others, and refused ones drained briefly (at most an eighth of the HTTP budget). Raises the
+ * soft RLIMIT_NOFILE towards that (up to the hard limit); if it is still short, lowers the
+ * budgets so that clients beyond them get a clean 503 instead of accept() failing at the
+ * limit. Runs before lws sizes its descriptor table from the limit. */
 static void fit_fd_limit(struct config *cfg)
 {
-	rlim_t want = (rlim_t)cfg->max_connections + FD_RESERVE;
+	long http = cfg->max_http_connections + cfg->max_http_connections / 8 + 4;
+	rlim_t want = (rlim_t)(cfg->max_connections + http) + FD_RESERVE;
 	struct rlimit rl;
 	char from[24], to[24], lim[24];
 
@@ -619,6 +672,11 @@ static void fit_fd_limit(struct config *cfg)
 	snprintf(from, sizeof(from), "%ld", cfg->max_connections);
 	cfg->max_connections = rl.rlim_cur > 2 * FD_RESERVE ? (long)(rl.rlim_cur - FD_RESERVE)
 	                                                    : (long)(rl.rlim_cur / 2);
+	/* An eighth of what is left for connections that are not (yet) WebSockets. */
+	if (cfg->max_http_connections > cfg->max_connections / 8)
+		cfg->max_http_connections =
+		    cfg->max_connections / 8 > 4 ? cfg->max_connections / 8 : 4;
+	cfg->max_connections -= cfg->max_http_connections + cfg->max_http_connections / 8 + 4;
 	if (cfg->max_connections < 1)
 		cfg->max_connections = 1;
 	snprintf(to, sizeof(to), "%ld", cfg->max_connections);
@@ -732,8 +790,8 @@ int srv_run(struct config *cfg)
 	sess_setup(cfg, g_auth);
 	authz_setup(cfg, &g_loop);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
-	if (gate_setup(cfg, g_auth) < 0 || bus_start(cfg, &g_loop) < 0 ||
-	    pgl_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(&g_loop, g_vhost) < 0)) {
+	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
+	    pgl_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
 		return 1;
