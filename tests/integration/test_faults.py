@@ -60,6 +60,8 @@ def own_cluster(request):
 
 def pg_server(server_factory, cluster, **env):
     env.setdefault("DATABASE_URL", cluster.dsn)
+    # These clusters have no marketplace tables, which /health would report as degraded.
+    env.setdefault("TRIGGER_CHECK_S", "0")
     s = server_factory(env)
     wait_until(lambda: s.json("/health")[1]["postgres"] == "up", 20, what="postgres up")
     return s
