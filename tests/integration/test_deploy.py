@@ -1,8 +1,8 @@
 """The deployment files, checked without a Docker engine: docker-compose.yml parses and refers
-only to files and services that exist; deploy/nginx.conf passes `nginx -t` with Debian's nginx;
-the Dockerfile's build stage installs exactly the "@build" section of tools/packages.txt and its
-runtime stage the libraries the binary links; .ci/run and tools/run-dev.sh pass `bash -n` and
-shellcheck (when installed).
+only to files and services that exist; deploy/nginx.conf passes `nginx -t` with Debian's nginx
+and resolves the replicas per request; the Dockerfile's build stage installs exactly the "@build"
+section of tools/packages.txt and its runtime stage the libraries the binary links; the scripts
+pass `bash -n` and shellcheck (when installed). `make check-deploy` runs the stack for real.
 
 Run: /usr/bin/python3 -m pytest tests/integration/test_deploy.py
 """
@@ -27,8 +27,11 @@ COMPOSE = os.path.join(ROOT, "docker-compose.yml")
 NGINX_CONF = os.path.join(ROOT, "deploy", "nginx.conf")
 DOCKERFILE = os.path.join(ROOT, "Dockerfile")
 PACKAGES = os.path.join(ROOT, "tools", "packages.txt")
-SCRIPTS = [".ci/run", "tools/run-dev.sh", "tools/run-cluster.sh"]
+SCRIPTS = [".ci/run", "tools/run-dev.sh", "tools/run-cluster.sh", "tools/check-deploy.sh"]
 SOURCED = ["tools/dev-common.sh"]  # read by the scripts above, not run
+# POSIX sh scripts that run inside containers (no bash there necessarily).
+CONTAINER_SCRIPTS = ["deploy/nginx-start.sh", "deploy/podman/postgres-entrypoint.sh"]
+NGINX_START = os.path.join(ROOT, "deploy", "nginx-start.sh")
 REPLICAS = ["roomcast1", "roomcast2"]
 
 
@@ -198,6 +201,9 @@ def test_compose_redis_and_nginx():
     ng = services["nginx"]
     mounts = dict(bind_mounts(ng))
     assert os.path.normpath(mounts.get("./deploy/nginx.conf", "")) == "/etc/nginx/nginx.conf"
+    # nginx starts through nginx-start.sh, which writes the resolver nginx.conf includes.
+    start = mounts.get("./deploy/nginx-start.sh")
+    assert start and start in " ".join(ng.get("entrypoint") or []), (start, ng.get("entrypoint"))
     assert any(str(p).split(":")[-1] == "8080" for p in ng.get("ports", [])), ng.get("ports")
     assert ng.get("healthcheck")
 
@@ -234,6 +240,27 @@ def test_compose_replicas():
     assert len(node_ids) == len(REPLICAS), "NODE_IDs must differ"
 
 
+def test_compose_no_empty_defaults():
+    """podman-compose 1.0.3 does not expand ${VAR:-} or ${VAR-} (an empty default): the text
+    itself would become the value, a secret anyone can read in the compose file."""
+    def strings(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from strings(k)
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    bad = [v for v in strings(compose()) if re.search(r"\$\{\w+:?-\}", v)]
+    assert not bad, bad
+    for name in REPLICAS:
+        # Passed through from the caller's environment (null value), as both tools do.
+        assert environment(compose()["services"][name])["NOTIFY_TOKEN"] is None
+
+
 def test_compose_environment_names_are_roomcast_settings():
     """Every variable given to a roomcast container is one `roomcast serve --help` lists."""
     p = subprocess.run([BIN, "serve", "--help"], capture_output=True, text=True, timeout=10)
@@ -260,11 +287,6 @@ def nginx_binary():
 def test_nginx_config_is_valid():
     with open(NGINX_CONF) as f:
         conf = f.read()
-    upstreams = re.findall(r"^\s*server\s+([\w.-]+):(\d+)", conf, re.M)
-    assert sorted(h for h, _ in upstreams) == REPLICAS, upstreams
-    # The replicas' names resolve only inside compose's network.
-    for host in REPLICAS:
-        conf = re.sub(r"\b%s:" % host, "127.0.0.1:", conf)
     with tempfile.TemporaryDirectory(prefix="roomcast-nginx-") as tmp:
         path = os.path.join(tmp, "nginx.conf")
         with open(path, "w") as f:
@@ -273,6 +295,53 @@ def test_nginx_config_is_valid():
                             "-c", path, "-g", f"pid {tmp}/nginx.pid;"],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stderr
+
+
+def test_nginx_resolves_replicas_per_request():
+    """No `upstream` block (resolved once at start: a restarted replica's new address is never
+    seen); the names go through variables and the resolver file nginx-start.sh writes, both
+    replicas are picked evenly and each is the other's fallback."""
+    with open(NGINX_CONF) as f:
+        conf = f.read()
+    assert not re.search(r"^\s*upstream\s", conf, re.M)
+    assert re.search(r"^\s*include\s+/run/roomcast-nginx/resolver\*\.conf;", conf, re.M)
+    m = re.search(r"split_clients\s+\"[^\"]*\"\s+\$roomcast_first\s*\{(.*?)\}", conf, re.S)
+    assert m, "no split_clients for $roomcast_first"
+    picks = re.findall(r"^\s*(\d+(?:\.\d+)?%|\*)\s+([\w.-]+);", m.group(1), re.M)
+    assert sorted(h for _, h in picks) == REPLICAS, picks
+    assert [p for p, _ in picks] == ["50%", "*"], picks
+    passes = re.findall(r"proxy_pass\s+(\S+);", conf)
+    assert passes and set(passes) == {"http://$roomcast_first:8080",
+                                      "http://$roomcast_second:8080"}, passes
+    # Every location that proxies to the first pick falls back to the second on 502.
+    for name in ["/ws", "/"]:
+        assert re.search(r"error_page\s+502\s+=\s*@\w+;", location(conf, name)), name
+
+
+def test_nginx_start_writes_the_resolver(tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search dns.podman\nnameserver fd00::1\nnameserver 10.89.0.1\n"
+                      "nameserver 10.89.0.2\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, NGINX_RESOLV_CONF=str(resolv), NGINX_RESOLVER_DIR=str(out))
+    p = subprocess.run(["sh", NGINX_START, "true"], env=env, capture_output=True, text=True,
+                       timeout=10)
+    assert p.returncode == 0, p.stderr
+    text = (out / "resolver.conf").read_text()
+    assert re.search(r"^resolver 10\.89\.0\.1 valid=\d+s ipv6=off;$", text, re.M), text
+    # A resolver file nginx accepts, included as nginx.conf includes it.
+    with open(NGINX_CONF) as f:
+        conf = f.read().replace("/run/roomcast-nginx/resolver*.conf", str(out / "resolver.conf"))
+    conf_path = tmp_path / "nginx.conf"
+    conf_path.write_text(conf)
+    p = subprocess.run([nginx_binary(), "-t", "-q", "-e", "stderr", "-p", str(tmp_path) + "/",
+                        "-c", str(conf_path), "-g", f"pid {tmp_path}/nginx.pid;"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    resolv.write_text("nameserver fd00::1\n")
+    p = subprocess.run(["sh", NGINX_START, "true"], env=env, capture_output=True, text=True,
+                       timeout=10)
+    assert p.returncode != 0 and "no IPv4 nameserver" in p.stderr
 
 
 def location(conf, name):
@@ -297,7 +366,15 @@ def test_nginx_websocket_location():
     assert not re.search(r"^\s*keepalive\s", conf, re.M)
     # No query strings (?token=) in the access log.
     assert "$request " not in conf and "$request_uri" not in conf and "$args" not in conf
-    assert re.search(r"proxy_set_header\s+X-Forwarded-For", location(conf, "/"))
+    # The fallback location upgrades too.
+    ws2 = location(conf, "@ws_second")
+    assert re.search(r"proxy_set_header\s+Upgrade\s+\$http_upgrade;", ws2)
+    assert re.search(r"proxy_set_header\s+Connection\s+\$connection_upgrade;", ws2)
+    # The other locations set no header of their own and take the server's.
+    assert not re.search(r"proxy_set_header", location(conf, "/"))
+    server = conf[conf.index("server {"):]
+    assert re.search(r"^ {8}proxy_set_header\s+X-Forwarded-For\s+\$proxy_add_x_forwarded_for;",
+                     server, re.M)
 
 
 # ---- (c) Dockerfile ----
@@ -316,6 +393,8 @@ def test_dockerfile_build_stage_matches_packages_txt():
         f"only in Dockerfile {sorted(set(pkgs) - set(sections['build']))}, "
         f"only in packages.txt {sorted(set(sections['build']) - set(pkgs))}")
     assert any(re.search(r"\bmake\s+roomcast\b", i) for i in build)
+    # The shipped binary is stripped in the build stage.
+    assert any(re.search(r"\binstall\s+(-\S+\s+)*-s\b|\bstrip\b", i) for i in build), build
 
 
 def runtime_stage():
@@ -410,7 +489,16 @@ def test_script_syntax(script):
     assert p.returncode == 0, p.stderr
 
 
-@pytest.mark.parametrize("script", SCRIPTS + SOURCED)
+@pytest.mark.parametrize("script", CONTAINER_SCRIPTS)
+def test_container_script_syntax(script):
+    path = os.path.join(ROOT, script)
+    with open(path) as f:
+        assert f.read().startswith("#!/bin/sh\n")
+    p = subprocess.run(["sh", "-n", path], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS + SOURCED + CONTAINER_SCRIPTS)
 def test_script_shellcheck(script):
     sc = shutil.which("shellcheck")
     if not sc:
@@ -423,8 +511,11 @@ def test_script_shellcheck(script):
 
 def test_packages_txt_sections():
     sections = package_sections()
-    assert set(sections) <= {"build", "test", "dev"}, sections.keys()
+    assert set(sections) <= {"build", "test", "deploy", "dev"}, sections.keys()
     everything = [p for pkgs in sections.values() for p in pkgs]
     assert len(everything) == len(set(everything)), "a package is listed twice"
     for pkg in ["python3-yaml", "nginx"]:
         assert pkg in everything
+    # make check-deploy: containers without Docker.
+    for pkg in ["podman", "podman-compose", "buildah", "runc", "debootstrap"]:
+        assert pkg in sections.get("deploy", []), pkg
