@@ -6,6 +6,7 @@
 
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -44,5 +45,23 @@ int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *p
  * keep their order): for work that others wait on. */
 int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *const *params,
                     uint32_t timeout_ms, pgc_result_fn cb, void *arg);
+
+/* Host-name lookup off the loop. PQconnectStartParams resolves host names synchronously, so
+ * pgc looks each name of the conninfo's host list up with uv_getaddrinfo first and passes the
+ * numeric addresses as hostaddr next to host (TLS and .pgpass still see the name). */
+
+/* Parses conninfo (URI or key=value). On 0, *names has one entry per host of the host list:
+ * the name to look up, or NULL for a socket directory or a numeric address; *names is NULL
+ * (and *n 0) when nothing needs looking up (no host, only literals, or hostaddr already set).
+ * Returns -1 when conninfo cannot be parsed or out of memory. Free with pgc_free_names. */
+int pgc_conninfo_hosts(const char *conninfo, char ***names, size_t *n);
+void pgc_free_names(char **names, size_t n);
+/* Rewrites conninfo as key=value with, for each host i, one host/hostaddr/port entry per
+ * address in addrs[i] (a comma list; names[i] NULL: the host as it was, empty hostaddr). A
+ * host whose lookup found nothing is left out. Every other setting (target_session_attrs,
+ * sslmode, user, ...) is kept. Returns a malloc'd string (it may hold a password), or NULL when
+ * no host is left or out of memory. */
+char *pgc_conninfo_with_addrs(const char *conninfo, char *const *names, char *const *addrs,
+                              size_t n);
 
 #endif

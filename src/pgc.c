@@ -5,6 +5,8 @@
 #include "log.h"
 #include "metrics.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,8 @@ struct pgc_query {
 	void *arg;
 	struct pgc_query *next;
 };
+
+struct resolve;
 
 struct pgc {
 	uv_loop_t *loop;
@@ -41,7 +45,22 @@ struct pgc {
 	uint32_t attempts;
 	uint64_t reconnects;
 	int closing;
+	struct resolve *resolving; /* host names being looked up before PQconnectStartParams */
 };
+
+/* Host names of the conninfo looked up one after the other on libuv's thread pool, so libpq
+ * never resolves a name on the loop (PQconnectStartParams would, synchronously). */
+struct resolve {
+	struct pgc *pc; /* NULL once abandoned (connect deadline, stop): the callback only frees */
+	uv_getaddrinfo_t req;
+	char **names; /* per host of the list: the name to look up, or NULL */
+	char **addrs; /* per host: its numeric addresses, comma-separated ("" when none) */
+	size_t n, next;
+	char failed[256]; /* the last lookup error, for the log when no host resolves */
+};
+
+/* Numeric addresses kept per host name: libpq tries them in order, as it would the name's. */
+#define RESOLVE_MAX_ADDRS 8
 
 /* Connect and heartbeat deadlines; a query brings its own. */
 #define CONNECT_TIMEOUT_MS   5000
@@ -124,8 +143,19 @@ static void watch(struct pgc *pc, int events)
 	uv_poll_start(pc->poll, events, on_io);
 }
 
+static void abandon_resolve(struct pgc *pc)
+{
+	if (!pc->resolving)
+		return;
+	pc->resolving->pc = NULL;
+	/* Fails when the lookup already runs; its callback then sees pc == NULL and frees. */
+	uv_cancel((uv_req_t *)&pc->resolving->req);
+	pc->resolving = NULL;
+}
+
 static void drop_conn(struct pgc *pc)
 {
+	abandon_resolve(pc);
 	unwatch(pc);
 	if (pc->result) {
 		PQclear(pc->result);
@@ -247,35 +277,335 @@ static void connect_step(struct pgc *pc)
 	}
 }
 
+/* Appends ",item" (or "item" first) to the comma list *b. Returns 0 or -1. */
+static int conninfo_append_list(char **b, size_t *len, size_t *cap, const char *item)
+{
+	size_t need = *len + strlen(item) + 2;
+	bool first = *b == NULL; /* items may be empty: the length cannot tell */
+
+	if (need > *cap) {
+		size_t ncap = need * 2 + 64;
+		char *n = realloc(*b, ncap);
+		if (!n)
+			return -1;
+		*b = n;
+		*cap = ncap;
+	}
+	*len += (size_t)sprintf(*b + *len, "%s%s", first ? "" : ",", item);
+	return 0;
+}
+
+/* Appends ' key=\'value\'' to b (libpq conninfo quoting). Returns 0 or -1 when out of memory. */
+static int conninfo_append(char **b, size_t *len, size_t *cap, const char *key, const char *val)
+{
+	size_t need = *len + strlen(key) + 2 * strlen(val) + 6;
+
+	if (need > *cap) {
+		size_t ncap = need * 2;
+		char *n = realloc(*b, ncap);
+		if (!n)
+			return -1;
+		*b = n;
+		*cap = ncap;
+	}
+	*len += (size_t)sprintf(*b + *len, "%s%s='", *len ? " " : "", key);
+	for (; *val; val++) {
+		if (*val == '\'' || *val == '\\')
+			(*b)[(*len)++] = '\\';
+		(*b)[(*len)++] = *val;
+	}
+	(*b)[(*len)++] = '\'';
+	(*b)[*len] = '\0';
+	return 0;
+}
+
+/* Item i of a comma list (items may be empty), or "" when the list is shorter. Writes into buf. */
+static const char *list_item(const char *list, size_t i, char *buf, size_t cap)
+{
+	const char *p = list ? list : "";
+	for (; i > 0; i--) {
+		p = strchr(p, ',');
+		if (!p)
+			return "";
+		p++;
+	}
+	snprintf(buf, cap, "%.*s", (int)strcspn(p, ","), p);
+	return buf;
+}
+
+static size_t list_count(const char *list)
+{
+	size_t n = 1;
+	if (!list || !*list)
+		return 0;
+	for (; *list; list++)
+		n += *list == ',';
+	return n;
+}
+
+/* A host entry that needs no lookup: empty (libpq's default), a socket directory, or numeric. */
+static bool host_is_literal(const char *h)
+{
+	unsigned char a[sizeof(struct in6_addr)];
+	return !*h || h[0] == '/' || h[0] == '@' || inet_pton(AF_INET, h, a) == 1 ||
+	       inet_pton(AF_INET6, h, a) == 1;
+}
+
+int pgc_conninfo_hosts(const char *conninfo, char ***names, size_t *n)
+{
+	PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+	const char *host = NULL, *hostaddr = NULL;
+	char item[1024];
+	size_t count, need = 0;
+
+	*names = NULL;
+	*n = 0;
+	if (!opts)
+		return -1;
+	for (PQconninfoOption *o = opts; o->keyword; o++) {
+		if (!strcmp(o->keyword, "host"))
+			host = o->val;
+		else if (!strcmp(o->keyword, "hostaddr"))
+			hostaddr = o->val;
+	}
+	count = list_count(host);
+	/* With hostaddr given the operator chose the addresses: libpq looks nothing up. */
+	if (count && !(hostaddr && *hostaddr)) {
+		*names = calloc(count, sizeof(**names));
+		if (!*names) {
+			PQconninfoFree(opts);
+			return -1;
+		}
+		for (size_t i = 0; i < count; i++) {
+			list_item(host, i, item, sizeof(item));
+			if (!host_is_literal(item)) {
+				(*names)[i] = strdup(item);
+				if (!(*names)[i]) {
+					pgc_free_names(*names, count);
+					*names = NULL;
+					PQconninfoFree(opts);
+					return -1;
+				}
+				need++;
+			}
+		}
+		*n = count;
+	}
+	PQconninfoFree(opts);
+	if (!need) {
+		pgc_free_names(*names, *n);
+		*names = NULL;
+		*n = 0;
+	}
+	return 0;
+}
+
+void pgc_free_names(char **names, size_t n)
+{
+	for (size_t i = 0; names && i < n; i++)
+		free(names[i]);
+	free(names);
+}
+
+char *pgc_conninfo_with_addrs(const char *conninfo, char *const *names, char *const *addrs,
+                              size_t n)
+{
+	PQconninfoOption *opts = PQconninfoParse(conninfo, NULL);
+	const char *host = NULL, *port = NULL;
+	char *out = NULL, *hosts = NULL, *haddrs = NULL, *ports = NULL;
+	size_t olen = 0, ocap = 0, hl = 0, hc = 0, al = 0, ac = 0, pl = 0, pc = 0, nports;
+	char item[1024], pitem[64];
+	bool ok = opts != NULL;
+
+	for (PQconninfoOption *o = opts; ok && o->keyword; o++) {
+		if (!strcmp(o->keyword, "host"))
+			host = o->val;
+		else if (!strcmp(o->keyword, "port"))
+			port = o->val;
+	}
+	nports = list_count(port);
+	/* One entry per address of each looked-up host, one per other host; a name that did not
+	 * resolve is left out rather than handed to libpq, which would look it up on the loop. */
+	for (size_t i = 0; ok && i < n; i++) {
+		const char *h = list_item(host, i, item, sizeof(item));
+		const char *pt = nports > 1 ? list_item(port, i, pitem, sizeof(pitem))
+		                 : nports   ? port
+		                            : "";
+		const char *a = names[i] ? addrs[i] : "";
+		size_t na = names[i] ? list_count(a) : 1;
+		for (size_t k = 0; ok && k < na; k++) {
+			char abuf[INET6_ADDRSTRLEN + 1];
+			const char *ak = names[i] ? list_item(a, k, abuf, sizeof(abuf)) : "";
+			/* Built as three comma lists, then quoted as values. */
+			ok = !conninfo_append_list(&hosts, &hl, &hc, h) &&
+			     !conninfo_append_list(&haddrs, &al, &ac, ak) &&
+			     !conninfo_append_list(&ports, &pl, &pc, pt);
+		}
+	}
+	if (ok && !hosts)
+		ok = false; /* no host left */
+	for (PQconninfoOption *o = opts; ok && o->keyword; o++) {
+		if (!o->val || !strcmp(o->keyword, "host") || !strcmp(o->keyword, "hostaddr") ||
+		    !strcmp(o->keyword, "port"))
+			continue;
+		ok = !conninfo_append(&out, &olen, &ocap, o->keyword, o->val);
+	}
+	if (ok)
+		ok = !conninfo_append(&out, &olen, &ocap, "host", hosts) &&
+		     !conninfo_append(&out, &olen, &ocap, "hostaddr", haddrs) &&
+		     (!nports || !conninfo_append(&out, &olen, &ocap, "port", ports));
+	PQconninfoFree(opts);
+	free(hosts);
+	free(haddrs);
+	free(ports);
+	if (!ok) {
+		free(out);
+		return NULL;
+	}
+	return out;
+}
+
+static void connect_with(struct pgc *pc, const char *conninfo)
+{
+	/* The URL's own settings win; ours only fill gaps: a name DBAs can see in
+	 * pg_stat_activity and TCP keepalives so a dead peer is noticed by the kernel too. */
+	char app[48];
+	const char *keys[] = {"fallback_application_name",
+	                      "keepalives",
+	                      "keepalives_idle",
+	                      "keepalives_interval",
+	                      "keepalives_count",
+	                      "dbname",
+	                      NULL};
+	const char *vals[] = {app, "1", "10", "5", "3", conninfo, NULL};
+
+	snprintf(app, sizeof(app), "roomcast-%s", pc->name);
+	pc->conn = PQconnectStartParams(keys, vals, 1);
+	if (!pc->conn || PQstatus(pc->conn) == CONNECTION_BAD) {
+		lose(pc, pc->conn ? PQerrorMessage(pc->conn) : "out of memory");
+		return;
+	}
+	connect_step(pc);
+}
+
+static void resolve_free(struct resolve *rs)
+{
+	pgc_free_names(rs->names, rs->n);
+	pgc_free_names(rs->addrs, rs->n);
+	free(rs);
+}
+
+static void resolve_next(struct resolve *rs);
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+	struct resolve *rs = req->data;
+	struct pgc *pc = rs->pc;
+	char list[RESOLVE_MAX_ADDRS * (INET6_ADDRSTRLEN + 1)] = "";
+	size_t len = 0, count = 0;
+
+	if (!pc) {
+		uv_freeaddrinfo(res);
+		resolve_free(rs);
+		return;
+	}
+	if (status < 0)
+		snprintf(rs->failed, sizeof(rs->failed), "could not resolve %s: %s",
+		         rs->names[rs->next], uv_strerror(status));
+	for (struct addrinfo *ai = res; ai && count < RESOLVE_MAX_ADDRS; ai = ai->ai_next) {
+		char a[INET6_ADDRSTRLEN];
+		const void *src =
+		    ai->ai_family == AF_INET
+		        ? (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr
+		        : (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr;
+		if ((ai->ai_family != AF_INET && ai->ai_family != AF_INET6) ||
+		    !inet_ntop(ai->ai_family, src, a, sizeof(a)) || strstr(list, a))
+			continue;
+		len +=
+		    (size_t)snprintf(list + len, sizeof(list) - len, "%s%s", count ? "," : "", a);
+		count++;
+	}
+	uv_freeaddrinfo(res);
+	rs->addrs[rs->next] = strdup(list);
+	if (!rs->addrs[rs->next]) {
+		pc->resolving = NULL;
+		resolve_free(rs);
+		lose(pc, "out of memory");
+		return;
+	}
+	rs->next++;
+	resolve_next(rs);
+}
+
+/* Looks up the next name, or connects once all are done. */
+static void resolve_next(struct resolve *rs)
+{
+	struct pgc *pc = rs->pc;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+	char *ci;
+	int rc;
+
+	while (rs->next < rs->n && !rs->names[rs->next])
+		rs->next++;
+	if (rs->next < rs->n) {
+		rs->req.data = rs;
+		rc = uv_getaddrinfo(pc->loop, &rs->req, on_resolved, rs->names[rs->next], NULL,
+		                    &hints);
+		if (rc == 0)
+			return;
+		snprintf(rs->failed, sizeof(rs->failed), "could not resolve %s: %s",
+		         rs->names[rs->next], uv_strerror(rc));
+		rs->addrs[rs->next] = strdup("");
+		rs->next++;
+		resolve_next(rs);
+		return;
+	}
+	pc->resolving = NULL;
+	ci = pgc_conninfo_with_addrs(pc->conninfo, rs->names, rs->addrs, rs->n);
+	if (!ci) {
+		char why[300];
+		snprintf(why, sizeof(why), "%s", rs->failed[0] ? rs->failed : "no usable host");
+		resolve_free(rs);
+		lose(pc, why);
+		return;
+	}
+	resolve_free(rs);
+	connect_with(pc, ci);
+	/* libpq copied what it needs; the string may hold a password. */
+	memset(ci, 0, strlen(ci));
+	free(ci);
+}
+
 static void start_connect(struct pgc *pc)
 {
+	struct resolve *rs;
+	char **names;
+	size_t n;
+
 	if (pc->state == PGC_STOPPING)
 		return;
 	if (pc->reconnects || pc->attempts)
 		pc->reconnects++;
 	set_state(pc, PGC_CONNECTING);
-	{
-		/* The URL's own settings win; ours only fill gaps: a name DBAs can see in
-		 * pg_stat_activity and TCP keepalives so a dead peer is noticed by the kernel too.
-		 */
-		char app[48];
-		const char *keys[] = {"fallback_application_name",
-		                      "keepalives",
-		                      "keepalives_idle",
-		                      "keepalives_interval",
-		                      "keepalives_count",
-		                      "dbname",
-		                      NULL};
-		const char *vals[] = {app, "1", "10", "5", "3", pc->conninfo, NULL};
-		snprintf(app, sizeof(app), "roomcast-%s", pc->name);
-		pc->conn = PQconnectStartParams(keys, vals, 1);
-	}
-	if (!pc->conn || PQstatus(pc->conn) == CONNECTION_BAD) {
-		lose(pc, pc->conn ? PQerrorMessage(pc->conn) : "out of memory");
+	/* The deadline covers the lookups too. */
+	uv_timer_start(&pc->timer, on_connect_deadline, CONNECT_TIMEOUT_MS, 0);
+	if (pgc_conninfo_hosts(pc->conninfo, &names, &n) < 0 || !names) {
+		/* Nothing to look up (or a conninfo libpq will refuse with a better message). */
+		connect_with(pc, pc->conninfo);
 		return;
 	}
-	uv_timer_start(&pc->timer, on_connect_deadline, CONNECT_TIMEOUT_MS, 0);
-	connect_step(pc);
+	rs = calloc(1, sizeof(*rs));
+	if (!rs || !(rs->addrs = calloc(n, sizeof(*rs->addrs)))) {
+		free(rs);
+		pgc_free_names(names, n);
+		lose(pc, "out of memory");
+		return;
+	}
+	rs->pc = pc;
+	rs->names = names;
+	rs->n = n;
+	pc->resolving = rs;
+	resolve_next(rs);
 }
 
 static void on_query_deadline(uv_timer_t *t)

@@ -215,3 +215,37 @@ def test_policy_timeout_is_not_cached_for_the_connection_lifetime(pgserver, clus
         reply = await recv_json(ws, 5)
         assert reply["type"] == "joined" and reply["payload"]["room"] == "order-1", reply
     run(go())
+
+
+# ---- host names resolved off the loop ----
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.mark.parametrize("form", ["uri", "multi_host"])
+def test_database_url_with_a_host_name(pgserver, cluster, db, form):
+    from pgcluster import SUPERUSER
+    if form == "uri":
+        url = "postgresql://%s@localhost:%d/%s" % (SUPERUSER, cluster.port, db)
+    else:
+        # The first host refuses; libpq goes on to the second, which must be writable.
+        url = ("postgresql://%s@localhost:%d,localhost:%d/%s?target_session_attrs=read-write"
+               % (SUPERUSER, free_port(), cluster.port, db))
+    server = pgserver(DATABASE_URL=url)
+    rows = sql(cluster, db, "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                            "LIKE 'roomcast-%%' AND client_addr = '127.0.0.1'")
+    assert rows[0][0] == 2
+    first = sql(cluster, db, "SELECT realtime.publish('e', ARRAY['dns-1'], '{}')")[0][0]
+    sql(cluster, db, "SELECT realtime.publish('e', ARRAY['dns-1'], '{}')")
+
+    async def go():
+        ws, joined = await resume(server, "dns-1", first)
+        assert joined["payload"]["recovered"] is True and joined["payload"]["replayed"] == 1
+    run(go())
+    assert "could not resolve" not in server.logs()
