@@ -14,6 +14,7 @@ import time
 import psycopg2
 import pytest
 
+import market
 from pgcluster import PgCluster
 from rc import BIN, connect, join, make_token, recv_json, run, wait_until
 
@@ -89,33 +90,53 @@ async def quiet(ws, seconds=0.5):
 ADMIN = make_token("1", "admin")
 
 
+def U(n):
+    """The auth service's user id (uuid) of sql/demo.sql's seller/client/admin n (101..301)."""
+    return "00000000-0000-4000-a000-%012d" % n
+
+
+async def order_events(ws, seconds=1.0):
+    """The order_created messages that arrive within `seconds` (the checkout's product_updated
+    stock events, which admins get in `admins`, are skipped)."""
+    got = []
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            m = await recv_json(ws, max(0.05, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            return got
+        if isinstance(m, dict) and m.get("event") == "order_created":
+            got.append(m)
+
+
 def test_order_with_two_sellers_reaches_all_rooms_once(pgserver, cluster, db):
     server = pgserver()
+    order = sql(cluster, db, "SELECT CASE WHEN is_called THEN last_value + 1 ELSE last_value END "
+                             "FROM order_id_order_seq")[0][0]
+    p1, p3 = (sql(cluster, db, "SELECT min(id_product) FROM product WHERE id_seller = %s",
+                  (s,))[0][0] for s in (1, 3))
 
     async def go():
-        rooms = ["order-100", "client-2", "seller-1", "seller-3"]
+        rooms = [f"order-{order}", "client-2", "seller-1", "seller-3"]
         socks = {}
         for r in rooms:
             socks[r] = await connect(server, ADMIN)
             assert (await join(socks[r], r))["type"] == "joined"
         both = await connect(server, ADMIN)  # in two of the event's rooms: gets it once
-        await join(both, "order-100")
+        await join(both, f"order-{order}")
         await join(both, "seller-3")
-        sql(cluster, db, """
-            BEGIN;
-            INSERT INTO "order"(id_order, id_client, status, total) VALUES (100, 2, 'pending', 30);
-            INSERT INTO product_order(id_order, id_product, quantity, price) VALUES
-              (100, (SELECT id_product FROM product WHERE id_seller = 1 LIMIT 1), 1, 10),
-              (100, (SELECT id_product FROM product WHERE id_seller = 3 LIMIT 1), 2, 10);
-            COMMIT;""")
+        # The REST service's checkout: one transaction, the order then per item its row and
+        # a stock update.
+        assert market.create_order(cluster.dsn_for(db), 2, [(p1, 1), (p3, 2)]) == order
         for r, ws in socks.items():
-            m = (await collect(ws, 1))[0]
-            assert m["event"] == "order_created" and m["room"] == r and m["to"] == r
-            assert isinstance(m["id"], int) and m["data"]["id_order"] == 100
+            got = await order_events(ws)
+            assert len(got) == 1, got
+            m = got[0]
+            assert m["room"] == r and m["to"] == r
+            assert isinstance(m["id"], int) and m["data"]["id_order"] == order
             assert m["meta"]["source"] == "db" and m["meta"]["table"] == "order"
-        m = (await collect(both, 1))[0]
-        assert m["room"] == "order-100"
-        await quiet(both)
+        got = await order_events(both)
+        assert [m["room"] for m in got] == [f"order-{order}"]
     run(go())
 
 
@@ -300,12 +321,12 @@ def test_resume_beyond_retention_is_not_recovered(pgserver, cluster, db):
 
 
 @pytest.mark.parametrize("who,room,allowed", [
-    ({"sub": "201", "role": "client"}, "order-1", True),    # client 1 (user 201) owns order 1
-    ({"sub": "201", "role": "client"}, "order-2", False),
-    ({"sub": "102", "role": "seller"}, "order-1", True),    # seller 2 (user 102) sold in order 1
-    ({"sub": "102", "role": "seller"}, "order-2", False),
+    ({"sub": U(201), "role": "client"}, "order-1", True),    # client 1 (U(201)) owns order 1
+    ({"sub": U(201), "role": "client"}, "order-2", False),
+    ({"sub": U(102), "role": "seller"}, "order-1", True),    # seller 2 (U(102)) sold in order 1
+    ({"sub": U(102), "role": "seller"}, "order-2", False),
     ({"sub": "999"}, "delivery-1", False),
-    ({"sub": "201", "role": "client"}, "delivery-1", True),
+    ({"sub": U(201), "role": "client"}, "delivery-1", True),
 ])
 def test_sql_room_policy(pgserver, who, room, allowed):
     server = pgserver()
