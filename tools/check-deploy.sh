@@ -210,27 +210,34 @@ else
 	rm -rf "$work/rootfs"
 fi
 
+# build_image TAG LOG PODMAN-BUILD-ARGS...: builds in docker format (layers cached between
+# runs) and removes the image the tag named before, with its now unused build layers, so that
+# repeated runs do not pile up images.
+build_image() {
+	local tag=$1 log=$2 old
+	shift 2
+	old=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+	timeout 1200 podman build -q --format docker -t "$tag" "$@" >"$log" 2>&1 ||
+		{
+			tail -40 "$log" >&2
+			fail "building $tag failed"
+		}
+	if [ -n "$old" ] && [ "$old" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]; then
+		podman rmi "$old" >/dev/null 2>&1 || true
+	fi
+}
+
 # Stand-ins for the registry images compose names, built from Debian's packages.
 for svc in postgres redis nginx; do
 	img=$(compose_image "$svc")
 	say "stand-in $img (deploy/podman/$svc.Containerfile)"
-	timeout 900 podman build -q --format docker -f "deploy/podman/$svc.Containerfile" -t "$img" \
-		deploy/podman >"$work/build-$svc.log" 2>&1 ||
-		{
-			tail -30 "$work/build-$svc.log" >&2
-			fail "building $img failed"
-		}
+	build_image "$img" "$work/build-$svc.log" -f "deploy/podman/$svc.Containerfile" deploy/podman
 done
 
 rc_image=$(compose_image roomcast1)
 say "roomcast image $rc_image (Dockerfile, --format docker)"
 t0=$SECONDS
-timeout 1200 podman build -q --format docker -t "$rc_image" "${CHECK_DEPLOY_CONTEXT:-.}" \
-	>"$work/build-roomcast.log" 2>&1 ||
-	{
-		tail -40 "$work/build-roomcast.log" >&2
-		fail "building $rc_image failed"
-	}
+build_image "$rc_image" "$work/build-roomcast.log" "${CHECK_DEPLOY_CONTEXT:-.}"
 say "built in $((SECONDS - t0))s"
 
 healthcheck=$(podman image inspect "$rc_image" | "$PYTHON" -c '
