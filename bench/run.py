@@ -478,21 +478,31 @@ def fill_pg(pg):
     for f in ("marketplace.sql", "demo.sql"):
         pg.psql_file(os.path.join(ROOT, "sql", f))
     nproducts, norders = 10000, 10000
+    # Bulk set-up of the REST service's tables (sql/marketplace.sql): 100 sellers, 1000
+    # clients, 10000 products, 10000 orders of two items each. The REST schema has no index on
+    # product_order.id_order; the order trigger's seller lookup needs one, as README's DBA
+    # section recommends, so it is added here.
     pg.psql("""
-        INSERT INTO public.seller (id_seller, name) SELECT g, 'seller ' || g
+        INSERT INTO public.seller (id_seller, seller_name, seller_email, seller_password, phone,
+                                   bussines_name, location)
+          SELECT g, 'seller ' || g, 's' || g || '@x', 'x', g, 'shop ' || g, 'town'
           FROM generate_series(4, 100) g ON CONFLICT DO NOTHING;
-        INSERT INTO public.client (id_client, name, email) SELECT g, 'client ' || g, g || '@x'
+        INSERT INTO public.client (id_client, client_name, client_email, client_password,
+                                   address, phone)
+          SELECT g, 'client ' || g, g || '@x', 'x', 'street', '555'
           FROM generate_series(4, 1000) g ON CONFLICT DO NOTHING;
-        INSERT INTO public.product (id_product, id_seller, name, price, stock)
-          SELECT g, 1 + g % 100, 'product ' || g, 10, 100
+        INSERT INTO public.product (id_product, id_seller, product_name, price, stock, status)
+          SELECT g, 1 + g % 100, 'product ' || g, 10, 100, 'active'
           FROM generate_series(7, %(np)d) g ON CONFLICT DO NOTHING;
-        INSERT INTO public."order" (id_order, id_client, status, total)
-          SELECT g, 1 + g %% 1000, 'paid', 10 FROM generate_series(5, %(no)d) g
-          ON CONFLICT DO NOTHING;
-        INSERT INTO public.product_order (id_order, id_product, quantity, price)
-          SELECT g, 1 + (g * 7) %% %(np)d, 1, 10 FROM generate_series(5, %(no)d) g;
-        INSERT INTO public.product_order (id_order, id_product, quantity, price)
-          SELECT g, 1 + (g * 13) %% %(np)d, 1, 10 FROM generate_series(5, %(no)d) g;
+        INSERT INTO public."order" (id_order, id_client, status, total_amount, delivery_type,
+                                    id_payment_method)
+          SELECT g, 1 + g %% 1000, 'payment_confirmed', 20, 'standard', 1
+          FROM generate_series(5, %(no)d) g ON CONFLICT DO NOTHING;
+        INSERT INTO public.product_order (id_order, id_product, price_unit, subtotal)
+          SELECT g, 1 + (g * 7) %% %(np)d, 10, 10 FROM generate_series(5, %(no)d) g;
+        INSERT INTO public.product_order (id_order, id_product, price_unit, subtotal)
+          SELECT g, 1 + (g * 13) %% %(np)d, 10, 10 FROM generate_series(5, %(no)d) g;
+        CREATE INDEX IF NOT EXISTS product_order_id_order_idx ON public.product_order (id_order);
     """.replace("%(np)d", str(nproducts)).replace("%(no)d", str(norders))
            .replace("%%", "%"))
     pg.psql("VACUUM ANALYZE")

@@ -26,13 +26,14 @@ dev_secret_file() {
 }
 
 # Exports JWT_SECRET and NOTIFY_TOKEN (from the environment when set, else the kept ones) and
-# the demo tokens of sql/demo.sql: ADMIN_TOKEN, SELLER_TOKEN (seller 1 is user 101), USER_TOKEN.
+# the demo tokens of sql/demo.sql: ADMIN_TOKEN, SELLER_TOKEN (seller 1, whose seller.user_id is
+# the sub 00000000-0000-4000-a000-000000000101), USER_TOKEN.
 dev_secrets() {
 	JWT_SECRET=${JWT_SECRET:-$(dev_secret_file jwt_secret sh -c 'head -c 32 /dev/urandom | base64')}
 	NOTIFY_TOKEN=${NOTIFY_TOKEN:-$(dev_secret_file notify_token sh -c 'head -c 16 /dev/urandom | od -An -tx1 | tr -d " \n"')}
 	export JWT_SECRET NOTIFY_TOKEN
 	ADMIN_TOKEN=$("$bin" token --sub admin --role admin --ttl 24h)
-	SELLER_TOKEN=$("$bin" token --sub 101 --role seller --seller-id 1 --ttl 24h)
+	SELLER_TOKEN=$("$bin" token --sub 00000000-0000-4000-a000-000000000101 --role seller --seller-id 1 --ttl 24h)
 	USER_TOKEN=$("$bin" token --sub 7 --ttl 24h)
 	export ADMIN_TOKEN SELLER_TOKEN USER_TOKEN
 }

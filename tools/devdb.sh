@@ -83,6 +83,13 @@ start() {
 	if ! "${psql[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'roomcast'" | grep -q 1; then
 		"${psql[@]}" -d postgres -c "CREATE DATABASE roomcast" >/dev/null
 	fi
+	# A dev database made before sql/ held the REST service's real schema (seller.user_id was
+	# an integer then) is recreated: the files below only create what is missing.
+	if "${psql[@]}" -d roomcast -tAc "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('public.seller')
+	    AND attname = 'user_id' AND atttypid <> 'uuid'::regtype" | grep -q 1; then
+		say "the dev database has the old demo schema: recreating it"
+		"${psql[@]}" -d postgres -c "DROP DATABASE roomcast WITH (FORCE)" -c "CREATE DATABASE roomcast" >/dev/null
+	fi
 	"${psql[@]}" -d roomcast -f "$root/sql/marketplace.sql" >/dev/null
 	"${psql[@]}" -d roomcast -f "$root/sql/demo.sql" >/dev/null
 	say "ready"

@@ -135,7 +135,7 @@ cat <<EOF
  database:  $DATABASE_URL
 
  Tokens (24h) and settings as shell variables:   source $envfile
-   ADMIN_TOKEN, SELLER_TOKEN (seller 1 = user 101, auto-joined to seller-1),
+   ADMIN_TOKEN, SELLER_TOKEN (seller 1 of sql/demo.sql, auto-joined to seller-1),
    USER_TOKEN (user 7), NOTIFY_TOKEN, DATABASE_URL, REDIS_ADDR
 
  Watch a broadcast cross replicas (three more terminals, each after sourcing the file):

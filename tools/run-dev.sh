@@ -99,7 +99,7 @@ cat <<EOF
 
  admin token (24h):
    $ADMIN_TOKEN
- seller token (24h, seller 1 = user 101, auto-joined to room seller-1):
+ seller token (24h, seller 1 of sql/demo.sql, auto-joined to room seller-1):
    $SELLER_TOKEN
  NOTIFY_TOKEN:      $NOTIFY_TOKEN
 
