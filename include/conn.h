@@ -53,9 +53,10 @@ struct conn {
 	bool expiring_sent;
 	struct conn *prev, *next; /* all live connections */
 	struct conn *next_dead;
-	void *authz_cache; /* owned by the authz module */
-	void *pending;     /* owned by the session module: joins waiting for replay */
-	void *dbident;     /* owned by the session module: the database identity lookup */
+	size_t drain_below; /* > 0: run the drain hook once the queue is down to this many bytes */
+	void *authz_cache;  /* owned by the authz module */
+	void *pending;      /* owned by the session module: joins waiting for replay */
+	void *dbident;      /* owned by the session module: the database identity lookup */
 };
 
 /* Module setup: the config outlives every connection; ctx is the lws context. */
@@ -84,6 +85,11 @@ static inline bool conn_alive(const struct conn *c)
 {
 	return c->state == CONN_AWAIT_AUTH || c->state == CONN_OPEN;
 }
+
+/* Called from the writeable callback, once, when c's queue fell to c->drain_below bytes (which
+ * the hook's owner sets, and which is cleared before the call): a replay queues its next events
+ * there. The hook may queue frames. */
+void conn_set_drain_hook(void (*fn)(struct conn *c));
 
 /* Queues a reference to f. Over SEND_QUEUE_MAX_BYTES the connection is closed with 4008 and
  * -1 is returned. Never writes: it asks lws for a writeable callback. */

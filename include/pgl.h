@@ -20,14 +20,26 @@ const char *pgl_state(void);
 
 struct frame;
 
-/* The replayed events in id order: their outbox ids and room-message frames for the room
- * asked about (the callback takes over the frame references). ok is false when the outbox
- * could not be read; recovered is false when events after since are no longer retained. */
+/* What a replay page says about the whole replay. */
+struct pgl_replay_page {
+	long long top;   /* the highest id the replay covers (later ids arrive live) */
+	long long total; /* events to replay (first page only) */
+	long long last;  /* the last id this page read (0: none) */
+	bool more;       /* another page may follow: ask with after = last */
+};
+/* One page of replayed events in id order: their outbox ids and room-message frames for the
+ * room asked about (the callback takes over the frame references). ok is false when the outbox
+ * could not be read; recovered is false when events after since (or after `after`, on later
+ * pages) are no longer retained. */
 typedef void (*pgl_replay_fn)(struct conn *c, const char *room, bool ok, bool recovered,
-                              const long long *ids, struct frame **frames, size_t n);
-/* Reads the events of room after since (see SPEC §8) and calls cb, unless c died meanwhile.
- * Returns 0 when started, -1 when PostgreSQL is not available (cb not called). */
-int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb);
+                              const long long *ids, struct frame **frames, size_t n,
+                              const struct pgl_replay_page *page);
+/* Reads a page of the events of room after since (see SPEC §8) and calls cb, unless c died
+ * meanwhile. The first page has after = 0 and top = 0 and reports top and total; later pages
+ * pass the page's last as after and the first page's top. Returns 0 when started, -1 when
+ * PostgreSQL is not available (cb not called). */
+int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
+               pgl_replay_fn cb);
 
 /* verdict: 1 allowed, 0 denied, -1 no answer (the query failed or timed out). */
 typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, int verdict, void *arg);

@@ -35,6 +35,7 @@ static uv_timer_t g_tick;
 static uint64_t g_tick_origin_ms;
 static struct wheel g_wheel;
 static bool g_kill_pending; /* lws must run its timers to drop a socket (see drop_socket) */
+static void (*g_drain_hook)(struct conn *c);
 
 /* lws_write's close-frame type: lws 4.1.6 handles it but keeps the enum value private. */
 #define CONN_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
@@ -278,6 +279,11 @@ static struct frame *take_batch(struct conn *c, uint32_t *taken)
 	return out;
 }
 
+void conn_set_drain_hook(void (*fn)(struct conn *c))
+{
+	g_drain_hook = fn;
+}
+
 int conn_on_writeable(struct conn *c)
 {
 	int n = 0;
@@ -316,6 +322,11 @@ int conn_on_writeable(struct conn *c)
 		 * syscall per frame, 16 % of a fan-out's CPU. */
 		if (lws_partial_buffered(c->wsi))
 			break;
+	}
+	if (c->drain_below && c->q.bytes <= c->drain_below && conn_alive(c)) {
+		c->drain_below = 0;
+		if (g_drain_hook)
+			g_drain_hook(c);
 	}
 	if (c->q.count) {
 		request_write(c);

@@ -31,7 +31,9 @@
  * spare, so commit order holds unless PostgreSQL stays half-reachable for longer. */
 #define HOLD_LIVE_MAX_MS 15000
 #define PRUNE_EVERY_MS   60000
-#define REPLAY_MAX       10000
+/* Events per replay page: the session queues a page within the send budget before asking for
+ * the next, so a backlog of any size is caught up without holding it all. */
+#define REPLAY_PAGE 200
 /* How long a replay may wait for the query connection (after a restart) before failing. */
 #define REPLAY_WAIT_MS 3000
 
@@ -54,7 +56,7 @@ struct inbound {
 struct replay {
 	struct conn *c;
 	char room[ROOM_NAME_MAX + 1];
-	long long since;
+	long long since, after, top; /* top 0: the first page */
 	pgl_replay_fn cb;
 	uint64_t wait_until_ns; /* while waiting for the query connection */
 	struct replay *next;
@@ -615,9 +617,10 @@ const char *pgl_state(void)
 static void on_replay(void *arg, const PGresult *res, const char *err)
 {
 	struct replay *rp = arg;
-	long long *ids = NULL;
+	long long *ids = NULL, pruned;
 	struct frame **frames = NULL;
-	size_t n = 0;
+	struct pgl_replay_page page = {.top = rp->top};
+	size_t n = 0, rows = 0;
 	bool recovered = false;
 
 	if (!conn_alive(rp->c)) {
@@ -628,12 +631,18 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	if (!res || PQntuples(res) < 1) {
 		log_warn("replay failed", "conn", rp->c->id, "room", rp->room, "reason",
 		         err ? err : "no rows");
-		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0);
+		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0, &page);
 		conn_release(rp->c);
 		free(rp);
 		return;
 	}
-	recovered = rp->since >= strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	/* Nothing after since (after, on later pages) may have been pruned or deleted. */
+	pruned = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	recovered = (rp->since > rp->after ? rp->since : rp->after) >= pruned;
+	if (!rp->top) {
+		page.total = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
+		page.top = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+	}
 	ids = calloc((size_t)PQntuples(res), sizeof(*ids));
 	frames = calloc((size_t)PQntuples(res), sizeof(*frames));
 	for (int i = 0; ids && frames && i < PQntuples(res); i++) {
@@ -641,10 +650,8 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 		char id_raw[24];
 		if (PQgetisnull(res, i, 1))
 			continue;
-		if (n >= REPLAY_MAX) {
-			recovered = false; /* more than we replay: the client must refetch */
-			break;
-		}
+		rows++;
+		page.last = strtoll(PQgetvalue(res, i, 1), NULL, 10);
 		o = parse_json(PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
 		if (!o)
 			continue;
@@ -660,41 +667,65 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 			n++;
 		}
 	}
-	rp->cb(rp->c, rp->room, ids && frames, recovered, ids, frames, n);
+	/* A full page may have a successor, which starts after the last row read (kept or not). */
+	page.more = rows == REPLAY_PAGE;
+	rp->cb(rp->c, rp->room, ids && frames, recovered, ids, frames, n, &page);
 	free(ids);
 	free(frames);
 	conn_release(rp->c);
 	free(rp);
 }
 
+/* The events of room $1 a client that saw $2 may have missed: ids above it, plus smaller ids
+ * whose transaction was still open when $2 was inserted (bounded by that row's snap_xmin: the
+ * floor). The client may get a few it already had; it has their ids. */
+#define REPLAY_WHERE                                                                               \
+	"e.rooms @> ARRAY[$1]::text[] AND (e.id > $2::bigint OR (e.id < $2::bigint AND "           \
+	"e.xid >= (SELECT snap_xmin FROM fl)))"
+#define REPLAY_FLOOR                                                                               \
+	"WITH fl AS (SELECT snap_xmin FROM realtime.events WHERE id >= $2::bigint ORDER BY id "    \
+	"LIMIT 1)"
+
 static int send_replay(struct replay *rp)
 {
-	char sbuf[24], limit[24];
-	const char *p[3] = {rp->room, sbuf, limit};
+	char sbuf[24], limit[24], after[24], top[24];
+	const char *p[5] = {rp->room, sbuf, limit, after, top};
 
 	snprintf(sbuf, sizeof(sbuf), "%lld", rp->since);
-	snprintf(limit, sizeof(limit), "%d", REPLAY_MAX + 1);
-	/* The floor: any event the client may not have seen when it saw `since` belongs to a
-	 * transaction that was still open when `since` was inserted, so its xid is at least
-	 * that row's snap_xmin. Events at or above the floor are replayed even with smaller ids
-	 * (the client may get a few it already had; it has their ids). */
+	snprintf(limit, sizeof(limit), "%d", REPLAY_PAGE);
+	snprintf(after, sizeof(after), "%lld", rp->after);
+	snprintf(top, sizeof(top), "%lld", rp->top);
+	if (!rp->top)
+		/* The first page also counts the replay and fixes its top, in one snapshot:
+		 * later ids arrive live (held back until the replay is out). */
+		return pgc_query(
+		    g_query,
+		    REPLAY_FLOOR
+		    ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
+		    "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
+		    "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
+		    "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
+		    "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
+		    " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
+		    "ORDER BY e.id",
+		    3, p, QUERY_TIMEOUT_MS, on_replay, rp);
 	return pgc_query(g_query,
-	                 "WITH fl AS (SELECT snap_xmin FROM realtime.events WHERE id >= $2::bigint "
-	                 "ORDER BY id LIMIT 1) "
-	                 "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, e.id, "
-	                 "realtime.event_json(e) FROM (SELECT 1) s LEFT JOIN LATERAL ("
-	                 "SELECT * FROM realtime.events e WHERE e.rooms @> ARRAY[$1]::text[] "
-	                 "AND (e.id > $2::bigint OR (e.id < $2::bigint AND "
-	                 "e.xid >= (SELECT snap_xmin FROM fl))) "
-	                 "ORDER BY e.id LIMIT $3::int) e ON true ORDER BY e.id",
-	                 3, p, QUERY_TIMEOUT_MS, on_replay, rp);
+	                 REPLAY_FLOOR " SELECT (SELECT pruned_through FROM "
+	                              "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
+	                              "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
+	                              "realtime.events e WHERE " REPLAY_WHERE
+	                              " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
+	                              "LIMIT $3::int) e ON true ORDER BY e.id",
+	                 5, p, QUERY_TIMEOUT_MS, on_replay, rp);
 }
 
 /* Fails a replay that could not be sent (the callback sees ok=false) and frees it. */
 static void fail_replay(struct replay *rp)
 {
+	struct pgl_replay_page page = {.top = rp->top};
+
 	if (conn_alive(rp->c))
-		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0);
+		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0, &page);
 	conn_release(rp->c);
 	free(rp);
 }
@@ -727,7 +758,8 @@ static void on_wait_timer(uv_timer_t *t)
 	flush_waiting(!pgc_is_up(g_query));
 }
 
-int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn cb)
+int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
+               pgl_replay_fn cb)
 {
 	struct replay *rp;
 
@@ -736,6 +768,8 @@ int pgl_replay(struct conn *c, const char *room, long long since, pgl_replay_fn 
 	rp->c = c;
 	snprintf(rp->room, sizeof(rp->room), "%s", room);
 	rp->since = since;
+	rp->after = after;
+	rp->top = top;
 	rp->cb = cb;
 	conn_hold(c);
 	if (pgc_is_up(g_query)) {

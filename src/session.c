@@ -24,10 +24,13 @@ static uint64_t g_broadcast_seq;
 
 /* A connection may sit in at most this many rooms; joins beyond it are refused. */
 #define MAX_ROOMS_PER_CONN 256
+
+static void on_drained(struct conn *c);
 void sess_setup(const struct config *cfg, const struct auth *auth)
 {
 	g_cfg = cfg;
 	g_auth = auth;
+	conn_set_drain_hook(on_drained);
 }
 
 static void reply_error(struct conn *c, enum proto_code code, const char *msg, const char *room)
@@ -245,12 +248,22 @@ void sess_open(struct conn *c, int authenticated)
 }
 
 /* A join with `since` waiting for its replay. The connection is already in the room so no
- * live event is missed; live frames for the room are held here until the replay is sent. */
+ * live event is missed; live frames for the room are held here until the replay is sent. The
+ * replay comes in pages, each queued within the send budget (half of SEND_QUEUE_MAX_BYTES,
+ * topped up when the queue has drained to a quarter), so a backlog larger than the budget is
+ * caught up instead of closing the client 4008. */
 struct pending_join {
 	char room[ROOM_NAME_MAX + 1];
-	struct frame **frames;
+	struct frame **frames; /* live frames held back */
 	long long *ids;
 	size_t n, cap;
+	long long since, after, top, total;
+	struct frame **page; /* the page being queued (owned references from page_pos on) */
+	long long *page_ids;
+	size_t page_n, page_pos;
+	long long *sent; /* ids of replayed events queued so far, ascending */
+	size_t nsent, capsent;
+	bool fetching, more, answered, lost;
 	struct pending_join *next;
 };
 
@@ -272,35 +285,47 @@ static struct pending_join *pending_find(struct conn *c, const char *room,
 	return NULL;
 }
 
-/* Unlinks and frees a pending join; its held frames are sent first when flush is set. */
-static void pending_end(struct conn *c, struct pending_join **link, bool flush,
-                        const long long *replayed, size_t nreplayed)
+/* True when the replay already queued event id (pj->sent ascends: pages come in id order). */
+static bool replay_sent(const struct pending_join *pj, long long id)
+{
+	size_t lo = 0, hi = pj->nsent;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (pj->sent[mid] < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < pj->nsent && pj->sent[lo] == id;
+}
+
+/* Unlinks and frees a pending join; its held frames are sent first when flush is set, except
+ * those the replay already carried. */
+static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 {
 	struct pending_join *pj = *link;
-	size_t r = 0;
 
 	*link = pj->next;
 	for (size_t i = 0; i < pj->n; i++) {
-		/* Skip live events the replay already carried (ids ascend in both lists). */
-		bool dup = false;
-		if (pj->ids[i]) {
-			while (r < nreplayed && replayed[r] < pj->ids[i])
-				r++;
-			dup = r < nreplayed && replayed[r] == pj->ids[i];
-		}
-		if (flush && !dup)
+		if (flush && conn_alive(c) && !(pj->ids[i] && replay_sent(pj, pj->ids[i])))
 			conn_send(c, pj->frames[i]);
 		frame_unref(pj->frames[i]);
 	}
+	for (size_t i = pj->page_pos; i < pj->page_n; i++)
+		frame_unref(pj->page[i]);
+	free(pj->page);
+	free(pj->page_ids);
 	free(pj->frames);
 	free(pj->ids);
+	free(pj->sent);
 	free(pj);
 }
 
 void sess_pending_clear(struct conn *c)
 {
 	while (c->pending)
-		pending_end(c, (struct pending_join **)&c->pending, false, NULL, 0);
+		pending_end(c, (struct pending_join **)&c->pending, false);
 	dbident_free(c);
 }
 
@@ -332,27 +357,143 @@ void route_to_pending(struct conn *c, const char *room, struct frame *f, long lo
 }
 
 static void on_replayed(struct conn *c, const char *room, bool ok, bool recovered,
-                        const long long *ids, struct frame **frames, size_t n)
+                        const long long *ids, struct frame **frames, size_t n,
+                        const struct pgl_replay_page *page);
+
+/* Replay over (or failed): the live frames held meanwhile follow. */
+static void replay_done(struct conn *c, struct pending_join *pj)
 {
 	struct pending_join **link;
-	struct pending_join *pj = conn_alive(c) ? pending_find(c, room, &link) : NULL;
 	char count[24];
 
-	if (!pj) {
-		/* Left the room (or the connection closed) while the replay was read. */
+	snprintf(count, sizeof(count), "%zu", pj->nsent);
+	log_debug("replayed", "conn", c->id, "room", pj->room, "events", count, "recovered",
+	          pj->lost ? "false" : "true");
+	if (pending_find(c, pj->room, &link) == pj)
+		pending_end(c, link, true);
+}
+
+/* Asks for the next page; a failure ends the replay with what was sent. */
+static void replay_fetch(struct conn *c, struct pending_join *pj)
+{
+	pj->fetching = true;
+	if (pgl_replay(c, pj->room, pj->since, pj->after, pj->top, on_replayed) == 0)
+		return;
+	pj->fetching = false;
+	if (!pj->answered) {
+		pj->answered = true;
+		conn_reply(c, proto_joined(pj->room, false, 0, true));
+	} else {
+		/* Said recovered:true already: correct that, the client refetches. */
+		conn_reply(c, proto_joined(pj->room, false, (long)pj->nsent, true));
+	}
+	pj->lost = true;
+	replay_done(c, pj);
+}
+
+/* Queues the current page while the queue stays within the replay's share of the budget, then
+ * asks for the next page or finishes. Returns when c has to drain first (the drain hook calls
+ * again). */
+static void replay_pump(struct conn *c, struct pending_join *pj)
+{
+	size_t budget = (size_t)g_cfg->send_queue_max_bytes / 2;
+
+	while (pj->page_pos < pj->page_n) {
+		struct frame *f = pj->page[pj->page_pos];
+		/* An event bigger than the share still goes, alone, into an empty queue. */
+		if (c->q.bytes && c->q.bytes + f->len > budget) {
+			c->drain_below = budget / 2;
+			return;
+		}
+		if (pj->nsent == pj->capsent) {
+			size_t ncap = pj->capsent ? pj->capsent * 2 : 256;
+			long long *ns = realloc(pj->sent, ncap * sizeof(*ns));
+			if (!ns) {
+				conn_close(c, 1011, "out of memory", false);
+				return;
+			}
+			pj->sent = ns;
+			pj->capsent = ncap;
+		}
+		pj->sent[pj->nsent++] = pj->page_ids[pj->page_pos];
+		pj->page_pos++;
+		if (conn_send(c, f) < 0) {
+			frame_unref(f);
+			return; /* closed 4008: nothing more to do */
+		}
+		frame_unref(f);
+	}
+	free(pj->page);
+	free(pj->page_ids);
+	pj->page = NULL;
+	pj->page_ids = NULL;
+	pj->page_n = pj->page_pos = 0;
+	if (pj->fetching)
+		return;
+	if (pj->more)
+		replay_fetch(c, pj);
+	else
+		replay_done(c, pj);
+}
+
+/* The drain hook: replays waiting for room in the queue go on. */
+static void on_drained(struct conn *c)
+{
+	struct pending_join *pj = c->pending;
+
+	while (pj && conn_alive(c)) {
+		struct pending_join *next = pj->next; /* pj may end inside replay_pump */
+		if (pj->page_pos < pj->page_n)
+			replay_pump(c, pj);
+		pj = next;
+	}
+}
+
+static void on_replayed(struct conn *c, const char *room, bool ok, bool recovered,
+                        const long long *ids, struct frame **frames, size_t n,
+                        const struct pgl_replay_page *page)
+{
+	struct pending_join *pj = conn_alive(c) ? pending_find(c, room, NULL) : NULL;
+
+	if (!pj || !pj->fetching) {
+		/* Left the room (or the connection closed) while the page was read. */
 		for (size_t i = 0; i < n; i++)
 			frame_unref(frames[i]);
 		return;
 	}
-	conn_reply(c, proto_joined(room, ok && recovered, (long)n, true));
-	for (size_t i = 0; i < n; i++) {
-		conn_send(c, frames[i]);
-		frame_unref(frames[i]);
+	pj->fetching = false;
+	if (!pj->answered) {
+		pj->answered = true;
+		pj->top = page->top;
+		pj->total = page->total;
+		pj->lost = !(ok && recovered);
+		conn_reply(c, proto_joined(room, ok && recovered, ok ? (long)pj->total : 0, true));
+	} else if (!(ok && recovered) && !pj->lost) {
+		/* Events not yet replayed were pruned (or the outbox failed) meanwhile. */
+		pj->lost = true;
+		conn_reply(c, proto_joined(room, false, (long)pj->nsent, true));
 	}
-	pending_end(c, link, true, ids, n);
-	snprintf(count, sizeof(count), "%zu", n);
-	log_debug("replayed", "conn", c->id, "room", room, "events", count, "recovered",
-	          ok && recovered ? "true" : "false");
+	if (!ok) {
+		replay_done(c, pj);
+		return;
+	}
+	pj->more = page->more && page->last > pj->after;
+	if (page->last)
+		pj->after = page->last;
+	/* pj has no page here: replay_pump asks for the next one only once its page is queued. */
+	pj->page = malloc((n ? n : 1) * sizeof(*pj->page));
+	pj->page_ids = malloc((n ? n : 1) * sizeof(*pj->page_ids));
+	if (!pj->page || !pj->page_ids) {
+		for (size_t i = 0; i < n; i++)
+			frame_unref(frames[i]);
+		conn_close(c, 1011, "out of memory", false);
+		return; /* pending_end frees the arrays when the connection goes */
+	}
+	memcpy(pj->page, frames, n * sizeof(*frames));
+	memcpy(pj->page_ids, ids, n * sizeof(*ids));
+	pj->page_n = n;
+	pj->page_pos = 0;
+	replay_pump(c, pj);
 }
 
 static void finish_join(struct conn *c, const char *room, const struct join_args *ja)
@@ -373,11 +514,13 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 		return;
 	}
 	snprintf(pj->room, sizeof(pj->room), "%s", room);
+	pj->since = ja->since;
 	pj->next = c->pending;
 	c->pending = pj;
-	if (pgl_replay(c, room, ja->since, on_replayed) < 0) {
+	pj->fetching = true;
+	if (pgl_replay(c, room, ja->since, 0, 0, on_replayed) < 0) {
 		/* pj was pushed at the head of the list just above. */
-		pending_end(c, (struct pending_join **)&c->pending, false, NULL, 0);
+		pending_end(c, (struct pending_join **)&c->pending, false);
 		conn_reply(c, proto_joined(room, false, 0, true));
 	}
 }
@@ -437,7 +580,7 @@ static void do_leave(struct conn *c, struct proto_msg *m)
 	struct pending_join **link;
 
 	if (pending_find(c, m->room, &link))
-		pending_end(c, link, false, NULL, 0);
+		pending_end(c, link, false);
 	if (room_leave(m->room, &c->member) != 0) {
 		reply_error(c, PROTO_NOT_MEMBER, "not a member of this room", m->room);
 		return;

@@ -249,3 +249,32 @@ def test_database_url_with_a_host_name(pgserver, cluster, db, form):
         assert joined["payload"]["recovered"] is True and joined["payload"]["replayed"] == 1
     run(go())
     assert "could not resolve" not in server.logs()
+
+
+# ---- replays larger than the send budget ----
+
+def test_replay_bigger_than_send_budget_is_paged(pgserver, cluster, db):
+    server = pgserver(SEND_QUEUE_MAX_BYTES="65536")
+    sql(cluster, db, """
+        SELECT realtime.publish('bulk', ARRAY['big-1'],
+                                jsonb_build_object('i', i, 'pad', repeat('x', 1000)))
+          FROM generate_series(1, 2000) i""")
+    first = sql(cluster, db, "SELECT min(id) FROM realtime.events WHERE rooms @> '{big-1}'")[0][0]
+
+    async def go():
+        ws = await connect(server, ADMIN)
+        await send(ws, "join", room="big-1", since=0)
+        joined = await recv_type(ws, "joined", 10)
+        assert joined["payload"]["recovered"] is True
+        assert joined["payload"]["replayed"] == 2000
+        # A live event published while the replay runs comes after it, once.
+        sql(cluster, db, "SELECT realtime.publish('live', ARRAY['big-1'], '{}')")
+        got = await collect(ws, 2001, timeout=60)
+        assert [m["data"]["i"] for m in got[:2000]] == list(range(1, 2001))
+        assert [m["id"] for m in got[:2000]] == list(range(first, first + 2000))
+        assert got[2000]["event"] == "live"
+        # Still open: a later live event arrives too.
+        sql(cluster, db, "SELECT realtime.publish('live2', ARRAY['big-1'], '{}')")
+        assert (await collect(ws, 1))[0]["event"] == "live2"
+    run(go())
+    assert 'slow consumer' not in server.logs()
