@@ -356,10 +356,11 @@ $$;
 REVOKE ALL ON FUNCTION realtime.attach_triggers() FROM PUBLIC;
 
 -- The event trigger's function: attach_triggers() after DDL that can create or rename a table,
--- never failing that DDL.
+-- never failing that DDL. SECURITY DEFINER: the DDL runs as the REST service's role, which has
+-- no privilege in schema realtime.
 CREATE OR REPLACE FUNCTION realtime.ddl_attach_triggers()
 RETURNS event_trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -370,6 +371,7 @@ EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'realtime.attach_triggers after %: %', tg_tag, SQLERRM;
 END
 $$;
+REVOKE ALL ON FUNCTION realtime.ddl_attach_triggers() FROM PUBLIC;
 
 -- The event trigger itself, when the migrating role may create one.
 DO $$

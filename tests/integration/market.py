@@ -51,7 +51,8 @@ def create_seller(target, name=None, user_id=None):
         cur.execute("""INSERT INTO seller (user_id, seller_name, seller_email, seller_password,
                                            phone, bussines_name, location)
                        VALUES (%s, %s, %s, 'x', 5550000, %s, 'Town') RETURNING id_seller""",
-                    (user_id, name, "seller%d-%s@example.com" % (n, uuid.uuid4().hex[:12]), name + " Ltd"))
+                    (user_id, name, "seller%d-%s@example.com" % (n, uuid.uuid4().hex[:12]),
+                     name + " Ltd"))
         return _one(cur)
 
 

@@ -7,16 +7,19 @@ the n8n rooms in realtime.can_join, and triggers that never abort a REST transac
 Run: /usr/bin/python3 -m pytest tests/integration/test_schema.py
 """
 
+import asyncio
 import glob
 import itertools
 import os
 import subprocess
+import time
 
 import psycopg2
 import pytest
 
 import market
 from pgcluster import PgCluster
+from rc import BIN, connect, join, make_token, recv_json, run, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UP_FILES = sorted(f for f in glob.glob(os.path.join(ROOT, "migrations", "[0-9]*.sql"))
@@ -131,6 +134,25 @@ def test_rest_tables_first_then_migrations(db):
     assert db.one("""SELECT count(*) FROM pg_trigger
                       WHERE NOT tgisinternal AND tgname LIKE 'realtime%'""") == 5
     assert_order_created(db, *order_across_two_sellers(db))
+
+
+def test_rest_service_role_creates_its_tables(migrated):
+    # The REST service connects as its own role, with no privilege in schema realtime; its DDL
+    # still gets the triggers (the event trigger runs attach_triggers as the migrating role).
+    role = "rc_rest_" + migrated.name
+    migrated.sql("CREATE ROLE %s LOGIN" % role)
+    try:
+        migrated.sql("GRANT CREATE, USAGE ON SCHEMA public TO " + role)
+        proc = migrated.run_file(MARKETPLACE, user=role)
+        assert "WARNING" not in proc.stderr, proc.stderr
+        assert migrated.status() == ALL_OK
+        assert migrated.one("SELECT tableowner FROM pg_tables WHERE tablename = 'product'") == role
+        d = Db(migrated.cluster, migrated.name)
+        d.dsn = migrated.dsn.replace("postgres@", role + "@", 1)
+        assert_order_created(migrated, *order_across_two_sellers(d))
+    finally:
+        migrated.sql("DROP OWNED BY %s CASCADE" % role)
+        migrated.sql("DROP ROLE " + role)
 
 
 def test_order_table_waits_for_its_items_table(migrated):
@@ -325,3 +347,48 @@ def test_rest_writes_always_commit(migrated):
     created = migrated.events(top)[0]
     assert created[1] == ["order-%d" % empty, "client-2"]
     assert created[2]["total_amount"] == 0 and created[2]["payment_status"] == "pending"
+
+
+# -- end to end: roomcast up before the REST service's tables exist ---------------------------
+
+def test_roomcast_first_then_rest_tables_end_to_end(server_factory, db):
+    # `roomcast migrate` (the embedded files) on an empty database, roomcast serving, and only
+    # then the REST service creates its tables and takes an order spanning two sellers.
+    out = subprocess.run([BIN, "migrate"], env=dict(os.environ, DATABASE_URL=db.dsn),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    server = server_factory({"DATABASE_URL": db.dsn})
+    wait_until(lambda: server.json("/health")[1]["postgres"] == "up", 15, what="postgres up")
+    db.run_file(MARKETPLACE)
+    db.run_file(DEMO)
+
+    async def order_created(ws):
+        """The order_created messages: waits up to 10 s for the first, then 0.5 s for more
+        (the checkout's product_updated events are skipped)."""
+        got, deadline = [], time.monotonic() + 10
+        while True:
+            try:
+                m = await recv_json(ws, max(0.05, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return got
+            if isinstance(m, dict) and m.get("event") == "order_created":
+                got.append(m)
+                deadline = min(deadline, time.monotonic() + 0.5)
+
+    async def go():
+        # A seller's token as the auth service issues it: a uuid sub and no seller id.
+        seller3 = await connect(server, make_token(U(103), "seller"))
+        # Its messages wait for the identity lookup: once this join is answered, the seller's
+        # id is known and the connection is in seller-3.
+        assert (await join(seller3, "product-5"))["type"] == "joined"
+        client = await connect(server, make_token(U(202), "client"))
+        assert (await join(client, "client-2"))["type"] == "joined"
+        order = market.create_order(db.dsn, 2, [(1, 1), (5, 2)])  # sellers 1 and 3
+        for ws, room in ((seller3, "seller-3"), (client, "client-2")):
+            got = await order_created(ws)
+            assert [(m["room"], m["data"]["id_order"]) for m in got] == [(room, order)], got
+    run(go())
+
+
+def U(n):
+    return "00000000-0000-4000-a000-%012d" % n
