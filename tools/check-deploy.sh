@@ -130,8 +130,8 @@ print_logs() {
 # Everything this project left: containers, pods, volumes, network. Idempotent; also run
 # before starting, in case an earlier run was killed.
 remove_project() {
-	local c v p
-	for c in $(project_containers) "${PROJECT}_squat"; do
+	local c v p n
+	for c in $(project_containers) "${PROJECT}_probe"; do
 		timeout 60 podman rm -f -t 2 "$c" >/dev/null 2>&1 || true
 	done
 	for p in $(podman pod ls --format '{{.Name}}' 2>/dev/null | grep -x "pod_$PROJECT" || true); do
@@ -140,9 +140,9 @@ remove_project() {
 	for v in $(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null || true); do
 		timeout 60 podman volume rm -f "$v" >/dev/null 2>&1 || true
 	done
-	if podman network exists "${PROJECT}_default" 2>/dev/null; then
-		timeout 60 podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
-	fi
+	for n in $(podman network ls -q --filter "label=io.podman.compose.project=$PROJECT" 2>/dev/null || true); do
+		timeout 60 podman network rm -f "$n" >/dev/null 2>&1 || true
+	done
 }
 
 cleanup() {
@@ -266,6 +266,18 @@ export JWT_SECRET NOTIFY_TOKEN ROOMCAST_HTTP_PORT
 base="http://127.0.0.1:$ROOMCAST_HTTP_PORT"
 
 cname() { echo "${PROJECT}_$1_1"; }
+
+# podman-compose 1.0.3 ignores `ipam`: create the networks with pinned subnets beforehand, with
+# its labels (it uses a network that exists).
+"$PYTHON" -c '
+import sys, yaml
+for name, net in (yaml.safe_load(open(sys.argv[1])).get("networks") or {}).items():
+    for cfg in ((net or {}).get("ipam") or {}).get("config") or []:
+        print(name, cfg["subnet"])' "$COMPOSE_FILE" | while read -r net subnet; do
+	podman network create --subnet "$subnet" --label "io.podman.compose.project=$PROJECT" \
+		--label "com.docker.compose.project=$PROJECT" "${PROJECT}_$net" >/dev/null
+	say "network ${PROJECT}_$net with subnet $subnet"
+done
 
 say "podman-compose up -d (nginx on host port $ROOMCAST_HTTP_PORT)"
 timeout 300 podman-compose -p "$PROJECT" -f "$COMPOSE_FILE" up -d --no-build >"$work/compose-up.log" 2>&1 ||
@@ -483,10 +495,40 @@ PY
 say "traffic through nginx"
 traffic first
 
+# POST /api/notify without a valid credential: refused through nginx. With NOTIFY_ALLOW_FROM
+# (the backend network), a credential-less POST from the backend network is accepted, one from
+# nginx's network is not.
+notify_code() { # URL [curl args...]: the status code of a notify POST
+	local url=$1
+	shift
+	curl -s -o /dev/null -m 15 -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+		--data '{"event":"deploy_check","room":"deploy-probe","data":{}}' "$@" "$url" || true
+}
+code=$(notify_code "$base/api/notify")
+[ "$code" = 401 ] || fail "POST /api/notify through nginx without a credential answered $code, want 401"
+code=$(notify_code "$base/api/notify" -H "Authorization: Bearer not-the-token")
+[ "$code" = 401 ] || fail "POST /api/notify through nginx with a wrong token answered $code, want 401"
+say "POST /api/notify through nginx without a valid credential: 401"
+allow=$(podman exec "$(cname roomcast1)" printenv NOTIFY_ALLOW_FROM || true)
+if [ -n "$allow" ]; then
+	code=$(podman run --rm --name "${PROJECT}_probe" --net "${PROJECT}_backend" \
+		--entrypoint curl "$rc_image" -s -o /dev/null -m 15 -w '%{http_code}' -X POST \
+		-H 'Content-Type: application/json' \
+		--data '{"event":"deploy_check","room":"deploy-probe","data":{}}' \
+		http://roomcast1:8080/api/notify 2>/dev/null || true)
+	[ "$code" = 200 ] || fail "credential-less POST /api/notify from the backend network answered $code, want 200 (NOTIFY_ALLOW_FROM=$allow)"
+	code=$(podman exec "$(cname nginx)" curl -s -o /dev/null -m 15 -w '%{http_code}' -X POST \
+		-H 'Content-Type: application/json' \
+		--data '{"event":"deploy_check","room":"deploy-probe","data":{}}' \
+		http://roomcast1:8080/api/notify || true)
+	[ "$code" = 401 ] || fail "credential-less POST /api/notify from nginx's network answered $code, want 401"
+	say "NOTIFY_ALLOW_FROM=$allow: credential-less notify accepted from the backend network, refused from nginx's"
+fi
+
 # A replica restart: podman gives it a new address unless the old one is free again; nginx
 # resolves names per request, so it must find it again without a restart of its own.
 r1=$(cname roomcast1)
-addr() { podman inspect "$1" --format '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}'; }
+addr() { podman inspect "$1" --format '{{range $n, $s := .NetworkSettings.Networks}}{{$n}}={{$s.IPAddress}} {{end}}'; }
 old_addr=$(addr "$r1")
 say "stopping roomcast1 ($old_addr)"
 timeout 60 podman stop -t 10 "$r1" >/dev/null
@@ -503,7 +545,7 @@ traffic "after-restart"
 say "podman-compose down -v"
 timeout 180 podman-compose -p "$PROJECT" -f "$COMPOSE_FILE" down -v >"$work/compose-down.log" 2>&1 ||
 	fail "podman-compose down failed"
-# podman-compose 1.0.3 leaves the network; remove_project (at exit) takes it too.
+# podman-compose 1.0.3 leaves the networks; remove_project (at exit) takes them too.
 left=$(project_containers)
 [ -z "$left" ] || fail "containers left after down: $left"
 [ -z "$(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT")" ] ||

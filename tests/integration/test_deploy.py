@@ -261,6 +261,28 @@ def test_compose_no_empty_defaults():
         assert environment(compose()["services"][name])["NOTIFY_TOKEN"] is None
 
 
+def test_compose_networks_keep_nginx_off_the_trusted_side():
+    """Replicas sit on both networks, nginx only on `edge`, the rest only on `backend`, whose
+    subnet is pinned so NOTIFY_ALLOW_FROM can name it without trusting what nginx forwards."""
+    c = compose()
+    services = c["services"]
+
+    def nets(name):
+        n = services[name].get("networks") or ["default"]
+        return sorted(n if isinstance(n, list) else n.keys())
+
+    assert nets("nginx") == ["edge"]
+    for name in REPLICAS:
+        assert nets(name) == ["backend", "edge"], name
+    for name in ["postgres", "redis", "migrate"]:
+        assert nets(name) == ["backend"], name
+    subnets = [cfg["subnet"] for cfg in c["networks"]["backend"]["ipam"]["config"]]
+    assert len(subnets) == 1
+    for name in REPLICAS:
+        allow = environment(services[name]).get("NOTIFY_ALLOW_FROM")
+        assert allow in (None, subnets[0]), allow
+
+
 def test_compose_environment_names_are_roomcast_settings():
     """Every variable given to a roomcast container is one `roomcast serve --help` lists."""
     p = subprocess.run([BIN, "serve", "--help"], capture_output=True, text=True, timeout=10)
