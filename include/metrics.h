@@ -49,7 +49,7 @@ struct metrics {
 	double pg_queue_usage;
 	uint64_t redis_reconnects, redis_publish_failures;
 	int redis_up;
-	uint64_t http_requests[6];                 /* by status class 1xx..5xx, index 0 unused */
+	uint64_t http_requests[6]; /* by status class 1xx..5xx, index 0 unused */
 	/* The gate's budgets: every accepted TCP connection, from accept to close. */
 	int64_t open_http, open_ws, open_addresses;
 	uint64_t deadline_closes[5]; /* by enum gate_phase: closed at an absolute deadline */

@@ -277,6 +277,11 @@ static void pend_close(struct pending *p)
 		p->state = PEND_LINGER_DONE; /* on_handle_closed gives back its linger slot */
 	else if (p->state != PEND_HANDOFF)
 		p->state = PEND_CLOSED;
+	if (p->state != PEND_HANDOFF) {
+		/* Its budget slot is free at once (an eviction makes room for the newcomer). */
+		gate_ticket_close(p->t);
+		p->t = NULL;
+	}
 	if (p->prev)
 		p->prev->next = p->next;
 	else
@@ -767,7 +772,7 @@ static void on_repoll(uv_timer_t *t)
 {
 	struct pending *p = t->data;
 	if (p->state == PEND_READING)
-		uv_poll_start(&p->poll, UV_READABLE, on_readable);
+		uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_readable);
 }
 
 /* Removes the head (and only the head) from the socket so lws reads what follows itself. */
@@ -812,6 +817,12 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 	p->len = (size_t)n;
 	g_head[p->len] = '\0'; /* the buffer has one byte more than cap */
 	rc = parse_head(g_head, p->len, &h);
+	if (rc == 0 && (events & UV_DISCONNECT)) {
+		/* The peer closed with its head unfinished: peeking would show the same bytes
+		 * until the head deadline, so the hang-up is taken from the poll itself. */
+		pend_close(p);
+		return;
+	}
 	if (rc == 0) {
 		if (p->len == cap) {
 			refuse(p, 431, "Request Header Fields Too Large", "request head too large",
@@ -868,20 +879,18 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 
 /* ---- listening ---- */
 
-/* The HTTP budget is full: closes the oldest head still being read if it has been at it for a
- * second (the likeliest slowloris), so slow sockets spread over many addresses cannot lock new
- * clients out. New sockets are added at the head of the list, so the oldest is at the tail. */
+/* The HTTP budget is full: closes the oldest head still being read (the likeliest slowloris),
+ * so slow sockets spread over many addresses cannot lock new clients out (one address cannot
+ * fill the budget: MAX_HTTP_CONNECTIONS_PER_IP). New sockets are added at the head of the list,
+ * so the oldest is at the tail. */
 static bool evict_oldest_head(void)
 {
 	struct pending *p = g_pending;
-	uint64_t now = uv_now(g_loop);
 
 	while (p && p->next)
 		p = p->next;
 	for (; p; p = p->prev)
 		if (p->state == PEND_READING && p->t) {
-			if (now - p->t->opened_ms < 1000)
-				return false;
 			metrics.refused[REFUSE_HEADER_TIMEOUT]++;
 			pend_close(p);
 			return true;
@@ -957,7 +966,7 @@ static void start_pending(int fd, const struct sockaddr_storage *ss)
 		refuse(p, ref.status, ref.reason, ref.body, ref.why);
 		return;
 	}
-	uv_poll_start(&p->poll, UV_READABLE, on_readable);
+	uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_readable);
 	uv_timer_start(&p->timer, on_deadline, (uint64_t)g_cfg->header_timeout_s * 1000, 0);
 }
 

@@ -672,10 +672,10 @@ static void fit_fd_limit(struct config *cfg)
 	snprintf(from, sizeof(from), "%ld", cfg->max_connections);
 	cfg->max_connections = rl.rlim_cur > 2 * FD_RESERVE ? (long)(rl.rlim_cur - FD_RESERVE)
 	                                                    : (long)(rl.rlim_cur / 2);
-	/* An eighth of what is left for connections that are not (yet) WebSockets. */
-	if (cfg->max_http_connections > cfg->max_connections / 8)
+	/* A sixteenth of what is left for connections that are not (yet) WebSockets. */
+	if (cfg->max_http_connections > cfg->max_connections / 16)
 		cfg->max_http_connections =
-		    cfg->max_connections / 8 > 4 ? cfg->max_connections / 8 : 4;
+		    cfg->max_connections / 16 > 4 ? cfg->max_connections / 16 : 4;
 	cfg->max_connections -= cfg->max_http_connections + cfg->max_http_connections / 8 + 4;
 	if (cfg->max_connections < 1)
 		cfg->max_connections = 1;

@@ -798,9 +798,12 @@ def _trickle(socks, stop, period=1.0):
 
 
 def _closed(sock):
+    """True once the server has closed sock, whatever it sent first (a 429 included)."""
     sock.setblocking(False)
     try:
-        return sock.recv(100) == b""
+        while sock.recv(4096):
+            pass
+        return True
     except BlockingIOError:
         return False
     except OSError:
@@ -829,9 +832,11 @@ def test_slowloris_does_not_block_normal_clients(server_factory):
     timeout_s = 3
     server = server_factory({"HEADER_TIMEOUT_S": str(timeout_s), "NOTIFY_TOKEN": "nt"})
     socks = []
+    # From addresses other than the normal client's (127.0.0.1): one address's own slow heads
+    # count against its own MAX_HTTP_CONNECTIONS_PER_IP (test_hostile.py).
     for i in range(300):
         s = socket.socket()
-        s.bind((f"127.0.0.{1 + i % 3}", 0))
+        s.bind((f"127.0.0.{2 + i % 3}", 0))
         s.connect((server.host, server.port))
         socks.append(s)
     t_open = time.monotonic()
@@ -1019,12 +1024,24 @@ def test_fd_limit_idle_sockets_refused_quietly_and_max_connections_fitted(lowfd_
                 s.close()
                 continue
             socks.append(s)
-        wait_until(lambda: '"accept failed"' in server.logs(), 5, what="descriptor limit hit")
+        # Idle sockets count against the HTTP budget (fitted to the descriptors as well), so
+        # the excess is refused at accept and the limit itself is seldom reached; when it is,
+        # the refusals are logged at most once a second.
+        def refused():
+            try:
+                m = metric_samples(server.metrics())
+            except OSError:
+                return False
+            # Refused at accept, or the oldest idle head dropped to make room.
+            return sum(m.get(("roomcast_handshakes_refused_total", (("reason", r),)), 0)
+                       for r in ("capacity", "header_timeout"))
+        wait_until(refused, 5, what="idle sockets beyond the budget refused")
         time.sleep(2.5)
         share = cpu_share(server.proc.pid, 2)
         assert share < 0.10, f"{share:.1%} of a core at the descriptor limit"
+        assert proc_fd_count(server.proc.pid) <= 200
         lines = server.logs().count('"accept failed"')
-        assert 1 <= lines <= 8, lines
+        assert lines <= 8, lines
         assert server.proc.poll() is None
     finally:
         for s in socks:

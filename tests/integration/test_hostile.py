@@ -11,10 +11,13 @@ import os
 import re
 import socket
 import struct
+import subprocess
 import time
 
-from rc import (RawClient, make_token, parse_response, raise_nofile, read_until_eof,
-                wait_until)
+import pytest
+
+from rc import (BIN, SECRET, RawClient, make_token, parse_response, raise_nofile,
+                read_until_eof, wait_until)
 
 # Under valgrind every answer is ~20x slower: the deadlines that measure the server scale.
 SLOW = 20 if os.environ.get("ROOMCAST_VG_BIN") else 1
@@ -181,4 +184,158 @@ def test_slow_notify_bodies_refused_on_the_head(server_factory):
         assert closed and st in (401, 429), (st, out[:80])
         s.close()
     assert answers.get(401, 0) >= 1, answers
+    wait_until(lambda: all_released(server), timeout=5 * SLOW, what="counters back to zero")
+
+
+# ---- NOTIFY_ALLOW_FROM and the notify credential ----
+
+def test_notify_allow_from_by_tcp_peer_address(server_factory):
+    """Peers in NOTIFY_ALLOW_FROM POST without a credential (as the REST service's fallback
+    and n8n do); any other address gets 401, a forwarded header changes nothing, and a request
+    on a kept-alive connection is checked on its head too."""
+    server = server_factory({"NOTIFY_TOKEN": NOTIFY_TOKEN,
+                             "NOTIFY_ALLOW_FROM": "127.0.0.2/32, 10.0.0.0/8,::1/128"})
+    member = RawClient(server, make_token("5"))
+    assert member.status == 101
+    member.send_json({"type": "join", "payload": {"room": "product-12"}})
+    assert json.loads(member.read_frame()[1])["type"] == "joined"
+
+    body = json.dumps({"event": "allowed", "room": "product-12", "data": {"n": 1}})
+    status, rbody = post_notify(server, body, "127.0.0.2")
+    assert status == 200, rbody
+    got = json.loads(member.read_frame()[1])
+    assert got["event"] == "allowed" and got["data"] == {"n": 1}, got
+
+    status, rbody = post_notify(server, body, "127.0.0.3")
+    assert status == 401 and json.loads(rbody)["error"], rbody
+    # The peer address is the TCP one: a forwarded header from elsewhere is not believed.
+    s = sock_from("127.0.0.3", server)
+    s.sendall(notify_head(len(body)).replace(b"\r\n\r\n", b"\r\nX-Forwarded-For: 127.0.0.2"
+                                             b"\r\nX-Real-IP: 127.0.0.2\r\n\r\n")
+              + body.encode())
+    out, closed = read_until_eof(s, 5)
+    s.close()
+    assert parse_response(out)[0] == 401 and closed
+    # With the shared token from anywhere; then, on the same kept-alive connection, a request
+    # without one is refused on its head (401, before its body) and the connection closed.
+    s = sock_from("127.0.0.3", server)
+    s.sendall(notify_head(len(body), NOTIFY_TOKEN) + body.encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 200 "), data[:80]
+    s.sendall(notify_head(65536) + b"{")
+    t0 = time.monotonic()
+    out, closed = read_until_eof(s, 5)
+    s.close()
+    assert b"HTTP/1.1 401 " in out and closed and time.monotonic() - t0 < 2 * SLOW, out[:200]
+    member.close()
+
+
+def test_notify_allow_from_ipv6_peer(server_factory):
+    server = server_factory({"NOTIFY_ALLOW_FROM": "::1/128"}, host="::1")
+    s = socket.create_connection(("::1", server.port), timeout=5)
+    body = json.dumps({"event": "v6", "room": "product-1"}).encode()
+    s.sendall(notify_head(len(body)) + body)
+    out, _ = read_until_eof(s, 5)
+    s.close()
+    assert parse_response(out)[0] == 200, out[:200]
+
+
+@pytest.mark.parametrize("env,name", [
+    ({"NOTIFY_ALLOW_FROM": "10.0.0.0/33"}, "NOTIFY_ALLOW_FROM"),
+    ({"NOTIFY_ALLOW_FROM": "127.0.0.1/32,example.com"}, "NOTIFY_ALLOW_FROM"),
+    ({"NOTIFY_ALLOW_FROM": "::1/129"}, "NOTIFY_ALLOW_FROM"),
+    ({"NOTIFY_ALLOW_FROM": "10.0.0.0/8,"}, "NOTIFY_ALLOW_FROM"),
+    ({"ENVIRONMENT": "production", "WS_ORIGINS": "https://a.example",
+      "NOTIFY_TOKEN": "x" * 31}, "NOTIFY_TOKEN"),
+])
+def test_bad_notify_settings_refuse_start(env, name):
+    e = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_TOKEN", "DATABASE_URL")}
+    e.update({"JWT_SECRET": SECRET, "PORT": "1", "HOST": "127.0.0.1"})
+    e.update(env)
+    p = subprocess.run([BIN, "serve"], env=e, capture_output=True, text=True, timeout=10)
+    assert p.returncode != 0 and name in p.stderr, (p.returncode, p.stderr)
+
+
+def test_production_accepts_a_32_byte_notify_token(server_factory):
+    server = server_factory({"ENVIRONMENT": "production", "WS_ORIGINS": "https://a.example",
+                             "NOTIFY_TOKEN": "y" * 32})
+    body = json.dumps({"event": "e", "room": "product-1"})
+    assert post_notify(server, body, "127.0.0.1", auth="y" * 32)[0] == 200
+    assert post_notify(server, body, "127.0.0.1", auth="y" * 31)[0] == 401
+    assert post_notify(server, body, "127.0.0.1", auth="y" * 33)[0] == 401
+
+
+# ---- absolute deadlines ----
+
+def trickle_until_closed(s, data, every, limit):
+    """Sends data one byte every `every` seconds until the server closes (returns the seconds
+    it took and what was read) or `limit` seconds pass (returns None)."""
+    t0 = time.monotonic()
+    s.settimeout(every)
+    out = b""
+    for b in data:
+        if time.monotonic() - t0 > limit:
+            return None, out
+        try:
+            s.send(bytes([b]))
+        except OSError:
+            return time.monotonic() - t0, out
+        try:
+            chunk = s.recv(4096)
+            if not chunk:
+                return time.monotonic() - t0, out
+            out += chunk
+        except socket.timeout:
+            pass
+        except OSError:
+            return time.monotonic() - t0, out
+    return None, out
+
+
+def test_authenticated_slow_body_closed_at_its_deadline(server_factory):
+    """A byte every 0.3 s would keep lws's own body timeout alive for ever; the body deadline
+    (HTTP_BODY_TIMEOUT_S from the end of the head) does not move."""
+    server = server_factory({"NOTIFY_TOKEN": NOTIFY_TOKEN, "HTTP_BODY_TIMEOUT_S": "2"})
+    s = sock_from("127.0.0.2", server)
+    s.sendall(notify_head(200, NOTIFY_TOKEN))
+    took, _ = trickle_until_closed(s, b"x" * 200, 0.3, 10 * SLOW)
+    s.close()
+    assert took is not None and 1.5 < took < 3.5 * SLOW, took
+    wait_until(lambda: all_released(server), timeout=5 * SLOW, what="counters back to zero")
+    assert 'roomcast_deadline_closes_total{phase="http"} 1' in server.metrics()
+
+
+def test_slow_next_head_on_kept_alive_connection_closed_at_idle_deadline(server_factory):
+    server = server_factory({"HTTP_IDLE_TIMEOUT_S": "2"})
+    s = sock_from("127.0.0.2", server)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    took, _ = trickle_until_closed(s, b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 100,
+                                   0.3, 10 * SLOW)
+    s.close()
+    assert took is not None and took < 3.5 * SLOW, took
+    wait_until(lambda: all_released(server), timeout=5 * SLOW, what="counters back to zero")
+    assert 'roomcast_deadline_closes_total{phase="idle"} 1' in server.metrics()
+
+
+def test_per_address_http_cap_leaves_other_addresses_alone(server_factory):
+    server = server_factory({"MAX_HTTP_CONNECTIONS_PER_IP": "5"})
+    held = [sock_from("127.0.0.2", server) for _ in range(5)]
+    for s in held:
+        s.sendall(b"GET /health HTTP/1.1\r\n")  # a head that never ends
+    wait_until(lambda: open_counters(server).get("http", 0) >= 6, timeout=5 * SLOW,
+               what="five held connections counted")
+    extra = sock_from("127.0.0.2", server)
+    out, closed = read_until_eof(extra, 5)
+    extra.close()
+    assert parse_response(out)[0] == 429 and closed
+    status, took = timed_health(server, "127.0.0.3")
+    assert status == 200
+    for s in held:
+        s.close()
     wait_until(lambda: all_released(server), timeout=5 * SLOW, what="counters back to zero")
