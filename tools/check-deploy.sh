@@ -5,8 +5,10 @@
 # containers.conf, and the cleanup of everything the run created (containers, network, volume,
 # podman's firewall chains, net.ipv4.ip_forward).
 #
-# Checks: image built in docker format keeps its HEALTHCHECK; binary stripped; secrets reach the
-# containers verbatim; `migrate` exits 0; `podman healthcheck run` passes on every service;
+# Checks: image built in docker format keeps its HEALTHCHECK; binary stripped; a fresh install
+# started in the worst order (nginx, replicas and migrate first, PostgreSQL and Redis 3 s later)
+# comes up: `migrate` retries, then exits 0; secrets reach the containers verbatim;
+# `podman healthcheck run` passes on every service;
 # through nginx: /health answered by both replicas, WebSocket clients on each replica get a
 # POST /api/notify served by the other replica exactly once and a database UPDATE exactly once;
 # after one replica is stopped (nginx keeps answering) and started again (usually with a new
@@ -279,9 +281,22 @@ for name, net in (yaml.safe_load(open(sys.argv[1])).get("networks") or {}).items
 	say "network ${PROJECT}_$net with subnet $subnet"
 done
 
-say "podman-compose up -d (nginx on host port $ROOMCAST_HTTP_PORT)"
-timeout 300 podman-compose -p "$PROJECT" -f "$COMPOSE_FILE" up -d --no-build >"$work/compose-up.log" 2>&1 ||
-	fail "podman-compose up failed"
+# A fresh install in the worst start order: compose creates the containers, then they start
+# dependents first (nginx, the replicas, migrate) and PostgreSQL and Redis last, a few seconds
+# later. migrate must wait for PostgreSQL (and its first-start init), the replicas reconnect,
+# nginx starts with no replica up. (With `up -d` podman-compose starts them in dependency order
+# but without waiting for any condition.)
+say "podman-compose up --no-start (nginx on host port $ROOMCAST_HTTP_PORT)"
+timeout 300 podman-compose -p "$PROJECT" -f "$COMPOSE_FILE" up --no-build --no-start \
+	>"$work/compose-up.log" 2>&1 || fail "podman-compose up --no-start failed"
+for svc in nginx roomcast1 roomcast2 migrate; do
+	timeout 60 podman start "$(cname "$svc")" >/dev/null || fail "podman start $svc failed"
+done
+say "started nginx, roomcast1, roomcast2, migrate; PostgreSQL and Redis in 3 s"
+sleep 3
+for svc in redis postgres; do
+	timeout 60 podman start "$(cname "$svc")" >/dev/null || fail "podman start $svc failed"
+done
 
 # podman runs health checks from systemd timers; without systemd, run them here.
 wait_healthy() {
@@ -301,7 +316,9 @@ while :; do
 	sleep 1
 done
 [ "$state" = "exited 0" ] || fail "migrate ended with '$state'"
-say "migrate exited 0: $(podman logs "$m" 2>&1 | grep -cE '^(applied|up to date)') lines applied/up to date"
+retries=$(podman logs "$m" 2>&1 | grep -c 'PQconnectdb failed, retrying' || true)
+[ "$retries" -ge 1 ] || fail "migrate started before PostgreSQL but logged no retry"
+say "migrate exited 0 after $retries connection retries: $(podman logs "$m" 2>&1 | grep -cE '^(applied|up to date)') lines applied/up to date"
 
 for svc in postgres redis roomcast1 roomcast2 nginx; do
 	wait_healthy "$(cname "$svc")" 120
