@@ -412,6 +412,17 @@ static const struct vcase cases[] = {
 	{"payload trailing bytes", C_HS, S_HS256, H_HS256, P_OK "\n}", AUTH_MALFORMED},
 	{"payload single quotes", C_HS, S_HS256, H_HS256, "{'sub':'u1','exp':1700003600}",
 	 AUTH_MALFORMED},
+	/* Found by fuzz_jwt once HS tokens stopped passing through libjwt's jansson: json-c lets
+	 * this overlong 4-byte form through. */
+	{"payload overlong utf-8", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"\xc3\xa9\xf0\x85\x98\x80\",\"exp\":1700003600}", AUTH_MALFORMED},
+	{"payload surrogate utf-8", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"\xed\xa0\x80\",\"exp\":1700003600}", AUTH_MALFORMED},
+	/* json-c decodes a lone surrogate escape to U+FFFD: valid UTF-8 either way. */
+	{"sub lone surrogate escape", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"n\":\"a\\ud800b\",\"exp\":1700003600}", AUTH_OK},
+	{"sub escaped astral ok", C_HS, S_HS256, H_HS256,
+	 "{\"sub\":\"u1\",\"n\":\"\\ud83d\\ude00\",\"exp\":1700003600}", AUTH_OK},
 	{"payload bad utf-8", C_HS, S_HS256, H_HS256, "{\"sub\":\"\xff\",\"exp\":1700003600}",
 	 AUTH_MALFORMED},
 	{"payload depth 10 ok", C_HS, S_HS256, H_HS256,
