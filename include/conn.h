@@ -61,6 +61,15 @@ struct conn {
 
 /* Module setup: the config outlives every connection; ctx is the lws context. */
 void conn_setup(const struct config *cfg, struct lws_context *ctx);
+
+/* What the layers above keep per connection (pending joins, verdict caches) is released through
+ * these hooks, so this module never calls up into them. Either may be NULL. */
+struct conn_hooks {
+	void (*on_detach)(struct conn *c); /* the socket is gone; c stays readable */
+	void (*on_free)(struct conn *c);   /* just before c's memory is freed */
+};
+/* Copies hooks; set once at start-up, before the first connection. */
+void conn_set_hooks(const struct conn_hooks *hooks);
 /* Starts the connection timer, one uv_timer firing every second on loop; stop it before the
  * loop has to end. The timer does not keep the loop alive. */
 void conn_timers_start(uv_loop_t *loop);

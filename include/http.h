@@ -34,6 +34,9 @@ struct http_response {
 };
 
 void http_setup(const struct config *cfg, const struct auth *auth, const char *version);
+/* A handler for static files: fills resp and returns true when it owns path. */
+typedef bool (*http_static_fn)(const char *path, const char *method, struct http_response *resp);
+void http_set_static(http_static_fn serve);
 /* Whether the body of this request should be read (POST to a path that takes one). Fills resp
  * and returns false when the request is refused before its body (405, 401/403 for a notify
  * without a valid credential, 415, 413), so no body byte is read for a refused request. */

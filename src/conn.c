@@ -2,8 +2,6 @@
  * callback, closes with codes, the per-connection token bucket, and the connection timer: one
  * uv_timer and a one-second wheel that run every connection's pings and deadlines. */
 #include "conn.h"
-#include "authz.h"
-#include "session.h"
 #include "log.h"
 #include "metrics.h"
 #include "proto.h"
@@ -22,6 +20,7 @@ static struct conn *g_live;
 static struct conn *g_dead;
 static int64_t g_count;
 static uint64_t g_seq;
+static struct conn_hooks g_hooks;
 
 /*
  * The connection timer. lws 4.1.6 keeps every timer of a thread (lws_sul, lws_set_timeout, the
@@ -53,6 +52,11 @@ void conn_setup(const struct config *cfg, struct lws_context *ctx)
 	g_cfg = cfg;
 	g_ctx = ctx;
 	wheel_init(&g_wheel, 1);
+}
+
+void conn_set_hooks(const struct conn_hooks *hooks)
+{
+	g_hooks = *hooks;
 }
 
 /* The current tick: from the loop's cached clock while the timer runs (cheap enough for every
@@ -109,7 +113,8 @@ void conn_detach(struct conn *c)
 	set_state(c, CONN_DEAD);
 	c->wsi = NULL;
 	room_leave_all(&c->member);
-	sess_pending_clear(c);
+	if (g_hooks.on_detach)
+		g_hooks.on_detach(c);
 	wheel_del(&g_wheel, &c->timer);
 	frame_queue_clear(&c->q);
 	buf_free(&c->rx);
@@ -136,7 +141,8 @@ void conn_release(struct conn *c)
 static void conn_free(struct conn *c)
 {
 	auth_identity_clear(&c->ident);
-	authz_cache_free(c);
+	if (g_hooks.on_free)
+		g_hooks.on_free(c);
 	free(c);
 }
 

@@ -1,7 +1,6 @@
 /* HTTP endpoint logic: health and readiness, admin views, Prometheus metrics, and the notify
  * door for backend services. Every refusal is a JSON {"error": ...} with the right status. */
 #include "http.h"
-#include "assets.h"
 #include "bus.h"
 #include "cidr.h"
 #include "conn.h"
@@ -31,6 +30,15 @@ static uint64_t g_notify_seq;
 static struct cidr_list g_notify_allow;
 static unsigned char g_token_digest[SHA256_DIGEST_LENGTH];
 static bool g_have_token;
+
+/* Serves embedded files (the dashboard); registered by whoever wires the server, so this module
+ * does not depend on the module that holds them. */
+static http_static_fn g_static;
+
+void http_set_static(http_static_fn serve)
+{
+	g_static = serve;
+}
 
 void http_setup(const struct config *cfg, const struct auth *auth, const char *version)
 {
@@ -538,7 +546,7 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 	bool get = !strcmp(req->method, "GET") || !strcmp(req->method, "HEAD");
 	const char *p = req->path;
 
-	if (assets_serve(req->path, req->method, resp))
+	if (g_static && g_static(req->path, req->method, resp))
 		return;
 	if (!strcmp(p, "/api/notify")) {
 		if (http_wants_body(req, resp)) {

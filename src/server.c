@@ -2,6 +2,7 @@
  * hands them to lws, and this file's protocol callback routes lws events to the connection,
  * session and HTTP modules. Also signals, the reaper and the shutdown sequence. */
 #include "server.h"
+#include "assets.h"
 #include "auth.h"
 #include "authz.h"
 #include "bus.h"
@@ -787,9 +788,12 @@ int srv_run(struct config *cfg)
 		return 1;
 	}
 	conn_setup(cfg, g_ctx);
+	conn_set_hooks(
+	    &(struct conn_hooks){.on_detach = sess_pending_clear, .on_free = authz_cache_free});
 	sess_setup(cfg, g_auth);
 	authz_setup(cfg, &g_loop);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
+	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
 	    pgl_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
