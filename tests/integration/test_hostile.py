@@ -12,6 +12,7 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 import time
 
 import pytest
@@ -339,3 +340,118 @@ def test_per_address_http_cap_leaves_other_addresses_alone(server_factory):
     for s in held:
         s.close()
     wait_until(lambda: all_released(server), timeout=5 * SLOW, what="counters back to zero")
+
+
+# ---- the hostile-load row (make check-faults) ----
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))] if v else float("nan")
+
+
+async def _http_from(server, source, data):
+    """One request on a fresh connection from `source`; returns (status, seconds)."""
+    import asyncio
+    t0 = time.monotonic()
+    r, w = await asyncio.open_connection(server.host, server.port, local_addr=(source, 0))
+    w.write(data)
+    await w.drain()
+    out = await asyncio.wait_for(r.read(), 5)
+    w.close()
+    return parse_response(out)[0], time.monotonic() - t0
+
+
+@pytest.mark.slow
+def test_hostile_load_from_one_address_denies_no_one_else(server_factory):
+    """From 127.0.0.2, up to 10 000 sockets at once (slow heads, slow notify bodies, idle
+    unauthenticated WebSockets, half-open connections, handshake resets; reopened as the
+    server closes them) while ordinary clients from 127.0.0.3 connect, join and receive
+    notifies, and GET /health. Prints the figures; afterwards every limit counter is zero."""
+    import asyncio
+    import websockets
+    if raise_nofile(20000) < 12000:
+        pytest.skip("RLIMIT_NOFILE hard limit too low for this row")
+    seconds = float(os.environ.get("HOSTILE_SECONDS", "40"))
+    server = server_factory({"NOTIFY_TOKEN": NOTIFY_TOKEN, "LOG_LEVEL": "warn"})
+    attacker = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "hostile_load.py"),
+         server.host, str(server.port), "--source", "127.0.0.2", "--sockets", "10000",
+         "--seconds", str(seconds), "--rate", "2000", "--token", make_token("evil")],
+        stdout=subprocess.PIPE, text=True)
+    room = "product-77"
+    join_s, deliver_s, health_s, notify_s = [], [], [], []
+    peak = {"http": 0, "websocket": 0}
+
+    async def client(i):
+        t0 = time.monotonic()
+        ws = await websockets.connect(
+            server.ws, extra_headers={"Authorization": "Bearer " + make_token(f"ok{i}")},
+            local_addr=("127.0.0.3", 0), open_timeout=5, close_timeout=1)
+        await ws.send(json.dumps({"type": "join", "payload": {"room": room}}))
+        while json.loads(await asyncio.wait_for(ws.recv(), 5)).get("type") != "joined":
+            pass
+        join_s.append(time.monotonic() - t0)
+        return ws
+
+    async def go():
+        await asyncio.sleep(5)  # let the attack build up to its peak
+        members = [await client(i) for i in range(20)]
+        t_stop = time.monotonic() + seconds - 10
+        k = 0
+        while time.monotonic() < t_stop:
+            k += 1
+            body = json.dumps({"event": "tick", "room": room, "data": {"k": k}}).encode()
+            t0 = time.monotonic()
+            st, took = await _http_from(
+                server, "127.0.0.3",
+                b"POST /api/notify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Authorization: Bearer " + NOTIFY_TOKEN.encode() + b"\r\nConnection: close\r\n"
+                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            assert st == 200, st
+            notify_s.append(took)
+
+            async def recv_tick(ws):
+                while True:
+                    m = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                    if m.get("event") == "tick" and m["data"]["k"] == k:
+                        return time.monotonic() - t0
+            deliver_s.extend(await asyncio.gather(*(recv_tick(ws) for ws in members)))
+            st, took = await _http_from(
+                server, "127.0.0.3",
+                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert st == 200, st
+            health_s.append(took)
+            ws = await client(100 + k)  # a newcomer: connect and join
+            await ws.close()
+            if k % 10 == 0:
+                c = open_counters(server)
+                for b in peak:
+                    peak[b] = max(peak[b], c.get(b, 0))
+            await asyncio.sleep(0.1)
+        for ws in members:
+            await ws.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), seconds + 60))
+    finally:
+        out, _ = attacker.communicate(timeout=seconds + 60)
+    attack = json.loads(out.strip().splitlines()[-1])
+    t0 = time.monotonic()
+    wait_until(lambda: all_released(server), timeout=30, interval=0.5,
+               what="every limit counter back to zero")
+    drained = time.monotonic() - t0
+    ms = lambda v: f"{v * 1000:.1f}"  # noqa: E731
+    print(f"\nhostile load from 127.0.0.2 for {seconds:.0f} s: {json.dumps(attack)}")
+    print(f"roomcast peak open connections seen: {peak}")
+    print(f"127.0.0.3 connect+join ms: n={len(join_s)} p50={ms(pct(join_s, 50))} "
+          f"p99={ms(pct(join_s, 99))} max={ms(max(join_s))}")
+    print(f"127.0.0.3 notify->receive ms: n={len(deliver_s)} p50={ms(pct(deliver_s, 50))} "
+          f"p99={ms(pct(deliver_s, 99))} max={ms(max(deliver_s))}")
+    print(f"127.0.0.3 POST /api/notify ms: p50={ms(pct(notify_s, 50))} "
+          f"p99={ms(pct(notify_s, 99))} max={ms(max(notify_s))}")
+    print(f"127.0.0.3 GET /health ms: n={len(health_s)} p50={ms(pct(health_s, 50))} "
+          f"p99={ms(pct(health_s, 99))} max={ms(max(health_s))}")
+    print(f"counters back to zero {drained:.1f} s after the attack ended")
+    assert attack["opened"] >= 10000, attack
+    assert pct(join_s, 99) < 0.1 and pct(deliver_s, 99) < 0.1, (join_s, deliver_s)
+    assert pct(health_s, 99) < 0.05, health_s
