@@ -143,8 +143,9 @@ cat <<EOF
    $python -m websockets "ws://localhost:$port2/ws?token=\$USER_TOKEN"
    > {"type":"join","payload":{"room":"product-1"}}
 
-   # 2. a sender on node1, same room: its broadcast reaches both, once each
-   $python -m websockets "ws://localhost:$port1/ws?token=\$SELLER_TOKEN"
+   # 2. a sender on node1, same room: its broadcast reaches both, once each (product rooms
+   #    are receive-only for users: the admin may speak there)
+   $python -m websockets "ws://localhost:$port1/ws?token=\$ADMIN_TOKEN"
    > {"type":"join","payload":{"room":"product-1"}}
    > {"type":"broadcast","payload":{"room":"product-1","body":"hello from node1"}}
 

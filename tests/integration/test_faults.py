@@ -1101,7 +1101,8 @@ def test_sigterm_during_burst_closes_1001_flushes_and_exits_within_5s(server_fac
         # A member that never reads (its queue backs up), and one that broadcasts.
         stuck = RawClient(server, make_token("stuck"), rcvbuf=4096)
         stuck.send_json({"type": "join", "payload": {"room": room}})
-        talker = await connect(server, make_token("talker"))
+        # Granted the room: product- rooms are receive-only for users (decision 20).
+        talker = await connect(server, make_token("talker", rooms=[room]))
         assert (await join(talker, room))["type"] == "joined"
         readers = [asyncio.ensure_future(reader(ws)) for ws in clients]
         loop = asyncio.get_running_loop()

@@ -59,7 +59,8 @@ def test_https_health_and_wss_round_trip(tls_server):
     async def go():
         ws = await websockets.connect(f"wss://127.0.0.1:{s.port}/ws", ssl=ctx,
                                       extra_headers={"Authorization":
-                                                     "Bearer " + make_token("5")})
+                                                     "Bearer " + make_token(
+                                                         "5", rooms=["product-1"])})
         await ws.send('{"type":"join","payload":{"room":"product-1"}}')
         assert (await recv_json(ws))["type"] == "joined"
         await ws.send('{"type":"broadcast","payload":{"room":"product-1","body":"x"}}')
