@@ -209,7 +209,7 @@ valgrind: $(BIN)
 	tests/valgrind/run.sh $(CURDIR)/$(BIN) $(VALGRIND_LOGS) $(VALGRIND_ARGS)
 
 # `make check-deploy` builds the Dockerfile and runs docker-compose.yml for real with podman,
-# podman-compose and buildah (tools/check-deploy.sh: needs root, about 3-4 min), checks the stack
+# podman-compose and buildah (tools/check-deploy.sh: needs root, 1-2.5 min), checks the stack
 # through nginx and removes everything it started.
 .PHONY: check-deploy
 

@@ -14,7 +14,8 @@
 # after one replica is stopped (nginx keeps answering) and started again (usually with a new
 # address), all of that once more; `podman-compose down` leaves nothing behind.
 #
-# Needs root. About 3-4 min on 2 cores with the base image cached (debootstrap adds ~30 s).
+# Needs root. About 1 min on 2 cores with the images cached, 2-2.5 min from scratch (debootstrap
+# ~30 s, stand-in images ~25 s, roomcast image ~25 s), plus the @deploy packages if missing.
 # CHECK_DEPLOY_KEEP=1 leaves the stack running on failure for inspection (clean up by rerunning);
 # CHECK_DEPLOY_CONTEXT=<dir> builds the image from another tree (say, `git archive HEAD`).
 set -euo pipefail
