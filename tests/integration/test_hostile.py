@@ -19,6 +19,7 @@ import pytest
 
 from rc import (BIN, SECRET, RawClient, make_token, parse_response, raise_nofile,
                 read_until_eof, wait_until)
+from test_tls import cert  # noqa: F401 (a fixture: a self-signed certificate)
 
 # Under valgrind every answer is ~20x slower: the deadlines that measure the server scale.
 SLOW = 20 if os.environ.get("ROOMCAST_VG_BIN") else 1
@@ -455,3 +456,48 @@ def test_hostile_load_from_one_address_denies_no_one_else(server_factory):
     assert attack["opened"] >= 10000, attack
     assert pct(join_s, 99) < 0.1 and pct(deliver_s, 99) < 0.1, (join_s, deliver_s)
     assert pct(health_s, 99) < 0.05, health_s
+
+
+# ---- TLS: lws accepts, the same budgets and deadlines apply ----
+
+def test_tls_connections_counted_and_handshake_deadline(server_factory, cert):
+    """With TLS_CERT_FILE lws accepts the sockets itself: they are counted from accept (a
+    sixth from one address over MAX_HTTP_CONNECTIONS_PER_IP=5 is closed at once) and one that
+    never finishes its TLS handshake is closed at HEADER_TIMEOUT_S."""
+    import ssl
+    import urllib.request
+    crt, key = cert
+    server = server_factory({"TLS_CERT_FILE": crt, "TLS_KEY_FILE": key,
+                             "HEADER_TIMEOUT_S": "2", "MAX_HTTP_CONNECTIONS_PER_IP": "5"},
+                            wait=False)
+    ctx = ssl.create_default_context(cafile=crt)
+
+    def metrics():
+        try:
+            with urllib.request.urlopen(f"https://127.0.0.1:{server.port}/metrics",
+                                        context=ctx, timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+    def counters():
+        out = {}
+        for m in re.finditer(r'roomcast_open_connections\{phase="(\w+)"\} (\d+)', metrics()):
+            out[m.group(1)] = int(m.group(2))
+        return out
+    wait_until(lambda: counters(), timeout=15, what="https /metrics")
+    held = [sock_from("127.0.0.2", server) for _ in range(5)]  # no ClientHello, ever
+    wait_until(lambda: counters().get("http", 0) >= 6, timeout=5 * SLOW, what="5 counted")
+    extra = sock_from("127.0.0.2", server)
+    out, closed = read_until_eof(extra, 2 * SLOW)
+    extra.close()
+    assert closed and out == b"", out
+    t0 = time.monotonic()
+    for s in held:
+        out, closed = read_until_eof(s, 5 * SLOW)
+        assert closed, "a TLS socket without a handshake outlived its deadline"
+        s.close()
+    assert time.monotonic() - t0 < 3.5 * SLOW
+    wait_until(lambda: counters() == {"http": 1, "websocket": 0}, timeout=5 * SLOW,
+               what="counters back to zero")
+    assert re.search(r'roomcast_deadline_closes_total\{phase="head"\} [1-9]', metrics())
