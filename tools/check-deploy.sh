@@ -252,9 +252,9 @@ case "$healthcheck" in
 *) fail "image $rc_image has no HEALTHCHECK on /ready (built in OCI format?): '$healthcheck'" ;;
 esac
 
-cid=$(podman create "$rc_image")
-podman cp "$cid:/usr/local/bin/roomcast" "$work/roomcast.bin"
-podman rm "$cid" >/dev/null
+cid=$(timeout 60 podman create "$rc_image")
+timeout 60 podman cp "$cid:/usr/local/bin/roomcast" "$work/roomcast.bin"
+timeout 60 podman rm "$cid" >/dev/null
 if readelf -S "$work/roomcast.bin" | grep -qE '\.(debug_[a-z]+|symtab)\b'; then
 	fail "the image's /usr/local/bin/roomcast has debug sections or a symbol table (not stripped)"
 fi
@@ -327,9 +327,9 @@ done
 say "podman healthcheck run passes on postgres, redis, roomcast1, roomcast2, nginx"
 
 for svc in roomcast1 roomcast2; do
-	[ "$(podman exec "$(cname "$svc")" printenv NOTIFY_TOKEN)" = "$NOTIFY_TOKEN" ] ||
+	[ "$(timeout 30 podman exec "$(cname "$svc")" printenv NOTIFY_TOKEN)" = "$NOTIFY_TOKEN" ] ||
 		fail "$svc: NOTIFY_TOKEN inside the container differs from the one given to compose"
-	[ "$(podman exec "$(cname "$svc")" printenv JWT_SECRET)" = "$JWT_SECRET" ] ||
+	[ "$(timeout 30 podman exec "$(cname "$svc")" printenv JWT_SECRET)" = "$JWT_SECRET" ] ||
 		fail "$svc: JWT_SECRET inside the container differs from the one given to compose"
 done
 say "NOTIFY_TOKEN and JWT_SECRET arrive verbatim in both replicas"
@@ -527,15 +527,15 @@ code=$(notify_code "$base/api/notify")
 code=$(notify_code "$base/api/notify" -H "Authorization: Bearer not-the-token")
 [ "$code" = 401 ] || fail "POST /api/notify through nginx with a wrong token answered $code, want 401"
 say "POST /api/notify through nginx without a valid credential: 401"
-allow=$(podman exec "$(cname roomcast1)" printenv NOTIFY_ALLOW_FROM || true)
+allow=$(timeout 30 podman exec "$(cname roomcast1)" printenv NOTIFY_ALLOW_FROM || true)
 if [ -n "$allow" ]; then
-	code=$(podman run --rm --name "${PROJECT}_probe" --net "${PROJECT}_backend" \
+	code=$(timeout 60 podman run --rm --name "${PROJECT}_probe" --net "${PROJECT}_backend" \
 		--entrypoint curl "$rc_image" -s -o /dev/null -m 15 -w '%{http_code}' -X POST \
 		-H 'Content-Type: application/json' \
 		--data '{"event":"deploy_check","room":"deploy-probe","data":{}}' \
 		http://roomcast1:8080/api/notify 2>/dev/null || true)
 	[ "$code" = 200 ] || fail "credential-less POST /api/notify from the backend network answered $code, want 200 (NOTIFY_ALLOW_FROM=$allow)"
-	code=$(podman exec "$(cname nginx)" curl -s -o /dev/null -m 15 -w '%{http_code}' -X POST \
+	code=$(timeout 30 podman exec "$(cname nginx)" curl -s -o /dev/null -m 15 -w '%{http_code}' -X POST \
 		-H 'Content-Type: application/json' \
 		--data '{"event":"deploy_check","room":"deploy-probe","data":{}}' \
 		http://roomcast1:8080/api/notify || true)
