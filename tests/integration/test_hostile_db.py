@@ -11,7 +11,6 @@ import time
 
 import psycopg2
 import pytest
-import websockets
 
 from pgcluster import PgCluster
 from rc import BIN, connect, join, make_token, recv_json, recv_type, run, send, wait_until
