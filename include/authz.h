@@ -12,18 +12,22 @@
 
 struct conn;
 
-enum authz_result { AUTHZ_DENY = 0, AUTHZ_ALLOW, AUTHZ_ASK };
+/* AUTHZ_UNAVAILABLE: the policy could not answer (timeout, error, PostgreSQL down): the join is
+ * refused, but as a failure the client may retry, not as a verdict. */
+enum authz_result { AUTHZ_DENY = 0, AUTHZ_ALLOW, AUTHZ_ASK, AUTHZ_UNAVAILABLE };
 
 void authz_setup(const struct config *cfg, uv_loop_t *loop);
 /* The claim rules alone: ALLOW, DENY, or ASK when only the database/backend can tell. */
 enum authz_result authz_claims(const struct auth_identity *id, const char *room);
 
 /* Called with the verdict of an asynchronous check; always called, so check conn_alive(c). */
-typedef void (*authz_done_fn)(struct conn *c, const char *room, bool allowed, void *arg);
+/* verdict: AUTHZ_ALLOW, AUTHZ_DENY or AUTHZ_UNAVAILABLE. */
+typedef void (*authz_done_fn)(struct conn *c, const char *room, enum authz_result verdict,
+                              void *arg);
 
-/* Decides for c joining room. Returns ALLOW or DENY when known now (claims, or a verdict cached
- * for this connection; cb not called), or ASK when an asynchronous check was started (cb is
- * called later; the connection is held meanwhile). */
+/* Decides for c joining room. Returns ALLOW, DENY or UNAVAILABLE when known now (claims, a
+ * verdict cached for this connection, or no policy to ask; cb not called), or ASK when an
+ * asynchronous check was started (cb is called later; the connection is held meanwhile). */
 enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb, void *arg);
 
 /* After a token refresh: may c stay in room? Claims decide; rooms only a policy can grant are

@@ -81,6 +81,12 @@ struct ask {
 
 static struct verdict *cache_find(struct conn *c, const char *room);
 
+/* A policy answer (> 0 allowed, 0 denied, AUTHZ_VERDICT_FAILED) as the caller's result. */
+static enum authz_result to_result(int verdict)
+{
+	return verdict > 0 ? AUTHZ_ALLOW : verdict < 0 ? AUTHZ_UNAVAILABLE : AUTHZ_DENY;
+}
+
 static void on_policy(struct conn *c, const char *room, int verdict, void *arg)
 {
 	struct ask a = *(struct ask *)arg;
@@ -88,7 +94,7 @@ static void on_policy(struct conn *c, const char *room, int verdict, void *arg)
 	free(arg);
 	if (conn_alive(c))
 		authz_cache_put(c, room, verdict);
-	a.cb(c, room, verdict > 0, a.arg);
+	a.cb(c, room, to_result(verdict), a.arg);
 }
 
 /* The backend answers {"allowed":true}; anything else, any other status, or no answer in time
@@ -117,7 +123,7 @@ static void on_backend(void *arg, int status, const char *body, size_t len, cons
 	                                           : 0;
 	if (conn_alive(a->c))
 		authz_cache_put(a->c, a->room, verdict);
-	a->cb(a->c, a->room, allowed, a->arg);
+	a->cb(a->c, a->room, to_result(verdict), a->arg);
 	conn_release(a->c);
 	free(a);
 }
@@ -152,9 +158,9 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 	if (g_cfg->authz_mode == AUTHZ_CLAIMS)
 		return AUTHZ_DENY;
 	if ((v = cache_find(c, room)) && util_now_ns() < v->expires_ns)
-		return v->allowed ? AUTHZ_ALLOW : AUTHZ_DENY;
+		return v->allowed ? AUTHZ_ALLOW : v->failed ? AUTHZ_UNAVAILABLE : AUTHZ_DENY;
 	if (!(a = calloc(1, sizeof(*a))))
-		return AUTHZ_DENY;
+		return AUTHZ_UNAVAILABLE;
 	a->cb = cb;
 	a->arg = arg;
 	if (g_cfg->authz_mode == AUTHZ_HTTP) {
@@ -162,16 +168,16 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 			free(a);
 			log_warn("backend policy unavailable", "conn", c->id, "room", room,
 			         "reason", "BACKEND_URL is not a usable http:// URL");
-			return AUTHZ_DENY;
+			return AUTHZ_UNAVAILABLE;
 		}
 		return AUTHZ_ASK;
 	}
 	if (pgl_can_join(c, room, on_policy, a) < 0) {
-		/* PostgreSQL is down: deny now, uncached, so a later join asks again. */
+		/* PostgreSQL is down: refuse now, uncached, so a later join asks again. */
 		free(a);
 		log_warn("room policy unavailable", "conn", c->id, "room", room, "reason",
 		         "postgres is down");
-		return AUTHZ_DENY;
+		return AUTHZ_UNAVAILABLE;
 	}
 	return AUTHZ_ASK;
 }

@@ -525,13 +525,23 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 	}
 }
 
-static void on_authz_done(struct conn *c, const char *room, bool allowed, void *arg)
+/* A policy that could not answer is a server error the client may retry (the failure is cached
+ * for a few seconds), not a verdict about the room. */
+static void refuse_join(struct conn *c, const char *room, enum authz_result r)
+{
+	if (r == AUTHZ_UNAVAILABLE)
+		reply_error(c, PROTO_SERVER_ERROR, "room policy unavailable, try again", room);
+	else
+		reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
+}
+
+static void on_authz_done(struct conn *c, const char *room, enum authz_result verdict, void *arg)
 {
 	struct join_args *ja = arg;
 
 	if (conn_alive(c)) {
-		if (!allowed)
-			reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
+		if (verdict != AUTHZ_ALLOW)
+			refuse_join(c, room, verdict);
 		else if (!pending_find(c, room, NULL))
 			finish_join(c, room,
 			            ja); /* also when it joined meanwhile: `since` counts */
@@ -572,7 +582,7 @@ static void do_join(struct conn *c, struct proto_msg *m)
 	if (r == AUTHZ_ALLOW)
 		finish_join(c, m->room, &ja);
 	else
-		reply_error(c, PROTO_FORBIDDEN, "not authorized", m->room);
+		refuse_join(c, m->room, r);
 }
 
 static void do_leave(struct conn *c, struct proto_msg *m)
@@ -699,6 +709,20 @@ void sess_message(struct conn *c, const char *data, size_t len)
 	dispatch(c, data, len);
 }
 
+/* An action message may name several rooms: each is joined (left) as if asked alone. */
+static void each_room(struct conn *c, struct proto_msg *m,
+                      void (*fn)(struct conn *c, struct proto_msg *m))
+{
+	if (!m->nrooms) {
+		fn(c, m);
+		return;
+	}
+	for (size_t i = 0; i < m->nrooms && conn_alive(c); i++) {
+		memcpy(m->room, m->rooms[i], sizeof(m->room));
+		fn(c, m);
+	}
+}
+
 /* One message, rate limit already taken. */
 static void dispatch(struct conn *c, const char *data, size_t len)
 {
@@ -711,6 +735,12 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 		reply_error(c, rc, detail, m.room);
 		return;
 	}
+	/* A client written for another server says so in its first message: from then on it
+	 * gets room messages in the typed form it dispatches on. */
+	if (!c->spoke) {
+		c->spoke = true;
+		c->typed = c->typed || m.dialect;
+	}
 	if (c->state == CONN_AWAIT_AUTH && m.type != PROTO_AUTH && m.type != PROTO_PING) {
 		reply_error(c, PROTO_UNAUTHENTICATED, "authenticate first", m.room);
 		proto_msg_clear(&m);
@@ -718,10 +748,10 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 	}
 	switch (m.type) {
 	case PROTO_JOIN:
-		do_join(c, &m);
+		each_room(c, &m, do_join);
 		break;
 	case PROTO_LEAVE:
-		do_leave(c, &m);
+		each_room(c, &m, do_leave);
 		break;
 	case PROTO_BROADCAST:
 		do_broadcast(c, &m);

@@ -202,11 +202,12 @@ def test_policy_timeout_is_not_cached_for_the_connection_lifetime(pgserver, clus
         await send(ws, "join", room="order-1")
         reply = await recv_json(ws, 10)
         assert reply["type"] == "error", reply
-        assert reply["payload"]["code"] in ("forbidden", "server_error")
+        # Not a verdict: the client may try again.
+        assert reply["payload"]["code"] == "server_error", reply
         assert 2.5 < time.monotonic() - t0 < 6
         # Within the failure TTL the cached failure answers at once.
         await send(ws, "join", room="order-1")
-        assert (await recv_json(ws, 2))["type"] == "error"
+        assert (await recv_json(ws, 2))["payload"]["code"] == "server_error"
         # After it, the policy is asked again (now quick) and lets the user in.
         wait_until(lambda: server.json("/health")[1]["postgres"] == "up", 10, what="pg up")
         await asyncio.sleep(max(0.0, t0 + 3.0 + 5.5 - time.monotonic()))

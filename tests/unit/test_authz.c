@@ -11,7 +11,7 @@
 
 static struct config g_cfg;
 
-static void never_called(struct conn *c, const char *room, bool allowed, void *arg)
+static void never_called(struct conn *c, const char *room, enum authz_result r, void *arg)
 {
 	ck_abort_msg("the policy was asked for %s", room);
 }
@@ -88,8 +88,9 @@ START_TEST(test_verdicts_answer_until_they_expire)
 	authz_cache_put(&c, "order-3", AUTHZ_VERDICT_FAILED);
 	ck_assert_int_eq(check(&c, "order-1"), AUTHZ_ALLOW);
 	ck_assert_int_eq(check(&c, "order-2"), AUTHZ_DENY);
-	/* A failure denies too, for a few seconds (the integration test waits for the expiry). */
-	ck_assert_int_eq(check(&c, "order-3"), AUTHZ_DENY);
+	/* A failure refuses too, as unavailable, for a few seconds (the integration test waits
+	 * for the expiry). */
+	ck_assert_int_eq(check(&c, "order-3"), AUTHZ_UNAVAILABLE);
 	ck_assert(!authz_still_allowed(&c, "order-3"));
 	/* A later verdict for the same room replaces the entry. */
 	authz_cache_put(&c, "order-3", 1);
