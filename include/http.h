@@ -1,4 +1,4 @@
-/* The HTTP API of SPEC §5 as plain request -> response logic, independent of libwebsockets:
+/* The HTTP API (docs/http-api.md) as plain request -> response logic, independent of libwebsockets:
  * /health, /ready, /metrics, /admin/clients, /admin and POST /api/notify. */
 #ifndef ROOMCAST_HTTP_H
 #define ROOMCAST_HTTP_H

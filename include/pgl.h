@@ -1,4 +1,4 @@
-/* The PostgreSQL side of roomcast (SPEC §7, §8): a listener connection that only LISTENs, a
+/* The PostgreSQL side of roomcast (docs/database.md, docs/architecture.md): a listener connection that only LISTENs, a
  * query connection for everything else, and the delivery logic that turns outbox events into
  * room messages exactly once and in commit order, across reconnects and out-of-order commits.
  * Also client replay (`join` with `since`), the SQL room policy, persistent notify, retention. */
@@ -34,7 +34,7 @@ struct pgl_replay_page {
 typedef void (*pgl_replay_fn)(struct conn *c, const char *room, bool ok, bool recovered,
                               const long long *ids, struct frame **frames, size_t n,
                               const struct pgl_replay_page *page);
-/* Reads a page of the events of room after since (see SPEC §8) and calls cb, unless c died
+/* Reads a page of the events of room after since (see docs/protocol.md) and calls cb, unless c died
  * meanwhile. The first page has after = 0 and top = 0 and reports top and total; later pages
  * pass the page's last as after and the first page's top. Returns 0 when started, -1 when
  * PostgreSQL is not available (cb not called). */

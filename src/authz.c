@@ -32,7 +32,7 @@ struct verdict_cache {
 static const struct config *g_cfg;
 static uv_loop_t *g_loop;
 
-/* SPEC §6: both policies answer within 3 s or deny. */
+/* docs/protocol.md: both policies answer within 3 s or deny. */
 #define POLICY_TIMEOUT_MS 3000
 /* How long a verdict answers joins without asking again: a failure briefly, a real answer
  * longer (ownership changes rarely; a refresh keeps rooms by the verdict that let them in). */
@@ -255,7 +255,7 @@ void authz_cache_free(struct conn *c)
 }
 
 /* Rooms whose readers are not their writers: product-<id> (any authenticated user may join it
- * by the claim rules, SPEC §6), the role-wide rooms the n8n workflows post to (sellers,
+ * by the claim rules, docs/protocol.md), the role-wide rooms the n8n workflows post to (sellers,
  * clients, admin; any user of the role may join them) and admins. Events come from the
  * database or notify; members only listen. */
 bool authz_room_is_public(const char *room)

@@ -308,7 +308,7 @@ static void refuse(struct pending *p, int status, const char *reason, const char
                    enum metrics_refuse why)
 {
 	char resp[512];
-	/* The HTTP API answers errors as JSON (SPEC §5); the WebSocket handshake as text. */
+	/* The HTTP API answers errors as JSON (docs/http-api.md); the WebSocket handshake as text. */
 	bool json = body[0] == '{';
 	int n = snprintf(resp, sizeof(resp),
 	                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
@@ -521,7 +521,7 @@ static char *query_param(const char *target, size_t len, const char *name)
 	return NULL;
 }
 
-/* The token a WebSocket client presented, in SPEC order: Authorization bearer, ?token=, the
+/* The token a WebSocket client presented, in the documented order (docs/protocol.md): Authorization bearer, ?token=, the
  * subprotocol offer "roomcast, <t>". malloc'd, or NULL when none. */
 static char *find_token(const struct gate_upgrade *h)
 {
@@ -555,7 +555,7 @@ static char *find_token(const struct gate_upgrade *h)
 }
 
 /* Exact match against WS_ORIGINS; a handshake without Origin is not from a browser and is
- * allowed (SPEC §2). */
+ * allowed (docs/protocol.md). */
 static bool origin_allowed(const struct gate_upgrade *h)
 {
 	const char *list = g_cfg->ws_origins;

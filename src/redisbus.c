@@ -1,4 +1,4 @@
-/* The Redis transport of the bus (SPEC §4): a subscriber and a publisher hiredis context on the
+/* The Redis transport of the bus (docs/architecture.md): a subscriber and a publisher hiredis context on the
  * server's loop, the link state machine (changed only by set_state(), which logs transitions),
  * heartbeat, jittered reconnects, degraded local delivery and `events` stats routing. */
 #include "redisbus.h"
@@ -443,7 +443,7 @@ static bool seller_id_of(struct json_object *o, char *out, size_t n)
 	return true;
 }
 
-/* Stats events of the REST service (SPEC §4): routed by type, forwarded unchanged. */
+/* Stats events of the REST service (docs/operations.md): routed by type, forwarded unchanged. */
 static void on_stats_event(const char *payload, size_t len)
 {
 	struct json_tokener *tok = json_tokener_new();
@@ -732,7 +732,7 @@ void rbus_publish(const char *room, const char *payload, size_t len, enum metric
 
 	if (g.state == RB_UP && publish(room, payload, len, src, born_ns) == 0)
 		return;
-	/* Degraded mode (SPEC §4): this replica's members still get it, other replicas' do not. */
+	/* Degraded mode (docs/operations.md): this replica's members still get it, other replicas' do not. */
 	metrics.redis_publish_failures++;
 	route_raw(room, payload, len, src, born_ns);
 }

@@ -1,4 +1,4 @@
-/* Fuzzes the POST /api/notify body parser (SPEC §5) through http_handle, authorized with the
+/* Fuzzes the POST /api/notify body parser (docs/http-api.md) through http_handle, authorized with the
  * notify token, and checks the answer against a reference reading of the same body: the status,
  * the JSON of the response, and the exact room message published on the bus. */
 #include "fuzz.h"
@@ -83,7 +83,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-/* The reference reading of a notify body, written from SPEC §5 and independent of http.c:
+/* The reference reading of a notify body, written from docs/http-api.md and independent of http.c:
  * returns the expected status (200 or 400) and, for 200, the room and the parsed body. */
 static int expect_notify(const uint8_t *data, size_t size, char *room, size_t cap,
                          json_object **root_out)

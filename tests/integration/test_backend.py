@@ -1,4 +1,4 @@
-"""Room authorization over HTTP (SPEC §6, BACKEND_URL): roomcast asks a real local HTTP
+"""Room authorization over HTTP (docs/protocol.md, BACKEND_URL): roomcast asks a real local HTTP
 server `GET /can_join?room=…&user_id=…` and needs {"allowed":true}; a refusal, an error or no
 answer within 3 s denies; verdicts are cached per connection."""
 

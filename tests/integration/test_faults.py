@@ -4,7 +4,7 @@ events by a hung query connection, the listener's backend frozen with SIGSTOP (a
 vanishes without a reset), Redis CLIENT KILL TYPE pubsub, Redis's pubsub output-buffer limit
 lowered during a flood, Redis frozen 30 s, slowloris handshakes, a file descriptor limit below
 the clients offered, SIGTERM during a burst, and CPU while PostgreSQL or Redis is down. Each row
-asserts the SPEC's behaviour and that nothing promised was lost or duplicated.
+asserts the documented behaviour and that nothing promised was lost or duplicated.
 
 Rows covered elsewhere: listener backend terminated, out-of-order commits across a listener
 loss and PostgreSQL down at start (test_pg.py); a client that stops reading, oversized heads,
@@ -153,7 +153,7 @@ def assert_exactly_once_in_order(got, n, what="events"):
     dups = sorted({i for i in seq if seq.count(i) > 1})
     missing = sorted(set(range(n)) - set(seq))
     assert not dups and not missing, f"{what}: duplicated {dups}, missing {missing}"
-    # One writer committing one event after another: commit order is i order, and SPEC §8
+    # One writer committing one event after another: commit order is i order, and docs/architecture.md
     # keeps live events in commit order, across the reconnect too.
     assert seq == list(range(n)), f"{what} out of commit order: {seq}"
     ids = [m["id"] for m in got]
@@ -250,7 +250,7 @@ def test_commit_order_kept_while_catchup_waits_for_query_connection(server_facto
     # hangs (SIGSTOP, no reset) until both events arrived, so roomcast only gets its catch-up
     # out after the query connection's deadline (5 s) has dropped the hung connection and a
     # new one is up. Event A commits while the listener is away (only the catch-up can deliver
-    # it), event B after the listener is back (its notification arrives at once). SPEC §8:
+    # it), event B after the listener is back (its notification arrives at once). docs/architecture.md:
     # live events in commit order also across a lost connection, so A must reach the client
     # before B. roomcast holds live events for up to 15 s after a listener reconnect; with
     # the earlier 5 s bound the hold expired before the catch-up about one run in two.
@@ -313,7 +313,7 @@ def test_events_committed_after_crash_restart_are_delivered(server_factory, lazy
     # committed after the restart then carry xids below W, and a catch-up that reads
     # `xid >= W` does not see them. roomcast is paused (SIGSTOP) across the crash so that the
     # events surely commit before it reconnects, as they may whenever its reconnect backoff
-    # is longer than PostgreSQL's recovery. SPEC §8: every committed event reaches every
+    # is longer than PostgreSQL's recovery. docs/architecture.md: every committed event reaches every
     # member once (the events the crash itself lost are not the point: PostgreSQL forgot them).
     cluster = lazy_wal_cluster
     server = pg_server(server_factory, cluster)
@@ -407,7 +407,7 @@ def _frozen_listener(server_factory, cluster, freeze_s, room, cpu_check=False):
         while not stop.is_set():
             t0 = time.monotonic()
             status, body = server.json("/health")
-            # The loop must never block on the frozen peer (SPEC §1: no call on the loop may
+            # The loop must never block on the frozen peer (docs/architecture.md: no call on the loop may
             # block): /health keeps answering at once.
             if time.monotonic() - t0 > 1.0:
                 health_slow.append(time.monotonic() - t0)
@@ -566,7 +566,7 @@ def test_cpu_idle_and_backoff_capped_while_postgres_down_long(server_factory):
     assert attempts < 60, attempts
 
 
-# ---- Redis faults (the replica link, SPEC §4) ----
+# ---- Redis faults (the replica link, docs/operations.md) ----
 #
 # Two replicas on one Redis. A member on the publishing replica must get every notify exactly
 # once and in order whatever happens to Redis (what did not come back is delivered locally);

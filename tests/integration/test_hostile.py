@@ -377,7 +377,7 @@ def test_hostile_load_from_one_address_denies_no_one_else(server_factory):
     attacker = subprocess.Popen(
         [sys.executable, os.path.join(os.path.dirname(__file__), "hostile_load.py"),
          server.host, str(server.port), "--source", "127.0.0.2", "--sockets", "10000",
-         "--seconds", str(seconds), "--rate", "2000", "--token", make_token("evil")],
+         "--seconds", str(seconds), "--rate", os.environ.get("HOSTILE_RATE", "2000"), "--token", make_token("evil")],
         stdout=subprocess.PIPE, text=True)
     room = "product-77"
     join_s, deliver_s, health_s, notify_s = [], [], [], []

@@ -1,4 +1,4 @@
-"""The PostgreSQL pipeline end to end (SPEC §6-§8): real PostgreSQL, the migrations applied by
+"""The PostgreSQL pipeline end to end (docs/database.md, docs/architecture.md): real PostgreSQL, the migrations applied by
 `roomcast migrate`, triggers firing on the marketplace tables, and real WebSocket clients in
 the rooms. Faults are real too: the listener's backend is terminated, transactions commit out
 of id order, PostgreSQL is down at start."""
@@ -383,7 +383,7 @@ def test_resume_in_an_automatic_room(pgserver, cluster, db):
         await ws.send('{"type":"join","payload":{"room":"user-55","since":%d}}' % last)
         # The connection is in user-55 from its start, so the live copy of 'missed' may come
         # before `joined` when its notification reaches roomcast late (seen under valgrind);
-        # the replay after `joined` then repeats it with the same id, as SPEC §8 allows.
+        # the replay after `joined` then repeats it with the same id, as docs/protocol.md allows.
         early = []
         while True:
             m = await recv_json(ws)

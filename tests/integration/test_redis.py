@@ -1,4 +1,4 @@
-"""Replicas on Redis (SPEC §4, issue 4): two roomcast processes on one real redis-server.
+"""Replicas on Redis (docs/operations.md, issue 4): two roomcast processes on one real redis-server.
 
 Broadcasts and notifies cross replicas exactly once each, payloads other producers PUBLISH are
 forwarded byte for byte, `events` stats go to admins and the matching seller, and the link

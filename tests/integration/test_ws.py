@@ -1,4 +1,4 @@
-"""SPEC §3 against a real roomcast process with real WebSocket clients: the four ways to present
+"""The WebSocket protocol (docs/protocol.md) against a real roomcast process with real WebSocket clients: the four ways to present
 a token, every client message and reply, automatic rooms, token expiry and refresh."""
 
 import asyncio

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Every variable of SPEC §2 (plus AUTHZ and the HTTP gate limits). */
+/* Every variable of docs/operations.md (plus AUTHZ and the HTTP gate limits). */
 static const char *const VARS[] = {
     "PORT",
     "HOST",
@@ -25,6 +25,11 @@ static const char *const VARS[] = {
     "WS_ORIGINS",
     "BACKEND_URL",
     "NOTIFY_TOKEN",
+    "NOTIFY_ALLOW_FROM",
+    "MAX_HTTP_CONNECTIONS",
+    "MAX_HTTP_CONNECTIONS_PER_IP",
+    "HTTP_BODY_TIMEOUT_S",
+    "HTTP_IDLE_TIMEOUT_S",
     "NOTIFY_MAX_BYTES",
     "MAX_CONNECTIONS",
     "MAX_CONNECTIONS_PER_IP",
