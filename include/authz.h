@@ -1,4 +1,4 @@
-/* Room authorization (docs/protocol.md): the claim rules decide at once; rooms that need ownership are
+/* Room authorization: the claim rules decide at once; rooms that need ownership are
  * asked of the database policy or the backend when configured. */
 #ifndef ROOMCAST_AUTHZ_H
 #define ROOMCAST_AUTHZ_H

@@ -62,7 +62,7 @@ struct gate_refusal {
 };
 
 /* The checks every WebSocket upgrade passes, in order: path /ws, key, Origin, total and
- * per-address capacity, token (the order of docs/protocol.md). On success moves t into the WebSocket budget,
+ * per-address capacity, token (docs/protocol.md). On success moves t into the WebSocket budget,
  * records what it learned (identity, batch) and returns 0; else -1 and *ref. */
 int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_refusal *ref);
 

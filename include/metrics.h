@@ -1,4 +1,4 @@
-/* Process-wide counters and gauges (docs/operations.md lists them). Modules bump them directly; the HTTP layer renders
+/* Process-wide counters and gauges. Modules bump them directly; the HTTP layer renders
  * them for /metrics and /health. Plain integers: everything runs on the one loop thread. */
 #ifndef ROOMCAST_METRICS_H
 #define ROOMCAST_METRICS_H

@@ -1,4 +1,4 @@
-/* The PostgreSQL side of roomcast (docs/database.md, docs/architecture.md): a listener connection that only LISTENs, a
+/* The PostgreSQL side of roomcast: a listener connection that only LISTENs, a
  * query connection for everything else, and the delivery logic that turns outbox events into
  * room messages exactly once and in commit order, across reconnects and out-of-order commits.
  * Also client replay (`join` with `since`), the SQL room policy, persistent notify, retention. */

@@ -1,4 +1,4 @@
-/* The client protocol (docs/protocol.md): parses client frames into typed messages (strict JSON, exact
+/* The client protocol: parses client frames into typed messages (strict JSON, exact
  * length, low depth) and builds the server's reply frames and room-message envelopes. */
 #ifndef ROOMCAST_PROTO_H
 #define ROOMCAST_PROTO_H

@@ -1,4 +1,4 @@
-/* The one routing path (docs/architecture.md): every message, whatever door it came through, ends here as an
+/* The one routing path: every message, whatever door it came through, ends here as an
  * immutable frame queued on each local member of its rooms. */
 #ifndef ROOMCAST_ROUTER_H
 #define ROOMCAST_ROUTER_H

@@ -1,4 +1,4 @@
-/* What a connected client can do (docs/protocol.md): authenticate (first frame or refresh), join, leave,
+/* What a connected client can do: authenticate (first frame or refresh), join, leave,
  * broadcast, ping; automatic rooms; arming token expiry (the connection timer sends the warning
  * and closes 4001); rate limiting. */
 #ifndef ROOMCAST_SESSION_H

@@ -521,7 +521,7 @@ static char *query_param(const char *target, size_t len, const char *name)
 	return NULL;
 }
 
-/* The token a WebSocket client presented, in the documented order (docs/protocol.md): Authorization bearer, ?token=, the
+/* The token a WebSocket client presented, in this order: Authorization bearer, ?token=, the
  * subprotocol offer "roomcast, <t>". malloc'd, or NULL when none. */
 static char *find_token(const struct gate_upgrade *h)
 {

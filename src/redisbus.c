@@ -1,4 +1,4 @@
-/* The Redis transport of the bus (docs/architecture.md): a subscriber and a publisher hiredis context on the
+/* The Redis transport of the bus: a subscriber and a publisher hiredis context on the
  * server's loop, the link state machine (changed only by set_state(), which logs transitions),
  * heartbeat, jittered reconnects, degraded local delivery and `events` stats routing. */
 #include "redisbus.h"
@@ -732,7 +732,7 @@ void rbus_publish(const char *room, const char *payload, size_t len, enum metric
 
 	if (g.state == RB_UP && publish(room, payload, len, src, born_ns) == 0)
 		return;
-	/* Degraded mode (docs/operations.md): this replica's members still get it, other replicas' do not. */
+	/* Degraded mode: this replica's members still get it, other replicas' do not. */
 	metrics.redis_publish_failures++;
 	route_raw(room, payload, len, src, born_ns);
 }

@@ -1,6 +1,6 @@
 // The baseline for `make bench`: the server a team would otherwise write in Node.js, with `ws`,
 // `pg` and `jsonwebtoken`, implementing the subset of roomcast's protocol the benchmark uses
-// (docs/protocol.md, docs/http-api.md): bearer-token handshake, join/leave/ping/broadcast, automatic user rooms,
+// (docs/protocol.md): bearer-token handshake, join/leave/ping/broadcast, automatic user rooms,
 // POST /api/notify, GET /health, and database events from LISTEN realtime_events routed by the
 // payload's rooms. Written the idiomatic way, and fairly: every message is serialized once and
 // the same Buffer goes to every member; the verification key is built once.

@@ -1,4 +1,4 @@
-/* Fuzzes the POST /api/notify body parser (docs/http-api.md) through http_handle, authorized with the
+/* Fuzzes the POST /api/notify body parser through http_handle, authorized with the
  * notify token, and checks the answer against a reference reading of the same body: the status,
  * the JSON of the response, and the exact room message published on the bus. */
 #include "fuzz.h"

@@ -1,4 +1,4 @@
-/* Fuzzes proto_parse, the client-message parser (docs/protocol.md), and for every message it accepts the
+/* Fuzzes proto_parse, the client-message parser, and for every message it accepts the
  * reply frames and room-message envelopes built from the parsed fields: each must be JSON that a
  * strict client parses, and must carry the parsed values back unchanged (catches escaping bugs). */
 #include "fuzz.h"

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpora of tests/fuzz/corpus/<target>/ and tests/fuzz/fuzz_jwt_keys.h.
 
-Seeds are meaningful inputs the fuzzer mutates from: every client message type of docs/protocol.md, the
-Go service's message shapes, notify bodies of docs/http-api.md, and JWTs of every algorithm family. The
+Seeds are meaningful inputs the fuzzer mutates from: every client message type, the
+Go service's message shapes, notify bodies, and JWTs of every algorithm family. The
 RSA and EC keys that sign the JWT seeds are generated fresh by openssl on every run and only
 their public halves are kept (in fuzz_jwt_keys.h), so rerunning this script rewrites both the
 JWT seeds and the header together. Usage: tests/fuzz/gen_seeds.py (from anywhere).

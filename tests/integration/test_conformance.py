@@ -338,7 +338,7 @@ def test_endless_continuations_close_1009_memory_bounded(server_factory):
 
 
 def test_endless_binary_continuations_close_1009(server_factory):
-    # docs/protocol.md: MAX_MESSAGE_SIZE bounds every client message and a larger one closes with 1009.
+    # MAX_MESSAGE_SIZE bounds every client message and a larger one closes with 1009.
     # Binary messages are answered with an error (README decision) and not buffered, but their
     # size must still count: otherwise a client can stream without end on one message that is
     # never complete (never rate-limited, never closed).

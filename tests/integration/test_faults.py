@@ -153,7 +153,7 @@ def assert_exactly_once_in_order(got, n, what="events"):
     dups = sorted({i for i in seq if seq.count(i) > 1})
     missing = sorted(set(range(n)) - set(seq))
     assert not dups and not missing, f"{what}: duplicated {dups}, missing {missing}"
-    # One writer committing one event after another: commit order is i order, and docs/architecture.md
+    # One writer committing one event after another: commit order is i order, and the guarantee
     # keeps live events in commit order, across the reconnect too.
     assert seq == list(range(n)), f"{what} out of commit order: {seq}"
     ids = [m["id"] for m in got]
@@ -250,7 +250,7 @@ def test_commit_order_kept_while_catchup_waits_for_query_connection(server_facto
     # hangs (SIGSTOP, no reset) until both events arrived, so roomcast only gets its catch-up
     # out after the query connection's deadline (5 s) has dropped the hung connection and a
     # new one is up. Event A commits while the listener is away (only the catch-up can deliver
-    # it), event B after the listener is back (its notification arrives at once). docs/architecture.md:
+    # it), event B after the listener is back (its notification arrives at once). Guarantee:
     # live events in commit order also across a lost connection, so A must reach the client
     # before B. roomcast holds live events for up to 15 s after a listener reconnect; with
     # the earlier 5 s bound the hold expired before the catch-up about one run in two.
@@ -313,7 +313,7 @@ def test_events_committed_after_crash_restart_are_delivered(server_factory, lazy
     # committed after the restart then carry xids below W, and a catch-up that reads
     # `xid >= W` does not see them. roomcast is paused (SIGSTOP) across the crash so that the
     # events surely commit before it reconnects, as they may whenever its reconnect backoff
-    # is longer than PostgreSQL's recovery. docs/architecture.md: every committed event reaches every
+    # is longer than PostgreSQL's recovery. Guarantee: every committed event reaches every
     # member once (the events the crash itself lost are not the point: PostgreSQL forgot them).
     cluster = lazy_wal_cluster
     server = pg_server(server_factory, cluster)
@@ -407,7 +407,7 @@ def _frozen_listener(server_factory, cluster, freeze_s, room, cpu_check=False):
         while not stop.is_set():
             t0 = time.monotonic()
             status, body = server.json("/health")
-            # The loop must never block on the frozen peer (docs/architecture.md: no call on the loop may
+            # The loop must never block on the frozen peer (no call on the loop may
             # block): /health keeps answering at once.
             if time.monotonic() - t0 > 1.0:
                 health_slow.append(time.monotonic() - t0)

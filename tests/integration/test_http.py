@@ -1,4 +1,4 @@
-"""The HTTP API (docs/http-api.md) against a real roomcast process: /health, /ready, /metrics (parsed with the
+"""docs/http-api.md against a real roomcast process: /health, /ready, /metrics (parsed with the
 reference Prometheus parser), /admin/clients authorization, 404/405, and POST /api/notify —
 credentials, every refusal status with its JSON error body, delivery of the event envelope to
 room and user members, a 10 000-notify burst over one keep-alive connection, and keep-alive use in

@@ -1,4 +1,4 @@
-"""The limits (docs/protocol.md) and operations (docs/operations.md) against a real roomcast process, with real clients and with
+"""Limits and operations against a real roomcast process, with real clients and with
 raw sockets for misbehaving peers: Origin checks, message size, rate limit, slow consumers,
 connection caps (total and per address), ping/pong liveness, SIGTERM shutdown, tokens kept out of
 logs, request-head deadline and size (slowloris), and h2c / upgrade-after-keep-alive refusals."""

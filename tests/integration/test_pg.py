@@ -1,4 +1,4 @@
-"""The PostgreSQL pipeline end to end (docs/database.md, docs/architecture.md): real PostgreSQL, the migrations applied by
+"""The PostgreSQL pipeline end to end: real PostgreSQL, the migrations applied by
 `roomcast migrate`, triggers firing on the marketplace tables, and real WebSocket clients in
 the rooms. Faults are real too: the listener's backend is terminated, transactions commit out
 of id order, PostgreSQL is down at start."""

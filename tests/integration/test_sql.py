@@ -1,4 +1,4 @@
-"""The database contract (docs/database.md) against a real PostgreSQL: the migrations applied the DBA
+"""docs/database.md against a real PostgreSQL: the migrations applied the DBA
 way (`psql -f`, in order, and again), the outbox and realtime.publish, the marketplace and
 realtime.watch triggers as seen by a LISTEN on realtime_events, realtime.can_join, down/up and
 prune. With ROOMCAST_BIN set, also `roomcast migrate`.

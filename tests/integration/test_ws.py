@@ -1,4 +1,4 @@
-"""The WebSocket protocol (docs/protocol.md) against a real roomcast process with real WebSocket clients: the four ways to present
+"""Protocol against a real roomcast process with real WebSocket clients: the four ways to present
 a token, every client message and reply, automatic rooms, token expiry and refresh."""
 
 import asyncio

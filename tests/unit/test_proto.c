@@ -1,4 +1,4 @@
-/* Unit tests for src/proto.c: the client-message parser proto_parse (docs/protocol.md, client -> server) and
+/* Unit tests for src/proto.c: the client-message parser proto_parse (client -> server) and
  * the reply/envelope builders, whose output is re-parsed with json-c and checked field by field. */
 #include "proto.h"
 
