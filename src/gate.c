@@ -308,7 +308,7 @@ static void refuse(struct pending *p, int status, const char *reason, const char
                    enum metrics_refuse why)
 {
 	char resp[512];
-	/* The HTTP API answers errors as JSON (docs/http-api.md); the WebSocket handshake as text. */
+	/* The HTTP API answers errors as JSON; the WebSocket handshake as text. */
 	bool json = body[0] == '{';
 	int n = snprintf(resp, sizeof(resp),
 	                 "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
