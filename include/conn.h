@@ -32,6 +32,9 @@ struct conn {
 	char id[24];    /* "conn-<n>" unique within this node */
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	bool batch;     /* ?batch=1: several room messages per frame as an array */
+	/* Room messages in the typed form (proto_typed): asked with ?format=typed, or the first
+	 * message was written in another server's dialect. spoke: a first message was seen. */
+	bool typed, spoke;
 	struct auth_identity ident;
 	struct frame_queue q;
 	uint16_t close_code;

@@ -19,6 +19,9 @@ struct frame {
 	/* Monotonic nanoseconds when the event entered roomcast (0 if unknown): feeds the
 	 * notify-to-send latency histogram. */
 	uint64_t born_ns;
+	/* A second serialization of the same room message (the typed form some clients want),
+	 * built once by the first recipient that needs it; this frame owns the reference. */
+	struct frame *alt;
 	unsigned char buf[]; /* FRAME_PRE bytes of headroom, then len payload bytes, then NUL */
 };
 

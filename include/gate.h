@@ -34,6 +34,7 @@ struct gate_ticket {
 	bool ws; /* counted in the WebSocket budget */
 	bool authenticated;
 	bool batch;
+	bool typed;                 /* ?format=typed: room messages as {"type":event,"data":...} */
 	const char *ip;             /* the per-address entry's copy: valid until close */
 	struct auth_identity ident; /* valid when authenticated; attach_conn takes it */
 	struct lws *wsi;            /* NULL while the gate holds the socket */

@@ -5,7 +5,16 @@
 
 #include <stdint.h>
 
-enum metrics_source { SRC_DB = 0, SRC_NOTIFY, SRC_BROADCAST, SRC_REDIS, SRC_COUNT };
+/* SRC_LISTEN: application NOTIFY channels (realtime.listen); SRC_LIVE: live SQL rooms. */
+enum metrics_source {
+	SRC_DB = 0,
+	SRC_NOTIFY,
+	SRC_BROADCAST,
+	SRC_REDIS,
+	SRC_LISTEN,
+	SRC_LIVE,
+	SRC_COUNT
+};
 enum metrics_close {
 	CLOSE_NORMAL = 0,
 	CLOSE_SHUTDOWN,

@@ -33,7 +33,16 @@ struct proto_msg {
 	char *body; /* broadcast body as compact JSON, malloc'd */
 	size_t body_len;
 	char *token; /* auth token, malloc'd */
+	/* Written in another server's dialect ({"action":...}, or a room as data.channel): the
+	 * connection may want typed room messages (see proto_typed). */
+	bool dialect;
+	/* {"action":"subscribe","filters":[...]}: every room, malloc'd (room holds the first). */
+	char (*rooms)[ROOM_NAME_MAX + 1];
+	size_t nrooms;
 };
+
+/* Most rooms one action message may name. */
+#define PROTO_MAX_FILTERS 64
 
 #define PROTO_MAX_DEPTH 16
 
@@ -62,6 +71,12 @@ struct frame *proto_authenticated(long long exp);
 struct frame *proto_broadcast_envelope(const char *id, const char *from, const char *user,
                                        const char *room, const char *ts, const char *body_raw,
                                        size_t body_len);
+/* The typed form of a room message for clients that dispatch on "type":
+ * {"type":<event>,"data":<data>,"room":...,"id":...,"ts":...} (a client broadcast becomes
+ * type "broadcast" with its body as data, plus from and user). Built at most once per frame and
+ * kept in f->alt; returns a borrowed pointer (f itself when f is not a room message or cannot
+ * be rewritten). */
+struct frame *proto_typed(struct frame *f);
 /* id_raw is a JSON number (outbox) or JSON string (ephemeral), already encoded. */
 struct frame *proto_event_envelope(const char *id_raw, const char *event, const char *room,
                                    const char *ts, const char *data_raw, const char *meta_raw);

@@ -227,6 +227,8 @@ int conn_send(struct conn *c, struct frame *f)
 {
 	if (!conn_alive(c))
 		return -1;
+	if (c->typed)
+		f = proto_typed(f); /* shared: serialized once per message, not per recipient */
 	if (c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
 		metrics.drops_slow++;
 		conn_close(c, 4008, "slow consumer", false);

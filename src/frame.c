@@ -18,6 +18,7 @@ struct frame *frame_alloc(size_t len)
 	f->len = (uint32_t)len;
 	f->born_ns = 0;
 	f->flags = 0;
+	f->alt = NULL;
 	f->buf[FRAME_PRE + len] = '\0';
 	return f;
 }
@@ -32,8 +33,10 @@ struct frame *frame_new(const void *data, size_t len)
 
 void frame_unref(struct frame *f)
 {
-	if (f && --f->refs == 0)
+	if (f && --f->refs == 0) {
+		frame_unref(f->alt);
 		free(f);
+	}
 }
 
 void frame_queue_init(struct frame_queue *q)

@@ -674,6 +674,9 @@ int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_
 	batch = query_param(u->target, u->target_len, "batch");
 	t->batch = batch && (!strcmp(batch, "1") || !strcmp(batch, "true"));
 	free(batch);
+	batch = query_param(u->target, u->target_len, "format");
+	t->typed = batch && !strcmp(batch, "typed");
+	free(batch);
 	/* From the HTTP budget to the WebSocket one. */
 	ie->http--;
 	g_nhttp--;

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pgl.h"
+#include "pglisten.h"
 #include "pgwatch.h"
 #include "proto.h"
 #include "room.h"
@@ -265,6 +266,7 @@ static void render_metrics(struct http_response *resp)
 	       "pg_notification_queue_usage() at the last heartbeat.");
 	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
 	pgw_metrics(b);
+	pglisten_metrics(b);
 
 	family(b, "roomcast_redis_up", "gauge",
 	       "Whether the Redis link (subscriber and publisher) is up (-1: not configured).");

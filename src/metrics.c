@@ -5,7 +5,8 @@ struct metrics metrics;
 
 const double metrics_lat_bounds[METRICS_LAT_BUCKETS] = {
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
-const char *const metrics_source_names[SRC_COUNT] = {"db", "notify", "broadcast", "redis"};
+const char *const metrics_source_names[SRC_COUNT] = {"db",    "notify", "broadcast",
+                                                     "redis", "listen", "live"};
 const char *const metrics_close_names[CLOSE_COUNT] = {
     "normal",    "shutdown",      "policy",     "too_big", "token",
     "forbidden", "slow_consumer", "rate_limit", "peer",    "timeout"};

@@ -9,6 +9,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pgc.h"
+#include "pglisten.h"
 #include "pgwatch.h"
 #include "proto.h"
 #include "router.h"
@@ -274,7 +275,7 @@ static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
 	uint64_t xid;
 	bool large;
 
-	if (pgw_on_notify(n) || strcmp(n->relname, CHANNEL))
+	if (pgw_on_notify(n) || pglisten_on_notify(n) || strcmp(n->relname, CHANNEL))
 		return;
 	o = parse_json(n->extra, strlen(n->extra));
 	if (!o || !json_object_object_get_ex(o, "id", &v)) {
@@ -488,6 +489,7 @@ static void listener_up(struct pgc *pc, void *arg)
 {
 	pgc_query(pc, "LISTEN " CHANNEL, 0, NULL, QUERY_TIMEOUT_MS, on_listened, NULL);
 	pgw_listener_up();
+	pglisten_listener_up();
 	/* After a restart the two connections back off independently; the query connection may
 	 * be seconds from its next attempt while the catch-up (and live events held behind it)
 	 * needs it now. The server is evidently back: skip the rest of its backoff. */
@@ -498,6 +500,7 @@ static void listener_down(struct pgc *pc, void *arg)
 {
 	g_listening = false;
 	pgw_listener_down();
+	pglisten_listener_down();
 	metrics.pg_reconnects++;
 	update_state();
 }
@@ -561,6 +564,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop)
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
 	pgw_start(cfg, loop, g_listen, g_query);
+	pglisten_start(cfg, g_listen);
 	return 0;
 }
 
@@ -581,6 +585,7 @@ void pgl_stop(void)
 		free(rp);
 	}
 	pgw_stop();
+	pglisten_stop();
 	pgc_stop(g_listen);
 	pgc_stop(g_query);
 	g_listen = g_query = NULL;

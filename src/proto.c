@@ -22,6 +22,7 @@ void proto_msg_clear(struct proto_msg *m)
 {
 	free(m->body);
 	free(m->token);
+	free(m->rooms);
 	memset(m, 0, sizeof(*m));
 }
 
@@ -151,6 +152,65 @@ static enum proto_code parse_since(json_object *v, struct proto_msg *out, const 
 	return PROTO_OK;
 }
 
+/* {"action":"subscribe"|"unsubscribe","filters":[rooms...]} (or one "channel"/"room"),
+ * {"action":"auth","token":...}, {"action":"ping"}: the dialect of clients written for another
+ * server, mapped onto our message types. */
+static enum proto_code parse_action(json_object *root, const char *a, struct proto_msg *out,
+                                    const char **detail)
+{
+	json_object *filters = get(root, "filters");
+	size_t n;
+
+	out->dialect = true;
+	if (!strcmp(a, "auth")) {
+		json_object *tok = get(root, "token");
+		out->type = PROTO_AUTH;
+		if (!tok || !json_object_is_type(tok, json_type_string) ||
+		    !json_object_get_string_len(tok) ||
+		    memchr(json_object_get_string(tok), '\0',
+		           (size_t)json_object_get_string_len(tok))) {
+			*detail = "token is required";
+			return PROTO_BAD_JSON;
+		}
+		if (!(out->token = strdup(json_object_get_string(tok)))) {
+			*detail = "out of memory";
+			return PROTO_SERVER_ERROR;
+		}
+		return PROTO_OK;
+	}
+	if (!strcmp(a, "ping")) {
+		out->type = PROTO_PING;
+		return PROTO_OK;
+	}
+	if (strcmp(a, "subscribe") && strcmp(a, "unsubscribe")) {
+		*detail = "unknown action";
+		return PROTO_BAD_TYPE;
+	}
+	out->type = a[0] == 's' ? PROTO_JOIN : PROTO_LEAVE;
+	if (!filters || !json_object_is_type(filters, json_type_array)) {
+		json_object *one = get(root, "channel");
+		return parse_room(one ? one : get(root, "room"), out, detail);
+	}
+	n = json_object_array_length(filters);
+	if (n == 0 || n > PROTO_MAX_FILTERS) {
+		*detail = "filters must name 1 to 64 rooms";
+		return PROTO_BAD_ROOM;
+	}
+	if (!(out->rooms = calloc(n, sizeof(*out->rooms)))) {
+		*detail = "out of memory";
+		return PROTO_SERVER_ERROR;
+	}
+	for (size_t i = 0; i < n; i++) {
+		enum proto_code rc = parse_room(json_object_array_get_idx(filters, i), out, detail);
+		if (rc)
+			return rc;
+		memcpy(out->rooms[i], out->room, sizeof(out->room));
+	}
+	memcpy(out->room, out->rooms[0], sizeof(out->room));
+	out->nrooms = n;
+	return PROTO_OK;
+}
+
 static enum proto_code parse_fields(json_object *root, struct proto_msg *out, const char **detail)
 {
 	json_object *type = get(root, "type"), *payload = get(root, "payload"),
@@ -164,6 +224,11 @@ static enum proto_code parse_fields(json_object *root, struct proto_msg *out, co
 	}
 	if (data && !json_object_is_type(data, json_type_object))
 		data = NULL;
+	if (!type && get(root, "action") &&
+	    json_object_is_type(get(root, "action"), json_type_string))
+		return parse_action(root, json_object_get_string(get(root, "action")), out, detail);
+	if (data && get(data, "channel"))
+		out->dialect = true;
 	if (!type || !json_object_is_type(type, json_type_string)) {
 		*detail = "type is required";
 		return PROTO_BAD_TYPE;
@@ -291,7 +356,10 @@ enum proto_code proto_parse(const char *data, size_t len, struct proto_msg *out,
 	if (rc != PROTO_OK) {
 		free(out->body);
 		free(out->token);
+		free(out->rooms);
 		out->body = out->token = NULL;
+		out->rooms = NULL;
+		out->nrooms = 0;
 	}
 	return rc;
 }
@@ -413,4 +481,47 @@ struct frame *proto_event_envelope(const char *id_raw, const char *event, const 
 	buf_puts(&b, meta_raw && *meta_raw ? meta_raw : "{}");
 	buf_puts(&b, "}");
 	return finish(&b);
+}
+
+struct frame *proto_typed(struct frame *f)
+{
+	json_object *o, *v;
+	struct buf b;
+	struct frame *t;
+	bool bc;
+
+	if (!(f->flags & FRAME_ROOM_MSG))
+		return f;
+	if (f->alt)
+		return f->alt;
+	o = json_tokener_parse((const char *)frame_data(f));
+	if (!o || !json_object_is_type(o, json_type_object)) {
+		json_object_put(o);
+		return f;
+	}
+	bc = !json_object_object_get_ex(o, "event", &v);
+	buf_init(&b);
+	buf_puts(&b, "{\"type\":");
+	if (bc)
+		buf_puts(&b, "\"broadcast\"");
+	else
+		buf_puts(&b, json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+	buf_puts(&b, ",\"data\":");
+	buf_puts(&b, json_object_object_get_ex(o, bc ? "body" : "data", &v)
+	                 ? json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN)
+	                 : "null");
+	static const char *const keys[] = {"room", "id", "ts", "from", "user"};
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		if (json_object_object_get_ex(o, keys[i], &v))
+			buf_printf(&b, ",\"%s\":%s", keys[i],
+			           json_object_to_json_string_ext(v, JSON_C_TO_STRING_PLAIN));
+	buf_puts(&b, "}");
+	json_object_put(o);
+	t = finish(&b);
+	if (!t)
+		return f;
+	t->flags = f->flags;
+	t->born_ns = f->born_ns;
+	f->alt = t;
+	return t;
 }

@@ -257,6 +257,7 @@ static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 
 	if (!c)
 		return 1;
+	c->typed = t->typed;
 	if (t->authenticated) {
 		c->ident = t->ident;
 		memset(&t->ident, 0, sizeof(t->ident));

@@ -709,6 +709,20 @@ void sess_message(struct conn *c, const char *data, size_t len)
 	dispatch(c, data, len);
 }
 
+/* An action message may name several rooms: each is joined (left) as if asked alone. */
+static void each_room(struct conn *c, struct proto_msg *m,
+                      void (*fn)(struct conn *c, struct proto_msg *m))
+{
+	if (!m->nrooms) {
+		fn(c, m);
+		return;
+	}
+	for (size_t i = 0; i < m->nrooms && conn_alive(c); i++) {
+		memcpy(m->room, m->rooms[i], sizeof(m->room));
+		fn(c, m);
+	}
+}
+
 /* One message, rate limit already taken. */
 static void dispatch(struct conn *c, const char *data, size_t len)
 {
@@ -721,6 +735,12 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 		reply_error(c, rc, detail, m.room);
 		return;
 	}
+	/* A client written for another server says so in its first message: from then on it
+	 * gets room messages in the typed form it dispatches on. */
+	if (!c->spoke) {
+		c->spoke = true;
+		c->typed = c->typed || m.dialect;
+	}
 	if (c->state == CONN_AWAIT_AUTH && m.type != PROTO_AUTH && m.type != PROTO_PING) {
 		reply_error(c, PROTO_UNAUTHENTICATED, "authenticate first", m.room);
 		proto_msg_clear(&m);
@@ -728,10 +748,10 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 	}
 	switch (m.type) {
 	case PROTO_JOIN:
-		do_join(c, &m);
+		each_room(c, &m, do_join);
 		break;
 	case PROTO_LEAVE:
-		do_leave(c, &m);
+		each_room(c, &m, do_leave);
 		break;
 	case PROTO_BROADCAST:
 		do_broadcast(c, &m);

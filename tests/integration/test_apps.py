@@ -1,0 +1,266 @@
+"""Any PostgreSQL application: its own NOTIFY channels (realtime.listen), its clients' dialect
+(`{"action":"subscribe","filters":[...]}`, typed room messages) and live SQL rooms
+(realtime.live_room), against a real PostgreSQL with the migrations applied by `roomcast
+migrate`, and clients written for other servers, unchanged.
+
+Run: ROOMCAST_BIN=... /usr/bin/python3 -m pytest -q tests/integration/test_apps.py
+"""
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psycopg2
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pgcluster import PgCluster  # noqa: E402
+from rc import BIN, connect, make_token, metric_samples, recv_json, run, wait_until  # noqa: E402
+
+_names = itertools.count(1)
+
+# A parking application as it exists: its table and its trigger, notifying on its own channel.
+PARKING = """
+CREATE TABLE espacios (id int PRIMARY KEY, numero text NOT NULL, estado text NOT NULL);
+INSERT INTO espacios VALUES (15, 'A-15', 'libre'), (16, 'A-16', 'libre');
+
+CREATE OR REPLACE FUNCTION notify_parking_change()
+RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify('parking_update',
+        json_build_object(
+            'espacio_id', NEW.id,
+            'estado_anterior', OLD.estado,
+            'estado_actual', NEW.estado,
+            'timestamp', NOW()
+        )::text
+    );
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER parking_state_change
+    AFTER UPDATE ON espacios
+    FOR EACH ROW
+    EXECUTE FUNCTION notify_parking_change();
+"""
+
+# An appointments application: one row per appointment, statistics per business.
+CITAS = """
+CREATE TABLE citas (
+    id serial PRIMARY KEY,
+    negocio_id text NOT NULL,
+    fecha date NOT NULL DEFAULT current_date,
+    estado text NOT NULL DEFAULT 'pendiente'
+);
+INSERT INTO citas (negocio_id, estado) VALUES
+    ('negocio_123', 'completada'), ('negocio_123', 'pendiente'), ('negocio_456', 'cancelada');
+"""
+STATS_QUERY = """
+SELECT COUNT(*) AS "totalCitas",
+       COUNT(*) FILTER (WHERE fecha = CURRENT_DATE) AS "citasHoy",
+       COUNT(*) FILTER (WHERE estado = 'completada') AS "citasCompletadas",
+       COUNT(*) FILTER (WHERE estado = 'cancelada') AS "citasCanceladas"
+  FROM citas WHERE negocio_id = $1
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    c = PgCluster()
+    c.start()
+    c.create_database("tmpl_apps")
+    out = subprocess.run([BIN, "migrate"],
+                         env=dict(os.environ, DATABASE_URL=c.dsn_for("tmpl_apps")),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    sql(c, "tmpl_apps", PARKING + CITAS)
+    yield c
+    c.cleanup()
+
+
+@pytest.fixture
+def db(request, cluster):
+    name = "apps%d" % next(_names)
+    cluster.create_database(name, template="tmpl_apps")
+    start = len(cluster.logs())
+    yield name
+    if request.session.testsfailed:
+        print("---- PostgreSQL log ----\n" + cluster.logs()[start:], file=sys.stderr)
+
+
+@pytest.fixture
+def pgserver(server_factory, cluster, db):
+    def start(**env):
+        env.setdefault("DATABASE_URL", cluster.dsn_for(db))
+        s = server_factory(env)
+        wait_until(lambda: s.json("/health")[1]["postgres"] == "up", 15, what="postgres up")
+        return s
+    return start
+
+
+def sql(cluster, db, statement, params=None):
+    conn = psycopg2.connect(cluster.dsn_for(db))
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(statement, params)
+        rows = cur.fetchall() if cur.description else None
+    conn.close()
+    return rows
+
+
+def metric(server, name, **labels):
+    return metric_samples(server.metrics()).get((name, tuple(sorted(labels.items()))), 0)
+
+
+class SeedClient:
+    """A client written for another server: it speaks `action` messages and dispatches every
+    message it receives on its `type`, the way that server's dashboards do."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.by_type = {}
+
+    async def send(self, obj):
+        await self.ws.send(json.dumps(obj))
+
+    async def expect(self, typ, timeout=5):
+        """The next message of type typ (others are filed by type and skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {typ} within {timeout}s; got {self.by_type}")
+            m = await recv_json(self.ws, left)
+            self.by_type.setdefault(m.get("type"), []).append(m)
+            if m.get("type") == typ:
+                return m
+
+    async def quiet(self, typ, seconds):
+        """Asserts no message of type typ arrives for a while."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                m = await recv_json(self.ws, left)
+            except asyncio.TimeoutError:
+                return
+            assert m.get("type") != typ, f"unexpected {m}"
+
+
+def parking_token():
+    return make_token("op-1", "user", rooms=["parking", "parking-*"])
+
+
+# ---- application channels ----
+
+def test_parking_trigger_reaches_a_seed_client_unchanged(pgserver, cluster, db):
+    """The application's own trigger, untouched, on its own channel; roomcast told once with
+    realtime.listen; the client subscribes with filters and dispatches on type."""
+    server = pgserver()
+    sql(cluster, db, "SELECT realtime.listen('parking_update', 'parking')")
+    sql(cluster, db, "SELECT realtime.listen('parking_update_by_space', 'parking-{espacio_id}')")
+    wait_until(lambda: metric(server, "roomcast_listen_channels") == 2, 10,
+               what="both channels listened")
+
+    async def go():
+        c = SeedClient(await connect(server, parking_token()))
+        await c.send({"action": "subscribe", "filters": ["parking", "parking-15"]})
+        await c.expect("joined")
+        await c.expect("joined")
+        sql(cluster, db, "UPDATE espacios SET estado = 'ocupado' WHERE id = 15")
+        m = await c.expect("parking_update")
+        assert m["room"] == "parking"
+        assert m["data"]["espacio_id"] == 15
+        assert m["data"]["estado_anterior"] == "libre"
+        assert m["data"]["estado_actual"] == "ocupado"
+        assert isinstance(m["id"], str) and m["ts"]
+        assert set(m) == {"type", "data", "room", "id", "ts"}
+        # The same trigger payload re-sent on a channel whose template uses a field.
+        sql(cluster, db, "SELECT pg_notify('parking_update_by_space', "
+                         "json_build_object('espacio_id', 15, 'type', 'space_changed')::text)")
+        m = await c.expect("space_changed")
+        assert m["room"] == "parking-15"
+        # Another space's room is not ours; a payload that is no object arrives as text.
+        sql(cluster, db, "SELECT pg_notify('parking_update_by_space', "
+                         "json_build_object('espacio_id', 16)::text)")
+        sql(cluster, db, "SELECT pg_notify('parking_update', 'lleno al 95%')")
+        m = await c.expect("parking_update")
+        assert m["data"] == "lleno al 95%" and m["room"] == "parking"
+        assert "parking_update_by_space" not in c.by_type
+        # unlisten is taken live too.
+        sql(cluster, db, "SELECT realtime.unlisten('parking_update')")
+        wait_until(lambda: metric(server, "roomcast_listen_channels") == 1, 10,
+                   what="unlisten taken")
+        sql(cluster, db, "UPDATE espacios SET estado = 'libre' WHERE id = 15")
+        await c.quiet("parking_update", 0.5)
+        await c.ws.close()
+
+    run(go())
+    # Four notifications heard and routed (parking-16's had no member here).
+    assert metric(server, "roomcast_listen_notifications_total") == 4
+    assert metric(server, "roomcast_messages_routed_total", source="listen") == 4
+
+
+def test_listen_event_argument_and_plain_clients(pgserver, cluster, db):
+    """The event argument wins over the payload; a client of our own protocol in the same room
+    gets the usual envelope, a ?format=typed one the typed form, from the same notification."""
+    server = pgserver()
+    sql(cluster, db, "SELECT realtime.listen('parking_update', 'parking', 'espacio')")
+    wait_until(lambda: metric(server, "roomcast_listen_channels") == 1, 10, what="listened")
+
+    async def go():
+        plain = await connect(server, parking_token())
+        typed = await connect(server, parking_token(), path="?format=typed")
+        for ws in (plain, typed):
+            await ws.send(json.dumps({"type": "join", "payload": {"room": "parking"}}))
+            assert (await recv_json(ws))["type"] == "joined"
+        sql(cluster, db, "UPDATE espacios SET estado = 'ocupado' WHERE id = 16")
+        p = await recv_json(plain)
+        t = await recv_json(typed)
+        assert p["event"] == "espacio" and p["data"]["espacio_id"] == 16 and p["room"] == "parking"
+        assert t["type"] == "espacio" and t["data"] == p["data"] and t["id"] == p["id"]
+        await plain.close()
+        await typed.close()
+
+    run(go())
+
+
+def test_rooms_not_granted_are_refused_to_dialect_clients(pgserver, cluster, db):
+    """Authorization is unchanged: a filter the token does not grant (and the policy refuses)
+    gets the usual error, the granted one is joined."""
+    server = pgserver()
+
+    async def go():
+        c = SeedClient(await connect(server, make_token("op-2", "user", rooms=["parking"])))
+        await c.send({"action": "subscribe", "filters": ["parking", "payments"]})
+        await c.expect("joined")
+        err = await c.expect("error")
+        assert err["payload"]["code"] == "forbidden" and err["payload"]["room"] == "payments"
+        await c.send({"action": "unsubscribe", "filters": ["parking"]})
+        assert (await c.expect("left"))["payload"]["room"] == "parking"
+        await c.ws.close()
+
+    run(go())
+
+
+def test_action_auth_first_message(pgserver, cluster, db):
+    """A client that connects without a token and sends {"action":"auth"} first, as the
+    parking dashboard does."""
+    server = pgserver()
+
+    async def go():
+        c = SeedClient(await connect(server))
+        await c.send({"action": "auth", "token": parking_token()})
+        await c.expect("authenticated")
+        await c.send({"action": "subscribe", "filters": ["parking"]})
+        await c.expect("joined")
+        await c.ws.close()
+
+    run(go())
