@@ -51,7 +51,7 @@ static const struct opt opts[] = {
      "WebSocket clients per address"},
     {"MAX_HTTP_CONNECTIONS", I(max_http_connections), "512", 1, 1000000,
      "connections not (yet) a WebSocket: request heads, HTTP, keep-alive"},
-    {"MAX_HTTP_CONNECTIONS_PER_IP", I(max_http_connections_per_ip), "64", 1, 1000000,
+    {"MAX_HTTP_CONNECTIONS_PER_IP", I(max_http_connections_per_ip), "256", 1, 1000000,
      "connections not (yet) a WebSocket per address"},
     {"HTTP_BODY_TIMEOUT_S", I(http_body_timeout_s), "10", 1, 600,
      "absolute deadline for a request body and its answer, from the end of its head"},
