@@ -38,6 +38,9 @@ bool room_pattern_match(const char *pattern, const char *name);
 /* Adds m to the room, creating it. Returns 0 when added, 1 when already a member, -1 on
  * allocation failure. */
 int room_join(const char *name, struct room_member *m);
+/* Called after every join that added a member (not for repeated joins); fn must not join or
+ * leave. One hook: the live rooms module's. */
+void room_set_join_hook(void (*fn)(const char *name, struct room_member *m));
 /* Returns 0 when removed, 1 when not a member. Empty rooms are freed. */
 int room_leave(const char *name, struct room_member *m);
 void room_leave_all(struct room_member *m);

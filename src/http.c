@@ -4,6 +4,7 @@
 #include "bus.h"
 #include "cidr.h"
 #include "conn.h"
+#include "liveroom.h"
 #include "log.h"
 #include "metrics.h"
 #include "pgl.h"
@@ -267,6 +268,7 @@ static void render_metrics(struct http_response *resp)
 	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
 	pgw_metrics(b);
 	pglisten_metrics(b);
+	liveroom_metrics(b);
 
 	family(b, "roomcast_redis_up", "gauge",
 	       "Whether the Redis link (subscriber and publisher) is up (-1: not configured).");

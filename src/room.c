@@ -79,6 +79,13 @@ bool room_is_member(const struct room_member *m, const char *name)
 	return r && sub_index(m, r) >= 0;
 }
 
+static void (*g_join_hook)(const char *name, struct room_member *m);
+
+void room_set_join_hook(void (*fn)(const char *name, struct room_member *m))
+{
+	g_join_hook = fn;
+}
+
 int room_join(const char *name, struct room_member *m)
 {
 	struct room *r;
@@ -122,6 +129,8 @@ int room_join(const char *name, struct room_member *m)
 	m->subs[m->nsubs].pos = r->count;
 	m->nsubs++;
 	r->count++;
+	if (g_join_hook)
+		g_join_hook(r->name, m);
 	return 0;
 }
 

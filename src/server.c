@@ -9,6 +9,7 @@
 #include "conn.h"
 #include "gate.h"
 #include "http.h"
+#include "liveroom.h"
 #include "log.h"
 #include "metrics.h"
 #include "pgl.h"
@@ -597,6 +598,7 @@ static void finish(void)
 	uv_close((uv_handle_t *)&g_sigint, NULL);
 	conn_timers_stop();
 	bus_stop();
+	liveroom_stop();
 	pgl_stop();
 	lws_context_destroy(g_ctx);
 	g_ctx = NULL;
@@ -796,7 +798,8 @@ int srv_run(struct config *cfg)
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
-	    pgl_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(g_vhost) < 0)) {
+	    pgl_start(cfg, &g_loop) < 0 || liveroom_start(cfg, &g_loop) < 0 ||
+	    (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
 		return 1;

@@ -264,3 +264,90 @@ def test_action_auth_first_message(pgserver, cluster, db):
         await c.ws.close()
 
     run(go())
+
+
+# ---- live SQL rooms ----
+
+def subscribe_channel(room):
+    return {"type": "subscribe", "data": {"channel": room}}
+
+
+def test_stats_query_pushed_per_business_while_rooms_have_members(pgserver, cluster, db):
+    """The appointments dashboard: each business's room gets its statistics row as `stats`,
+    at once for a newcomer, again only when it changes, one query per room however many
+    members, and none once the room is empty."""
+    server = pgserver()
+    sql(cluster, db, "SELECT realtime.live_room('estadisticas:{negocio_id}', %s, '1 second')",
+        (STATS_QUERY,))
+    wait_until(lambda: metric(server, "roomcast_live_definitions") == 1, 10, what="defined")
+    token = make_token("admin-local", "user", rooms=["estadisticas:*"])
+
+    async def go():
+        a1 = SeedClient(await connect(server, token))
+        b1 = SeedClient(await connect(server, token))
+        await a1.send(subscribe_channel("estadisticas:negocio_123"))
+        await b1.send(subscribe_channel("estadisticas:negocio_456"))
+        s = (await a1.expect("stats"))["data"]
+        assert s == {"totalCitas": 2, "citasHoy": 2, "citasCompletadas": 1,
+                     "citasCanceladas": 0}
+        s = (await b1.expect("stats"))["data"]
+        assert s == {"totalCitas": 1, "citasHoy": 1, "citasCompletadas": 0,
+                     "citasCanceladas": 1}
+        # A second member of a busy room gets the last row at once, from the same query.
+        a2 = SeedClient(await connect(server, token))
+        t0 = time.monotonic()
+        await a2.send(subscribe_channel("estadisticas:negocio_123"))
+        assert (await a2.expect("stats", timeout=2))["data"]["totalCitas"] == 2
+        assert time.monotonic() - t0 < 0.5
+        assert metric(server, "roomcast_live_rooms") == 2
+        # Nothing changed: silence, though the queries keep running.
+        q0 = metric(server, "roomcast_live_queries_total")
+        for c in (a1, a2, b1):
+            await c.quiet("stats", 1.3 if c is a1 else 0.01)
+        q1 = metric(server, "roomcast_live_queries_total")
+        assert 2 <= q1 - q0 <= 6, (q0, q1)
+        # A row changes business 123's numbers only.
+        sql(cluster, db, "INSERT INTO citas (negocio_id, estado) VALUES ('negocio_123', "
+                         "'completada')")
+        for c in (a1, a2):
+            s = (await c.expect("stats", timeout=3))["data"]
+            assert s["totalCitas"] == 3 and s["citasCompletadas"] == 2
+        await b1.quiet("stats", 0.2)
+        assert metric(server, "roomcast_live_pushes_total") == 3
+        # Everyone leaves: the queries stop.
+        await a1.send({"type": "unsubscribe", "data": {"channel": "estadisticas:negocio_123"}})
+        await a1.expect("left")
+        for c in (a2, b1):
+            await c.ws.close()
+        wait_until(lambda: metric(server, "roomcast_live_rooms") == 0, 5, what="rooms idle")
+        q2 = metric(server, "roomcast_live_queries_total")
+        await asyncio.sleep(1.3)
+        assert metric(server, "roomcast_live_queries_total") == q2
+        await a1.ws.close()
+
+    run(go())
+    assert metric(server, "roomcast_live_query_errors_total") == 0
+    assert metric(server, "roomcast_messages_routed_total", source="live") == 3
+
+
+def test_failing_live_query_is_logged_and_retried(pgserver, cluster, db):
+    server = pgserver()
+    sql(cluster, db, "SELECT realtime.live_room('roto:{x}', "
+                     "'SELECT 1 / (length($1) - length($1)) AS n', '1 second', 'n')")
+    wait_until(lambda: metric(server, "roomcast_live_definitions") == 1, 10, what="defined")
+
+    async def go():
+        c = SeedClient(await connect(server, make_token("u", "user", rooms=["roto:*"])))
+        await c.send({"action": "subscribe", "filters": ["roto:1"]})
+        await c.expect("joined")
+        wait_until(lambda: metric(server, "roomcast_live_query_errors_total") >= 2, 5,
+                   what="two failed ticks")
+        await c.quiet("n", 0.1)
+        # Fixed live: the next tick delivers.
+        sql(cluster, db, "SELECT realtime.live_room('roto:{x}', "
+                         "'SELECT length($1) AS n', '1 second', 'n')")
+        assert (await c.expect("n", timeout=5))["data"] == {"n": 1}
+        await c.ws.close()
+
+    run(go())
+    assert "live room query failed" in server.logs()
