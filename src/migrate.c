@@ -109,7 +109,7 @@ static PGconn *try_connect(const char *conninfo, char *why, size_t cap)
  * fail at once. The caller owns the returned connection (PQfinish). */
 static PGconn *connect_db(const char *conninfo)
 {
-	char why[512], attempt_s[16], delay_s[16];
+	char why[512], attempt_s[16], delay_s[24]; /* a long's digits: -O1 -Wformat-truncation */
 	long budget, deadline, delay = 250, left;
 	PGconn *conn;
 
