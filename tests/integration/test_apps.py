@@ -135,7 +135,10 @@ class SeedClient:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"no {typ} within {timeout}s; got {self.by_type}")
-            m = await recv_json(self.ws, left)
+            try:
+                m = await recv_json(self.ws, left)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"no {typ} within {timeout}s; got {self.by_type}")
             self.by_type.setdefault(m.get("type"), []).append(m)
             if m.get("type") == typ:
                 return m
@@ -261,6 +264,45 @@ def test_action_auth_first_message(pgserver, cluster, db):
         await c.expect("authenticated")
         await c.send({"action": "subscribe", "filters": ["parking"]})
         await c.expect("joined")
+        await c.ws.close()
+
+    run(go())
+
+
+def test_application_channels_listened_again_after_listener_reconnects(pgserver, cluster, db):
+    """The listener's backend is terminated: once it is back, the application's channels are
+    listened on again (a notification sent while it was away is lost, as with any LISTEN)."""
+    server = pgserver()
+    sql(cluster, db, "SELECT realtime.listen('parking_update', 'parking')")
+    wait_until(lambda: metric(server, "roomcast_listen_channels") == 1, 10, what="listened")
+
+    def listening():
+        rows = sql(cluster, db, "SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                                "= 'roomcast-listener' AND datname = %s", (db,))
+        return rows[0][0] == 1
+
+    async def go():
+        c = SeedClient(await connect(server, parking_token()))
+        await c.send({"action": "subscribe", "filters": ["parking"]})
+        await c.expect("joined")
+        pid = sql(cluster, db, "SELECT pid FROM pg_stat_activity WHERE application_name = "
+                               "'roomcast-listener' AND datname = %s", (db,))[0][0]
+        sql(cluster, db, "SELECT pg_terminate_backend(%s)", (pid,))
+        # Back when a new listener backend has run its LISTENs (the notify gets through).
+        deadline = time.monotonic() + 15
+        n = 0
+        while True:
+            assert time.monotonic() < deadline, "no parking_update after the reconnect"
+            if listening():
+                n += 1
+                sql(cluster, db, "UPDATE espacios SET estado = %s WHERE id = 15", (f"e{n}",))
+                try:
+                    m = await c.expect("parking_update", timeout=0.3)
+                    break
+                except AssertionError:
+                    continue
+            await asyncio.sleep(0.05)
+        assert m["data"]["espacio_id"] == 15 and m["data"]["estado_actual"] == f"e{n}"
         await c.ws.close()
 
     run(go())
