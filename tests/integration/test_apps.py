@@ -19,7 +19,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pgcluster import PgCluster  # noqa: E402
-from rc import BIN, connect, make_token, metric_samples, recv_json, run, wait_until  # noqa: E402
+from rc import (BIN, RedisServer, connect, make_token, metric_samples, recv_json,  # noqa: E402
+                run, wait_until)
 
 _names = itertools.count(1)
 
@@ -393,3 +394,43 @@ def test_failing_live_query_is_logged_and_retried(pgserver, cluster, db):
 
     run(go())
     assert "live room query failed" in server.logs()
+
+
+def test_two_replicas_deliver_each_change_once_to_each_member(pgserver, cluster, db):
+    """Two replicas linked by Redis: each hears the application's notification and runs the
+    live room's query itself, and delivers to its own members only, so a member on either
+    replica gets each message exactly once (none arrives a second time through Redis)."""
+    redis = RedisServer().start()
+    try:
+        n1 = pgserver(REDIS_ADDR=redis.addr, NODE_ID="n1")
+        n2 = pgserver(REDIS_ADDR=redis.addr, NODE_ID="n2")
+        for n in (n1, n2):
+            wait_until(lambda: n.json("/health")[1]["redis"] == "up", 10, what="redis up")
+        sql(cluster, db, "SELECT realtime.listen('parking_update', 'parking')")
+        sql(cluster, db, "SELECT realtime.live_room('estadisticas:{negocio_id}', %s, "
+                         "'1 second')", (STATS_QUERY,))
+        for n in (n1, n2):
+            wait_until(lambda: metric(n, "roomcast_listen_channels") == 1 and
+                       metric(n, "roomcast_live_definitions") == 1, 10, what="registered")
+        token = make_token("op", "user", rooms=["parking", "estadisticas:*"])
+
+        async def go():
+            cs = [SeedClient(await connect(n, token)) for n in (n1, n2)]
+            for c in cs:
+                await c.send({"action": "subscribe",
+                              "filters": ["parking", "estadisticas:negocio_123"]})
+                await c.expect("stats")
+            sql(cluster, db, "UPDATE espacios SET estado = 'ocupado' WHERE id = 15")
+            sql(cluster, db, "INSERT INTO citas (negocio_id) VALUES ('negocio_123')")
+            for c in cs:
+                await c.expect("parking_update")
+                assert (await c.expect("stats", timeout=3))["data"]["totalCitas"] == 3
+            for c in cs:
+                await c.quiet("parking_update", 1.2)
+                assert len(c.by_type["parking_update"]) == 1
+                assert len(c.by_type["stats"]) == 2
+                await c.ws.close()
+
+        run(go())
+    finally:
+        redis.stop()
