@@ -9,6 +9,9 @@ dev_database() {
 	export DATABASE_URL
 	say "applying migrations"
 	"$bin" migrate up
+	if [ "${APPS_DEMO:-0}" = 1 ]; then
+		tools/devdb.sh apps-demo
+	fi
 }
 
 # Prints the secret kept in $dir/$1, generating it with the rest of the arguments the first

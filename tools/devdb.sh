@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throwaway PostgreSQL for `make run`: `start` creates (once) and starts a cluster in
 # $ROOMCAST_DEVDB_DIR (default /tmp/roomcast-dev-pg) with database roomcast, the marketplace
-# schema and demo rows, and prints its DATABASE_URL on stdout; `url` prints it; `stop` stops it.
+# schema and demo rows, and prints its DATABASE_URL on stdout; `url` prints it; `stop` stops it;
+# `apps-demo` loads sql/apps-demo.sql (after the migrations: `APPS_DEMO=1 make run` does).
 # Migrations are not applied here: `roomcast migrate` does that.
 set -euo pipefail
 
@@ -96,6 +97,15 @@ start() {
 	url
 }
 
+# The demo applications of sql/apps-demo.sql (they use realtime.listen and realtime.live_room,
+# so this runs after the migrations).
+apps_demo() {
+	running || die "not running (tools/devdb.sh start)"
+	"$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(cat "$dir/port")" -U postgres \
+		-d roomcast -f "$root/sql/apps-demo.sql" >/dev/null
+	say "demo applications loaded (parking, appointments)"
+}
+
 stop() {
 	if running; then
 		as_pg "$BIN/pg_ctl" -D "$data" -m fast -w -t 60 stop >/dev/null
@@ -108,12 +118,13 @@ stop() {
 case "${1:-}" in
 start) start ;;
 stop) stop ;;
+apps-demo) apps_demo ;;
 url)
 	running || die "not running (tools/devdb.sh start)"
 	url
 	;;
 *)
-	echo "usage: $0 start|stop|url" >&2
+	echo "usage: $0 start|stop|url|apps-demo" >&2
 	exit 2
 	;;
 esac
