@@ -33,7 +33,8 @@ struct conn {
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	bool batch;     /* ?batch=1: several room messages per frame as an array */
 	/* Room messages in the typed form (proto_typed): asked with ?format=typed, or the first
-	 * message was written in another server's dialect. spoke: a first message was seen. */
+	 * message was written in another server's dialect. spoke: the form is decided (a first
+	 * message was seen, or ?format= chose it). */
 	bool typed, spoke;
 	struct auth_identity ident;
 	struct frame_queue q;

@@ -21,6 +21,10 @@
  * an idle keep-alive connection's next head (HTTP_IDLE_TIMEOUT_S from the last answer). */
 enum gate_phase { GATE_HEAD = 0, GATE_HTTP, GATE_IDLE, GATE_UPGRADE, GATE_WS, GATE_PHASES };
 
+/* gate_ticket.format: the room message form asked for with ?format= */
+#define GATE_FORMAT_TYPED    1
+#define GATE_FORMAT_ENVELOPE 2
+
 /*
  * One accepted TCP connection, counted from accept to close: in the HTTP budget
  * (MAX_HTTP_CONNECTIONS, MAX_HTTP_CONNECTIONS_PER_IP) until its upgrade is admitted, then in the
@@ -34,7 +38,9 @@ struct gate_ticket {
 	bool ws; /* counted in the WebSocket budget */
 	bool authenticated;
 	bool batch;
-	bool typed;                 /* ?format=typed: room messages as {"type":event,"data":...} */
+	/* ?format=typed: room messages as {"type":event,"data":...}; ?format=envelope: the usual
+	 * form whatever the first message; 0: decided by the first message. */
+	uint8_t format;
 	const char *ip;             /* the per-address entry's copy: valid until close */
 	struct auth_identity ident; /* valid when authenticated; attach_conn takes it */
 	struct lws *wsi;            /* NULL while the gate holds the socket */

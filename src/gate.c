@@ -675,7 +675,10 @@ int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_
 	t->batch = batch && (!strcmp(batch, "1") || !strcmp(batch, "true"));
 	free(batch);
 	batch = query_param(u->target, u->target_len, "format");
-	t->typed = batch && !strcmp(batch, "typed");
+	t->format = !batch                       ? 0
+	            : !strcmp(batch, "typed")    ? GATE_FORMAT_TYPED
+	            : !strcmp(batch, "envelope") ? GATE_FORMAT_ENVELOPE
+	                                         : 0;
 	free(batch);
 	/* From the HTTP budget to the WebSocket one. */
 	ie->http--;

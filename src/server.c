@@ -258,7 +258,9 @@ static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 
 	if (!c)
 		return 1;
-	c->typed = t->typed;
+	/* A format asked for in the URL is kept whatever the first message looks like. */
+	c->typed = t->format == GATE_FORMAT_TYPED;
+	c->spoke = t->format != 0;
 	if (t->authenticated) {
 		c->ident = t->ident;
 		memset(&t->ident, 0, sizeof(t->ident));

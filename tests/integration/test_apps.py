@@ -236,6 +236,37 @@ def test_listen_event_argument_and_plain_clients(pgserver, cluster, db):
     run(go())
 
 
+def test_first_message_decides_the_form_unless_the_url_does(pgserver, cluster, db):
+    """A data.channel subscribe as first message switches to the typed form; a join does not;
+    ?format=envelope keeps the usual form for a client that subscribes with data.channel but
+    reads event/to/data."""
+    server = pgserver()
+    sql(cluster, db, "SELECT realtime.listen('parking_update', 'parking')")
+    wait_until(lambda: metric(server, "roomcast_listen_channels") == 1, 10, what="listened")
+
+    async def go():
+        dialect = await connect(server, parking_token())
+        ours = await connect(server, parking_token())
+        kept = await connect(server, parking_token(), path="?format=envelope")
+        await dialect.send(json.dumps(subscribe_channel("parking")))
+        await ours.send(json.dumps({"type": "join", "payload": {"room": "parking"}}))
+        await kept.send(json.dumps(subscribe_channel("parking")))
+        for ws in (dialect, ours, kept):
+            assert (await recv_json(ws))["type"] == "joined"
+        # A later action message does not change a form already decided.
+        await ours.send(json.dumps({"action": "subscribe", "filters": ["parking-15"]}))
+        assert (await recv_json(ours))["type"] == "joined"
+        sql(cluster, db, "UPDATE espacios SET estado = 'ocupado' WHERE id = 15")
+        assert (await recv_json(dialect))["type"] == "parking_update"
+        for ws in (ours, kept):
+            m = await recv_json(ws)
+            assert "type" not in m and m["event"] == "parking_update" and m["to"] == "parking"
+        for ws in (dialect, ours, kept):
+            await ws.close()
+
+    run(go())
+
+
 def test_rooms_not_granted_are_refused_to_dialect_clients(pgserver, cluster, db):
     """Authorization is unchanged: a filter the token does not grant (and the policy refuses)
     gets the usual error, the granted one is joined."""
