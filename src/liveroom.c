@@ -1,8 +1,12 @@
 /* Live SQL rooms: the definitions of realtime.live_rooms, one state per live room (its bound
  * parameters, when its query is next due, the last row pushed), a tick that runs due queries
  * on the module's own connection, and the push of changed rows through the routing path.
- * Delivery is local: each replica with members runs the query for its own members. */
+ * Alone (no Redis), a replica delivers to its own members. With Redis, one replica runs a
+ * room's query: the one holding the room's advisory lock on its live connection, which pushes
+ * through the bus to every replica's members; the others try the lock once per interval and
+ * answer their own newcomers with one query each. */
 #include "liveroom.h"
+#include "bus.h"
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
@@ -32,8 +36,13 @@ struct def {
 	uint64_t every_ms;
 };
 
+/* Who runs a room's query when replicas share Redis. */
+enum lock_state { LOCK_UNKNOWN = 0, LOCK_HELD, LOCK_OTHER };
+
 struct live {
 	char room[ROOM_NAME_MAX + 1];
+	enum lock_state lock;
+	bool snap_wanted; /* a follower's newcomers wait for a one-off query */
 	char *pattern; /* the definition it was matched against (looked up again after reloads) */
 	char vals[MAX_PARAMS][PARAM_MAX];
 	int nvals;
@@ -45,7 +54,8 @@ struct live {
 	UT_hash_handle hh;
 };
 
-/* A member that joined a room with a last row: it gets the row after its joined reply. */
+/* A member that joined a live room: it gets the last row after its joined reply (or, on a
+ * replica that does not run the room's query, the row of a one-off query). */
 struct newcomer {
 	struct conn *c;
 	char room[ROOM_NAME_MAX + 1];
@@ -61,6 +71,7 @@ static struct def g_defs[MAX_DEFS];
 static size_t g_ndefs;
 static struct live *g_lives;
 static struct newcomer *g_new;
+static struct newcomer *g_waiting; /* newcomers of rooms whose row is not known here yet */
 static int g_in_flight;
 static unsigned long long g_seq, g_queries, g_pushes, g_errors;
 static double g_query_seconds;
@@ -137,14 +148,20 @@ static void live_free(struct live *l)
 
 /* ---- pushing ---- */
 
-static struct frame *last_frame(const struct live *l, const struct def *d)
+/* Replicas share Redis: a room's query is run by one of them and pushed through the bus. */
+static bool coordinated(void)
+{
+	return strcmp(bus_state(), "disabled") != 0;
+}
+
+static struct frame *row_frame(const struct live *l, const struct def *d, const char *row,
+                               const char *id, const char *ts)
 {
 	char id_raw[104];
 	struct frame *f;
 
-	snprintf(id_raw, sizeof(id_raw), "\"%s\"", l->last_id);
-	f = proto_event_envelope(id_raw, d->event, l->room, l->last_ts, l->last,
-	                         "{\"source\":\"live\"}");
+	snprintf(id_raw, sizeof(id_raw), "\"%s\"", id);
+	f = proto_event_envelope(id_raw, d->event, l->room, ts, row, "{\"source\":\"live\"}");
 	if (f)
 		f->flags |= FRAME_ROOM_MSG;
 	return f;
@@ -163,6 +180,16 @@ static void push(struct live *l, const struct def *d, const char *row)
 	l->last = copy;
 	snprintf(l->last_id, sizeof(l->last_id), "%s-q%llu", g_cfg->node_id, ++g_seq);
 	util_timestamp(l->last_ts);
+	g_pushes++;
+	if (coordinated()) {
+		/* Every replica's members, this one's included, get it back from Redis. */
+		struct frame *f = row_frame(l, d, l->last, l->last_id, l->last_ts);
+		if (!f || bus_publish(l->room, (const char *)frame_data(f), f->len, SRC_LIVE) < 0)
+			log_warn("live room push not published", "room", l->room, "reason",
+			         f ? "bus unavailable" : "out of memory");
+		frame_unref(f);
+		return;
+	}
 	snprintf(id_raw, sizeof(id_raw), "\"%s\"", l->last_id);
 	memset(&ev, 0, sizeof(ev));
 	ev.id_raw = id_raw;
@@ -175,28 +202,74 @@ static void push(struct live *l, const struct def *d, const char *row)
 	ev.born_ns = util_now_ns();
 	ev.src = SRC_LIVE;
 	route_event(&ev);
-	g_pushes++;
 }
 
-static void send_newcomers(void)
+static void send_to(struct conn *c, const char *room, struct frame *f)
 {
-	while (g_new) {
-		struct newcomer *nc = g_new;
-		struct live *l;
+	if (!conn_alive(c) || !room_is_member(&c->member, room))
+		return;
+	if (c->pending)
+		route_to_pending(c, room, f, 0);
+	else
+		conn_send(c, f);
+}
+
+/* Hands the waiting newcomers of room l (of every room: l NULL) the row known here; with row
+ * (a follower's one-off query) that row instead. Those still without one keep waiting when
+ * keep (a follower's room then asks for a one-off query); the others are dropped. */
+static void settle_waiting(struct live *l, const char *row, bool keep)
+{
+	struct newcomer **pp = &g_waiting;
+
+	while (*pp) {
+		struct newcomer *nc = *pp;
+		struct live *nl = l;
 		struct def *d;
-		g_new = nc->next;
-		HASH_FIND_STR(g_lives, nc->room, l);
-		if (conn_alive(nc->c) && l && l->last && (d = def_named(l->pattern)) &&
-		    room_is_member(&nc->c->member, nc->room)) {
-			struct frame *f = last_frame(l, d);
+		if (!nl) {
+			HASH_FIND_STR(g_lives, nc->room, nl);
+		} else if (strcmp(nl->room, nc->room)) {
+			pp = &nc->next;
+			continue;
+		}
+		d = nl ? def_named(nl->pattern) : NULL;
+		if (nl && d && (row || nl->last)) {
+			char id[96], ts[UTIL_TS_LEN];
+			struct frame *f;
+			if (row) {
+				snprintf(id, sizeof(id), "%s-q%llu", g_cfg->node_id, ++g_seq);
+				util_timestamp(ts);
+				f = row_frame(nl, d, row, id, ts);
+			} else {
+				f = row_frame(nl, d, nl->last, nl->last_id, nl->last_ts);
+			}
 			if (f) {
-				if (nc->c->pending)
-					route_to_pending(nc->c, nc->room, f, 0);
-				else
-					conn_send(nc->c, f);
+				send_to(nc->c, nc->room, f);
 				frame_unref(f);
 			}
+		} else if (nl && d && keep && conn_alive(nc->c)) {
+			if (nl->lock == LOCK_OTHER)
+				nl->snap_wanted = true;
+			pp = &nc->next;
+			continue;
 		}
+		*pp = nc->next;
+		conn_release(nc->c);
+		free(nc);
+	}
+}
+
+/* The newcomers of room l got (or will get) its row with everyone else. */
+static void drop_waiting(const struct live *l)
+{
+	struct newcomer **pp = &g_waiting;
+
+	while (*pp) {
+		struct newcomer *nc = *pp;
+		if (strcmp(nc->room, l->room)) {
+			pp = &nc->next;
+			continue;
+		}
+		*pp = nc->next;
 		conn_release(nc->c);
 		free(nc);
 	}
@@ -204,22 +277,38 @@ static void send_newcomers(void)
 
 /* ---- querying ---- */
 
+enum run_kind { RUN_TICK, RUN_SNAPSHOT, RUN_LOCK, RUN_UNLOCK };
+
 struct run {
-	struct live *l;
+	struct live *l; /* NULL for an unlock: the state is gone by then */
+	enum run_kind kind;
 	uint64_t started_ns;
 };
+
+static int send_run(struct live *l, enum run_kind kind);
 
 static void on_row(void *arg, const PGresult *res, const char *err)
 {
 	struct run *r = arg;
 	struct live *l = r->l;
-	struct def *d = def_named(l->pattern);
+	struct def *d = l ? def_named(l->pattern) : NULL;
+	enum run_kind kind = r->kind;
 
-	g_in_flight--;
-	l->in_flight = false;
-	g_query_seconds += (double)(util_now_ns() - r->started_ns) / 1e9;
+	if (kind == RUN_TICK || kind == RUN_SNAPSHOT) {
+		g_in_flight--;
+		g_query_seconds += (double)(util_now_ns() - r->started_ns) / 1e9;
+	}
 	free(r);
+	if (!l)
+		return;
+	l->in_flight = false;
 	if (l->dead) {
+		/* A lock taken for a room that emptied meanwhile is given back. */
+		if (kind == RUN_LOCK && res && PQntuples(res) == 1 &&
+		    PQgetvalue(res, 0, 0)[0] == 't')
+			l->lock = LOCK_HELD;
+		if (l->lock == LOCK_HELD && g_pc && pgc_is_up(g_pc))
+			send_run(l, RUN_UNLOCK);
 		live_free(l);
 		return;
 	}
@@ -229,67 +318,126 @@ static void on_row(void *arg, const PGresult *res, const char *err)
 		log_warn("live room query failed", "room", l->room, "reason", err);
 		return;
 	}
+	if (kind == RUN_LOCK) {
+		bool held = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+		l->lock = held ? LOCK_HELD : LOCK_OTHER;
+		if (held && d) {
+			log_info("running the live room query on this replica", "room", l->room);
+			free(l->last);
+			l->last = NULL;
+			send_run(l, RUN_TICK);
+		} else if (!held) {
+			settle_waiting(l, NULL, true); /* asks for a one-off query if any wait */
+		}
+		return;
+	}
 	if (d) {
 		const char *row =
 		    PQntuples(res) > 0 && !PQgetisnull(res, 0, 0) ? PQgetvalue(res, 0, 0) : "null";
-		if (!l->last || strcmp(l->last, row))
+		if (kind == RUN_SNAPSHOT) {
+			l->snap_wanted = false;
+			settle_waiting(l, row, false);
+		} else if (!l->last || strcmp(l->last, row)) {
 			push(l, d, row);
+			/* The push reaches this room's newcomers too (through Redis, or here). */
+			drop_waiting(l);
+		}
 	}
 }
 
-static void run_query(struct live *l, const struct def *d)
+/* Sends one of the room's queries (at most one in flight per room). An unlock does not keep l:
+ * the caller frees it. */
+static int send_run(struct live *l, enum run_kind kind)
 {
 	struct run *r = calloc(1, sizeof(*r));
 	const char *params[MAX_PARAMS];
+	struct def *d = def_named(l->pattern);
 	struct buf sql;
-	size_t qlen = strlen(d->query);
+	int nparams = l->nvals, rc = -1;
 
-	if (!r)
-		return;
-	/* A trailing semicolon would end the subquery. */
-	while (qlen && strchr(" \t\r\n;", d->query[qlen - 1]))
-		qlen--;
+	if (!r || (!d && kind != RUN_UNLOCK)) {
+		free(r);
+		return -1;
+	}
 	buf_init(&sql);
-	buf_puts(&sql, "SELECT row_to_json(q)::text FROM (");
-	buf_put(&sql, d->query, qlen);
-	buf_puts(&sql, "\n) q LIMIT 1");
-	for (int i = 0; i < l->nvals; i++)
-		params[i] = l->vals[i];
-	r->l = l;
+	if (kind == RUN_LOCK || kind == RUN_UNLOCK) {
+		/* A session advisory lock on the live connection, keyed by the room: given back
+		 * when the room empties here, or by PostgreSQL when the connection goes. */
+		buf_printf(
+		    &sql,
+		    "SELECT pg_%sadvisory_%slock(hashtextextended('roomcast.live:' || $1, 0))",
+		    kind == RUN_LOCK ? "try_" : "", kind == RUN_LOCK ? "" : "un");
+		params[0] = l->room;
+		nparams = 1;
+	} else {
+		/* A trailing semicolon would end the subquery. */
+		size_t qlen = strlen(d->query);
+		while (qlen && strchr(" \t\r\n;", d->query[qlen - 1]))
+			qlen--;
+		buf_puts(&sql, "SELECT row_to_json(q)::text FROM (");
+		buf_put(&sql, d->query, qlen);
+		buf_puts(&sql, "\n) q LIMIT 1");
+		for (int i = 0; i < l->nvals; i++)
+			params[i] = l->vals[i];
+	}
+	r->l = kind == RUN_UNLOCK ? NULL : l;
+	r->kind = kind;
 	r->started_ns = util_now_ns();
 	if (!sql.failed &&
-	    pgc_query(g_pc, sql.data, l->nvals, params, QUERY_DEADLINE_MS, on_row, r) == 0) {
-		l->in_flight = true;
-		g_in_flight++;
-		g_queries++;
+	    pgc_query(g_pc, sql.data, nparams, params, QUERY_DEADLINE_MS, on_row, r) == 0) {
+		rc = 0;
+		if (kind != RUN_UNLOCK)
+			l->in_flight = true;
+		if (kind == RUN_TICK || kind == RUN_SNAPSHOT) {
+			g_in_flight++;
+			g_queries++;
+		}
 	} else {
 		free(r);
 	}
 	buf_free(&sql);
+	return rc;
+}
+
+/* Takes a room out of service; its lock, if held here, is given back. */
+static void retire(struct live *l)
+{
+	HASH_DEL(g_lives, l);
+	if (l->in_flight) {
+		l->dead = true; /* on_row finishes the job */
+		return;
+	}
+	if (l->lock == LOCK_HELD && pgc_is_up(g_pc))
+		send_run(l, RUN_UNLOCK);
+	live_free(l);
 }
 
 static void tick(void)
 {
 	struct live *l, *tmp;
 	uint64_t now = now_ms();
+	bool coord = coordinated();
 
 	HASH_ITER(hh, g_lives, l, tmp)
 	{
 		struct def *d = def_named(l->pattern);
 		if (!room_find(l->room) || !d) {
 			/* The last member left (or the definition went): stop querying. */
-			HASH_DEL(g_lives, l);
-			if (l->in_flight)
-				l->dead = true; /* on_row frees it */
-			else
-				live_free(l);
+			retire(l);
 			continue;
 		}
-		if (l->in_flight || now < l->due_ms || g_in_flight >= MAX_IN_FLIGHT ||
-		    !pgc_is_up(g_pc))
+		if (l->in_flight || !pgc_is_up(g_pc) || g_in_flight >= MAX_IN_FLIGHT)
+			continue;
+		if (l->snap_wanted) {
+			send_run(l, RUN_SNAPSHOT);
+			continue;
+		}
+		if (now < l->due_ms)
 			continue;
 		l->due_ms = now + d->every_ms;
-		run_query(l, d);
+		/* Not the runner: try the lock each interval, to take over when the runner's
+		 * members have gone. */
+		send_run(l, coord && l->lock != LOCK_HELD ? RUN_LOCK : RUN_TICK);
 	}
 }
 
@@ -300,11 +448,18 @@ static void on_tick(uv_timer_t *t)
 
 static void on_soon(uv_timer_t *t)
 {
-	send_newcomers();
+	struct newcomer *nc;
+
+	while ((nc = g_new)) {
+		g_new = nc->next;
+		nc->next = g_waiting;
+		g_waiting = nc;
+	}
+	settle_waiting(NULL, NULL, true);
 	tick();
 }
 
-/* A member joined a room: start its live state, or hand it the last row. */
+/* A member joined a room: start its live state, and hand it the row after its joined reply. */
 static void on_join(const char *name, struct room_member *m)
 {
 	char vals[MAX_PARAMS][PARAM_MAX];
@@ -326,7 +481,10 @@ static void on_join(const char *name, struct room_member *m)
 		l->nvals = nvals;
 		l->due_ms = 0;
 		HASH_ADD_STR(g_lives, room, l);
-	} else if (m && l->last && (nc = calloc(1, sizeof(*nc)))) {
+	}
+	/* Alone, the first member gets the first push; with Redis another replica may be
+	 * running the room already, so every newcomer waits for a row. */
+	if (m && (l->last || coordinated()) && (nc = calloc(1, sizeof(*nc)))) {
 		nc->c = (struct conn *)m; /* members are connections (see router) */
 		conn_hold(nc->c);
 		snprintf(nc->room, sizeof(nc->room), "%s", name);
@@ -430,6 +588,14 @@ static void conn_up(struct pgc *pc, void *arg)
 {
 	pgc_query_first(pc, "SET statement_timeout = '" STATEMENT_TIMEOUT "'", 0, NULL,
 	                QUERY_DEADLINE_MS, on_set, NULL);
+	struct live *l, *tmp;
+
+	/* A new session holds no advisory lock: whoever runs a room is found out again. */
+	HASH_ITER(hh, g_lives, l, tmp)
+	{
+		l->lock = LOCK_UNKNOWN;
+		l->due_ms = 0;
+	}
 	g_loading = false;
 	load();
 }
@@ -467,6 +633,12 @@ void liveroom_stop(void)
 	while (g_new) {
 		struct newcomer *nc = g_new;
 		g_new = nc->next;
+		conn_release(nc->c);
+		free(nc);
+	}
+	while (g_waiting) {
+		struct newcomer *nc = g_waiting;
+		g_waiting = nc->next;
 		conn_release(nc->c);
 		free(nc);
 	}
