@@ -47,6 +47,8 @@ PROTO = {
     "join_since_str": js({"type": "join", "payload": {"room": "seller-3", "since": "42"}}),
     "go_subscribe": js({"type": "subscribe", "data": {"channel": "x"}}),
     "go_unsubscribe": js({"type": "unsubscribe", "data": {"channel": "x"}}),
+    "action_subscribe": js({"action": "subscribe", "filters": ["parking", "parking-15"]}),
+    "action_auth": js({"action": "auth", "token": "eyJhbGciOiJIUzI1NiJ9.e30.c2ln"}),
     "leave": js({"type": "leave", "payload": {"room": "seller-3"}}),
     "broadcast": js({"type": "broadcast", "payload": {"room": "chat-9", "body": {
         "text": "hi \u00e9 \"q\" \\ \n\t/", "n": [1, 2.5, -0.0, 1e300, True, None]}}}),
