@@ -120,6 +120,13 @@ static void check_envelopes(const struct proto_msg *m, const char *user, bool ut
 	FUZZ_CHECK(json_object_object_get_ex(o, "data", &v) && json_object_equal(v, want),
 	           "event envelope: data changed");
 	json_object_put(o);
+	/* Its typed form carries the same event and data. */
+	f->flags |= FRAME_ROOM_MSG;
+	o = parse_frame(proto_typed(f), utf8, "typed form"); /* freed with f */
+	expect_str(o, "type", user, strlen(user), "typed form");
+	FUZZ_CHECK(json_object_object_get_ex(o, "data", &v) && json_object_equal(v, want),
+	           "typed form: data changed");
+	json_object_put(o);
 	frame_unref(f);
 	json_object_put(want);
 }
@@ -136,7 +143,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_CHECK(detail != NULL, "no detail");
 	FUZZ_CHECK(rc <= PROTO_SERVER_ERROR, "code %d out of range", (int)rc);
 	if (rc != PROTO_OK) {
-		FUZZ_CHECK(*detail && !m.body && !m.token, "failed parse left state (%s)", detail);
+		FUZZ_CHECK(*detail && !m.body && !m.token && !m.rooms,
+		           "failed parse left state (%s)", detail);
 		check_error_reply(rc, detail, NULL, true);
 		return 0;
 	}
@@ -149,6 +157,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case PROTO_JOIN:
 		FUZZ_CHECK(!m.has_since || m.since >= 0, "negative since accepted");
 		check_room_replies(&m, utf8);
+		/* An action message's filters: every one a valid room, the first one in room. */
+		FUZZ_CHECK(m.nrooms <= PROTO_MAX_FILTERS &&
+		               (!m.nrooms || !strcmp(m.rooms[0], m.room)),
+		           "filters");
+		for (size_t i = 0; i < m.nrooms; i++)
+			FUZZ_CHECK(room_name_valid(m.rooms[i], strlen(m.rooms[i])),
+			           "bad filter room");
 		break;
 	case PROTO_LEAVE:
 		FUZZ_CHECK(!m.has_since, "leave with since");
@@ -173,6 +188,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			want = fuzz_json_str(part, "token", &want_len);
 		if (!want && json_object_object_get_ex(in_obj, "data", &part))
 			want = fuzz_json_str(part, "token", &want_len);
+		if (!want && m.dialect) /* {"action":"auth","token":...} */
+			want = fuzz_json_str(in_obj, "token", &want_len);
 		FUZZ_CHECK(want && strlen(m.token) == want_len && !memcmp(m.token, want, want_len),
 		           "token differs from the one sent");
 		json_object_put(in_obj);
