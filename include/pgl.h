@@ -8,6 +8,7 @@
 #include "config.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <uv.h>
 
 struct conn;
@@ -40,6 +41,16 @@ typedef void (*pgl_replay_fn)(struct conn *c, const char *room, bool ok, bool re
  * PostgreSQL is not available (cb not called). */
 int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
                pgl_replay_fn cb);
+
+/* A history page: the room's stored events after since in id order (frames as room messages,
+ * the callback takes over the references); ok false when the outbox could not be read, recovered
+ * as for a replay, more when the page is full (ask again after its last id). */
+typedef void (*pgl_history_fn)(void *arg, bool ok, bool recovered, struct frame **frames, size_t n,
+                               bool more);
+/* Reads up to limit events of room after since with the replay's query (so it may repeat a few
+ * events committed out of id order just before since). cb is always called once started, also
+ * at pgl_stop (ok false). Returns -1 when PostgreSQL is not configured (cb not called). */
+int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb, void *arg);
 
 /* verdict: 1 allowed, 0 denied, -1 no answer (the query failed or timed out). */
 typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, int verdict, void *arg);

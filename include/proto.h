@@ -9,7 +9,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-enum proto_type { PROTO_JOIN, PROTO_LEAVE, PROTO_BROADCAST, PROTO_AUTH, PROTO_PING };
+enum proto_type { PROTO_JOIN, PROTO_LEAVE, PROTO_BROADCAST, PROTO_AUTH, PROTO_PING, PROTO_HISTORY };
+
+/* History pages: limit defaults to PROTO_HISTORY_DEFAULT; more than PROTO_HISTORY_MAX is cut to it.
+ */
+#define PROTO_HISTORY_DEFAULT 100
+#define PROTO_HISTORY_MAX     1000
 
 /* Error codes of the error reply; proto_code_name() gives the wire string. */
 enum proto_code {
@@ -30,6 +35,7 @@ struct proto_msg {
 	char room[ROOM_NAME_MAX + 1];
 	bool has_since;
 	long long since;
+	int limit;  /* history: events per page (1..PROTO_HISTORY_MAX) */
 	char *body; /* broadcast body as compact JSON, malloc'd */
 	size_t body_len;
 	char *token; /* auth token, malloc'd */
@@ -62,6 +68,14 @@ const char *proto_code_name(enum proto_code c);
  * NULL where the reply has none. */
 struct frame *proto_joined(const char *room, bool recovered, long replayed, bool with_recovery);
 struct frame *proto_left(const char *room);
+/* {"room":...,"events":[...],"recovered":...,"more":...}: the history answer (the HTTP body, and
+ * the payload of the client reply); events are room-message frames, spliced as they are. */
+struct buf;
+void proto_history_json(struct buf *b, const char *room, struct frame **events, size_t n,
+                        bool recovered, bool more);
+/* {"type":"history","payload":<proto_history_json>} */
+struct frame *proto_history(const char *room, struct frame **events, size_t n, bool recovered,
+                            bool more);
 struct frame *proto_error(enum proto_code code, const char *message, const char *room);
 struct frame *proto_pong(void);
 struct frame *proto_token_expiring(long in_s);

@@ -14,6 +14,7 @@
 #include "room.h"
 
 #include <json-c/json.h>
+#include <stdint.h>
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
 #include <stdio.h>
@@ -517,6 +518,121 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	buf_puts(&resp->body, "}");
 }
 
+/* ---- GET /api/history ---- */
+
+/* Copies the value of name from a query string ("a=1&b=2", %XX decoded) into out. Returns
+ * false when absent, too long or malformed. */
+static bool query_get(const char *q, const char *name, char *out, size_t cap)
+{
+	size_t nlen = strlen(name);
+
+	for (const char *p = q; p && *p; p = strchr(p, '&'), p = p ? p + 1 : NULL) {
+		size_t o = 0;
+		if (strncmp(p, name, nlen) || p[nlen] != '=')
+			continue;
+		for (p += nlen + 1; *p && *p != '&'; p++) {
+			char c = *p;
+			if (c == '%') {
+				unsigned v;
+				if (sscanf(p + 1, "%2x", &v) != 1 || !p[1] || !p[2])
+					return false;
+				c = (char)v;
+				p += 2;
+			} else if (c == '+') {
+				c = ' ';
+			}
+			if (o + 1 >= cap)
+				return false;
+			out[o++] = c;
+		}
+		out[o] = '\0';
+		return true;
+	}
+	return false;
+}
+
+/* A decimal integer in [min, max] from the query, or def when absent; -1 when malformed. */
+static long long query_int(const char *q, const char *name, long long def, long long min,
+                           long long max)
+{
+	char v[32], *end;
+	long long n;
+
+	if (!query_get(q, name, v, sizeof(v)))
+		return def;
+	n = strtoll(v, &end, 10);
+	if (!v[0] || *end || n < min)
+		return -1;
+	return n > max ? max : n;
+}
+
+struct history_wait {
+	void (*complete)(void *ctx, int status, const char *json);
+	void *ctx;
+	char room[ROOM_NAME_MAX + 1];
+};
+
+static void on_history_page(void *arg, bool ok, bool recovered, struct frame **frames, size_t n,
+                            bool more)
+{
+	struct history_wait *hw = arg;
+	struct buf b;
+
+	buf_init(&b);
+	if (ok)
+		proto_history_json(&b, hw->room, frames, n, recovered, more);
+	for (size_t i = 0; i < n; i++)
+		frame_unref(frames[i]);
+	if (!ok || b.failed)
+		hw->complete(hw->ctx, 503, "{\"error\":\"history could not be read\"}");
+	else {
+		buf_put(&b, "", 1); /* the answer is passed as a C string */
+		hw->complete(hw->ctx, 200, b.data);
+	}
+	buf_free(&b);
+	free(hw);
+}
+
+static void history(const struct http_request *req, struct http_response *resp)
+{
+	char room[ROOM_NAME_MAX + 2];
+	long long since, limit;
+	struct history_wait *hw;
+
+	if (!notify_authorized(req, resp))
+		return;
+	if (!query_get(req->query, "room", room, sizeof(room)) ||
+	    !room_name_valid(room, strlen(room))) {
+		json_error(resp, 400, "room is required and must be a valid room name");
+		return;
+	}
+	since = query_int(req->query, "since", 0, 0, INT64_MAX);
+	limit = query_int(req->query, "limit", PROTO_HISTORY_DEFAULT, 1, PROTO_HISTORY_MAX);
+	if (since < 0 || limit < 0) {
+		json_error(resp, 400, "since and limit must be non-negative integers");
+		return;
+	}
+	if (!pgl_enabled()) {
+		/* Nothing is stored without an outbox: an empty page that says so. */
+		resp->status = 200;
+		resp->content_type = "application/json";
+		proto_history_json(&resp->body, room, NULL, 0, false, false);
+		return;
+	}
+	if (!req->complete || !(hw = calloc(1, sizeof(*hw)))) {
+		json_error(resp, 503, "history could not be read");
+		return;
+	}
+	hw->complete = req->complete;
+	hw->ctx = req->ctx;
+	snprintf(hw->room, sizeof(hw->room), "%s", room);
+	if (pgl_history(room, since, (int)limit, on_history_page, hw) < 0) {
+		free(hw);
+		json_error(resp, 503, "history could not be read");
+	}
+	/* resp->status stays 0: the answer comes through req->complete. */
+}
+
 static bool is_json_type(const char *ct)
 {
 	size_t n = strlen("application/json");
@@ -562,7 +678,7 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 		return;
 	}
 	if (strcmp(p, "/health") && strcmp(p, "/ready") && strcmp(p, "/metrics") &&
-	    strcmp(p, "/admin/clients")) {
+	    strcmp(p, "/admin/clients") && strcmp(p, "/api/history")) {
 		json_error(resp, 404, "not found");
 		return;
 	}
@@ -577,6 +693,8 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 		health(resp, true);
 	else if (!strcmp(p, "/metrics"))
 		render_metrics(resp);
+	else if (!strcmp(p, "/api/history"))
+		history(req, resp);
 	else
 		admin_clients(req, resp);
 }

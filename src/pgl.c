@@ -54,11 +54,16 @@ struct inbound {
 	struct inbound *next;
 };
 
+/* A replay page for a joining connection (c set, cb), or a history page (c NULL, hcb/harg):
+ * both read the outbox with the same query and the same `recovered` rule. */
 struct replay {
 	struct conn *c;
 	char room[ROOM_NAME_MAX + 1];
 	long long since, after, top; /* top 0: the first page */
+	int limit;                   /* rows per page */
 	pgl_replay_fn cb;
+	pgl_history_fn hcb;
+	void *harg;
 	uint64_t wait_until_ns; /* while waiting for the query connection */
 	struct replay *next;
 };
@@ -581,7 +586,10 @@ void pgl_stop(void)
 	while (g_waiting) {
 		struct replay *rp = g_waiting;
 		g_waiting = rp->next;
-		conn_release(rp->c);
+		if (rp->hcb)
+			rp->hcb(rp->harg, false, false, NULL, 0, false);
+		else
+			conn_release(rp->c);
 		free(rp);
 	}
 	pgw_stop();
@@ -619,6 +627,20 @@ const char *pgl_state(void)
 
 /* ---- replay ---- */
 
+/* Hands a page to its asker (the joining connection or the history caller) and frees rp. The
+ * callback takes over the frame references. */
+static void replay_answer(struct replay *rp, bool ok, bool recovered, const long long *ids,
+                          struct frame **frames, size_t n, const struct pgl_replay_page *page)
+{
+	if (rp->hcb) {
+		rp->hcb(rp->harg, ok, recovered, frames, n, page->more);
+	} else {
+		rp->cb(rp->c, rp->room, ok, recovered, ids, frames, n, page);
+		conn_release(rp->c);
+	}
+	free(rp);
+}
+
 static void on_replay(void *arg, const PGresult *res, const char *err)
 {
 	struct replay *rp = arg;
@@ -628,17 +650,16 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	size_t n = 0, rows = 0;
 	bool recovered = false;
 
-	if (!conn_alive(rp->c)) {
+	if (rp->c && !conn_alive(rp->c)) {
 		conn_release(rp->c);
 		free(rp);
 		return;
 	}
 	if (!res || PQntuples(res) < 1) {
-		log_warn("replay failed", "conn", rp->c->id, "room", rp->room, "reason",
+		log_warn(rp->c ? "replay failed" : "history failed", "conn",
+		         rp->c ? rp->c->id : NULL, "room", rp->room, "reason",
 		         err ? err : "no rows");
-		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0, &page);
-		conn_release(rp->c);
-		free(rp);
+		replay_answer(rp, false, false, NULL, NULL, 0, &page);
 		return;
 	}
 	/* Nothing after since (after, on later pages) may have been pruned or deleted. */
@@ -673,23 +694,25 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 		}
 	}
 	/* A full page may have a successor, which starts after the last row read (kept or not). */
-	page.more = rows == REPLAY_PAGE;
-	rp->cb(rp->c, rp->room, ids && frames, recovered, ids, frames, n, &page);
+	page.more = rows == (size_t)rp->limit;
+	replay_answer(rp, ids && frames, recovered, ids, frames, n, &page);
 	free(ids);
 	free(frames);
-	conn_release(rp->c);
-	free(rp);
 }
 
 /* The events of room $1 a client that saw $2 may have missed: ids above it, plus smaller ids
  * whose transaction was still open when $2 was inserted (bounded by that row's snap_xmin: the
- * floor). The client may get a few it already had; it has their ids. */
+ * floor), except those of $2's own transaction, which committed with it (without that, a page
+ * after an event of a large transaction would repeat the whole transaction, and history paged
+ * by the last id would never advance). The client may get a few it already had; it has their
+ * ids. */
 #define REPLAY_WHERE                                                                               \
 	"e.rooms @> ARRAY[$1]::text[] AND (e.id > $2::bigint OR (e.id < $2::bigint AND "           \
-	"e.xid >= (SELECT snap_xmin FROM fl)))"
+	"e.xid >= (SELECT snap_xmin FROM fl) AND e.xid IS DISTINCT FROM (SELECT xid FROM fl "      \
+	"WHERE id = $2::bigint)))"
 #define REPLAY_FLOOR                                                                               \
-	"WITH fl AS (SELECT snap_xmin FROM realtime.events WHERE id >= $2::bigint ORDER BY id "    \
-	"LIMIT 1)"
+	"WITH fl AS (SELECT id, xid, snap_xmin FROM realtime.events WHERE id >= $2::bigint "       \
+	"ORDER BY id LIMIT 1)"
 
 static int send_replay(struct replay *rp)
 {
@@ -697,7 +720,7 @@ static int send_replay(struct replay *rp)
 	const char *p[5] = {rp->room, sbuf, limit, after, top};
 
 	snprintf(sbuf, sizeof(sbuf), "%lld", rp->since);
-	snprintf(limit, sizeof(limit), "%d", REPLAY_PAGE);
+	snprintf(limit, sizeof(limit), "%d", rp->limit);
 	snprintf(after, sizeof(after), "%lld", rp->after);
 	snprintf(top, sizeof(top), "%lld", rp->top);
 	if (!rp->top)
@@ -729,8 +752,10 @@ static void fail_replay(struct replay *rp)
 {
 	struct pgl_replay_page page = {.top = rp->top};
 
-	if (conn_alive(rp->c))
-		rp->cb(rp->c, rp->room, false, false, NULL, NULL, 0, &page);
+	if (rp->hcb || conn_alive(rp->c)) {
+		replay_answer(rp, false, false, NULL, NULL, 0, &page);
+		return;
+	}
 	conn_release(rp->c);
 	free(rp);
 }
@@ -763,23 +788,11 @@ static void on_wait_timer(uv_timer_t *t)
 	flush_waiting(!pgc_is_up(g_query));
 }
 
-int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
-               pgl_replay_fn cb)
+/* Sends rp now, or parks it for the query connection; frees rp and returns -1 when neither. */
+static int replay_start(struct replay *rp)
 {
-	struct replay *rp;
-
-	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
-		return -1;
-	rp->c = c;
-	snprintf(rp->room, sizeof(rp->room), "%s", room);
-	rp->since = since;
-	rp->after = after;
-	rp->top = top;
-	rp->cb = cb;
-	conn_hold(c);
 	if (pgc_is_up(g_query)) {
 		if (send_replay(rp) < 0) {
-			conn_release(c);
 			free(rp);
 			return -1;
 		}
@@ -793,6 +806,40 @@ int pgl_replay(struct conn *c, const char *room, long long since, long long afte
 	if (!uv_is_active((uv_handle_t *)&g_wait_timer))
 		uv_timer_start(&g_wait_timer, on_wait_timer, 100, 100);
 	return 0;
+}
+
+int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
+               pgl_replay_fn cb)
+{
+	struct replay *rp;
+
+	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
+		return -1;
+	rp->c = c;
+	snprintf(rp->room, sizeof(rp->room), "%s", room);
+	rp->since = since;
+	rp->after = after;
+	rp->top = top;
+	rp->limit = REPLAY_PAGE;
+	rp->cb = cb;
+	if (replay_start(rp) < 0)
+		return -1;
+	conn_hold(c);
+	return 0;
+}
+
+int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb, void *arg)
+{
+	struct replay *rp;
+
+	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
+		return -1;
+	snprintf(rp->room, sizeof(rp->room), "%s", room);
+	rp->since = since;
+	rp->limit = limit;
+	rp->hcb = cb;
+	rp->harg = arg;
+	return replay_start(rp);
 }
 
 /* ---- policy ---- */

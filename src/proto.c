@@ -298,6 +298,24 @@ static enum proto_code parse_fields(json_object *root, struct proto_msg *out, co
 		out->type = PROTO_PING;
 		return PROTO_OK;
 	}
+	if (!strcmp(t, "history")) {
+		json_object *limit = get(payload, "limit");
+		out->type = PROTO_HISTORY;
+		if ((rc = parse_room(find_room(payload, data), out, detail)) ||
+		    (rc = parse_since(get(payload, "since"), out, detail)))
+			return rc;
+		out->limit = PROTO_HISTORY_DEFAULT;
+		if (limit) {
+			int64_t v;
+			if (!json_object_is_type(limit, json_type_int) ||
+			    (v = json_object_get_int64(limit)) < 1) {
+				*detail = "limit must be a positive integer";
+				return PROTO_BAD_JSON;
+			}
+			out->limit = v > PROTO_HISTORY_MAX ? PROTO_HISTORY_MAX : (int)v;
+		}
+		return PROTO_OK;
+	}
 	*detail = "unknown message type";
 	return PROTO_BAD_TYPE;
 }
@@ -398,6 +416,32 @@ struct frame *proto_left(const char *room)
 	buf_puts(&b, "{\"type\":\"left\",\"payload\":{");
 	put_room_field(&b, room);
 	buf_puts(&b, "}}");
+	return finish(&b);
+}
+
+void proto_history_json(struct buf *b, const char *room, struct frame **events, size_t n,
+                        bool recovered, bool more)
+{
+	buf_puts(b, "{");
+	put_room_field(b, room);
+	buf_puts(b, ",\"events\":[");
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			buf_puts(b, ",");
+		buf_put(b, frame_data(events[i]), events[i]->len);
+	}
+	buf_printf(b, "],\"recovered\":%s,\"more\":%s}", recovered ? "true" : "false",
+	           more ? "true" : "false");
+}
+
+struct frame *proto_history(const char *room, struct frame **events, size_t n, bool recovered,
+                            bool more)
+{
+	struct buf b;
+	buf_init(&b);
+	buf_puts(&b, "{\"type\":\"history\",\"payload\":");
+	proto_history_json(&b, room, events, n, recovered, more);
+	buf_puts(&b, "}");
 	return finish(&b);
 }
 

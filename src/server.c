@@ -107,7 +107,19 @@ static struct http_x *http_begin(struct lws *wsi, struct pss *pss, const char *u
 			break;
 		}
 	snprintf(x->path, sizeof(x->path), "%s", uri ? uri : "/");
-	copy_hdr(wsi, WSI_TOKEN_HTTP_URI_ARGS, x->query, sizeof(x->query));
+	/* lws keeps each name=value of the query as a fragment; lws_hdr_copy would run them
+	 * together, so they are joined with '&' here. */
+	x->query[0] = '\0';
+	for (int i = 0, used = 0; used < (int)sizeof(x->query) - 1; i++) {
+		int n = lws_hdr_copy_fragment(wsi, x->query + used + (used > 0),
+		                              (int)sizeof(x->query) - used - (used > 0),
+		                              WSI_TOKEN_HTTP_URI_ARGS, i);
+		if (n < 0)
+			break;
+		if (used)
+			x->query[used] = '&';
+		used += n + (used > 0);
+	}
 	copy_hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, x->authorization, sizeof(x->authorization));
 	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, x->content_type, sizeof(x->content_type));
 	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl));
@@ -241,7 +253,20 @@ static void respond(struct lws *wsi, struct http_x *x)
 	struct http_request req;
 	if (!x->resp.status) {
 		fill_request(x, &req);
+		/* A GET may be answered later too (history reads PostgreSQL, the server API asks
+		 * the other replicas): on_http_complete asks for the writeable callback then. */
+		x->wait = calloc(1, sizeof(*x->wait));
+		if (x->wait) {
+			x->wait->wsi = wsi;
+			x->wait->x = x;
+			req.complete = on_http_complete;
+			req.ctx = x->wait;
+		}
 		http_handle(&req, &x->resp);
+		if (!x->resp.status && x->wait)
+			return;
+		free(x->wait);
+		x->wait = NULL;
 	}
 	lws_callback_on_writable(wsi);
 }

@@ -625,6 +625,66 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 	frame_unref(f);
 }
 
+/* ---- history ---- */
+
+struct history_req {
+	struct conn *c;
+	char room[ROOM_NAME_MAX + 1];
+};
+
+/* The page goes out as one reply; a page larger than half the send budget is cut there (and
+ * says more:true), so the reply never closes the client 4008: it asks again after the last id. */
+static void on_history(void *arg, bool ok, bool recovered, struct frame **frames, size_t n,
+                       bool more)
+{
+	struct history_req *h = arg;
+	struct conn *c = h->c;
+	size_t keep = 0, bytes = 0, budget = (size_t)g_cfg->send_queue_max_bytes / 2;
+
+	while (keep < n && (keep == 0 || bytes + frames[keep]->len <= budget))
+		bytes += frames[keep++]->len;
+	if (conn_alive(c)) {
+		if (!ok)
+			reply_error(c, PROTO_SERVER_ERROR, "history unavailable, try again",
+			            h->room);
+		else
+			conn_reply(
+			    c, proto_history(h->room, frames, keep, recovered, more || keep < n));
+	}
+	for (size_t i = 0; i < n; i++)
+		frame_unref(frames[i]);
+	conn_release(c);
+	free(h);
+}
+
+static void do_history(struct conn *c, struct proto_msg *m)
+{
+	struct history_req *h;
+
+	if (!room_is_member(&c->member, m->room)) {
+		reply_error(c, PROTO_NOT_MEMBER, "join the room before asking its history",
+		            m->room);
+		return;
+	}
+	/* Without an outbox nothing is stored: an empty page that says so. */
+	if (!pgl_enabled()) {
+		conn_reply(c, proto_history(m->room, NULL, 0, false, false));
+		return;
+	}
+	if (!(h = calloc(1, sizeof(*h)))) {
+		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
+		return;
+	}
+	h->c = c;
+	snprintf(h->room, sizeof(h->room), "%s", m->room);
+	conn_hold(c);
+	if (pgl_history(m->room, m->since, m->limit, on_history, h) < 0) {
+		conn_release(c);
+		free(h);
+		reply_error(c, PROTO_SERVER_ERROR, "history unavailable, try again", m->room);
+	}
+}
+
 /* After a refresh, rooms the new token no longer allows are left with an error each. Rooms
  * granted by an asynchronous policy are kept: the policy is about ownership, not the token. */
 static void recheck_rooms(struct conn *c)
@@ -761,6 +821,9 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 		break;
 	case PROTO_PING:
 		conn_reply(c, proto_pong());
+		break;
+	case PROTO_HISTORY:
+		do_history(c, &m);
 		break;
 	}
 	proto_msg_clear(&m);
