@@ -2,7 +2,8 @@
  * epoll loop over raw sockets speaking just enough WebSocket (bearer handshake, masked frames
  * out, frames in) to hold idle clients, join rooms and count and time every delivery; sender
  * processes that publish sequence-numbered events at a fixed open-loop rate over HTTP
- * (POST /api/notify) or PostgreSQL (realtime.publish). Usage: loadgen --help. */
+ * (POST /api/notify) or PostgreSQL (realtime.publish); in live mode, members of live SQL rooms
+ * counting the pushes that follow row changes the parent commits. Usage: loadgen --help. */
 #include "hist.h"
 
 #include <arpa/inet.h>
@@ -37,7 +38,7 @@
 #define MAX_PIDS    64
 #define SCRATCH     (256 * 1024)
 
-enum mode { M_IDLE, M_FANOUT, M_LATENCY, M_NOTIFY };
+enum mode { M_IDLE, M_FANOUT, M_LATENCY, M_NOTIFY, M_LIVE };
 enum source { SRC_NOTIFY, SRC_PG };
 enum phase { PH_CONNECT, PH_GO, PH_STOP };
 
@@ -51,6 +52,7 @@ static struct {
 	const char *token;
 	const char *notify_token;
 	const char *pg;
+	const char *change_sql; /* live mode: the statement that changes every room's row */
 	long conns;
 	int procs;
 	uint32_t src_first; /* host order */
@@ -86,6 +88,9 @@ struct shared {
 	uint64_t close_codes[5]; /* 1000/1001, 1008/1009, 4008, 40xx other, anything else */
 	uint64_t sent, send_errors, senders_done, last_send_ns;
 	uint64_t procs_done;
+	/* Live mode: when the parent sent the latest change (0: none yet), pushes before it. */
+	volatile uint64_t change_ns;
+	uint64_t initial, changes_done;
 	struct proc_result pr[MAX_PROCS];
 	struct hist send_lat[MAX_SENDERS];
 	uint32_t *room_members; /* joined members per room (in the same mapping) */
@@ -218,7 +223,7 @@ struct conn {
 /* Per-process counts, flushed into the shared ones once per loop turn. */
 static struct {
 	uint64_t connected, joined, failed, join_errors, closed, deliveries, bytes, frames, last_rx;
-	uint64_t dups, misrouted, out_of_range;
+	uint64_t dups, misrouted, out_of_range, initial;
 } L;
 
 static struct hist g_lat;
@@ -238,10 +243,11 @@ static void flush_counts(void)
 	add(&S->deliveries, L.deliveries);
 	add(&S->bytes, L.bytes);
 	add(&S->frames, L.frames);
+	add(&S->initial, L.initial);
 	if (L.last_rx)
 		store_max(&S->last_rx_ns, L.last_rx);
 	L.connected = L.joined = L.failed = L.join_errors = L.closed = L.deliveries = L.bytes = 0;
-	L.frames = 0;
+	L.frames = L.initial = 0;
 }
 
 static void build_handshake(void)
@@ -371,6 +377,24 @@ static void on_delivery(void *ctx, uint64_t seq, uint64_t t)
 	c->got++;
 }
 
+/* Live mode: any room message is a push of the room's row. Before the first change it is the
+ * row a new member gets; after one, it is timed from the change's send time and counted
+ * against the changes (one push per member per change). */
+static void on_push(struct conn *c)
+{
+	uint64_t now = now_ns(), t = S->change_ns;
+
+	L.deliveries++;
+	L.frames++;
+	L.last_rx = now;
+	if (!t) {
+		L.initial++;
+		return;
+	}
+	hist_add(&g_lat, now > t ? now - t : 0);
+	c->got++;
+}
+
 static void on_text(struct conn *c, const char *p, size_t n)
 {
 	if (n > 8 && !memcmp(p, "{\"type\":", 8)) {
@@ -385,6 +409,11 @@ static void on_text(struct conn *c, const char *p, size_t n)
 				        (int)(n > 200 ? 200 : n), p);
 			L.join_errors++;
 		}
+		return;
+	}
+	if (opt.mode == M_LIVE) {
+		if (c->joined)
+			on_push(c);
 		return;
 	}
 	if (scan_events(p, n, on_delivery, c))
@@ -588,7 +617,8 @@ static void receiver(int k, long lo, long hi)
 	long n = hi - lo, next = 0;
 	struct conn *cs = calloc((size_t)n, sizeof(*cs));
 	struct epoll_event evs[512];
-	size_t bitmap = opt.mode == M_IDLE ? 0 : (size_t)(events_per_room() + 7) / 8;
+	size_t bitmap =
+	    opt.mode == M_IDLE || opt.mode == M_LIVE ? 0 : (size_t)(events_per_room() + 7) / 8;
 	struct proc_result *r = &S->pr[k];
 
 	g_scratch = malloc(SCRATCH);
@@ -637,6 +667,13 @@ static void receiver(int k, long lo, long hi)
 		struct conn *c = &cs[i];
 		if (c->state == C_OPEN || c->state == C_JOINED)
 			r->open_at_end++;
+		if (opt.mode == M_LIVE && c->joined) {
+			uint64_t want = load(&S->changes_done);
+			r->expected += want;
+			r->unique += c->got >= want ? want : c->got;
+			r->lost += want > c->got ? want - c->got : 0;
+			L.dups += c->got > want ? c->got - want : 0;
+		}
 		if (!bitmap || !c->joined)
 			continue;
 		uint64_t expected = 0;
@@ -1005,11 +1042,57 @@ static void sleep_s(double s)
 	nanosleep(&ts, NULL);
 }
 
+/* Live mode, in the parent: the hold, with --events changes spread evenly over it, each
+ * stamped in S->change_ns just before it is sent (so the push latency includes its commit).
+ * The window markers on stderr let the caller sample PostgreSQL and /metrics around it.
+ * Returns the end of the window. */
+static uint64_t live_changes(void)
+{
+	PGconn *pg = PQconnectdb(opt.pg);
+	uint64_t t0, t_end;
+
+	if (PQstatus(pg) != CONNECTION_OK) {
+		fprintf(stderr, "loadgen: PostgreSQL: %s", PQerrorMessage(pg));
+		PQfinish(pg);
+		return now_ns();
+	}
+	PQclear(PQexec(pg, "SET application_name = 'loadgen-change'"));
+	fprintf(stderr, "loadgen: live window start\n");
+	fflush(stderr);
+	t0 = S->t0_ns = now_ns();
+	t_end = t0 + (uint64_t)(opt.hold_s * 1e9);
+	for (long i = 0; i < opt.events; i++) {
+		uint64_t due =
+		    t0 + (uint64_t)(((double)i + 0.5) * opt.hold_s * 1e9 / (double)opt.events);
+		struct timespec ts = {(time_t)(due / 1000000000ull), (long)(due % 1000000000ull)};
+		PGresult *res;
+
+		clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+		S->change_ns = now_ns();
+		res = PQexec(pg, opt.change_sql);
+		if (PQresultStatus(res) == PGRES_COMMAND_OK ||
+		    PQresultStatus(res) == PGRES_TUPLES_OK) {
+			add(&S->changes_done, 1);
+			add(&S->sent, 1);
+		} else {
+			fprintf(stderr, "loadgen: change failed: %s", PQerrorMessage(pg));
+			add(&S->send_errors, 1);
+		}
+		PQclear(res);
+	}
+	PQfinish(pg);
+	struct timespec te = {(time_t)(t_end / 1000000000ull), (long)(t_end % 1000000000ull)};
+	clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &te, NULL);
+	fprintf(stderr, "loadgen: live window end\n");
+	fflush(stderr);
+	return t_end;
+}
+
 /* ---- the parent ---- */
 
 static const char *mode_name(void)
 {
-	static const char *names[] = {"idle", "fanout", "latency", "notify"};
+	static const char *names[] = {"idle", "fanout", "latency", "notify", "live"};
 	return names[opt.mode];
 }
 
@@ -1037,6 +1120,10 @@ static void usage(FILE *out)
 	    "  latency   like fanout, default source pg: commit-to-client latency histogram\n"
 	    "  notify    POST /api/notify only (no clients): requests/s, closed loop when --rate "
 	    "0\n"
+	    "  live      clients join live SQL rooms and are held --hold seconds, during which\n"
+	    "            --events changes (--change-sql run on --pg) are spread evenly; counts\n"
+	    "            the rows pushed (one per member per change) and times them from each\n"
+	    "            change; stderr says 'loadgen: live window start|end' around the hold\n"
 	    "options:\n"
 	    "  --host A --port P --path /ws --batch     server and WebSocket path (?batch=1)\n"
 	    "  --token JWT                              bearer token for the handshake\n"
@@ -1047,6 +1134,7 @@ static void usage(FILE *out)
 	    "  --events N --rate R --duration S         events, events/s (0: closed loop), or\n"
 	    "                                           a time limit (notify mode)\n"
 	    "  --source notify|pg --notify-token T --pg CONNINFO --senders K\n"
+	    "  --change-sql SQL                         live mode: the change, one statement\n"
 	    "  --settle S --hold S --drain S --connect-timeout S\n"
 	    "  --pid PID (repeatable)                   server processes: RSS and CPU from /proc\n"
 	    "  --json FILE                              results (default stdout), one JSON object\n"
@@ -1082,6 +1170,7 @@ static void parse_args(int argc, char **argv)
 		OPT_PID,
 		OPT_JSON,
 		OPT_QUIET,
+		OPT_CHANGE,
 		OPT_HELP
 	};
 	static const struct option lo[] = {{"host", 1, 0, OPT_HOST},
@@ -1110,6 +1199,7 @@ static void parse_args(int argc, char **argv)
 	                                   {"pid", 1, 0, OPT_PID},
 	                                   {"json", 1, 0, OPT_JSON},
 	                                   {"quiet", 0, 0, OPT_QUIET},
+	                                   {"change-sql", 1, 0, OPT_CHANGE},
 	                                   {"help", 0, 0, OPT_HELP},
 	                                   {0, 0, 0, 0}};
 	struct in_addr a;
@@ -1140,6 +1230,8 @@ static void parse_args(int argc, char **argv)
 		opt.mode = M_LATENCY;
 	else if (!strcmp(argv[1], "notify"))
 		opt.mode = M_NOTIFY;
+	else if (!strcmp(argv[1], "live"))
+		opt.mode = M_LIVE;
 	else {
 		usage(stderr);
 		exit(2);
@@ -1238,6 +1330,9 @@ static void parse_args(int argc, char **argv)
 		case OPT_QUIET:
 			opt.quiet = true;
 			break;
+		case OPT_CHANGE:
+			opt.change_sql = optarg;
+			break;
 		case OPT_HELP:
 			usage(stdout);
 			exit(0);
@@ -1260,11 +1355,15 @@ static void parse_args(int argc, char **argv)
 		fprintf(stderr, "loadgen: --conns is required\n");
 		exit(2);
 	}
-	if (opt.mode != M_IDLE && opt.mode != M_NOTIFY && opt.rate <= 0) {
+	if (opt.mode == M_LIVE && (!opt.pg || !opt.change_sql || opt.hold_s <= 0)) {
+		fprintf(stderr, "loadgen: live needs --pg, --change-sql and --hold\n");
+		exit(2);
+	}
+	if (opt.mode != M_IDLE && opt.mode != M_NOTIFY && opt.mode != M_LIVE && opt.rate <= 0) {
 		fprintf(stderr, "loadgen: --rate must be positive for %s\n", mode_name());
 		exit(2);
 	}
-	if (opt.source == SRC_PG && opt.mode != M_IDLE && !opt.pg) {
+	if (opt.source == SRC_PG && opt.mode != M_IDLE && opt.mode != M_LIVE && !opt.pg) {
 		fprintf(stderr, "loadgen: --source pg needs --pg CONNINFO\n");
 		exit(2);
 	}
@@ -1313,7 +1412,7 @@ int main(int argc, char **argv)
 	parse_args(argc, argv);
 	raise_nofile();
 	room_bytes = sizeof(uint32_t) * (size_t)g_nrooms;
-	acc_bytes = opt.mode == M_NOTIFY ? 1 : (size_t)(opt.events / 8 + 1);
+	acc_bytes = opt.mode == M_NOTIFY || opt.mode == M_LIVE ? 1 : (size_t)(opt.events / 8 + 1);
 	total = sizeof(struct shared) + room_bytes + acc_bytes;
 	mem = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (mem == MAP_FAILED)
@@ -1344,7 +1443,7 @@ int main(int argc, char **argv)
 			kids[nkids++] = p;
 		}
 	}
-	if (opt.mode != M_IDLE) {
+	if (opt.mode != M_IDLE && opt.mode != M_LIVE) {
 		nsenders = opt.source == SRC_PG ? opt.senders : 1;
 		for (int k = 0; k < nsenders; k++) {
 			pid_t p = fork();
@@ -1389,6 +1488,9 @@ int main(int argc, char **argv)
 	if (opt.mode == M_IDLE) {
 		if (opt.hold_s > 0)
 			sleep_s(opt.hold_s);
+		after = sample_server();
+	} else if (opt.mode == M_LIVE) {
+		t_end = live_changes();
 		after = sample_server();
 	} else {
 		uint64_t last_seen = 0, last_change;
@@ -1474,6 +1576,14 @@ int main(int argc, char **argv)
 	if (opt.mode == M_NOTIFY)
 		fprintf(out, "\"requests_per_s\":%.0f,",
 		        span > 0 ? (double)load(&S->sent) / span : 0);
+	else if (opt.mode == M_LIVE)
+		fprintf(out,
+		        "\"changes\":%llu,\"initial\":%llu,\"expected\":%llu,\"deliveries\":%llu,"
+		        "\"pushes\":%llu,\"lost\":%llu,\"dups\":%llu,",
+		        (unsigned long long)load(&S->changes_done),
+		        (unsigned long long)load(&S->initial), (unsigned long long)sum.expected,
+		        (unsigned long long)deliveries, (unsigned long long)sum.unique,
+		        (unsigned long long)sum.lost, (unsigned long long)sum.dups);
 	else if (opt.mode != M_IDLE)
 		fprintf(out,
 		        "\"expected\":%llu,\"deliveries\":%llu,\"unique\":%llu,\"lost\":%llu,"
@@ -1494,7 +1604,7 @@ int main(int argc, char **argv)
 		        (double)(at_go.rss_kb - before.rss_kb) * 1024.0 /
 		            (double)load(&S->connected));
 	/* What holding them costs: keep-alive pings and timers while nothing else happens. */
-	if (opt.mode == M_IDLE && opt.hold_s > 0)
+	if ((opt.mode == M_IDLE || opt.mode == M_LIVE) && opt.hold_s > 0)
 		fprintf(out, ",\"hold_s\":%.1f,\"hold_cpu_pct\":%.1f", opt.hold_s,
 		        cpu * 100.0 / opt.hold_s);
 	if (opt.mode != M_IDLE && opt.mode != M_NOTIFY && deliveries)

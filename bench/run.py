@@ -16,6 +16,9 @@ Scenarios (each server fresh, one at a time, so CPU and RSS belong to that run):
             realtime.publish, next to bench/pglisten (raw libpq LISTEN: PostgreSQL's floor)
   writers   pgbench TPS of an order/product update workload, triggers off / on
   notify    POST /api/notify requests/s, closed loop
+  live1     one live SQL room (realtime.live_room, every 1 s) with N members: queries/s,
+            roomcast and PostgreSQL CPU, pushes to every member after a row change
+  live1000  many live rooms of 10 members: queries/s, CPU of both, time per query
 
 Scale with environment variables (defaults sized for 2 cores, ~10 minutes); see PARAMS below.
 BENCH_ONLY=idle,fanout1 runs a subset. BENCH_PERF=1 records `perf record -g` of roomcast during
@@ -80,8 +83,14 @@ PARAMS = {
     "pgbench_rounds": env_int("BENCH_PGBENCH_ROUNDS", 3),
     "notify_seconds": env_float("BENCH_NOTIFY_SECONDS", 5),
     "notify_conns": env_int("BENCH_NOTIFY_CONNS", 8),
+    "live_conns": env_int("BENCH_LIVE_CONNS", 10000),
+    "live_rooms": env_int("BENCH_LIVE_ROOMS", 1000),
+    "live_rows": env_int("BENCH_LIVE_ROWS", 100000),
+    "live_hold": env_float("BENCH_LIVE_HOLD", 20),
+    "live_changes": env_int("BENCH_LIVE_CHANGES", 4),
 }
-SCENARIOS = ["idle", "workers", "floor", "fanout1", "fanoutS", "latency", "writers", "notify"]
+SCENARIOS = ["idle", "workers", "floor", "fanout1", "fanoutS", "latency", "writers", "notify",
+             "live1", "live1000"]
 
 log_lines = []
 
@@ -460,6 +469,136 @@ def sc_notify(ctx):
     return out
 
 
+# ---- live SQL rooms ----
+
+# An appointments table as a dashboard would count it: live_rows rows over 1000 businesses
+# (negocio_id = id % 1000, indexed), a third of them completed. Room stats-<n> counts business
+# n's appointments; a change flips the state of one appointment of each of the first `rooms`
+# businesses (ids 0 .. rooms-1), so every live room's row differs after each change.
+LIVE_PATTERN = "stats-{negocio_id}"
+LIVE_QUERY = ("SELECT count(*) AS total, count(*) FILTER (WHERE estado = 'completada') AS "
+              "completadas FROM bench_citas WHERE negocio_id = $1")
+
+
+def live_fill(pg):
+    if getattr(pg, "live_filled", False):
+        return
+    pg.psql("""
+        DROP TABLE IF EXISTS bench_citas;
+        CREATE TABLE bench_citas (id int PRIMARY KEY, negocio_id int NOT NULL, estado text NOT NULL);
+        INSERT INTO bench_citas SELECT g, g %% 1000,
+            CASE WHEN g %% 3 = 0 THEN 'completada' ELSE 'pendiente' END
+          FROM generate_series(0, %d - 1) g;
+        CREATE INDEX ON bench_citas (negocio_id);
+    """.replace("%d", str(PARAMS["live_rows"])).replace("%%", "%"))
+    pg.psql("VACUUM ANALYZE bench_citas")
+    pg.live_filled = True
+
+
+def pg_pids(pg):
+    """The postmaster's children (backends and background processes)."""
+    with open(os.path.join(pg.datadir, "postmaster.pid")) as f:
+        return children(int(f.readline()))
+
+
+def metrics(server):
+    """The live rooms' counters: roomcast's /metrics, the baseline's /health."""
+    out = {}
+    if server.kind == "baseline":
+        with urllib.request.urlopen("http://127.0.0.1:%d/health" % server.port, timeout=5) as r:
+            h = json.load(r)
+        return {"roomcast_live_queries_total": h["live_queries"],
+                "roomcast_live_query_seconds_total": h["live_query_seconds"],
+                "roomcast_live_rooms": h["live_rooms"]}
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % server.port, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("roomcast_live_"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+    return out
+
+
+def live_run(ctx, kind, conns, room_size, rooms):
+    """One server with `conns` clients in live rooms of `room_size`; the window is the load
+    generator's hold, during which it commits live_changes changes."""
+    pg = ctx["pg"]
+    live_fill(pg)
+    pg.psql("SELECT realtime.live_room(%s, %s, '1 second')", (LIVE_PATTERN, LIVE_QUERY))
+    hold = PARAMS["live_hold"]
+    change = ("UPDATE bench_citas SET estado = CASE estado WHEN 'completada' THEN 'pendiente' "
+              "ELSE 'completada' END WHERE id < %d" % rooms)
+    env = {"DATABASE_URL": pg.dsn, "MAX_CONNECTIONS": conns + 500}
+    if kind == "baseline":
+        env.update({"LIVE_ROOM_PREFIX": "stats-", "LIVE_QUERY": LIVE_QUERY, "LIVE_EVERY_MS": 1000})
+    with Server(kind, env) as s:
+        wait_pg_up(s)
+        cmd = [LOADGEN, "live", "--port", str(s.port), "--quiet", "--conns", str(conns),
+               "--room-size", str(room_size or conns), "--room-prefix", "stats", "--token",
+               ctx["token"], "--pg", pg.dsn, "--change-sql", change, "--events",
+               str(PARAMS["live_changes"]), "--hold", str(hold), "--settle", "2",
+               "--connect-timeout", "240"]
+        for pid in s.pids():
+            cmd += ["--pid", str(pid)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marks, other = {}, []
+        try:
+            for line in proc.stderr:
+                if "live window" not in line:
+                    other.append(line.strip())
+                    continue
+                which = "start" if "start" in line else "end"
+                marks[which] = (time.monotonic(), proc_cpu(s.pids()), proc_cpu(pg_pids(pg)),
+                                metrics(s))
+                if which == "end":
+                    break
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        other += err.strip().splitlines()
+        if other:
+            say("loadgen: " + " | ".join(other)[:400])
+        if not out.strip() or "start" not in marks or "end" not in marks:
+            raise RuntimeError("loadgen live failed (%s)" % proc.returncode)
+        r = json.loads(out)
+    pg.psql("SELECT realtime.drop_live_room(%s)", (LIVE_PATTERN,))
+    (t0, rc0, pg0, m0), (t1, rc1, pg1, m1) = marks["start"], marks["end"]
+    win = t1 - t0
+    r["window_s"] = round(win, 2)
+    r["server_cpu_pct"] = round(100 * (rc1 - rc0) / win, 2)
+    r["pg_cpu_pct"] = round(100 * (pg1 - pg0) / win, 2)
+    q = "roomcast_live_queries_total"
+    if q in m1:
+        dq = m1[q] - m0.get(q, 0)
+        r["queries_per_s"] = round(dq / win, 2)
+        ds = m1["roomcast_live_query_seconds_total"] - m0.get("roomcast_live_query_seconds_total", 0)
+        r["query_ms"] = round(1e3 * ds / dq, 3) if dq else None
+        r["live_rooms"] = m1.get("roomcast_live_rooms")
+        r["pushes_metric"] = m1.get("roomcast_live_pushes_total", 0) - m0.get(
+            "roomcast_live_pushes_total", 0)
+    return r
+
+
+def live_scenario(ctx, name, conns, room_size, rooms):
+    out = {}
+    for kind in ("roomcast", "baseline"):
+        say("%s: %d clients in %d live rooms of %d, every 1 s, %d changes in %gs, %s" %
+            (name, conns, rooms, room_size or conns, PARAMS["live_changes"],
+             PARAMS["live_hold"], kind))
+        out[kind] = live_run(ctx, kind, conns, room_size, rooms)
+    return out
+
+
+def sc_live1(ctx):
+    return live_scenario(ctx, "live1", PARAMS["live_conns"], 0, 1)
+
+
+def sc_live1000(ctx):
+    rooms = PARAMS["live_rooms"]
+    return live_scenario(ctx, "live1000", rooms * 10, 10, rooms)
+
+
 # ---- setup ----
 
 def start_pg():
@@ -567,6 +706,46 @@ def ratio(a, b):
     return "%.1fx" % (b / a)
 
 
+def live_rows(res, row):
+    for key, title in (("live1", "live room x %d members" % PARAMS["live_conns"]),
+                       ("live1000", "%d live rooms of 10" % PARAMS["live_rooms"])):
+        lv = res.get(key)
+        if not lv:
+            continue
+        r, b = lv["roomcast"], lv.get("baseline", {})
+        rooms = 1 if key == "live1" else PARAMS["live_rooms"]
+        # CPU is compared only when both ran about as many queries (within 10 %).
+        qr, qb = r.get("queries_per_s") or 0, b.get("queries_per_s") or 0
+        same = qr and qb and abs(qr - qb) <= 0.1 * max(qr, qb)
+
+        def vs(a, c):
+            return ratio(a, c) if same else "-"
+        row(title, "queries/s (every 1 s)", fmt(r.get("queries_per_s"), "%.2f"), "",
+            fmt(b.get("queries_per_s"), "%.2f"), "", "%d (one per room)" % rooms)
+        row("", "query time (ms / query)", fmt(r.get("query_ms"), "%.3f"), "",
+            fmt(b.get("query_ms"), "%.3f"), "", "")
+        row("", "server CPU (%)", fmt(r.get("server_cpu_pct"), "%.2f"), "",
+            fmt(b.get("server_cpu_pct"), "%.2f"),
+            vs(r.get("server_cpu_pct"), b.get("server_cpu_pct")), "")
+        row("", "PostgreSQL CPU (%)", fmt(r.get("pg_cpu_pct"), "%.2f"), "",
+            fmt(b.get("pg_cpu_pct"), "%.2f"), vs(r.get("pg_cpu_pct"), b.get("pg_cpu_pct")),
+            "")
+
+        def pushed(x):
+            if not x:
+                return "-"
+            return "%s / %s (%s missing, %s dup)" % (x.get("pushes"), x.get("expected"),
+                                                  x.get("lost"), x.get("dups"))
+        row("", "pushes after %d changes / expected" % PARAMS["live_changes"], pushed(r), "",
+            pushed(b), "", "one per member per change")
+
+        def lat(x):
+            if not x or not x.get("latency", {}).get("count"):
+                return "-"
+            return "%.0f / %.0f" % (x["latency"]["p50_us"] / 1e3, x["latency"]["p99_us"] / 1e3)
+        row("", "change->member p50 / p99 (ms)", lat(r), "", lat(b), "", "<= 1 s interval")
+
+
 def table(res):
     rows = []
 
@@ -660,6 +839,7 @@ def table(res):
         row("", "server CPU us / request", fmt(r["server"].get("cpu_us_per_request"), "%.1f"), "",
             fmt(b["server"].get("cpu_us_per_request"), "%.1f"),
             ratio(r["server"].get("cpu_us_per_request"), b["server"].get("cpu_us_per_request")), "")
+    live_rows(res, row)
     head = ("scenario", "metric", "roomcast", "rc batch=1", "baseline", "rc vs base", "target")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(head)),
@@ -698,7 +878,7 @@ def main():
     res = {}
     pg = redis = None
     try:
-        if {"latency", "writers"} & set(todo):
+        if {"latency", "writers", "live1", "live1000"} & set(todo):
             say("starting PostgreSQL")
             pg = ctx["pg"] = start_pg()
         if "workers" in todo and PARAMS["workers_conns"] > 0:

@@ -2,14 +2,15 @@
 // `pg` and `jsonwebtoken`, implementing the subset of roomcast's protocol the benchmark uses
 // (docs/protocol.md): bearer-token handshake, join/leave/ping/broadcast, automatic user rooms,
 // POST /api/notify, GET /health, and database events from LISTEN realtime_events routed by the
-// payload's rooms. Written the idiomatic way, and fairly: every message is serialized once and
+// payload's rooms; with LIVE_QUERY, live statistics rooms polled once per room per interval.
+// Written the idiomatic way, and fairly: every message is serialized once and
 // the same Buffer goes to every member; the verification key is built once.
 'use strict';
 
 const crypto = require('crypto');
 const http = require('http');
 const jwt = require('jsonwebtoken');
-const { Client } = require('pg');
+const { Client, Pool } = require('pg');
 const { WebSocketServer, WebSocket } = require('ws');
 
 const PORT = Number(process.env.PORT || 8080);
@@ -46,7 +47,10 @@ function leave(ws, room) {
   const members = rooms.get(room);
   if (members) {
     members.delete(ws);
-    if (members.size === 0) rooms.delete(room);
+    if (members.size === 0) {
+      rooms.delete(room);
+      liveStop(room);
+    }
   }
   ws.rooms.delete(room);
 }
@@ -107,6 +111,62 @@ function eventJSON(id, event, room, ts, data, meta) {
   return JSON.stringify({ id, event, to: room, room, ts, data, meta });
 }
 
+// Live statistics rooms (LIVE_ROOM_PREFIX, LIVE_QUERY with $1, LIVE_EVERY_MS), as a team would
+// write the dashboard's polling on the server: while a room `<prefix><id>` has members, one
+// timer per room runs the query with $1 = id on a pg.Pool of 4 (roomcast: one connection, 4
+// queries in flight) and sends the first row, serialized once, when it changed; a new member
+// gets the last row at once.
+const LIVE_PREFIX = process.env.LIVE_ROOM_PREFIX || '';
+const LIVE_QUERY = process.env.LIVE_QUERY || '';
+const LIVE_EVERY_MS = Number(process.env.LIVE_EVERY_MS || 5000);
+const live = new Map(); // room -> { timer, busy, last (row JSON), frame (Buffer) }
+const liveStats = { queries: 0, seconds: 0 };
+let livePool = null;
+let liveSeq = 0;
+
+function liveJoined(ws, room) {
+  if (!LIVE_QUERY || !room.startsWith(LIVE_PREFIX)) return;
+  let l = live.get(room);
+  if (l) {
+    if (l.frame) ws.send(l.frame, TEXT);
+    return;
+  }
+  if (!livePool) livePool = new Pool({ connectionString: process.env.DATABASE_URL, max: 4, application_name: 'baseline-live' });
+  l = { timer: null, busy: false, last: null, frame: null };
+  const id = room.slice(LIVE_PREFIX.length);
+  const tick = async () => {
+    if (l.busy) return;
+    l.busy = true;
+    const t0 = process.hrtime.bigint();
+    try {
+      const r = await livePool.query(LIVE_QUERY, [id]);
+      const row = JSON.stringify(r.rows.length ? r.rows[0] : null);
+      if (row !== l.last && live.get(room) === l) {
+        l.last = row;
+        l.frame = Buffer.from(`{"id":"live-${++liveSeq}","event":"stats","to":${JSON.stringify(room)},"room":${JSON.stringify(room)},"ts":"${new Date().toISOString()}","data":${row}}`);
+        const members = rooms.get(room);
+        for (const m of members || []) if (m.readyState === WebSocket.OPEN) m.send(l.frame, TEXT);
+      }
+    } catch (e) {
+      console.error(`baseline: live query failed: ${e.message}`);
+    } finally {
+      liveStats.queries++;
+      liveStats.seconds += Number(process.hrtime.bigint() - t0) / 1e9;
+      l.busy = false;
+    }
+  };
+  l.timer = setInterval(tick, LIVE_EVERY_MS);
+  live.set(room, l);
+  tick();
+}
+
+function liveStop(room) {
+  const l = live.get(room);
+  if (!l) return;
+  clearInterval(l.timer);
+  live.delete(room);
+}
+
 const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: MAX_MESSAGE_SIZE });
 
 wss.on('connection', (ws, req, claims) => {
@@ -136,7 +196,8 @@ wss.on('connection', (ws, req, claims) => {
         if (typeof room !== 'string' || !ROOM_RE.test(room)) return error(ws, 'bad_room', 'invalid room');
         if (!mayJoin(ws.claims, room)) return error(ws, 'forbidden', 'not authorized', room);
         join(ws, room);
-        return reply(ws, 'joined', { room });
+        reply(ws, 'joined', { room });
+        return liveJoined(ws, room);
       case 'leave':
       case 'unsubscribe':
         if (typeof room !== 'string' || !ws.rooms.has(room)) return error(ws, 'not_member', 'not a member', room);
@@ -248,6 +309,9 @@ const server = http.createServer((req, res) => {
       connections: wss.clients.size,
       postgres: pgState,
       redis: 'disabled',
+      live_rooms: live.size,
+      live_queries: liveStats.queries,
+      live_query_seconds: liveStats.seconds,
     });
   }
   if (path === '/api/notify') {
