@@ -21,5 +21,12 @@ void rbus_stop(void);
  * publish failure when it is not. */
 void rbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src);
 bool rbus_is_up(void);
+/* The control channel `roomcast:ctl` (requests and answers between replicas). on_message gets
+ * every message published there, our own included; on_up runs each time the link comes up
+ * (first connect and every reconnect). */
+typedef void (*rbus_ctl_fn)(const char *payload, size_t len);
+void rbus_set_ctl(rbus_ctl_fn on_message, void (*on_up)(void));
+/* PUBLISHes on `roomcast:ctl`; -1 when the link is not up. */
+int rbus_ctl_publish(const char *payload, size_t len);
 
 #endif

@@ -17,6 +17,11 @@ void sess_open(struct conn *c, int authenticated);
 /* Drops joins still waiting for replay and messages waiting for the identity lookup (the
  * connection is going away). */
 void sess_pending_clear(struct conn *c);
+/* The server API's joins and leaves, decided by the backend (no authorization): the connection
+ * joins (leaves) room and gets joined (left). Return 1 when c was affected (joined, or was in
+ * the room and left), 0 otherwise. */
+int sess_server_join(struct conn *c, const char *room);
+int sess_server_leave(struct conn *c, const char *room);
 /* One complete client text message. */
 void sess_message(struct conn *c, const char *data, size_t len);
 

@@ -3,6 +3,7 @@
 #include "http.h"
 #include "bus.h"
 #include "cidr.h"
+#include "cluster.h"
 #include "conn.h"
 #include "liveroom.h"
 #include "log.h"
@@ -299,7 +300,14 @@ static void render_metrics(struct http_response *resp)
 /* The notify credential, checked on the request head before any body byte is read: a TCP
  * peer in NOTIFY_ALLOW_FROM (never a forwarded header), NOTIFY_TOKEN, or a JWT with role admin
  * or service. */
-static bool notify_authorized(const struct http_request *req, struct http_response *resp)
+/* Who passed the credential, for the server API's log: "peer <address>", "notify token", or
+ * "<role> <user id>". */
+struct caller {
+	char who[160];
+};
+
+static bool notify_authorized_as(const struct http_request *req, struct http_response *resp,
+                                 struct caller *as)
 {
 	size_t len;
 	const char *tok;
@@ -307,8 +315,11 @@ static bool notify_authorized(const struct http_request *req, struct http_respon
 	enum auth_reason why;
 	bool ok;
 
-	if (req->peer && cidr_list_match(&g_notify_allow, req->peer))
+	if (req->peer && cidr_list_match(&g_notify_allow, req->peer)) {
+		if (as)
+			snprintf(as->who, sizeof(as->who), "peer %s", req->peer);
 		return true;
+	}
 	tok = bearer(req, &len);
 	if (!tok) {
 		json_error(resp, 401, "unauthorized");
@@ -317,8 +328,11 @@ static bool notify_authorized(const struct http_request *req, struct http_respon
 	if (g_have_token) {
 		unsigned char d[SHA256_DIGEST_LENGTH];
 		SHA256((const unsigned char *)tok, len, d);
-		if (!CRYPTO_memcmp(d, g_token_digest, sizeof(d)))
+		if (!CRYPTO_memcmp(d, g_token_digest, sizeof(d))) {
+			if (as)
+				snprintf(as->who, sizeof(as->who), "notify token");
 			return true;
+		}
 	}
 	why = auth_verify(g_auth, tok, len, time(NULL), &id);
 	if (why != AUTH_OK) {
@@ -327,6 +341,8 @@ static bool notify_authorized(const struct http_request *req, struct http_respon
 		return false;
 	}
 	ok = auth_is_admin(&id) || auth_is_service(&id);
+	if (as)
+		snprintf(as->who, sizeof(as->who), "%s %s", id.role, id.user_id);
 	auth_identity_clear(&id);
 	if (!ok)
 		json_error(resp, 403, "forbidden: role admin or service required");
@@ -518,6 +534,11 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	buf_puts(&resp->body, "}");
 }
 
+static bool notify_authorized(const struct http_request *req, struct http_response *resp)
+{
+	return notify_authorized_as(req, resp, NULL);
+}
+
 /* ---- GET /api/history ---- */
 
 /* Copies the value of name from a query string ("a=1&b=2", %XX decoded) into out. Returns
@@ -633,6 +654,117 @@ static void history(const struct http_request *req, struct http_response *resp)
 	/* resp->status stays 0: the answer comes through req->complete. */
 }
 
+/* ---- the server API: POST /api/disconnect, /api/subscribe, /api/unsubscribe, GET /api/rooms ----
+ */
+
+/* The answer may come before clu_request returns (this replica alone): it then goes straight
+ * into resp; later, through req->complete. */
+struct api_wait {
+	void (*complete)(void *ctx, int status, const char *json);
+	void *ctx;
+	struct http_response *resp; /* until clu_request returns */
+};
+
+static void on_api_done(void *arg, int status, const char *json)
+{
+	struct api_wait *w = arg;
+
+	if (w->resp) {
+		w->resp->status = status;
+		w->resp->content_type = "application/json";
+		buf_puts(&w->resp->body, json);
+		w->resp = NULL;
+		return; /* server_api frees w */
+	}
+	w->complete(w->ctx, status, json);
+	free(w);
+}
+
+static bool is_api_post(const char *path)
+{
+	return !strcmp(path, "/api/notify") || !strcmp(path, "/api/disconnect") ||
+	       !strcmp(path, "/api/subscribe") || !strcmp(path, "/api/unsubscribe");
+}
+
+/* The user id of a server API body, as text (a string or an integer), into out. */
+static bool body_user(json_object *root, char *out, size_t cap)
+{
+	json_object *u;
+	size_t n;
+
+	if (!json_object_object_get_ex(root, "user_id", &u) ||
+	    !(json_object_is_type(u, json_type_string) || json_object_is_type(u, json_type_int)))
+		return false;
+	n = json_object_is_type(u, json_type_string) ? (size_t)json_object_get_string_len(u)
+	                                             : strlen(json_object_get_string(u));
+	/* user-<id> must be a valid room name: that is where the user's connections are. */
+	if (!n || n >= cap || n + 5 > ROOM_NAME_MAX || strlen(json_object_get_string(u)) != n ||
+	    !room_name_valid(json_object_get_string(u), n))
+		return false;
+	memcpy(out, json_object_get_string(u), n + 1);
+	return true;
+}
+
+static void server_api(const struct http_request *req, struct http_response *resp, enum clu_op op)
+{
+	struct caller as = {{0}};
+	char user[ROOM_NAME_MAX + 1] = "", room[ROOM_NAME_MAX + 1] = "";
+	struct api_wait *w;
+
+	if (!notify_authorized_as(req, resp, &as))
+		return;
+	if (op != CLU_ROOMS) {
+		json_tokener *tok = json_tokener_new_ex(PROTO_MAX_DEPTH);
+		json_object *root = NULL, *r;
+		if (tok) {
+			json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+			root = json_tokener_parse_ex(tok, req->body, (int)req->body_len);
+			json_tokener_free(tok);
+		}
+		if (!root || !json_object_is_type(root, json_type_object)) {
+			json_object_put(root);
+			json_error(resp, 400, "malformed JSON");
+			return;
+		}
+		if (!body_user(root, user, sizeof(user))) {
+			json_object_put(root);
+			json_error(resp, 400, "user_id is required (a string or an integer)");
+			return;
+		}
+		if (op != CLU_DISCONNECT) {
+			if (!json_object_object_get_ex(root, "room", &r) ||
+			    !json_object_is_type(r, json_type_string) ||
+			    (size_t)json_object_get_string_len(r) >= sizeof(room) ||
+			    strlen(json_object_get_string(r)) !=
+			        (size_t)json_object_get_string_len(r) ||
+			    !room_name_valid(json_object_get_string(r),
+			                     (size_t)json_object_get_string_len(r))) {
+				json_object_put(root);
+				json_error(resp, 400,
+				           "room is required and must be a valid room name");
+				return;
+			}
+			snprintf(room, sizeof(room), "%s", json_object_get_string(r));
+		}
+		json_object_put(root);
+	}
+	if (!req->complete || !(w = calloc(1, sizeof(*w)))) {
+		json_error(resp, 503, "out of memory");
+		return;
+	}
+	w->complete = req->complete;
+	w->ctx = req->ctx;
+	w->resp = resp;
+	clu_request(op, op == CLU_ROOMS ? NULL : user, room[0] ? room : NULL, as.who, on_api_done,
+	            w);
+	if (!w->resp) {
+		free(w); /* answered already */
+		return;
+	}
+	w->resp = NULL;
+	/* resp->status stays 0: the answer comes through req->complete. */
+}
+
 static bool is_json_type(const char *ct)
 {
 	size_t n = strlen("application/json");
@@ -641,7 +773,7 @@ static bool is_json_type(const char *ct)
 
 bool http_wants_body(const struct http_request *req, struct http_response *resp)
 {
-	if (strcmp(req->path, "/api/notify"))
+	if (!is_api_post(req->path))
 		return false;
 	if (strcmp(req->method, "POST")) {
 		json_error(resp, 405, "method not allowed");
@@ -677,8 +809,20 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 		}
 		return;
 	}
+	if (is_api_post(p)) {
+		if (http_wants_body(req, resp)) {
+			if (req->body_len > (size_t)g_cfg->notify_max_bytes)
+				json_error(resp, 413, "body too large");
+			else
+				server_api(req, resp,
+				           !strcmp(p, "/api/disconnect")  ? CLU_DISCONNECT
+				           : !strcmp(p, "/api/subscribe") ? CLU_SUBSCRIBE
+				                                          : CLU_UNSUBSCRIBE);
+		}
+		return;
+	}
 	if (strcmp(p, "/health") && strcmp(p, "/ready") && strcmp(p, "/metrics") &&
-	    strcmp(p, "/admin/clients") && strcmp(p, "/api/history")) {
+	    strcmp(p, "/admin/clients") && strcmp(p, "/api/history") && strcmp(p, "/api/rooms")) {
 		json_error(resp, 404, "not found");
 		return;
 	}
@@ -695,6 +839,8 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 		render_metrics(resp);
 	else if (!strcmp(p, "/api/history"))
 		history(req, resp);
+	else if (!strcmp(p, "/api/rooms"))
+		server_api(req, resp, CLU_ROOMS);
 	else
 		admin_clients(req, resp);
 }

@@ -41,7 +41,9 @@ enum rbus_state { RB_IDLE = 0, RB_RESOLVING, RB_CONNECTING, RB_UP, RB_BACKOFF, R
 #define ROOM_PREFIX     "ws:room:"
 #define ROOM_PREFIX_LEN (sizeof(ROOM_PREFIX) - 1)
 #define EVENTS_CHANNEL  "events"
-#define SUBSCRIPTIONS   3 /* events, our heartbeat channel, ws:room:* */
+/* Requests and answers between replicas (the server API, presence): see cluster.c. */
+#define CTL_CHANNEL   "roomcast:ctl"
+#define SUBSCRIPTIONS 4 /* events, our heartbeat channel, roomcast:ctl, ws:room:* */
 
 /* One of our own publishes, kept until it comes back on the subscription: the echo is then
  * delivered with its original source and birth time, and if the link dies first this replica
@@ -82,6 +84,8 @@ static struct {
 	struct own_msg *head, *tail;
 	size_t own_bytes;
 	uint64_t pub_seq, pub_acked;
+	rbus_ctl_fn ctl;
+	void (*ctl_up)(void);
 } g;
 
 static void start_connect(void);
@@ -324,6 +328,8 @@ static void maybe_up(void)
 	g.hb_pending = false;
 	set_state(RB_UP);
 	uv_timer_start(&g.heartbeat, on_heartbeat, HEARTBEAT_EVERY_MS, HEARTBEAT_EVERY_MS);
+	if (g.ctl_up)
+		g.ctl_up();
 }
 
 static void on_auth(redisAsyncContext *ac, void *r, void *privdata)
@@ -520,6 +526,8 @@ static void on_sub(redisAsyncContext *ac, void *r, void *privdata)
 			heartbeat_echo(e[2]->str, (size_t)e[2]->len);
 		else if (reply_is(e[1], EVENTS_CHANNEL))
 			on_stats_event(e[2]->str, (size_t)e[2]->len);
+		else if (reply_is(e[1], CTL_CHANNEL) && g.ctl)
+			g.ctl(e[2]->str, (size_t)e[2]->len);
 	} else if (reply_is(e[0], "pmessage") && reply->elements >= 4 &&
 	           e[2]->type == REDIS_REPLY_STRING && e[3]->type == REDIS_REPLY_STRING) {
 		on_room_message(e[2], e[3]);
@@ -576,7 +584,7 @@ static redisAsyncContext *open_ctx(const char *ip)
 static void connect_both(const char *ip)
 {
 	const char *auth[2] = {"AUTH", g.password};
-	const char *subscribe[3] = {"SUBSCRIBE", EVENTS_CHANNEL, g.hb_channel};
+	const char *subscribe[4] = {"SUBSCRIBE", EVENTS_CHANNEL, g.hb_channel, CTL_CHANNEL};
 	const char *psubscribe[2] = {"PSUBSCRIBE", ROOM_PREFIX "*"};
 	const char *ping[1] = {"PING"};
 	bool ok = true;
@@ -592,7 +600,7 @@ static void connect_both(const char *ip)
 		ok = ok && redisAsyncCommandArgv(g.sub, on_auth, NULL, 2, auth, NULL) == REDIS_OK;
 		ok = ok && redisAsyncCommandArgv(g.pub, on_auth, NULL, 2, auth, NULL) == REDIS_OK;
 	}
-	ok = ok && redisAsyncCommandArgv(g.sub, on_sub, NULL, 3, subscribe, NULL) == REDIS_OK;
+	ok = ok && redisAsyncCommandArgv(g.sub, on_sub, NULL, 4, subscribe, NULL) == REDIS_OK;
 	ok = ok && redisAsyncCommandArgv(g.sub, on_sub, NULL, 2, psubscribe, NULL) == REDIS_OK;
 	ok = ok && redisAsyncCommandArgv(g.pub, on_ping, NULL, 1, ping, NULL) == REDIS_OK;
 	if (!ok)
@@ -740,6 +748,34 @@ void rbus_publish(const char *room, const char *payload, size_t len, enum metric
 bool rbus_is_up(void)
 {
 	return g.state == RB_UP;
+}
+
+void rbus_set_ctl(rbus_ctl_fn on_message, void (*on_up)(void))
+{
+	g.ctl = on_message;
+	g.ctl_up = on_up;
+}
+
+static void on_ctl_published(redisAsyncContext *ac, void *r, void *privdata)
+{
+	redisReply *reply = r;
+
+	if (ac == g.pub && reply && reply->type == REDIS_REPLY_ERROR)
+		lose("PUBLISH failed", reply->str);
+}
+
+int rbus_ctl_publish(const char *payload, size_t len)
+{
+	const char *argv[3] = {"PUBLISH", CTL_CHANNEL, payload};
+	size_t lens[3] = {7, sizeof(CTL_CHANNEL) - 1, len};
+
+	if (g.state != RB_UP)
+		return -1;
+	if (redisAsyncCommandArgv(g.pub, on_ctl_published, NULL, 3, argv, lens) != REDIS_OK) {
+		lose("PUBLISH failed", g.pub->errstr);
+		return -1;
+	}
+	return 0;
 }
 
 /* ---- start and stop ---- */

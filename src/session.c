@@ -625,6 +625,35 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 	frame_unref(f);
 }
 
+/* ---- the server API ---- */
+
+int sess_server_join(struct conn *c, const char *room)
+{
+	if (!conn_alive(c) || c->state != CONN_OPEN)
+		return 0;
+	if (room_join(room, &c->member) < 0) {
+		log_error("room_join failed", "conn", c->id, "room", room, "reason",
+		          "out of memory");
+		return 0;
+	}
+	conn_reply(c, proto_joined(room, false, 0, false));
+	return 1;
+}
+
+int sess_server_leave(struct conn *c, const char *room)
+{
+	struct pending_join **link;
+
+	if (!conn_alive(c))
+		return 0;
+	if (pending_find(c, room, &link))
+		pending_end(c, link, false);
+	if (room_leave(room, &c->member) != 0)
+		return 0;
+	conn_reply(c, proto_left(room));
+	return 1;
+}
+
 /* ---- history ---- */
 
 struct history_req {
