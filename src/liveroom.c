@@ -286,6 +286,7 @@ struct run {
 };
 
 static int send_run(struct live *l, enum run_kind kind);
+static void on_soon(uv_timer_t *t);
 
 static void on_row(void *arg, const PGresult *res, const char *err)
 {
@@ -297,6 +298,11 @@ static void on_row(void *arg, const PGresult *res, const char *err)
 	if (kind == RUN_TICK || kind == RUN_SNAPSHOT) {
 		g_in_flight--;
 		g_query_seconds += (double)(util_now_ns() - r->started_ns) / 1e9;
+		/* A slot is free: start the next due room now, not at the next tick, or a replica
+		 * could run only MAX_IN_FLIGHT queries per tick however fast they are. Deferred to
+		 * the loop so the tick never runs inside this callback. */
+		if (g_started && !uv_is_active((uv_handle_t *)&g_soon))
+			uv_timer_start(&g_soon, on_soon, 0, 0);
 	}
 	free(r);
 	if (!l)
@@ -437,7 +443,13 @@ static void tick(void)
 		l->due_ms = now + d->every_ms;
 		/* Not the runner: try the lock each interval, to take over when the runner's
 		 * members have gone. */
-		send_run(l, coord && l->lock != LOCK_HELD ? RUN_LOCK : RUN_TICK);
+		if (send_run(l, coord && l->lock != LOCK_HELD ? RUN_LOCK : RUN_TICK) == 0) {
+			/* To the back of the order: rooms waiting longest come first next time, so
+			 * none starves while slots are short. It is in flight, so this walk skips
+			 * it when it meets it again. */
+			HASH_DEL(g_lives, l);
+			HASH_ADD_STR(g_lives, room, l);
+		}
 	}
 }
 
@@ -626,6 +638,8 @@ void liveroom_stop(void)
 
 	if (!g_started)
 		return;
+	/* Cleared first: the queries that pgc_stop fails below must not restart the timers. */
+	g_started = false;
 	room_set_join_hook(NULL);
 	pglisten_set_config_hook(NULL);
 	uv_close((uv_handle_t *)&g_tick, NULL);
@@ -654,7 +668,6 @@ void liveroom_stop(void)
 	pgc_stop(g_pc);
 	g_pc = NULL;
 	defs_clear();
-	g_started = false;
 }
 
 void liveroom_metrics(struct buf *b)
