@@ -34,6 +34,7 @@ struct config {
 	long http_idle_timeout_s;
 	long max_message_size;
 	long send_queue_max_bytes;
+	long presence_max_members;
 	char *rate_limit;
 	double rate_per_s; /* derived from rate_limit */
 	double rate_burst; /* derived from rate_limit */

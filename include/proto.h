@@ -9,7 +9,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-enum proto_type { PROTO_JOIN, PROTO_LEAVE, PROTO_BROADCAST, PROTO_AUTH, PROTO_PING, PROTO_HISTORY };
+enum proto_type {
+	PROTO_JOIN,
+	PROTO_LEAVE,
+	PROTO_BROADCAST,
+	PROTO_AUTH,
+	PROTO_PING,
+	PROTO_HISTORY,
+	PROTO_PRESENCE
+};
 
 /* History pages: limit defaults to PROTO_HISTORY_DEFAULT; more than PROTO_HISTORY_MAX is cut to it.
  */
@@ -35,8 +43,9 @@ struct proto_msg {
 	char room[ROOM_NAME_MAX + 1];
 	bool has_since;
 	long long since;
-	int limit;  /* history: events per page (1..PROTO_HISTORY_MAX) */
-	char *body; /* broadcast body as compact JSON, malloc'd */
+	int limit;     /* history: events per page (1..PROTO_HISTORY_MAX) */
+	bool presence; /* join: also send presence_join / presence_leave for the room */
+	char *body;    /* broadcast body as compact JSON, malloc'd */
 	size_t body_len;
 	char *token; /* auth token, malloc'd */
 	/* Written in another server's dialect ({"action":...}, or a room as data.channel): the

@@ -41,6 +41,10 @@ int room_join(const char *name, struct room_member *m);
 /* Called after every join that added a member (not for repeated joins); fn must not join or
  * leave. One hook: the live rooms module's. */
 void room_set_join_hook(void (*fn)(const char *name, struct room_member *m));
+/* Presence bookkeeping: join runs after every join that added a member, leave before every
+ * removal (room_leave, room_leave_all); neither may join or leave. */
+void room_set_presence_hooks(void (*join)(const char *name, struct room_member *m),
+                             void (*leave)(const char *name, struct room_member *m));
 /* Returns 0 when removed, 1 when not a member. Empty rooms are freed. */
 int room_leave(const char *name, struct room_member *m);
 void room_leave_all(struct room_member *m);

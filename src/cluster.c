@@ -8,6 +8,7 @@
 #include "conn.h"
 #include "log.h"
 #include "pgl.h"
+#include "presence.h"
 #include "redisbus.h"
 #include "room.h"
 #include "session.h"
@@ -297,6 +298,12 @@ static void on_alive(uv_timer_t *t)
 	publish_alive();
 }
 
+static void on_link_up(void)
+{
+	publish_alive();
+	pres_link_up();
+}
+
 static int op_of(const char *name)
 {
 	for (int i = 0; name && i < (int)(sizeof(op_names) / sizeof(op_names[0])); i++)
@@ -343,6 +350,7 @@ static void on_ctl(const char *payload, size_t len)
 		json_object_put(o);
 		return;
 	}
+	pres_on_ctl(t, o);
 	if (!strcmp(t, "alive") && (node = str_of(o, "node"))) {
 		note_node(node);
 	} else if (!strcmp(t, "req")) {
@@ -438,7 +446,7 @@ int clu_start(const struct config *cfg, uv_loop_t *loop, const char *version)
 	uv_timer_init(loop, &g.alive);
 	g.running = true;
 	if (g.redis) {
-		rbus_set_ctl(on_ctl, publish_alive);
+		rbus_set_ctl(on_ctl, on_link_up);
 		uv_timer_start(&g.alive, on_alive, ALIVE_EVERY_MS, ALIVE_EVERY_MS);
 	}
 	return 0;

@@ -60,6 +60,8 @@ static const struct opt opts[] = {
     {"MAX_MESSAGE_SIZE", I(max_message_size), "8192", 64, 16 << 20, "bytes per client message"},
     {"SEND_QUEUE_MAX_BYTES", I(send_queue_max_bytes), "1048576", 1024, 1 << 30,
      "per-connection outbound budget"},
+    {"PRESENCE_MAX_MEMBERS", I(presence_max_members), "1000", 1, 1000000,
+     "members listed in a presence answer; larger rooms send no presence_join/leave"},
     {"RATE_LIMIT", S(rate_limit), "20/s,burst=40", 0, 0, "client messages per connection"},
     {"PING_INTERVAL_S", I(ping_interval_s), "25", 1, 3600, "server ping interval"},
     {"PONG_TIMEOUT_S", I(pong_timeout_s), "60", 2, 7200, "close a peer silent this long"},

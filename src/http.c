@@ -11,6 +11,7 @@
 #include "pgl.h"
 #include "pglisten.h"
 #include "pgwatch.h"
+#include "presence.h"
 #include "proto.h"
 #include "room.h"
 
@@ -765,6 +766,24 @@ static void server_api(const struct http_request *req, struct http_response *res
 	/* resp->status stays 0: the answer comes through req->complete. */
 }
 
+/* GET /api/presence?room=...: the presence answer a member gets, from this replica's copy of
+ * the cluster's table. */
+static void presence(const struct http_request *req, struct http_response *resp)
+{
+	char room[ROOM_NAME_MAX + 2];
+
+	if (!notify_authorized(req, resp))
+		return;
+	if (!query_get(req->query, "room", room, sizeof(room)) ||
+	    !room_name_valid(room, strlen(room))) {
+		json_error(resp, 400, "room is required and must be a valid room name");
+		return;
+	}
+	resp->status = 200;
+	resp->content_type = "application/json";
+	pres_answer(room, &resp->body);
+}
+
 static bool is_json_type(const char *ct)
 {
 	size_t n = strlen("application/json");
@@ -822,7 +841,8 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 		return;
 	}
 	if (strcmp(p, "/health") && strcmp(p, "/ready") && strcmp(p, "/metrics") &&
-	    strcmp(p, "/admin/clients") && strcmp(p, "/api/history") && strcmp(p, "/api/rooms")) {
+	    strcmp(p, "/admin/clients") && strcmp(p, "/api/history") && strcmp(p, "/api/rooms") &&
+	    strcmp(p, "/api/presence")) {
 		json_error(resp, 404, "not found");
 		return;
 	}
@@ -841,6 +861,8 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 		history(req, resp);
 	else if (!strcmp(p, "/api/rooms"))
 		server_api(req, resp, CLU_ROOMS);
+	else if (!strcmp(p, "/api/presence"))
+		presence(req, resp);
 	else
 		admin_clients(req, resp);
 }

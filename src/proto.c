@@ -238,9 +238,11 @@ static enum proto_code parse_fields(json_object *root, struct proto_msg *out, co
 		out->type = PROTO_JOIN;
 		if ((rc = parse_room(find_room(payload, data), out, detail)))
 			return rc;
-		json_object *since = get(payload, "since");
+		json_object *since = get(payload, "since"), *presence = get(payload, "presence");
 		if (!since)
 			since = get(data, "since");
+		out->presence = presence && json_object_is_type(presence, json_type_boolean) &&
+		                json_object_get_boolean(presence);
 		return parse_since(since, out, detail);
 	}
 	if (!strcmp(t, "leave") || !strcmp(t, "unsubscribe")) {
@@ -297,6 +299,10 @@ static enum proto_code parse_fields(json_object *root, struct proto_msg *out, co
 	if (!strcmp(t, "ping")) {
 		out->type = PROTO_PING;
 		return PROTO_OK;
+	}
+	if (!strcmp(t, "presence")) {
+		out->type = PROTO_PRESENCE;
+		return parse_room(find_room(payload, data), out, detail);
 	}
 	if (!strcmp(t, "history")) {
 		json_object *limit = get(payload, "limit");

@@ -86,6 +86,16 @@ void room_set_join_hook(void (*fn)(const char *name, struct room_member *m))
 	g_join_hook = fn;
 }
 
+static void (*g_pres_join)(const char *name, struct room_member *m);
+static void (*g_pres_leave)(const char *name, struct room_member *m);
+
+void room_set_presence_hooks(void (*join)(const char *name, struct room_member *m),
+                             void (*leave)(const char *name, struct room_member *m))
+{
+	g_pres_join = join;
+	g_pres_leave = leave;
+}
+
 int room_join(const char *name, struct room_member *m)
 {
 	struct room *r;
@@ -131,6 +141,8 @@ int room_join(const char *name, struct room_member *m)
 	r->count++;
 	if (g_join_hook)
 		g_join_hook(r->name, m);
+	if (g_pres_join)
+		g_pres_join(r->name, m);
 	return 0;
 }
 
@@ -148,6 +160,8 @@ static void unlink_sub(struct room_member *m, uint32_t si)
 	uint32_t pos = m->subs[si].pos;
 	uint32_t last = r->count - 1;
 
+	if (g_pres_leave)
+		g_pres_leave(r->name, m);
 	if (pos != last) {
 		struct room_member *moved = r->members[last];
 		int msi = sub_index(moved, r);

@@ -8,6 +8,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "pgl.h"
+#include "presence.h"
 #include "proto.h"
 #include "room.h"
 #include "router.h"
@@ -270,6 +271,7 @@ struct pending_join {
 struct join_args {
 	bool has_since;
 	long long since;
+	bool presence;
 };
 
 static struct pending_join *pending_find(struct conn *c, const char *room,
@@ -504,6 +506,8 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 		reply_error(c, PROTO_SERVER_ERROR, "could not join", room);
 		return;
 	}
+	if (ja->presence)
+		pres_watch(c, room);
 	if (!ja->has_since) {
 		conn_reply(c, proto_joined(room, false, 0, false));
 		return;
@@ -551,7 +555,7 @@ static void on_authz_done(struct conn *c, const char *room, enum authz_result ve
 
 static void do_join(struct conn *c, struct proto_msg *m)
 {
-	struct join_args ja = {m->has_since, m->since}, *heap;
+	struct join_args ja = {m->has_since, m->since, m->presence}, *heap;
 	enum authz_result r;
 
 	if (pending_find(c, m->room, NULL))
@@ -559,10 +563,13 @@ static void do_join(struct conn *c, struct proto_msg *m)
 	if (room_is_member(&c->member, m->room)) {
 		/* Already in (an automatic room, or a repeated join): nothing to authorize, but
 		 * a `since` still asks for the events missed while disconnected. */
-		if (m->has_since)
+		if (m->has_since) {
 			finish_join(c, m->room, &ja);
-		else
+		} else {
+			if (m->presence)
+				pres_watch(c, m->room);
 			conn_reply(c, proto_joined(m->room, false, 0, false));
+		}
 		return;
 	}
 	if (c->member.nsubs >= MAX_ROOMS_PER_CONN) {
@@ -652,6 +659,30 @@ int sess_server_leave(struct conn *c, const char *room)
 		return 0;
 	conn_reply(c, proto_left(room));
 	return 1;
+}
+
+/* ---- presence ---- */
+
+static void do_presence(struct conn *c, struct proto_msg *m)
+{
+	struct buf b;
+	struct frame *f;
+
+	if (!room_is_member(&c->member, m->room)) {
+		reply_error(c, PROTO_NOT_MEMBER, "join the room before asking who is in it",
+		            m->room);
+		return;
+	}
+	buf_init(&b);
+	buf_puts(&b, "{\"type\":\"presence\",\"payload\":");
+	pres_answer(m->room, &b);
+	buf_puts(&b, "}");
+	f = b.failed ? NULL : frame_new(b.data, b.len);
+	buf_free(&b);
+	if (!f)
+		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
+	else
+		conn_reply(c, f);
 }
 
 /* ---- history ---- */
@@ -853,6 +884,9 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 		break;
 	case PROTO_HISTORY:
 		do_history(c, &m);
+		break;
+	case PROTO_PRESENCE:
+		do_presence(c, &m);
 		break;
 	}
 	proto_msg_clear(&m);
