@@ -440,7 +440,10 @@ static void tick(void)
 		}
 		if (now < l->due_ms)
 			continue;
-		l->due_ms = now + d->every_ms;
+		/* On the room's own schedule, so a start that waited for a slot does not push
+		 * every later run back; a room more than an interval late starts afresh. */
+		l->due_ms = l->due_ms && now - l->due_ms < d->every_ms ? l->due_ms + d->every_ms
+		                                                       : now + d->every_ms;
 		/* Not the runner: try the lock each interval, to take over when the runner's
 		 * members have gone. */
 		if (send_run(l, coord && l->lock != LOCK_HELD ? RUN_LOCK : RUN_TICK) == 0) {
