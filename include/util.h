@@ -1,5 +1,5 @@
 /* Small helpers shared by several modules: clocks, timestamps, JSON string escaping into a
- * growable buffer, and constant-time comparison. */
+ * growable buffer, strict UTF-8 checks and constant-time comparison. */
 #ifndef ROOMCAST_UTIL_H
 #define ROOMCAST_UTIL_H
 
@@ -28,6 +28,13 @@ void buf_puts(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s as a quoted JSON string. */
 void buf_json_str(struct buf *b, const char *s, size_t len);
+
+/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF, no sequence
+ * cut short. util_utf8_seq gives the length (1-4) of the valid sequence at s, reading at most
+ * avail bytes, or 0 when none starts there; a NUL never continues a sequence, so a
+ * NUL-terminated string may pass 4. util_utf8_valid checks s[0..n) whole. */
+size_t util_utf8_seq(const unsigned char *s, size_t avail);
+bool util_utf8_valid(const void *s, size_t n);
 
 /* Compares without early exit so timing does not reveal the matching prefix. */
 bool util_consttime_eq(const char *a, size_t alen, const char *b, size_t blen);

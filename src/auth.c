@@ -3,6 +3,7 @@
  * to the family of the key we hold, and libjwt is only asked to check the signature. */
 #include "auth.h"
 #include "log.h"
+#include "util.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -321,51 +322,6 @@ static int b64url_decode(const char *s, size_t n, unsigned char *out, size_t *ou
 	return 0;
 }
 
-/* Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF, no
- * truncated sequence. json-c's own check lets some overlong 4-byte forms through, and libjwt's
- * jansson no longer sees HS tokens to refuse them. */
-static bool utf8_valid(const unsigned char *s, size_t len)
-{
-	size_t i = 0;
-
-	while (i < len) {
-		unsigned char c = s[i];
-		size_t n;
-		uint32_t cp, min;
-
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			n = 2;
-			cp = c & 0x1f;
-			min = 0x80;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			n = 3;
-			cp = c & 0x0f;
-			min = 0x800;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			n = 4;
-			cp = c & 0x07;
-			min = 0x10000;
-		} else {
-			return false;
-		}
-		if (len - i < n)
-			return false;
-		for (size_t k = 1; k < n; k++) {
-			if ((s[i + k] & 0xc0) != 0x80)
-				return false;
-			cp = (cp << 6) | (s[i + k] & 0x3f);
-		}
-		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		i += n;
-	}
-	return true;
-}
-
 /* Parses buf[0..len) as exactly one JSON object with json-c in strict mode: valid UTF-8, nesting
  * at most AUTH_JSON_DEPTH, nothing but JSON whitespace after the closing brace (strict mode
  * consumes that whitespace, so parse end == len). Returns a new reference (release with
@@ -376,7 +332,7 @@ static struct json_object *parse_object(const unsigned char *buf, size_t len)
 	struct json_object *obj;
 	bool ok;
 
-	if (len == 0 || len > INT_MAX || memchr(buf, '\0', len) || !utf8_valid(buf, len))
+	if (len == 0 || len > INT_MAX || memchr(buf, '\0', len) || !util_utf8_valid(buf, len))
 		return NULL;
 	/* json-c refuses a value once its depth reaches max_depth, hence the + 1. */
 	tok = json_tokener_new_ex(AUTH_JSON_DEPTH + 1);
@@ -413,7 +369,7 @@ static bool clean_string(const char *s, size_t len)
 			return false;
 	}
 	/* A \u escape of a lone surrogate decodes to bytes that are not UTF-8. */
-	return utf8_valid((const unsigned char *)s, len);
+	return util_utf8_valid(s, len);
 }
 
 /* Reads a time claim. Returns 1 when present (value in *out), 0 when absent, -1 when it is not a

@@ -390,44 +390,6 @@ static void persist_notify(const struct http_request *req, struct http_response 
 	/* resp->status stays 0: the answer comes through req->complete. */
 }
 
-/* Strict UTF-8 (RFC 3629 byte ranges: no overlong forms, no surrogates, nothing past U+10FFFF),
- * which is what WebSocket peers demand of text frames. json-c's JSON_TOKENER_VALIDATE_UTF8 only
- * checks the lead/continuation pattern and lets all three through. */
-static bool utf8_valid(const unsigned char *s, size_t n)
-{
-	size_t i = 0;
-
-	while (i < n) {
-		unsigned char c = s[i], lo = 0x80, hi = 0xbf; /* lo..hi: allowed second byte */
-		size_t tails;
-
-		if (c <= 0x7f) {
-			i++;
-			continue;
-		}
-		if (c >= 0xc2 && c <= 0xdf) {
-			tails = 1;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			tails = 2;
-			lo = c == 0xe0 ? 0xa0 : 0x80;
-			hi = c == 0xed ? 0x9f : 0xbf;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			tails = 3;
-			lo = c == 0xf0 ? 0x90 : 0x80;
-			hi = c == 0xf4 ? 0x8f : 0xbf;
-		} else {
-			return false;
-		}
-		if (n - i <= tails || s[i + 1] < lo || s[i + 1] > hi)
-			return false;
-		for (size_t j = 2; j <= tails; j++)
-			if ((s[i + j] & 0xc0) != 0x80)
-				return false;
-		i += tails + 1;
-	}
-	return true;
-}
-
 static void notify(const struct http_request *req, struct http_response *resp)
 {
 	json_tokener *tok;
@@ -440,7 +402,7 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	/* The credential was checked on the head (http_wants_body, through http_handle). */
 	/* Nothing checked the body's UTF-8 before us (lws does it for WebSocket frames only), and
 	 * one bad byte in a room message makes browsers fail the connection of every member. */
-	if (!utf8_valid((const unsigned char *)req->body, req->body_len)) {
+	if (!util_utf8_valid(req->body, req->body_len)) {
 		json_error(resp, 400, "body is not valid UTF-8");
 		return;
 	}

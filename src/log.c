@@ -39,41 +39,6 @@ int log_enabled(enum log_level level)
 	return level >= g_level;
 }
 
-/* Length of the valid UTF-8 sequence at s (1-4), or 0 when s does not start one: overlong
- * forms, surrogates and code points above U+10FFFF are invalid, as is a sequence cut short. */
-static size_t utf8_len(const unsigned char *s)
-{
-	unsigned char c = s[0];
-	size_t n;
-	unsigned cp, min;
-
-	if (c < 0x80)
-		return 1;
-	if (c >= 0xc2 && c <= 0xdf) {
-		n = 2;
-		cp = c & 0x1f;
-		min = 0x80;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		n = 3;
-		cp = c & 0x0f;
-		min = 0x800;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		n = 4;
-		cp = c & 0x07;
-		min = 0x10000;
-	} else {
-		return 0;
-	}
-	for (size_t i = 1; i < n; i++) {
-		if ((s[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
-			return 0;
-		cp = (cp << 6) | (s[i] & 0x3f);
-	}
-	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return n;
-}
-
 /* Appends s to buf as JSON string content (no quotes). Any byte string gives valid JSON: control
  * bytes and DEL are \u-escaped, bytes that are not UTF-8 become U+FFFD, and a character that
  * does not fit whole is left out rather than cut. */
@@ -83,7 +48,7 @@ static size_t put_escaped(char *buf, size_t pos, size_t cap, const char *str)
 
 	while (*s && pos + 7 < cap) {
 		unsigned char c = *s;
-		size_t n = utf8_len(s);
+		size_t n = util_utf8_seq(s, 4);
 		if (c == '"' || c == '\\') {
 			buf[pos++] = '\\';
 			buf[pos++] = (char)c;
@@ -111,7 +76,7 @@ static bool text_bare(const char *str)
 	if (!*s)
 		return false;
 	while (*s) {
-		size_t n = utf8_len(s);
+		size_t n = util_utf8_seq(s, 4);
 		if (!n || *s <= 0x20 || *s == 0x7f || *s == '"' || *s == '\\' || *s == '=')
 			return false;
 		s += n;
@@ -128,7 +93,7 @@ static size_t put_text(char *buf, size_t pos, size_t cap, const char *str, bool 
 
 	if (text_bare(str)) {
 		while (*s && pos + 4 < cap) {
-			size_t n = utf8_len(s);
+			size_t n = util_utf8_seq(s, 4);
 			memcpy(buf + pos, s, n);
 			pos += n;
 			s += n;
@@ -140,7 +105,7 @@ static size_t put_text(char *buf, size_t pos, size_t cap, const char *str, bool 
 	/* 6 keeps room for the longest escape and the closing quote. */
 	while (*s && pos + 6 < cap) {
 		unsigned char c = *s;
-		size_t n = utf8_len(s);
+		size_t n = util_utf8_seq(s, 4);
 		if (c == '"' || c == '\\') {
 			buf[pos++] = '\\';
 			buf[pos++] = (char)c;

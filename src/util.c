@@ -125,3 +125,52 @@ bool util_consttime_eq(const char *a, size_t alen, const char *b, size_t blen)
 		diff |= (unsigned char)(a[i] ^ b[i]);
 	return diff == 0;
 }
+
+size_t util_utf8_seq(const unsigned char *s, size_t avail)
+{
+	unsigned char c = s[0];
+	size_t n;
+	uint32_t cp, min;
+
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf) {
+		n = 2;
+		cp = c & 0x1f;
+		min = 0x80;
+	} else if (c >= 0xe0 && c <= 0xef) {
+		n = 3;
+		cp = c & 0x0f;
+		min = 0x800;
+	} else if (c >= 0xf0 && c <= 0xf4) {
+		n = 4;
+		cp = c & 0x07;
+		min = 0x10000;
+	} else {
+		return 0;
+	}
+	if (avail < n)
+		return 0;
+	for (size_t i = 1; i < n; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (s[i] & 0x3f);
+	}
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+bool util_utf8_valid(const void *data, size_t n)
+{
+	const unsigned char *s = data;
+	size_t i = 0;
+
+	while (i < n) {
+		size_t k = util_utf8_seq(s + i, n - i);
+		if (!k)
+			return false;
+		i += k;
+	}
+	return true;
+}
