@@ -2,7 +2,12 @@
 // Node >= 20. It authenticates with the first frame (never the URL), reconnects with jittered
 // backoff, rejoins rooms with `since` so no stored event is missed, and refreshes the token.
 
-const REPLY_TYPES = new Set(['joined', 'left', 'error', 'pong', 'token_expiring', 'authenticated']);
+const REPLY_TYPES = new Set([
+  'joined', 'left', 'error', 'pong', 'token_expiring', 'authenticated',
+  'presence', 'history', 'presence_join', 'presence_leave',
+]);
+// How long presence() and history() wait for their answer.
+const REQUEST_TIMEOUT_MS = 10000;
 // Closes after which reconnecting cannot help: origin/policy refusal and a forbidden client.
 const FINAL_CLOSE_CODES = new Set([1008, 4003]);
 
@@ -48,7 +53,13 @@ function decode(data) {
  * rejoinRetries tries: refetch state), 'left', 'message' (a room message, with .room;
  * numeric ids arrive once), 'error' ({code, error, room?}: the
  * server's error replies plus local codes 'transport', 'token', 'bad_frame', 'queue_full',
- * 'handler'), 'token_expiring' ({in_s}), 'close' ({code, reason, reconnecting, delayMs}).
+ * 'handler'), 'token_expiring' ({in_s}), 'close' ({code, reason, reconnecting, delayMs}),
+ * 'presence_join' / 'presence_leave' ({room, user}; for rooms joined with {presence: true}).
+ *
+ * Requests (promises, rejected when not connected, on the server's error for that room, on a
+ * lost connection or after 10 s): presence(room) -> {room, count, members: [{user, conns}],
+ * truncated?}; history(room, since = 0, limit = 100) -> {room, events, recovered, more}
+ * (page on with since = the last event's id while more is true).
  */
 export class RoomcastClient {
   constructor(url, options = {}) {
@@ -85,6 +96,7 @@ export class RoomcastClient {
     this._closed = false;
     this._usedFirst = false; // the token option has been used once: getToken from now on
     this._gen = 0; // bumped by close(): an _open() still awaiting getToken then gives up
+    this._requests = []; // presence/history asked and not yet answered, in order
     if (options.autoConnect !== false) this.connect();
   }
 
@@ -121,15 +133,49 @@ export class RoomcastClient {
   }
 
   /** Joins a room now or, when not connected, as soon as the client is. `since` (optional)
-   * replays stored events after that id. */
-  join(room, { since } = {}) {
+   * replays stored events after that id; `presence: true` also asks for presence_join and
+   * presence_leave events of the room (kept across reconnects). */
+  join(room, { since, presence } = {}) {
     let r = this._rooms.get(room);
     if (!r) {
       r = this._room();
       this._rooms.set(room, r);
     }
     if (Number.isSafeInteger(since)) r.since = since;
+    if (presence) r.presence = true;
     if (this._state === 'open' && r.state !== 'retrying') this._sendJoin(room, r);
+  }
+
+  /** Who is in a room (the client must be a member). */
+  presence(room) {
+    return this._request('presence', { room });
+  }
+
+  /** A page of the room's stored events after `since` (the client must be a member). */
+  history(room, since = 0, limit = 100) {
+    return this._request('history', { room, since, limit });
+  }
+
+  _request(type, payload) {
+    return new Promise((resolve, reject) => {
+      if (this._state !== 'open' || !this._send({ type, payload })) {
+        reject(new Error('roomcast: not connected'));
+        return;
+      }
+      const req = { type, room: payload.room, resolve, reject };
+      req.timer = setTimeout(() => this._settle(req, new Error(`roomcast: no ${type} answer`)), REQUEST_TIMEOUT_MS);
+      this._requests.push(req);
+    });
+  }
+
+  /** Answers (or fails, when err is an Error) a pending request and forgets it. */
+  _settle(req, result) {
+    const i = this._requests.indexOf(req);
+    if (i < 0) return;
+    this._requests.splice(i, 1);
+    clearTimeout(req.timer);
+    if (result instanceof Error) req.reject(result);
+    else req.resolve(result);
   }
 
   leave(room) {
@@ -272,6 +318,7 @@ export class RoomcastClient {
 
   _onClosed(code, reason) {
     this._resetRooms();
+    for (const req of [...this._requests]) this._settle(req, new Error('roomcast: connection lost'));
     if (this._closed) return;
     const final = FINAL_CLOSE_CODES.has(code) || (code === 4001 && !this.options.getToken);
     if (final) {
@@ -351,6 +398,7 @@ export class RoomcastClient {
   _sendJoin(room, r, since = this._sinceOf(r)) {
     const payload = { room };
     if (since !== null) payload.since = since;
+    if (r.presence) payload.presence = true;
     r.state = 'pending';
     r.joinSince = since;
     this._joins.push({ type: 'join', payload });
@@ -475,7 +523,22 @@ export class RoomcastClient {
         this._emit('left', p);
         break;
       }
-      case 'error':
+      case 'presence':
+      case 'history': {
+        const req = this._requests.find((q) => q.type === type && q.room === p.room);
+        if (req) this._settle(req, p);
+        break;
+      }
+      case 'presence_join':
+      case 'presence_leave':
+        this._emit(type, p);
+        break;
+      case 'error': {
+        // The answer to a presence or history request for this room (not a member, ...).
+        const req = p.room && this._requests.find((q) => q.room === p.room);
+        if (req && ['not_member', 'bad_room', 'bad_json', 'server_error', 'rate_limited'].includes(p.code)) {
+          this._settle(req, Object.assign(new Error(p.error), { code: p.code }));
+        }
         // A room that cannot be joined (or no longer) is forgotten, not retried forever.
         if (p.room && (p.code === 'forbidden' || p.code === 'bad_room')) {
           const r = this._rooms.get(p.room);
@@ -487,6 +550,7 @@ export class RoomcastClient {
         this._emit('error', p);
         this._flush();
         break;
+      }
       case 'token_expiring':
         this._emit('token_expiring', p);
         if (this.options.getToken) this._refresh();

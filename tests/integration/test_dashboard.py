@@ -216,6 +216,15 @@ def test_js_client_resumes_after_restart(pgserver, node_test):
     t.finish()
 
 
+def test_js_client_presence_and_history(pgserver, node_test):
+    server, dsn = pgserver
+    room = "order-556"
+    ids = [publish(dsn, "stored", room, {"n": i}) for i in range(5)]
+    t = node_test("tests/js/presence.test.mjs", ROOMCAST_URL=server.ws, TOKEN=ADMIN,
+                  USER_TOKEN=make_token("js-user", rooms=[room]), ROOM=room, IDS=json.dumps(ids))
+    t.finish(timeout=60)
+
+
 def test_dashboard_in_chromium(pgserver, node_test):
     server, dsn = pgserver
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -225,7 +234,8 @@ def test_dashboard_in_chromium(pgserver, node_test):
     if os.path.exists(shot):
         os.unlink(shot)
     t = node_test("tests/js/dashboard.test.mjs", ROOMCAST_HTTP=server.http, ADMIN_TOKEN=ADMIN,
-                  ROOM=room, SCREENSHOT=shot, CHROMIUM=chromium)
+                  USER_TOKEN=make_token("dash-user"), ROOM=room, SCREENSHOT=shot,
+                  CHROMIUM=chromium)
     t.wait("watching", timeout=90)
     event_id = publish(dsn, "order_shipped", room, {"id_order": 4242, "status": "shipped"})
     t.signal("published", {"id": event_id})

@@ -107,6 +107,33 @@ test('dashboard: sign in, connection count, room tail, screenshot', { skip, time
     assert.equal(await page.locator('#tail li').count(), 1);
     assert.match(await page.textContent('#tail li pre'), /"status": "shipped"/);
 
+    // Every replica in one view (one here), and who is in the watched room.
+    await page.waitForFunction(() => {
+      const rows = document.querySelectorAll('#nodes tr');
+      return rows.length === 1 && Number(rows[0].cells[1].textContent) >= 4 && rows[0].cells[3].textContent === 'up';
+    }, null, { timeout: 10000 });
+    await page.waitForFunction((r) => document.querySelector('#presence').textContent.startsWith(`Present in ${r}: 1 user`), room, { timeout: 10000 });
+
+    // Publish to the watched room from the page: it arrives in the tail.
+    await page.fill('#pub-room', room);
+    await page.fill('#pub-event', 'dash_hello');
+    await page.fill('#pub-data', '{"from":"page"}');
+    await page.click('#publish');
+    await page.waitForFunction(() => document.querySelector('#publish-result').textContent.startsWith('Published'));
+    await page.waitForFunction(() => document.querySelector('#tail li')?.textContent.includes('dash_hello'), null, { timeout: 10000 });
+    assert.match(await page.textContent('#tail li pre'), /"from": "page"/);
+
+    // Disconnect a user from the page: its connection is closed with 4003.
+    const victim = new RoomcastClient(base.replace(/^http/, 'ws') + '/ws', { WebSocket, token: process.env.USER_TOKEN, heartbeatMs: 0 });
+    const victimCloses = [];
+    victim.on('close', (e) => victimCloses.push(e.code));
+    await until(() => victim.state === 'open', 'the user to disconnect is connected');
+    await page.fill('#kick-user', 'dash-user');
+    await page.click('#kick');
+    await page.waitForFunction(() => document.querySelector('#kick-result').textContent === '1 connection of dash-user closed.', null, { timeout: 10000 });
+    await until(() => victimCloses.includes(4003), 'closed with 4003');
+    victim.close();
+
     // The chart has moved: messages went out to the chatting clients.
     await page.waitForFunction(() => Number(document.querySelector('#rate-out').textContent) > 0, null, { timeout: 15000 });
     await sleep(4500); // a few more samples for a readable chart

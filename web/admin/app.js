@@ -1,6 +1,7 @@
-// The dashboard's behaviour: polls /health, /metrics and /admin/clients every 2 s, draws the
-// message-rate chart, and tails a room over the WebSocket through the client module (the
-// admin token goes in the first frame and the Authorization header, never in a URL).
+// The dashboard's behaviour: polls /health, /metrics and /api/rooms (every replica) every 2 s,
+// draws the message-rate chart, tails a room over the WebSocket through the client module with
+// its presence, publishes to a room and disconnects a user through the server API (the admin
+// token goes in the first frame and the Authorization header, never in a URL).
 import { RoomcastClient } from './roomcast.js';
 
 const POLL_MS = 2000;
@@ -199,16 +200,19 @@ function drawChart() {
   line('out', css.getPropertyValue('--out').trim() || '#c2410c', [6, 3]);
 }
 
-// ---- /admin/clients (admin token) ----
+// ---- /api/rooms (admin token): every replica ----
+
+function authHeaders(json = false) {
+  const h = { Authorization: 'Bearer ' + state.token };
+  if (json) h['Content-Type'] = 'application/json';
+  return h;
+}
 
 async function pollClients() {
   if (!state.token) return;
   let r;
   try {
-    r = await fetch('/admin/clients', {
-      cache: 'no-store',
-      headers: { Authorization: 'Bearer ' + state.token },
-    });
+    r = await fetch('/api/rooms', { cache: 'no-store', headers: authHeaders() });
   } catch {
     say('roomcast is unreachable; retrying.', 'error');
     return;
@@ -220,9 +224,95 @@ async function pollClients() {
   }
   if (!r.ok) return;
   const c = await r.json();
-  setText('connections', String(c.clients));
+  const nodes = Object.entries(c.nodes || {}).sort((a, b) => a[0].localeCompare(b[0]));
+  setText('connections', String(nodes.reduce((n, [, v]) => n + (v.connections || 0), 0)));
   state.rooms = c.rooms || {};
   renderRooms();
+  renderNodes(nodes, c.partial);
+  pollPresence();
+}
+
+function renderNodes(nodes, partial) {
+  const rows = nodes.map(([name, v]) => {
+    const tr = document.createElement('tr');
+    const cells = [name, String(v.connections), String(v.rooms), v.postgres, v.redis, duration(v.uptime_s)];
+    cells.forEach((text, i) => {
+      const td = document.createElement('td');
+      if (i === 1 || i === 2) td.className = 'num';
+      if (i === 3 || i === 4) {
+        const b = document.createElement('span');
+        b.className = 'badge';
+        b.textContent = text;
+        b.dataset.state = text;
+        td.append(b);
+      } else {
+        td.textContent = text;
+      }
+      tr.append(td);
+    });
+    return tr;
+  });
+  $('nodes').replaceChildren(...rows);
+  setText('nodes-note', partial ? 'A replica did not answer in time: the figures lack it.' : '');
+}
+
+async function pollPresence() {
+  const room = state.tailRoom;
+  if (!state.token || !room) {
+    setText('presence', '');
+    return;
+  }
+  try {
+    const r = await fetch('/api/presence?room=' + encodeURIComponent(room), { cache: 'no-store', headers: authHeaders() });
+    if (!r.ok || room !== state.tailRoom) return;
+    const p = await r.json();
+    const list = p.members.map((m) => (m.conns > 1 ? `${m.user} (${m.conns})` : m.user)).join(', ');
+    setText('presence', `Present in ${p.room}: ${p.count} user${p.count === 1 ? '' : 's'}${list ? ': ' + list : ''}${p.truncated ? ', …' : ''}`);
+  } catch {
+    /* the next poll tries again */
+  }
+}
+
+// ---- the server API: publish, disconnect ----
+
+async function post(path, body) {
+  const r = await fetch(path, { method: 'POST', headers: authHeaders(true), body: JSON.stringify(body) });
+  let answer = {};
+  try {
+    answer = await r.json();
+  } catch {
+    /* an empty or non-JSON body */
+  }
+  if (!r.ok) throw new Error(answer.error || `HTTP ${r.status}`);
+  return answer;
+}
+
+async function publish() {
+  if (!state.token) return say('Sign in first.', 'error');
+  let data;
+  try {
+    data = JSON.parse($('pub-data').value || 'null');
+  } catch {
+    setText('publish-result', 'Data is not valid JSON.');
+    return;
+  }
+  try {
+    const a = await post('/api/notify', { room: $('pub-room').value.trim(), event: $('pub-event').value.trim(), data });
+    setText('publish-result', `Published (${a.id}).`);
+  } catch (e) {
+    setText('publish-result', `Not published: ${e.message}.`);
+  }
+}
+
+async function kick() {
+  if (!state.token) return say('Sign in first.', 'error');
+  const user = $('kick-user').value.trim();
+  try {
+    const a = await post('/api/disconnect', { user_id: user });
+    setText('kick-result', `${a.affected} connection${a.affected === 1 ? '' : 's'} of ${user} closed${a.partial ? ' (a replica did not answer)' : ''}.`);
+  } catch (e) {
+    setText('kick-result', `Failed: ${e.message}.`);
+  }
 }
 
 function renderRooms() {
@@ -320,6 +410,7 @@ function watch(room) {
   }
   setText('tail-state', `Joining ${room}…`);
   client.join(room);
+  pollPresence();
 }
 
 function addTail(m) {
@@ -366,6 +457,14 @@ function init() {
     watch($('room').value.trim());
   });
   $('clear').addEventListener('click', () => $('tail').replaceChildren());
+  $('publish-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    publish();
+  });
+  $('kick-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    kick();
+  });
   $('room-filter').addEventListener('input', renderRooms);
   window.addEventListener('resize', drawChart);
 
