@@ -260,3 +260,16 @@ class PgCluster:
                 return f.read()
         except FileNotFoundError:
             return ""
+
+
+def sql(cluster, db, statement, params=None):
+    """Runs one statement in database db of cluster, autocommit; returns its rows or None."""
+    import psycopg2
+    conn = psycopg2.connect(cluster.dsn_for(db))
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()

@@ -7,22 +7,18 @@ Run: ROOMCAST_BIN=... /usr/bin/python3 -m pytest -q tests/integration/test_apps.
 """
 
 import asyncio
-import itertools
 import json
 import os
-import subprocess
 import sys
 import time
 
-import psycopg2
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pgcluster import PgCluster  # noqa: E402
-from rc import (BIN, RedisServer, connect, make_token, metric_samples, recv_json,  # noqa: E402
+from pgcluster import sql  # noqa: E402
+from rc import (RedisServer, connect, make_token, metric_samples, recv_json,  # noqa: E402
                 run, wait_until)
 
-_names = itertools.count(1)
 
 # A parking application as it exists: its table and its trigger, notifying on its own channel.
 PARKING = """
@@ -70,48 +66,8 @@ SELECT COUNT(*) AS "totalCitas",
 """
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    c = PgCluster()
-    c.start()
-    c.create_database("tmpl_apps")
-    out = subprocess.run([BIN, "migrate"],
-                         env=dict(os.environ, DATABASE_URL=c.dsn_for("tmpl_apps")),
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    sql(c, "tmpl_apps", PARKING + CITAS)
-    yield c
-    c.cleanup()
-
-
-@pytest.fixture
-def db(request, cluster):
-    name = "apps%d" % next(_names)
-    cluster.create_database(name, template="tmpl_apps")
-    start = len(cluster.logs())
-    yield name
-    if request.session.testsfailed:
-        print("---- PostgreSQL log ----\n" + cluster.logs()[start:], file=sys.stderr)
-
-
-@pytest.fixture
-def pgserver(server_factory, cluster, db):
-    def start(**env):
-        env.setdefault("DATABASE_URL", cluster.dsn_for(db))
-        s = server_factory(env)
-        wait_until(lambda: s.json("/health")[1]["postgres"] == "up", 15, what="postgres up")
-        return s
-    return start
-
-
-def sql(cluster, db, statement, params=None):
-    conn = psycopg2.connect(cluster.dsn_for(db))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(statement, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
+PG_TEMPLATE_FILES = ()
+PG_TEMPLATE_SQL = PARKING + CITAS
 
 
 def metric(server, name, **labels):

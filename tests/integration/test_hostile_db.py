@@ -3,67 +3,18 @@ roomcast's back (recovery horizon, migration 008), receive-only rooms, a room po
 times out, replays larger than the send budget, and a DATABASE_URL naming its host."""
 
 import asyncio
-import itertools
 import os
 import subprocess
-import sys
 import time
 
 import psycopg2
 import pytest
 
-from pgcluster import PgCluster
+from pgcluster import sql
 from rc import BIN, connect, join, make_token, recv_json, recv_type, run, send, wait_until
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-_names = itertools.count(1)
 
 ADMIN = make_token("1", "admin")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = PgCluster()
-    c.start()
-    c.create_database("tmpl_hostile")
-    for f in ("sql/marketplace.sql", "sql/demo.sql"):
-        c.psql_file(os.path.join(ROOT, f), dbname="tmpl_hostile")
-    out = subprocess.run([BIN, "migrate"],
-                         env=dict(os.environ, DATABASE_URL=c.dsn_for("tmpl_hostile")),
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    yield c
-    c.cleanup()
-
-
-@pytest.fixture
-def db(request, cluster):
-    name = "h%d" % next(_names)
-    cluster.create_database(name, template="tmpl_hostile")
-    start = len(cluster.logs())
-    yield name
-    if request.session.testsfailed:
-        print("---- PostgreSQL log ----\n" + cluster.logs()[start:], file=sys.stderr)
-
-
-@pytest.fixture
-def pgserver(server_factory, cluster, db):
-    def start(**env):
-        env.setdefault("DATABASE_URL", cluster.dsn_for(db))
-        s = server_factory(env)
-        wait_until(lambda: s.json("/health")[1]["postgres"] == "up", 15, what="postgres up")
-        return s
-    return start
-
-
-def sql(cluster, db, statement, params=None):
-    conn = psycopg2.connect(cluster.dsn_for(db))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(statement, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
 
 
 async def collect(ws, n, timeout=10):

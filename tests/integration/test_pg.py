@@ -4,10 +4,8 @@ the rooms. Faults are real too: the listener's backend is terminated, transactio
 of id order, PostgreSQL is down at start."""
 
 import asyncio
-import itertools
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,55 +13,10 @@ import psycopg2
 import pytest
 
 import market
-from pgcluster import PgCluster
+from pgcluster import PgCluster, sql
 from rc import BIN, connect, join, make_token, recv_json, run, wait_until
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-_names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = PgCluster()
-    c.start()
-    c.create_database("tmpl_rc")
-    for f in ("sql/marketplace.sql", "sql/demo.sql"):
-        c.psql_file(os.path.join(ROOT, f), dbname="tmpl_rc")
-    out = subprocess.run([BIN, "migrate"], env=dict(os.environ, DATABASE_URL=c.dsn_for("tmpl_rc")),
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    yield c
-    c.cleanup()
-
-
-@pytest.fixture
-def db(request, cluster):
-    name = "t%d" % next(_names)
-    cluster.create_database(name, template="tmpl_rc")
-    start = len(cluster.logs())
-    yield name
-    if request.session.testsfailed:
-        print("---- PostgreSQL log ----\n" + cluster.logs()[start:], file=sys.stderr)
-
-
-@pytest.fixture
-def pgserver(server_factory, cluster, db):
-    def start(**env):
-        env.setdefault("DATABASE_URL", cluster.dsn_for(db))
-        s = server_factory(env)
-        wait_until(lambda: s.json("/health")[1]["postgres"] == "up", 15, what="postgres up")
-        return s
-    return start
-
-
-def sql(cluster, db, statement, params=None):
-    conn = psycopg2.connect(cluster.dsn_for(db))
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(statement, params)
-        rows = cur.fetchall() if cur.description else None
-    conn.close()
-    return rows
 
 
 async def collect(ws, n, timeout=10):
