@@ -175,6 +175,12 @@ bench: roomcast bench-tools bench/baseline/node_modules/.package-lock.json
 bench-smoke: roomcast bench-tools
 	@$(PYTHON) bench/run.py --smoke
 
+# Presence cost: CPU per join+leave with and without watchers and Redis, and a presence query
+# on a room of 10 000 users (bench/presence.py).
+.PHONY: bench-presence
+bench-presence: roomcast
+	ROOMCAST_BIN=$(CURDIR)/$(BIN) $(PYTHON) bench/presence.py
+
 # ---- fault matrix and soak (tests/integration/test_faults.py, test_conformance.py, tests/soak/) ----
 # `make check-faults` runs the whole fault matrix and frame-level conformance suite, including
 # the rows marked `slow` that `make test` leaves out (tests/integration/pytest.ini deselects
