@@ -86,7 +86,7 @@ def test_presence_single_node(server_factory):
         await a2.close()
         assert await events(watcher, 0.6) == []
         assert members(s)[0] == 2
-        assert await events(watcher, 1.0) == [("presence_leave", "a")]
+        assert await events(watcher, 1.5) == [("presence_leave", "a")]
         # b flapping (leave and come back within a second) sends nothing.
         await send(b, "leave", room=ROOM)
         await recv_type(b, "left")
@@ -143,10 +143,11 @@ def test_presence_across_replicas(redis_server, server_factory):
         # n2 is SIGKILLed: its members disappear from n1 within the liveness window.
         n2.stop(sig=9)
         t0 = time.monotonic()
-        msg = await recv_type(w1, "presence_leave", timeout=9)
+        msg = await recv_type(w1, "presence_leave", timeout=12)
         assert msg["payload"] == {"room": ROOM, "user": "w2"}
-        # Silent for 6 s (announcements every 2 s), then the 1 s flap window.
-        assert time.monotonic() - t0 < 8
+        # Silent for 6 s (announcements every 2 s), then the 1 s flap window (and slack for
+        # slow runs under valgrind).
+        assert 4 < time.monotonic() - t0 < 10
         assert members(n1) == (1, {"w1": 1})
         await w1.close()
     run(go())
