@@ -295,6 +295,53 @@ START_TEST(test_join_go_shape)
 }
 END_TEST
 
+START_TEST(test_history_and_presence)
+{
+	json_object *o, *p;
+
+	expect_ok("{\"type\":\"history\",\"payload\":{\"room\":\"order-7\"}}", PROTO_HISTORY);
+	ck_assert_str_eq(g_msg.room, "order-7");
+	ck_assert_int_eq(g_msg.limit, PROTO_HISTORY_DEFAULT);
+	ck_assert_int_eq(g_msg.since, 0);
+	expect_ok("{\"type\":\"history\",\"payload\":{\"room\":\"r\",\"since\":\"42\","
+	          "\"limit\":5}}",
+	          PROTO_HISTORY);
+	ck_assert_int_eq(g_msg.since, 42);
+	ck_assert_int_eq(g_msg.limit, 5);
+	expect_ok("{\"type\":\"history\",\"payload\":{\"room\":\"r\",\"limit\":99999}}",
+	          PROTO_HISTORY);
+	ck_assert_int_eq(g_msg.limit, PROTO_HISTORY_MAX);
+	expect_error("{\"type\":\"history\",\"payload\":{\"room\":\"r\",\"limit\":0}}",
+	             PROTO_BAD_JSON);
+	expect_error("{\"type\":\"history\",\"payload\":{\"room\":\"r\",\"limit\":\"5\"}}",
+	             PROTO_BAD_JSON);
+	expect_error("{\"type\":\"history\",\"payload\":{\"room\":\"r\",\"since\":-1}}",
+	             PROTO_BAD_JSON);
+	expect_error("{\"type\":\"history\",\"payload\":{}}", PROTO_BAD_ROOM);
+	expect_ok("{\"type\":\"presence\",\"payload\":{\"room\":\"chat-9\"}}", PROTO_PRESENCE);
+	ck_assert_str_eq(g_msg.room, "chat-9");
+	expect_error("{\"type\":\"presence\",\"payload\":{\"room\":\"a b\"}}", PROTO_BAD_ROOM);
+	expect_ok("{\"type\":\"join\",\"payload\":{\"room\":\"r\",\"presence\":true}}", PROTO_JOIN);
+	ck_assert(g_msg.presence);
+	expect_ok("{\"type\":\"join\",\"payload\":{\"room\":\"r\",\"presence\":\"yes\"}}",
+	          PROTO_JOIN);
+	ck_assert(!g_msg.presence);
+	/* The reply splices the events as they are. */
+	{
+		struct frame *ev = frame_new("{\"id\":1}", 8);
+		o = parse_frame(proto_history("r", &ev, 1, true, false));
+		p = reply_payload(o, "history");
+		expect_str(p, "room", "r");
+		expect_bool(p, "recovered", true);
+		expect_bool(p, "more", false);
+		ck_assert_int_eq(json_object_array_length(field(p, "events")), 1);
+		expect_int(json_object_array_get_idx(field(p, "events"), 0), "id", 1);
+		json_object_put(o);
+		frame_unref(ev);
+	}
+}
+END_TEST
+
 START_TEST(test_leave_and_alias)
 {
 	expect_ok("{\"type\":\"leave\",\"payload\":{\"room\":\"order-7\"}}", PROTO_LEAVE);
@@ -688,6 +735,7 @@ static Suite *proto_suite(void)
 	tcase_add_test(p, test_type_missing_or_unknown);
 	tcase_add_test(p, test_join_payload_room);
 	tcase_add_test(p, test_join_go_shape);
+	tcase_add_test(p, test_history_and_presence);
 	tcase_add_test(p, test_leave_and_alias);
 	tcase_add_test(p, test_room_bad);
 	tcase_add_test(p, test_since_accepted);
