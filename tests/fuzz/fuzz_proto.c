@@ -209,6 +209,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		frame_unref(f);
 		break;
 	}
+	case PROTO_HISTORY:
+		FUZZ_CHECK(!m.has_since || m.since >= 0, "negative since accepted");
+		FUZZ_CHECK(m.limit >= 1 && m.limit <= PROTO_HISTORY_MAX, "limit %d out of range",
+		           m.limit);
+		check_room_replies(&m, utf8);
+		break;
+	case PROTO_PRESENCE:
+		check_room_replies(&m, utf8);
+		break;
 	default:
 		FUZZ_CHECK(0, "unknown type %d", (int)m.type);
 	}
