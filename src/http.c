@@ -609,7 +609,7 @@ static void history(const struct http_request *req, struct http_response *resp)
 	}
 	hw->complete = req->complete;
 	hw->ctx = req->ctx;
-	snprintf(hw->room, sizeof(hw->room), "%s", room);
+	memcpy(hw->room, room, strlen(room) + 1); /* valid: at most ROOM_NAME_MAX bytes */
 	if (pgl_history(room, since, (int)limit, on_history_page, hw) < 0) {
 		free(hw);
 		json_error(resp, 503, "history could not be read");
