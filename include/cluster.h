@@ -5,6 +5,7 @@
 #define ROOMCAST_CLUSTER_H
 
 #include "config.h"
+#include "util.h"
 
 #include <uv.h>
 
@@ -26,5 +27,8 @@ void clu_stop(void);
  * CLU_ROOMS {"rooms":{...},"nodes":{...}}. */
 void clu_request(enum clu_op op, const char *user_id, const char *room, const char *who,
                  clu_done_fn done, void *arg);
+
+/* The server API's Prometheus families. */
+void clu_metrics(struct buf *b);
 
 #endif

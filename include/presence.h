@@ -32,4 +32,7 @@ void pres_on_ctl(const char *type, struct json_object *msg);
 /* The Redis link came up (again): publish our table and ask the others for theirs. */
 void pres_link_up(void);
 
+/* The presence Prometheus families. */
+void pres_metrics(struct buf *b);
+
 #endif

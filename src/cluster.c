@@ -56,6 +56,9 @@ static struct {
 	struct pending *pending;
 	struct node_seen nodes[MAX_NODES];
 	int nnodes;
+	uint64_t asked[4]; /* requests asked here, by op */
+	uint64_t partial;  /* answers that lacked a replica */
+	uint64_t applied;  /* requests applied here (from any replica) */
 } g;
 
 static void note_node(const char *name)
@@ -185,6 +188,7 @@ static void apply(enum clu_op op, const char *user_id, const char *room, const c
 		return;
 	}
 	long long affected = apply_user_op(op, user_id, room);
+	g.applied++;
 	char count[24];
 	snprintf(count, sizeof(count), "%lld", affected);
 	log_info("server API applied", "op", op_names[op], "user", user_id, "room",
@@ -223,6 +227,8 @@ static void finish(struct pending *p, bool partial)
 {
 	struct buf b;
 
+	if (partial)
+		g.partial++;
 	buf_init(&b);
 	if (p->op == CLU_ROOMS) {
 		buf_puts(&b, "{\"rooms\":");
@@ -373,6 +379,7 @@ void clu_request(enum clu_op op, const char *user_id, const char *room, const ch
 	struct pending *p = calloc(1, sizeof(*p));
 	struct buf b;
 
+	g.asked[op]++;
 	log_info("server API request", "op", op_names[op], "user", user_id, "room", room, "by",
 	         who);
 	if (!p || !(p->rooms = json_object_new_object()) ||
@@ -433,6 +440,25 @@ void clu_request(enum clu_op op, const char *user_id, const char *room, const ch
 	}
 	buf_free(&b);
 	finish(p, g.redis);
+}
+
+void clu_metrics(struct buf *b)
+{
+	buf_puts(b, "# HELP roomcast_server_api_requests_total Server API requests asked on this "
+	            "replica, by operation.\n# TYPE roomcast_server_api_requests_total counter\n");
+	for (int i = 0; i < 4; i++)
+		buf_printf(b, "roomcast_server_api_requests_total{op=\"%s\"} %llu\n", op_names[i],
+		           (unsigned long long)g.asked[i]);
+	buf_printf(b,
+	           "# HELP roomcast_server_api_partial_total Server API answers that lacked a "
+	           "replica (no answer within 500 ms, or Redis down).\n"
+	           "# TYPE roomcast_server_api_partial_total counter\n"
+	           "roomcast_server_api_partial_total %llu\n"
+	           "# HELP roomcast_server_api_applied_total Server API user operations applied to "
+	           "this replica's connections (asked on any replica).\n"
+	           "# TYPE roomcast_server_api_applied_total counter\n"
+	           "roomcast_server_api_applied_total %llu\n",
+	           (unsigned long long)g.partial, (unsigned long long)g.applied);
 }
 
 int clu_start(const struct config *cfg, uv_loop_t *loop, const char *version)

@@ -272,6 +272,8 @@ static void render_metrics(struct http_response *resp)
 	pgw_metrics(b);
 	pglisten_metrics(b);
 	liveroom_metrics(b);
+	clu_metrics(b);
+	pres_metrics(b);
 
 	family(b, "roomcast_redis_up", "gauge",
 	       "Whether the Redis link (subscriber and publisher) is up (-1: not configured).");

@@ -58,6 +58,8 @@ static struct {
 	} nodes[MAX_NODES];
 	int nnodes;
 	uint64_t nleaving;
+	uint64_t published; /* messages published on roomcast:ctl (changes, snapshot chunks) */
+	uint64_t events;    /* presence_join / presence_leave frames queued */
 } g;
 
 /* ---- replicas ---- */
@@ -99,6 +101,7 @@ static void send_event(struct proom *r, const char *type, const char *user)
 		return;
 	for (uint32_t i = 0; i < r->nwatch; i++)
 		conn_send(r->watchers[i], f);
+	g.events += r->nwatch;
 	frame_unref(f);
 }
 
@@ -289,8 +292,8 @@ static void publish_change(const char *room, const char *user, uint32_t conns)
 	buf_puts(&b, ",\"user\":");
 	buf_json_str(&b, user, strlen(user));
 	buf_printf(&b, ",\"conns\":%u}", conns);
-	if (!b.failed)
-		rbus_ctl_publish(b.data, b.len);
+	if (!b.failed && rbus_ctl_publish(b.data, b.len) == 0)
+		g.published++;
 	buf_free(&b);
 }
 
@@ -418,8 +421,8 @@ static void publish_snapshot(void)
 #define SNAP_SEND()                                                                                \
 	do {                                                                                       \
 		buf_puts(&b, "]}");                                                                \
-		if (!b.failed)                                                                     \
-			rbus_ctl_publish(b.data, b.len);                                           \
+		if (!b.failed && rbus_ctl_publish(b.data, b.len) == 0)                             \
+			g.published++;                                                             \
 		b.len = 0;                                                                         \
 		first = false;                                                                     \
 	} while (0)
@@ -512,6 +515,35 @@ void pres_on_ctl(const char *type, json_object *msg)
 	} else if (!strcmp(type, "sync")) {
 		publish_snapshot(); /* a replica (re)joined: it needs ours */
 	}
+}
+
+void pres_metrics(struct buf *b)
+{
+	struct proom *r, *tmp;
+	uint64_t users = 0;
+
+	HASH_ITER(hh, g.rooms, r, tmp)
+	{
+		users += r->nusers;
+	}
+	buf_printf(b,
+	           "# HELP roomcast_presence_rooms Rooms in the cluster-wide presence table.\n"
+	           "# TYPE roomcast_presence_rooms gauge\n"
+	           "roomcast_presence_rooms %u\n"
+	           "# HELP roomcast_presence_users Users present, summed over the rooms of the "
+	           "presence table.\n"
+	           "# TYPE roomcast_presence_users gauge\n"
+	           "roomcast_presence_users %llu\n"
+	           "# HELP roomcast_presence_published_total Presence changes and snapshot chunks "
+	           "published to the other replicas.\n"
+	           "# TYPE roomcast_presence_published_total counter\n"
+	           "roomcast_presence_published_total %llu\n"
+	           "# HELP roomcast_presence_events_total presence_join and presence_leave replies "
+	           "queued to watching connections.\n"
+	           "# TYPE roomcast_presence_events_total counter\n"
+	           "roomcast_presence_events_total %llu\n",
+	           HASH_COUNT(g.rooms), (unsigned long long)users, (unsigned long long)g.published,
+	           (unsigned long long)g.events);
 }
 
 /* ---- start and stop ---- */

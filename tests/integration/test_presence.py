@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from rc import (RedisServer, closed_code, connect, make_token, recv_json, recv_type, run, send,
-                wait_until)
+from rc import (RedisServer, closed_code, connect, make_token, metric_samples, recv_json,
+                recv_type, run, send, wait_until)
 
 TOKEN = "presence-notify-token-0123456789abcdef01"
 ROOM = "product-5"
@@ -105,6 +105,9 @@ def test_presence_single_node(server_factory):
     run(go())
     wait_until(lambda: members(s)[0] == 0, 5, what="empty room")
     assert api_presence(s, "order-1") == {"room": "order-1", "count": 0, "members": []}
+    m = metric_samples(s.metrics())
+    assert m[("roomcast_presence_events_total", ())] == 4  # a, b, c joined; a left
+    assert m[("roomcast_presence_published_total", ())] == 0  # no Redis
     assert s.get("/api/presence?room=" + ROOM)[0] == 401
     assert s.get("/api/presence", {"Authorization": "Bearer " + TOKEN})[0] == 400
 
@@ -175,3 +178,5 @@ def test_presence_after_redis_restart(redis_server, server_factory):
         for ws in (a, b, c):
             await ws.close()
     run(go())
+    m = metric_samples(n2.metrics())
+    assert m[("roomcast_presence_published_total", ())] >= 3

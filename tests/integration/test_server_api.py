@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from rc import RedisServer, closed_code, connect, make_token, recv_json, recv_type, run, wait_until
+from rc import (RedisServer, closed_code, connect, make_token, metric_samples, recv_json,
+                recv_type, run, wait_until)
 
 TOKEN = "server-api-notify-token-0123456789abcdef"
 
@@ -104,6 +105,12 @@ def test_server_api_across_two_replicas(nodes):
     assert '"msg":"server API request","node":"n1","op":"subscribe"' in n1.logs()
     assert '"by":"notify token"' in n1.logs()
     assert '"msg":"server API applied"' in n2.logs()
+    m1, m2 = metric_samples(n1.metrics()), metric_samples(n2.metrics())
+    assert m1[("roomcast_server_api_requests_total", (("op", "subscribe"),))] == 1
+    assert m2[("roomcast_server_api_requests_total", (("op", "disconnect"),))] == 1
+    # subscribe, unsubscribe twice, disconnect: applied on both replicas.
+    assert m1[("roomcast_server_api_applied_total", ())] == 4
+    assert m2[("roomcast_server_api_applied_total", ())] == 4
 
 
 def test_server_api_credentials_and_bad_bodies(server_factory):
