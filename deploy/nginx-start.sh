@@ -13,8 +13,9 @@ if [ -z "$server" ]; then
 	exit 1
 fi
 mkdir -p "$out_dir"
-# valid=5s: a restarted replica's new address is picked up at most 5 s later.
-printf 'resolver %s valid=5s ipv6=off;\nresolver_timeout 3s;\n' "$server" >"$out_dir/resolver.conf"
+# valid=1s: a restarted replica's new address is picked up at most 1 s later (each nginx
+# worker keeps its own cache).
+printf 'resolver %s valid=1s ipv6=off;\nresolver_timeout 3s;\n' "$server" >"$out_dir/resolver.conf"
 echo "nginx-start: resolver $server"
 if [ "$#" -eq 0 ]; then
 	set -- nginx -g "daemon off;"
