@@ -9,26 +9,26 @@
 
 #include <uv.h>
 
-enum clu_op { CLU_DISCONNECT, CLU_SUBSCRIBE, CLU_UNSUBSCRIBE, CLU_ROOMS };
+enum cluster_op { CLUSTER_DISCONNECT, CLUSTER_SUBSCRIBE, CLUSTER_UNSUBSCRIBE, CLUSTER_ROOMS };
 
 /* How long a request waits for the other replicas' answers at most. */
-#define CLU_WAIT_MS 500
+#define CLUSTER_WAIT_MS 500
 
 /* status is 200 with the JSON answer, or 503; json is only valid during the call. */
-typedef void (*clu_done_fn)(void *arg, int status, const char *json);
+typedef void (*cluster_done_fn)(void *arg, int status, const char *json);
 
-int clu_start(const struct config *cfg, uv_loop_t *loop, const char *version);
+int cluster_start(const struct config *cfg, uv_loop_t *loop, const char *version);
 /* Answers every request still waiting with what it has, and closes the timers. */
-void clu_stop(void);
+void cluster_stop(void);
 /* Runs op (user_id, room as the op needs them) on every replica and calls done once: at once
  * (possibly before returning) without Redis or while the link is down (this replica only),
- * else when every live replica answered or after CLU_WAIT_MS. who names the caller for the
+ * else when every live replica answered or after CLUSTER_WAIT_MS. who names the caller for the
  * log. The answer is {"status":"success","affected":N} (connections affected), or for
- * CLU_ROOMS {"rooms":{...},"nodes":{...}}. */
-void clu_request(enum clu_op op, const char *user_id, const char *room, const char *who,
-                 clu_done_fn done, void *arg);
+ * CLUSTER_ROOMS {"rooms":{...},"nodes":{...}}. */
+void cluster_request(enum cluster_op op, const char *user_id, const char *room, const char *who,
+                     cluster_done_fn done, void *arg);
 
 /* The server API's Prometheus families. */
-void clu_metrics(struct buf *b);
+void cluster_metrics(struct buf *b);
 
 #endif

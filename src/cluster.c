@@ -1,7 +1,7 @@
 /* The server API run on every replica: a request goes out on the Redis control channel with
  * an id, every replica (the asker included, when the request comes back) applies it to its own
  * connections and answers on the same channel, and the asker sums the answers until every live
- * replica answered or CLU_WAIT_MS passed. Replicas announce themselves every 2 s, so the asker
+ * replica answered or CLUSTER_WAIT_MS passed. Replicas announce themselves every 2 s, so the asker
  * knows whom to wait for. Without Redis (or while its link is down) only this replica answers. */
 #include "cluster.h"
 #include "bus.h"
@@ -31,13 +31,13 @@ static const char *const op_names[] = {"disconnect", "subscribe", "unsubscribe",
 struct pending {
 	struct pending *next;
 	char id[96];
-	enum clu_op op;
-	clu_done_fn done;
+	enum cluster_op op;
+	cluster_done_fn done;
 	void *arg;
 	uint64_t deadline_ns;
 	long long affected;
 	int replies;
-	json_object *rooms, *nodes; /* CLU_ROOMS: summed members per room, state per replica */
+	json_object *rooms, *nodes; /* CLUSTER_ROOMS: summed members per room, state per replica */
 };
 
 struct node_seen {
@@ -130,7 +130,7 @@ static void put_conns(struct conn **cs, uint32_t n)
 	free(cs);
 }
 
-static long long apply_user_op(enum clu_op op, const char *user_id, const char *room)
+static long long apply_user_op(enum cluster_op op, const char *user_id, const char *room)
 {
 	uint32_t n;
 	struct conn **cs = user_conns(user_id, &n);
@@ -140,10 +140,10 @@ static long long apply_user_op(enum clu_op op, const char *user_id, const char *
 		struct conn *c = cs[i];
 		if (!conn_alive(c))
 			continue;
-		if (op == CLU_DISCONNECT) {
+		if (op == CLUSTER_DISCONNECT) {
 			conn_close(c, 4003, "disconnected by the server API", true);
 			affected++;
-		} else if (op == CLU_SUBSCRIBE) {
+		} else if (op == CLUSTER_SUBSCRIBE) {
 			affected += sess_server_join(c, room);
 		} else {
 			affected += sess_server_leave(c, room);
@@ -180,10 +180,10 @@ static void local_rooms(struct buf *b)
 }
 
 /* Applies a request here and writes the answer's fields (without braces) into b. */
-static void apply(enum clu_op op, const char *user_id, const char *room, const char *from,
+static void apply(enum cluster_op op, const char *user_id, const char *room, const char *from,
                   struct buf *b)
 {
-	if (op == CLU_ROOMS) {
+	if (op == CLUSTER_ROOMS) {
 		local_rooms(b);
 		return;
 	}
@@ -192,7 +192,7 @@ static void apply(enum clu_op op, const char *user_id, const char *room, const c
 	char count[24];
 	snprintf(count, sizeof(count), "%lld", affected);
 	log_info("server API applied", "op", op_names[op], "user", user_id, "room",
-	         op == CLU_DISCONNECT ? NULL : room, "affected", count, "from", from);
+	         op == CLUSTER_DISCONNECT ? NULL : room, "affected", count, "from", from);
 	buf_printf(b, "\"affected\":%lld", affected);
 }
 
@@ -203,7 +203,7 @@ static void add_answer(struct pending *p, const char *node, json_object *ans)
 	json_object *v;
 
 	p->replies++;
-	if (p->op != CLU_ROOMS) {
+	if (p->op != CLUSTER_ROOMS) {
 		if (json_object_object_get_ex(ans, "affected", &v))
 			p->affected += json_object_get_int64(v);
 		return;
@@ -230,7 +230,7 @@ static void finish(struct pending *p, bool partial)
 	if (partial)
 		g.partial++;
 	buf_init(&b);
-	if (p->op == CLU_ROOMS) {
+	if (p->op == CLUSTER_ROOMS) {
 		buf_puts(&b, "{\"rooms\":");
 		buf_puts(&b, json_object_to_json_string_ext(p->rooms, JSON_C_TO_STRING_PLAIN));
 		buf_puts(&b, ",\"nodes\":");
@@ -307,7 +307,7 @@ static void on_alive(uv_timer_t *t)
 static void on_link_up(void)
 {
 	publish_alive();
-	pres_link_up();
+	presence_link_up();
 }
 
 static int op_of(const char *name)
@@ -326,8 +326,8 @@ static void on_request(json_object *o)
 	int op = op_of(str_of(o, "op"));
 	struct buf b;
 
-	if (!id || !from || op < 0 || (op != CLU_ROOMS && !user) ||
-	    ((op == CLU_SUBSCRIBE || op == CLU_UNSUBSCRIBE) &&
+	if (!id || !from || op < 0 || (op != CLUSTER_ROOMS && !user) ||
+	    ((op == CLUSTER_SUBSCRIBE || op == CLUSTER_UNSUBSCRIBE) &&
 	     (!room || !room_name_valid(room, strlen(room)))))
 		return;
 	note_node(from);
@@ -337,7 +337,7 @@ static void on_request(json_object *o)
 	buf_puts(&b, ",\"node\":");
 	buf_json_str(&b, g.cfg->node_id, strlen(g.cfg->node_id));
 	buf_puts(&b, ",");
-	apply((enum clu_op)op, user, room, from, &b);
+	apply((enum cluster_op)op, user, room, from, &b);
 	buf_puts(&b, "}");
 	if (b.failed || rbus_ctl_publish(b.data, b.len) < 0)
 		log_warn("server API answer not sent", "op", op_names[op], "from", from, "reason",
@@ -356,7 +356,7 @@ static void on_ctl(const char *payload, size_t len)
 		json_object_put(o);
 		return;
 	}
-	pres_on_ctl(t, o);
+	presence_on_ctl(t, o);
 	if (!strcmp(t, "alive") && (node = str_of(o, "node"))) {
 		note_node(node);
 	} else if (!strcmp(t, "req")) {
@@ -373,8 +373,8 @@ static void on_ctl(const char *payload, size_t len)
 	json_object_put(o);
 }
 
-void clu_request(enum clu_op op, const char *user_id, const char *room, const char *who,
-                 clu_done_fn done, void *arg)
+void cluster_request(enum cluster_op op, const char *user_id, const char *room, const char *who,
+                     cluster_done_fn done, void *arg)
 {
 	struct pending *p = calloc(1, sizeof(*p));
 	struct buf b;
@@ -415,7 +415,7 @@ void clu_request(enum clu_op op, const char *user_id, const char *room, const ch
 		if (!b.failed && rbus_ctl_publish(b.data, b.len) == 0) {
 			buf_free(&b);
 			/* Our own answer comes back with the others'. */
-			p->deadline_ns = util_now_ns() + (uint64_t)CLU_WAIT_MS * 1000000ull;
+			p->deadline_ns = util_now_ns() + (uint64_t)CLUSTER_WAIT_MS * 1000000ull;
 			p->next = g.pending;
 			g.pending = p;
 			if (!uv_is_active((uv_handle_t *)&g.tick))
@@ -442,7 +442,7 @@ void clu_request(enum clu_op op, const char *user_id, const char *room, const ch
 	finish(p, g.redis);
 }
 
-void clu_metrics(struct buf *b)
+void cluster_metrics(struct buf *b)
 {
 	buf_puts(b, "# HELP roomcast_server_api_requests_total Server API requests asked on this "
 	            "replica, by operation.\n# TYPE roomcast_server_api_requests_total counter\n");
@@ -461,7 +461,7 @@ void clu_metrics(struct buf *b)
 	           (unsigned long long)g.partial, (unsigned long long)g.applied);
 }
 
-int clu_start(const struct config *cfg, uv_loop_t *loop, const char *version)
+int cluster_start(const struct config *cfg, uv_loop_t *loop, const char *version)
 {
 	g.cfg = cfg;
 	g.version = version;
@@ -478,7 +478,7 @@ int clu_start(const struct config *cfg, uv_loop_t *loop, const char *version)
 	return 0;
 }
 
-void clu_stop(void)
+void cluster_stop(void)
 {
 	if (!g.running)
 		return;

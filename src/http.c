@@ -88,11 +88,11 @@ static void health(struct http_response *resp, bool ready_only)
 		resp->status = healthy ? 200 : 503;
 		buf_printf(&resp->body, "{\"ready\":%s,\"postgres\":\"%s\",\"redis\":\"%s\"",
 		           healthy ? "true" : "false", pg, redis);
-		pgw_health_json(&resp->body);
+		pgwatch_health_json(&resp->body);
 		buf_puts(&resp->body, "}");
 		return;
 	}
-	healthy = healthy && !pgw_degraded();
+	healthy = healthy && !pgwatch_degraded();
 	resp->status = 200;
 	buf_printf(&resp->body,
 	           "{\"status\":\"%s\",\"service\":\"roomcast\",\"version\":\"%s\",\"node\":",
@@ -101,7 +101,7 @@ static void health(struct http_response *resp, bool ready_only)
 	buf_printf(&resp->body,
 	           ",\"uptime_s\":%ld,\"connections\":%lld,\"postgres\":\"%s\",\"redis\":\"%s\"",
 	           (long)(time(NULL) - g_started), (long long)conn_count(), pg, redis);
-	pgw_health_json(&resp->body);
+	pgwatch_health_json(&resp->body);
 	buf_puts(&resp->body, "}");
 }
 
@@ -269,11 +269,11 @@ static void render_metrics(struct http_response *resp)
 	family(b, "roomcast_postgres_notify_queue_usage", "gauge",
 	       "pg_notification_queue_usage() at the last heartbeat.");
 	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
-	pgw_metrics(b);
+	pgwatch_metrics(b);
 	pglisten_metrics(b);
 	liveroom_metrics(b);
-	clu_metrics(b);
-	pres_metrics(b);
+	cluster_metrics(b);
+	presence_metrics(b);
 
 	family(b, "roomcast_redis_up", "gauge",
 	       "Whether the Redis link (subscriber and publisher) is up (-1: not configured).");
@@ -622,12 +622,12 @@ static void history(const struct http_request *req, struct http_response *resp)
 /* ---- the server API: POST /api/disconnect, /api/subscribe, /api/unsubscribe, GET /api/rooms ----
  */
 
-/* The answer may come before clu_request returns (this replica alone): it then goes straight
+/* The answer may come before cluster_request returns (this replica alone): it then goes straight
  * into resp; later, through req->complete. */
 struct api_wait {
 	void (*complete)(void *ctx, int status, const char *json);
 	void *ctx;
-	struct http_response *resp; /* until clu_request returns */
+	struct http_response *resp; /* until cluster_request returns */
 };
 
 static void on_api_done(void *arg, int status, const char *json)
@@ -670,7 +670,8 @@ static bool body_user(json_object *root, char *out, size_t cap)
 	return true;
 }
 
-static void server_api(const struct http_request *req, struct http_response *resp, enum clu_op op)
+static void server_api(const struct http_request *req, struct http_response *resp,
+                       enum cluster_op op)
 {
 	struct caller as = {{0}};
 	char user[ROOM_NAME_MAX + 1] = "", room[ROOM_NAME_MAX + 1] = "";
@@ -678,7 +679,7 @@ static void server_api(const struct http_request *req, struct http_response *res
 
 	if (!notify_authorized_as(req, resp, &as))
 		return;
-	if (op != CLU_ROOMS) {
+	if (op != CLUSTER_ROOMS) {
 		json_tokener *tok = json_tokener_new_ex(PROTO_MAX_DEPTH);
 		json_object *root = NULL, *r;
 		if (tok) {
@@ -696,7 +697,7 @@ static void server_api(const struct http_request *req, struct http_response *res
 			json_error(resp, 400, "user_id is required (a string or an integer)");
 			return;
 		}
-		if (op != CLU_DISCONNECT) {
+		if (op != CLUSTER_DISCONNECT) {
 			if (!json_object_object_get_ex(root, "room", &r) ||
 			    !json_object_is_type(r, json_type_string) ||
 			    (size_t)json_object_get_string_len(r) >= sizeof(room) ||
@@ -720,8 +721,8 @@ static void server_api(const struct http_request *req, struct http_response *res
 	w->complete = req->complete;
 	w->ctx = req->ctx;
 	w->resp = resp;
-	clu_request(op, op == CLU_ROOMS ? NULL : user, room[0] ? room : NULL, as.who, on_api_done,
-	            w);
+	cluster_request(op, op == CLUSTER_ROOMS ? NULL : user, room[0] ? room : NULL, as.who,
+	                on_api_done, w);
 	if (!w->resp) {
 		free(w); /* answered already */
 		return;
@@ -745,7 +746,7 @@ static void presence(const struct http_request *req, struct http_response *resp)
 	}
 	resp->status = 200;
 	resp->content_type = "application/json";
-	pres_answer(room, &resp->body);
+	presence_answer(room, &resp->body);
 }
 
 static bool is_json_type(const char *ct)
@@ -798,9 +799,9 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 				json_error(resp, 413, "body too large");
 			else
 				server_api(req, resp,
-				           !strcmp(p, "/api/disconnect")  ? CLU_DISCONNECT
-				           : !strcmp(p, "/api/subscribe") ? CLU_SUBSCRIBE
-				                                          : CLU_UNSUBSCRIBE);
+				           !strcmp(p, "/api/disconnect")  ? CLUSTER_DISCONNECT
+				           : !strcmp(p, "/api/subscribe") ? CLUSTER_SUBSCRIBE
+				                                          : CLUSTER_UNSUBSCRIBE);
 		}
 		return;
 	}
@@ -824,7 +825,7 @@ void http_handle(const struct http_request *req, struct http_response *resp)
 	else if (!strcmp(p, "/api/history"))
 		history(req, resp);
 	else if (!strcmp(p, "/api/rooms"))
-		server_api(req, resp, CLU_ROOMS);
+		server_api(req, resp, CLUSTER_ROOMS);
 	else if (!strcmp(p, "/api/presence"))
 		presence(req, resp);
 	else

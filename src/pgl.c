@@ -280,7 +280,7 @@ static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
 	uint64_t xid;
 	bool large;
 
-	if (pgw_on_notify(n) || pglisten_on_notify(n) || strcmp(n->relname, CHANNEL))
+	if (pgwatch_on_notify(n) || pglisten_on_notify(n) || strcmp(n->relname, CHANNEL))
 		return;
 	o = parse_json(n->extra, strlen(n->extra));
 	if (!o || !json_object_object_get_ex(o, "id", &v)) {
@@ -493,7 +493,7 @@ static void on_listened(void *arg, const PGresult *res, const char *err)
 static void listener_up(struct pgc *pc, void *arg)
 {
 	pgc_query(pc, "LISTEN " CHANNEL, 0, NULL, QUERY_TIMEOUT_MS, on_listened, NULL);
-	pgw_listener_up();
+	pgwatch_listener_up();
 	pglisten_listener_up();
 	/* After a restart the two connections back off independently; the query connection may
 	 * be seconds from its next attempt while the catch-up (and live events held behind it)
@@ -504,7 +504,7 @@ static void listener_up(struct pgc *pc, void *arg)
 static void listener_down(struct pgc *pc, void *arg)
 {
 	g_listening = false;
-	pgw_listener_down();
+	pgwatch_listener_down();
 	pglisten_listener_down();
 	metrics.pg_reconnects++;
 	update_state();
@@ -520,7 +520,7 @@ static void query_up(struct pgc *pc, void *arg)
 	flush_waiting(false);
 	if (g_need_catchup)
 		sweep(true);
-	pgw_query_up();
+	pgwatch_query_up();
 }
 
 static void query_down(struct pgc *pc, void *arg)
@@ -568,7 +568,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop)
 	uv_timer_init(loop, &g_hold_timer);
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
-	pgw_start(cfg, loop, g_listen, g_query);
+	pgwatch_start(cfg, loop, g_listen, g_query);
 	pglisten_start(cfg, g_listen);
 	return 0;
 }
@@ -592,7 +592,7 @@ void pgl_stop(void)
 			conn_release(rp->c);
 		free(rp);
 	}
-	pgw_stop();
+	pgwatch_stop();
 	pglisten_stop();
 	pgc_stop(g_listen);
 	pgc_stop(g_query);

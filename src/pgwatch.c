@@ -106,14 +106,14 @@ static void on_probe_timer(uv_timer_t *t)
 	snprintf(g_token, sizeof(g_token), "%s-%llu-%d", g_cfg->node_id,
 	         (unsigned long long)++g_probe_seq, rand());
 	g_probe_pending = true;
-	if (pgc_query(g_query, "SELECT pg_notify('" PGW_PROBE_CHANNEL "', $1)", 1, p,
+	if (pgc_query(g_query, "SELECT pg_notify('" PGWATCH_PROBE_CHANNEL "', $1)", 1, p,
 	              QUERY_TIMEOUT_MS, on_probe_sent, NULL) < 0)
 		g_probe_pending = false;
 }
 
-bool pgw_on_notify(const PGnotify *n)
+bool pgwatch_on_notify(const PGnotify *n)
 {
-	if (strcmp(n->relname, PGW_PROBE_CHANNEL))
+	if (strcmp(n->relname, PGWATCH_PROBE_CHANNEL))
 		return false;
 	/* Other replicas probe on the same channel: only our own token counts. */
 	if (!g_probe_pending || strcmp(n->extra, g_token))
@@ -130,21 +130,21 @@ bool pgw_on_notify(const PGnotify *n)
 static void on_probe_listened(void *arg, const PGresult *res, const char *err)
 {
 	if (!res) {
-		log_warn("LISTEN " PGW_PROBE_CHANNEL " failed", "reason", err);
+		log_warn("LISTEN " PGWATCH_PROBE_CHANNEL " failed", "reason", err);
 		return;
 	}
 	g_probe_listening = true;
 }
 
-void pgw_listener_up(void)
+void pgwatch_listener_up(void)
 {
 	if (!g_started || !g_cfg->listen_probe_s)
 		return;
-	pgc_query(g_listen, "LISTEN " PGW_PROBE_CHANNEL, 0, NULL, QUERY_TIMEOUT_MS,
+	pgc_query(g_listen, "LISTEN " PGWATCH_PROBE_CHANNEL, 0, NULL, QUERY_TIMEOUT_MS,
 	          on_probe_listened, NULL);
 }
 
-void pgw_listener_down(void)
+void pgwatch_listener_down(void)
 {
 	if (!g_started)
 		return;
@@ -257,7 +257,7 @@ static void on_trig_timer(uv_timer_t *t)
 	check_triggers();
 }
 
-void pgw_query_up(void)
+void pgwatch_query_up(void)
 {
 	if (g_started && g_cfg->trigger_check_s)
 		check_triggers();
@@ -265,7 +265,7 @@ void pgw_query_up(void)
 
 /* ---- lifecycle and reporting ---- */
 
-void pgw_start(const struct config *cfg, uv_loop_t *loop, struct pgc *listen, struct pgc *query)
+void pgwatch_start(const struct config *cfg, uv_loop_t *loop, struct pgc *listen, struct pgc *query)
 {
 	g_cfg = cfg;
 	g_loop = loop;
@@ -283,7 +283,7 @@ void pgw_start(const struct config *cfg, uv_loop_t *loop, struct pgc *listen, st
 	g_started = true;
 }
 
-void pgw_stop(void)
+void pgwatch_stop(void)
 {
 	if (!g_started)
 		return;
@@ -293,12 +293,12 @@ void pgw_stop(void)
 	g_started = false;
 }
 
-bool pgw_degraded(void)
+bool pgwatch_degraded(void)
 {
 	return g_started && (g_deaf || g_trig == TRIG_MISSING || g_trig == TRIG_NO_MIGRATION);
 }
 
-void pgw_health_json(struct buf *b)
+void pgwatch_health_json(struct buf *b)
 {
 	static const char *names[] = {"unknown", "unknown", "unknown", "ok", "missing"};
 	bool first = true;
@@ -341,7 +341,7 @@ void pgw_health_json(struct buf *b)
 	buf_puts(b, "}");
 }
 
-void pgw_metrics(struct buf *b)
+void pgwatch_metrics(struct buf *b)
 {
 	static const char *states[] = {"ok", "table_missing", "trigger_missing"};
 	unsigned long long counts[4] = {0};

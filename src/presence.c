@@ -129,7 +129,7 @@ static void user_free(struct proom *r, struct puser *u)
 
 /* Sets the connections of user in room on replica node (0: none) and runs the transitions:
  * a user's first connection anywhere announces presence_join (unless it comes back within
- * PRES_FLAP_MS of leaving), its last one schedules presence_leave. */
+ * PRESENCE_FLAP_MS of leaving), its last one schedules presence_leave. */
 static void set_count(const char *room, const char *user, int node, uint32_t conns)
 {
 	struct proom *r;
@@ -192,7 +192,7 @@ static void set_count(const char *room, const char *user, int node, uint32_t con
 	} else if (before && !u->total) {
 		r->nusers--;
 		u->leaving = true;
-		u->leave_at_ns = util_now_ns() + (uint64_t)PRES_FLAP_MS * 1000000ull;
+		u->leave_at_ns = util_now_ns() + (uint64_t)PRESENCE_FLAP_MS * 1000000ull;
 		r->nleaving++;
 		g.nleaving++; /* the tick announces it */
 	}
@@ -252,7 +252,7 @@ static void on_tick(uv_timer_t *t)
 	expire_leaves(now);
 	for (int i = 1; i < g.nnodes; i++)
 		if (g.nodes[i].entries &&
-		    now - g.nodes[i].last_ns > (uint64_t)PRES_NODE_TTL_MS * 1000000ull) {
+		    now - g.nodes[i].last_ns > (uint64_t)PRESENCE_NODE_TTL_MS * 1000000ull) {
 			log_info("presence: replica silent, its members leave", "replica",
 			         g.nodes[i].name);
 			clear_node(i);
@@ -332,7 +332,7 @@ static void on_leave(const char *room, struct room_member *m)
 	local_change(room, m, -1);
 }
 
-void pres_watch(struct conn *c, const char *room)
+void presence_watch(struct conn *c, const char *room)
 {
 	struct proom *r;
 
@@ -355,7 +355,7 @@ void pres_watch(struct conn *c, const char *room)
 
 /* ---- queries ---- */
 
-void pres_answer(const char *room, struct buf *b)
+void presence_answer(const char *room, struct buf *b)
 {
 	struct proom *r;
 	struct puser *u, *tmp;
@@ -469,7 +469,7 @@ static void ask_sync(void)
 	buf_free(&b);
 }
 
-void pres_link_up(void)
+void presence_link_up(void)
 {
 	if (!g.running)
 		return;
@@ -477,7 +477,7 @@ void pres_link_up(void)
 	ask_sync();
 }
 
-void pres_on_ctl(const char *type, json_object *msg)
+void presence_on_ctl(const char *type, json_object *msg)
 {
 	const char *node = str_of(msg, "node");
 	int n;
@@ -517,7 +517,7 @@ void pres_on_ctl(const char *type, json_object *msg)
 	}
 }
 
-void pres_metrics(struct buf *b)
+void presence_metrics(struct buf *b)
 {
 	struct proom *r, *tmp;
 	uint64_t users = 0;
@@ -548,7 +548,7 @@ void pres_metrics(struct buf *b)
 
 /* ---- start and stop ---- */
 
-int pres_start(const struct config *cfg, uv_loop_t *loop)
+int presence_start(const struct config *cfg, uv_loop_t *loop)
 {
 	g.cfg = cfg;
 	g.redis = cfg->redis_addr && *cfg->redis_addr;
@@ -562,7 +562,7 @@ int pres_start(const struct config *cfg, uv_loop_t *loop)
 	return 0;
 }
 
-void pres_stop(void)
+void presence_stop(void)
 {
 	struct proom *r, *rtmp;
 	struct puser *u, *utmp;

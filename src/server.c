@@ -626,8 +626,8 @@ static void finish(void)
 	uv_close((uv_handle_t *)&g_sigterm, NULL);
 	uv_close((uv_handle_t *)&g_sigint, NULL);
 	conn_timers_stop();
-	clu_stop();
-	pres_stop();
+	cluster_stop();
+	presence_stop();
 	bus_stop();
 	liveroom_stop();
 	pgl_stop();
@@ -830,7 +830,7 @@ int srv_run(struct config *cfg)
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
 	    pgl_start(cfg, &g_loop) < 0 || liveroom_start(cfg, &g_loop) < 0 ||
-	    clu_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 || pres_start(cfg, &g_loop) < 0 ||
+	    cluster_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 || presence_start(cfg, &g_loop) < 0 ||
 	    (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);

@@ -507,7 +507,7 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 		return;
 	}
 	if (ja->presence)
-		pres_watch(c, room);
+		presence_watch(c, room);
 	if (!ja->has_since) {
 		conn_reply(c, proto_joined(room, false, 0, false));
 		return;
@@ -567,7 +567,7 @@ static void do_join(struct conn *c, struct proto_msg *m)
 			finish_join(c, m->room, &ja);
 		} else {
 			if (m->presence)
-				pres_watch(c, m->room);
+				presence_watch(c, m->room);
 			conn_reply(c, proto_joined(m->room, false, 0, false));
 		}
 		return;
@@ -675,7 +675,7 @@ static void do_presence(struct conn *c, struct proto_msg *m)
 	}
 	buf_init(&b);
 	buf_puts(&b, "{\"type\":\"presence\",\"payload\":");
-	pres_answer(m->room, &b);
+	presence_answer(m->room, &b);
 	buf_puts(&b, "}");
 	f = b.failed ? NULL : frame_new(b.data, b.len);
 	buf_free(&b);
