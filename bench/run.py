@@ -619,7 +619,7 @@ def fill_pg(pg):
     nproducts, norders = 10000, 10000
     # Bulk set-up of the REST service's tables (sql/marketplace.sql): 100 sellers, 1000
     # clients, 10000 products, 10000 orders of two items each. The REST schema has no index on
-    # product_order.id_order; the order trigger's seller lookup needs one, as README's DBA
+    # product_order.id_order; the order trigger's seller lookup needs one, as docs/database.md's DBA
     # section recommends, so it is added here.
     pg.psql("""
         INSERT INTO public.seller (id_seller, seller_name, seller_email, seller_password, phone,

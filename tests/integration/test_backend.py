@@ -70,7 +70,7 @@ def test_backend_timeout_denies_within_deadline(server_factory, backend):
         t0 = time.monotonic()
         msg = await join(ws, "slow-1")
         took = time.monotonic() - t0
-        # Refused, as a failure the client may retry (README, decision 21), not as a verdict.
+        # Refused, as a failure the client may retry (docs/decisions.md, 21), not as a verdict.
         assert msg["type"] == "error" and msg["payload"]["code"] == "server_error"
         assert 2.5 < took < 4.5, took
         await ws.close()

@@ -4,7 +4,7 @@ in its sections 1-7 and 9, with frames built by hand on a raw socket (Autobahn c
 Every case reads the close frame the server sent (or notes that none came), and checks that the
 server is still healthy afterwards. Where libwebsockets 4.1.6, which parses frames for roomcast,
 answers differently from RFC 6455, the assertion states what it does and a comment marked
-"lws 4.1.6 deviation" says what the RFC asks; README's conformance table lists them.
+"lws 4.1.6 deviation" says what the RFC asks; docs/faults.md's frame table lists them.
 """
 
 import socket
@@ -339,7 +339,7 @@ def test_endless_continuations_close_1009_memory_bounded(server_factory):
 
 def test_endless_binary_continuations_close_1009(server_factory):
     # MAX_MESSAGE_SIZE bounds every client message and a larger one closes with 1009.
-    # Binary messages are answered with an error (README decision) and not buffered, but their
+    # Binary messages are answered with an error (docs/decisions.md) and not buffered, but their
     # size must still count: otherwise a client can stream without end on one message that is
     # never complete (never rate-limited, never closed).
     server = server_factory({"MAX_MESSAGE_SIZE": "8192"})
@@ -610,7 +610,7 @@ def test_server_waits_for_close_echo_then_ends_socket(shared):
 # ---- binary frames ----
 
 def test_binary_frame_gets_bad_json_and_connection_stays(shared):
-    # README decision: roomcast speaks JSON text only; a binary message is answered with an
+    # docs/decisions.md: roomcast speaks JSON text only; a binary message is answered with an
     # error reply (code bad_json) and the connection stays open.
     c = client(shared)
     c.send_frame(b"\x00\x01\x02", opcode=2)

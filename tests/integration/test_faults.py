@@ -9,7 +9,7 @@ asserts the documented behaviour and that nothing promised was lost or duplicate
 Rows covered elsewhere: listener backend terminated, out-of-order commits across a listener
 loss and PostgreSQL down at start (test_pg.py); a client that stops reading, oversized heads,
 per-address and total connection caps, a single slow head (test_limits.py); Redis killed,
-briefly frozen and down at start (test_redis.py). README "Faults and hostile input" maps every
+briefly frozen and down at start (test_redis.py). docs/faults.md maps every
 row to its test. Rows marked `slow` run in `make check-faults`, not in `make test`.
 """
 

@@ -351,7 +351,7 @@ def test_notify_other_methods_405(notify_server, method):
 @pytest.mark.parametrize("size", [600, 2000])
 def test_notify_chunked_body_asks_for_length(notify_server, size):
     # lws 4.1.6 does not decode chunked request bodies, so the gate answers 411 Length
-    # Required (a README decision) instead of misreading the chunk framing as JSON.
+    # Required (docs/decisions.md) instead of misreading the chunk framing as JSON.
     body = json.dumps({"event": "e", "room": "product-1", "data": "x" * size}).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 100]), body[i:i + 100])
                        for i in range(0, len(body), 100)) + b"0\r\n\r\n"

@@ -68,7 +68,7 @@ async def drain(ws, quiet=0.5):
 
 async def member(server, sub, room=None, **claims):
     # product- rooms are receive-only for users: the token grants the room so members may
-    # broadcast there (README, decision 20).
+    # broadcast there (docs/decisions.md, 20).
     if room:
         claims.setdefault("rooms", [room])
     ws = await connect(server, make_token(sub, **claims))
