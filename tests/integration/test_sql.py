@@ -833,8 +833,8 @@ def test_serializable_deleters_do_not_fail_each_other(db):
     # reads it with an upsert and by ctid, which take none: no failures, as before 006.
     # The REST schema has no index on product_order.id_order: without one the cascade and the
     # order trigger's seller lookup scan the whole table, and SERIALIZABLE deleters conflict
-    # over that scan (whatever the stash does). A DBA adds it (docs/database.md); so does this test, and
-    # its deleters plan as on a table large enough for the index (here it has 400 rows).
+    # over that scan (whatever the stash does). A DBA adds it (docs/database.md); so does this
+    # test, and its deleters plan as on a table large enough for the index (here it has 400 rows).
     db.sql("CREATE INDEX ON product_order (id_order)")
     # Set-up in bulk (the rows are what the REST service writes, not how it writes them).
     db.sql("""INSERT INTO "order" (id_client, total_amount, delivery_type, id_payment_method)
