@@ -11,6 +11,8 @@
 
 /* Room messages may be batched into one JSON array for ?batch=1 clients; replies may not. */
 #define FRAME_ROOM_MSG 1u
+/* The typed form of this room message is the message itself (see proto_typed). */
+#define FRAME_TYPED_SAME 2u
 
 struct frame {
 	uint32_t refs;

@@ -540,16 +540,34 @@ struct frame *proto_typed(struct frame *f)
 	struct frame *t;
 	bool bc;
 
-	if (!(f->flags & FRAME_ROOM_MSG))
+	if (!(f->flags & FRAME_ROOM_MSG) || (f->flags & FRAME_TYPED_SAME))
 		return f;
 	if (f->alt)
 		return f->alt;
-	o = json_tokener_parse((const char *)frame_data(f));
+	{
+		/* The frame's exact bytes: a payload forwarded from Redis is not ours. */
+		struct json_tokener *tok = json_tokener_new();
+		o = tok ? json_tokener_parse_ex(tok, (const char *)frame_data(f), (int)f->len)
+		        : NULL;
+		if (tok && json_tokener_get_error(tok) != json_tokener_success) {
+			json_object_put(o);
+			o = NULL;
+		}
+		json_tokener_free(tok);
+	}
 	if (!o || !json_object_is_type(o, json_type_object)) {
 		json_object_put(o);
 		return f;
 	}
+	/* An event (ours or a producer's {event,data}) or one of our broadcasts is reshaped; a
+	 * payload that is neither (a producer's own {"type":…} message, such as the REST
+	 * service's stats) already is what a typed client reads, and goes unchanged. */
 	bc = !json_object_object_get_ex(o, "event", &v);
+	if (bc && !json_object_object_get_ex(o, "body", NULL)) {
+		json_object_put(o);
+		f->flags |= FRAME_TYPED_SAME; /* remembered: the next recipient parses nothing */
+		return f;
+	}
 	buf_init(&b);
 	buf_puts(&b, "{\"type\":");
 	if (bc)

@@ -118,6 +118,32 @@ START_TEST(test_typed_broadcast_and_replies)
 }
 END_TEST
 
+START_TEST(test_typed_keeps_producers_own_messages)
+{
+	/* A producer's typed message forwarded from Redis (the REST service's stats) is already
+	 * what a typed client reads: unchanged, and recognised once. */
+	static const char stats[] = "{\"type\":\"ADMIN_STATS_UPDATED\",\"timestamp\":\"t\"}";
+	static const char ev[] = "{\"event\":\"PAYMENT_RECEIVED\",\"data\":{\"a\":1}}";
+	struct frame *f = frame_new(stats, sizeof(stats) - 1), *g = frame_new(ev, sizeof(ev) - 1);
+	struct frame *t;
+	json_object *o, *v;
+
+	f->flags |= FRAME_ROOM_MSG;
+	g->flags |= FRAME_ROOM_MSG;
+	ck_assert_ptr_eq(proto_typed(f), f);
+	ck_assert(f->flags & FRAME_TYPED_SAME);
+	ck_assert_ptr_eq(proto_typed(f), f);
+	t = proto_typed(g); /* a producer's {event,data}: reshaped like our events */
+	ck_assert_ptr_ne(t, g);
+	o = frame_json(t);
+	json_object_object_get_ex(o, "type", &v);
+	ck_assert_str_eq(json_object_get_string(v), "PAYMENT_RECEIVED");
+	json_object_put(o);
+	frame_unref(f);
+	frame_unref(g);
+}
+END_TEST
+
 START_TEST(test_fill_template)
 {
 	json_object *o = json_tokener_parse(
@@ -173,6 +199,7 @@ static Suite *apps_suite(void)
 	tcase_add_test(t, test_action_errors);
 	tcase_add_test(t, test_typed_event_shared_once);
 	tcase_add_test(t, test_typed_broadcast_and_replies);
+	tcase_add_test(t, test_typed_keeps_producers_own_messages);
 	tcase_add_test(t, test_fill_template);
 	tcase_add_test(t, test_match_pattern);
 	suite_add_tcase(s, t);
