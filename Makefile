@@ -169,8 +169,11 @@ bench-tools: $(BENCH_TOOLS)
 bench/baseline/node_modules/.package-lock.json: bench/baseline/package-lock.json
 	cd bench/baseline && npm ci --no-audit --no-fund --loglevel=error
 
+# BENCH_ONLY picks scenarios (comma list); `presence` is bench/presence.py's, run after the rest.
 bench: roomcast bench-tools bench/baseline/node_modules/.package-lock.json
-	$(PYTHON) bench/run.py
+	@if [ "$${BENCH_ONLY:-}" != presence ]; then $(PYTHON) bench/run.py; fi
+	@case ",$${BENCH_ONLY:-presence}," in *,presence,*) \
+		ROOMCAST_BIN=$(CURDIR)/$(BIN) $(PYTHON) bench/presence.py ;; esac
 
 bench-smoke: roomcast bench-tools
 	@$(PYTHON) bench/run.py --smoke
