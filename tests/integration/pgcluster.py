@@ -16,6 +16,7 @@ server commands run as the `postgres` user (runuser) and the directory is chowne
 import glob
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -53,8 +54,28 @@ def pg_bindir():
     raise RuntimeError("PostgreSQL server binaries not found; set PG_BINDIR")
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """A TCP port free on 127.0.0.1 right now (the caller retries if it is taken meanwhile)."""
+    """A TCP port free on 127.0.0.1 right now, taken below the kernel's ephemeral range: a port
+    the kernel handed out (bind to 0) may be given to one of the many outgoing connections the
+    tests open before the server binds it, and the server then fails with EADDRINUSE."""
+    low = _ephemeral_low()
+    first = max(1024, low - 12000)
+    for _ in range(200):
+        port = random.randrange(first, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
