@@ -54,6 +54,9 @@ bool room_is_member(const struct room_member *m, const char *name);
 size_t room_count(void);
 /* Calls fn for every room; fn must not join or leave. */
 void room_foreach(void (*fn)(const struct room *r, void *arg), void *arg);
+struct buf;
+/* Appends every room with its member count as a JSON object: {"order-7":2,...}. */
+void room_counts_json(struct buf *b);
 /* Frees every room (members are only unlinked). For shutdown and tests. */
 void room_reset(void);
 

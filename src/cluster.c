@@ -153,25 +153,13 @@ static long long apply_user_op(enum cluster_op op, const char *user_id, const ch
 	return affected;
 }
 
-static void count_room(const struct room *r, void *arg)
-{
-	struct buf *b = arg;
-	uint32_t n;
-
-	room_members(r, &n);
-	if (b->data[b->len - 1] != '{')
-		buf_puts(b, ",");
-	buf_json_str(b, room_name(r), strlen(room_name(r)));
-	buf_printf(b, ":%u", n);
-}
-
 /* "rooms":{...},"state":{...} of this replica. */
 static void local_rooms(struct buf *b)
 {
-	buf_puts(b, "\"rooms\":{");
-	room_foreach(count_room, b);
+	buf_puts(b, "\"rooms\":");
+	room_counts_json(b);
 	buf_printf(b,
-	           "},\"state\":{\"connections\":%lld,\"rooms\":%zu,\"postgres\":\"%s\","
+	           ",\"state\":{\"connections\":%lld,\"rooms\":%zu,\"postgres\":\"%s\","
 	           "\"redis\":\"%s\",\"uptime_s\":%ld,\"version\":",
 	           (long long)conn_count(), room_count(), pgl_state(), bus_state(),
 	           (long)(time(NULL) - g.started));

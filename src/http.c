@@ -140,17 +140,6 @@ static bool require_jwt(const struct http_request *req, struct http_response *re
 	return true;
 }
 
-static void count_room(const struct room *r, void *arg)
-{
-	struct buf *b = arg;
-	uint32_t n;
-	room_members(r, &n);
-	if (b->data[b->len - 1] != '{')
-		buf_puts(b, ",");
-	buf_json_str(b, room_name(r), strlen(room_name(r)));
-	buf_printf(b, ":%u", n);
-}
-
 static void admin_clients(const struct http_request *req, struct http_response *resp)
 {
 	struct auth_identity id;
@@ -165,9 +154,9 @@ static void admin_clients(const struct http_request *req, struct http_response *
 	auth_identity_clear(&id);
 	resp->status = 200;
 	resp->content_type = "application/json";
-	buf_printf(&resp->body, "{\"clients\":%lld,\"rooms\":{", (long long)conn_count());
-	room_foreach(count_room, &resp->body);
-	buf_puts(&resp->body, "},\"node\":");
+	buf_printf(&resp->body, "{\"clients\":%lld,\"rooms\":", (long long)conn_count());
+	room_counts_json(&resp->body);
+	buf_puts(&resp->body, ",\"node\":");
 	buf_json_str(&resp->body, g_cfg->node_id, strlen(g_cfg->node_id));
 	buf_puts(&resp->body, "}");
 }

@@ -2,6 +2,7 @@
  * keeps (room, index) pairs, so leaving swaps the last member into the hole in O(1) and fan-out
  * is a linear walk with no allocation. */
 #include "room.h"
+#include "util.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -233,4 +234,24 @@ void room_reset(void)
 		}
 		free_room(r);
 	}
+}
+
+static void put_count(const struct room *r, void *arg)
+{
+	struct buf *b = arg;
+	uint32_t n;
+
+	room_members(r, &n);
+	if (b->data[b->len - 1] != '{')
+		buf_puts(b, ",");
+	buf_json_str(b, room_name(r), strlen(room_name(r)));
+	buf_printf(b, ":%u", n);
+}
+
+void room_counts_json(struct buf *b)
+{
+	buf_puts(b, "{");
+	if (!b->failed)
+		room_foreach(put_count, b);
+	buf_puts(b, "}");
 }
