@@ -163,6 +163,18 @@ async def recv_json(ws, timeout=5):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
+async def collect(ws, n, timeout=10):
+    """Reads n room messages (replies are skipped); fails after timeout seconds."""
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        m = await recv_json(ws, max(0.05, deadline - time.monotonic()))
+        if isinstance(m, dict) and "type" in m:
+            continue
+        got.append(m)
+    return got
+
+
 async def recv_type(ws, typ, timeout=5):
     """Reads until a reply of the given type arrives (room messages are skipped)."""
     deadline = time.monotonic() + timeout

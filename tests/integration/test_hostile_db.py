@@ -11,22 +11,10 @@ import psycopg2
 import pytest
 
 from pgcluster import sql
-from rc import BIN, connect, join, make_token, recv_json, recv_type, run, send, wait_until
+from rc import BIN, collect, connect, join, make_token, recv_json, recv_type, run, send, wait_until
 
 
 ADMIN = make_token("1", "admin")
-
-
-async def collect(ws, n, timeout=10):
-    """Reads n room messages (replies are skipped)."""
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        m = await recv_json(ws, max(0.05, deadline - time.monotonic()))
-        if isinstance(m, dict) and "type" in m:
-            continue
-        got.append(m)
-    return got
 
 
 async def resume(server, room, since):

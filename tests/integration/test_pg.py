@@ -14,21 +14,9 @@ import pytest
 
 import market
 from pgcluster import PgCluster, sql
-from rc import BIN, connect, join, make_token, recv_json, run, wait_until
+from rc import BIN, collect, connect, join, make_token, recv_json, run, wait_until
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-
-
-async def collect(ws, n, timeout=10):
-    """Reads n room messages (replies are skipped)."""
-    got = []
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        m = await recv_json(ws, max(0.05, deadline - time.monotonic()))
-        if isinstance(m, dict) and "type" in m:
-            continue
-        got.append(m)
-    return got
 
 
 async def quiet(ws, seconds=0.5):
