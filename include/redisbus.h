@@ -13,20 +13,20 @@
 
 /* Validates REDIS_ADDR and starts connecting; never waits for Redis. Returns -1 (after one
  * line on stderr naming the variable) when the address is malformed. */
-int rbus_start(const struct config *cfg, uv_loop_t *loop);
+int redisbus_start(const struct config *cfg, uv_loop_t *loop);
 /* Frees both contexts and closes the timers; the loop ends once their handles are closed. */
-void rbus_stop(void);
+void redisbus_stop(void);
 /* PUBLISHes on `ws:room:<room>` when the link is up (delivery then happens when the message
  * comes back on the subscription, on every replica alike); delivers locally and counts a
  * publish failure when it is not. */
-void rbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src);
-bool rbus_is_up(void);
+void redisbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src);
+bool redisbus_is_up(void);
 /* The control channel `roomcast:ctl` (requests and answers between replicas). on_message gets
  * every message published there, our own included; on_up runs each time the link comes up
  * (first connect and every reconnect). */
-typedef void (*rbus_ctl_fn)(const char *payload, size_t len);
-void rbus_set_ctl(rbus_ctl_fn on_message, void (*on_up)(void));
+typedef void (*redisbus_ctl_fn)(const char *payload, size_t len);
+void redisbus_set_ctl(redisbus_ctl_fn on_message, void (*on_up)(void));
 /* PUBLISHes on `roomcast:ctl`; -1 when the link is not up. */
-int rbus_ctl_publish(const char *payload, size_t len);
+int redisbus_ctl_publish(const char *payload, size_t len);
 
 #endif

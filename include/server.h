@@ -9,6 +9,6 @@
 #define ROOMCAST_VERSION "0.1.0"
 
 /* Runs until SIGTERM/SIGINT and a graceful shutdown; returns the process exit code. */
-int srv_run(struct config *cfg);
+int server_run(struct config *cfg);
 
 #endif

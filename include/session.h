@@ -11,18 +11,18 @@
 struct auth;
 struct conn;
 
-void sess_setup(const struct config *cfg, const struct auth *auth);
+void session_setup(const struct config *cfg, const struct auth *auth);
 /* The connection finished its upgrade; c->ident is filled when it presented a valid token. */
-void sess_open(struct conn *c, int authenticated);
+void session_open(struct conn *c, int authenticated);
 /* Drops joins still waiting for replay and messages waiting for the identity lookup (the
  * connection is going away). */
-void sess_pending_clear(struct conn *c);
+void session_pending_clear(struct conn *c);
 /* The server API's joins and leaves, decided by the backend (no authorization): the connection
  * joins (leaves) room and gets joined (left). Return 1 when c was affected (joined, or was in
  * the room and left), 0 otherwise. */
-int sess_server_join(struct conn *c, const char *room);
-int sess_server_leave(struct conn *c, const char *room);
+int session_server_join(struct conn *c, const char *room);
+int session_server_leave(struct conn *c, const char *room);
 /* One complete client text message. */
-void sess_message(struct conn *c, const char *data, size_t len);
+void session_message(struct conn *c, const char *data, size_t len);
 
 #endif

@@ -10,21 +10,21 @@ static bool g_redis;
 int bus_start(const struct config *cfg, uv_loop_t *loop)
 {
 	g_redis = cfg->redis_addr && *cfg->redis_addr;
-	return g_redis ? rbus_start(cfg, loop) : 0;
+	return g_redis ? redisbus_start(cfg, loop) : 0;
 }
 
 void bus_stop(void)
 {
 	if (g_redis)
-		rbus_stop();
+		redisbus_stop();
 }
 
 int bus_publish(const char *room, const char *payload, size_t len, enum metrics_source src)
 {
 	if (g_redis)
-		rbus_publish(room, payload, len, src);
+		redisbus_publish(room, payload, len, src);
 	else
-		route_raw(room, payload, len, src, util_now_ns());
+		router_raw(room, payload, len, src, util_now_ns());
 	return 0;
 }
 
@@ -32,5 +32,5 @@ const char *bus_state(void)
 {
 	if (!g_redis)
 		return "disabled";
-	return rbus_is_up() ? "up" : "down";
+	return redisbus_is_up() ? "up" : "down";
 }

@@ -144,9 +144,9 @@ static long long apply_user_op(enum cluster_op op, const char *user_id, const ch
 			conn_close(c, 4003, "disconnected by the server API", true);
 			affected++;
 		} else if (op == CLUSTER_SUBSCRIBE) {
-			affected += sess_server_join(c, room);
+			affected += session_server_join(c, room);
 		} else {
-			affected += sess_server_leave(c, room);
+			affected += session_server_leave(c, room);
 		}
 	}
 	put_conns(cs, n);
@@ -283,7 +283,7 @@ static void publish_alive(void)
 	buf_json_str(&b, g.cfg->node_id, strlen(g.cfg->node_id));
 	buf_puts(&b, "}");
 	if (!b.failed)
-		rbus_ctl_publish(b.data, b.len);
+		redisbus_ctl_publish(b.data, b.len);
 	buf_free(&b);
 }
 
@@ -327,7 +327,7 @@ static void on_request(json_object *o)
 	buf_puts(&b, ",");
 	apply((enum cluster_op)op, user, room, from, &b);
 	buf_puts(&b, "}");
-	if (b.failed || rbus_ctl_publish(b.data, b.len) < 0)
+	if (b.failed || redisbus_ctl_publish(b.data, b.len) < 0)
 		log_warn("server API answer not sent", "op", op_names[op], "from", from, "reason",
 		         b.failed ? "out of memory" : "redis is down");
 	buf_free(&b);
@@ -400,7 +400,7 @@ void cluster_request(enum cluster_op op, const char *user_id, const char *room, 
 			buf_json_str(&b, room, strlen(room));
 		}
 		buf_puts(&b, "}");
-		if (!b.failed && rbus_ctl_publish(b.data, b.len) == 0) {
+		if (!b.failed && redisbus_ctl_publish(b.data, b.len) == 0) {
 			buf_free(&b);
 			/* Our own answer comes back with the others'. */
 			p->deadline_ns = util_now_ns() + (uint64_t)CLUSTER_WAIT_MS * 1000000ull;
@@ -460,7 +460,7 @@ int cluster_start(const struct config *cfg, uv_loop_t *loop, const char *version
 	uv_timer_init(loop, &g.alive);
 	g.running = true;
 	if (g.redis) {
-		rbus_set_ctl(on_ctl, on_link_up);
+		redisbus_set_ctl(on_ctl, on_link_up);
 		uv_timer_start(&g.alive, on_alive, ALIVE_EVERY_MS, ALIVE_EVERY_MS);
 	}
 	return 0;
@@ -477,7 +477,7 @@ void cluster_stop(void)
 		finish(p, true);
 	}
 	if (g.redis)
-		rbus_set_ctl(NULL, NULL);
+		redisbus_set_ctl(NULL, NULL);
 	uv_close((uv_handle_t *)&g.tick, NULL);
 	uv_close((uv_handle_t *)&g.alive, NULL);
 }

@@ -172,7 +172,7 @@ static void push(struct live *l, const struct def *d, const char *row)
 	char *copy = strdup(row);
 	const char *rooms[1] = {l->room};
 	char id_raw[104];
-	struct route_event ev;
+	struct router_event ev;
 
 	if (!copy)
 		return;
@@ -201,7 +201,7 @@ static void push(struct live *l, const struct def *d, const char *row)
 	ev.meta_raw = "{\"source\":\"live\"}";
 	ev.born_ns = util_now_ns();
 	ev.src = SRC_LIVE;
-	route_event(&ev);
+	router_event(&ev);
 }
 
 static void send_to(struct conn *c, const char *room, struct frame *f)
@@ -209,7 +209,7 @@ static void send_to(struct conn *c, const char *room, struct frame *f)
 	if (!conn_alive(c) || !room_is_member(&c->member, room))
 		return;
 	if (c->pending)
-		route_to_pending(c, room, f, 0);
+		router_to_pending(c, room, f, 0);
 	else
 		conn_send(c, f);
 }

@@ -35,7 +35,7 @@ static void setup_logging(const struct config *cfg)
 static int serve_one(struct config *cfg)
 {
 	setup_logging(cfg);
-	return srv_run(cfg);
+	return server_run(cfg);
 }
 
 static int cmd_serve(int argc, char **argv)
@@ -48,7 +48,7 @@ static int cmd_serve(int argc, char **argv)
 		return rc > 0 ? 0 : 2;
 	}
 	setup_logging(&cfg);
-	rc = cfg.workers > 1 ? workers_run(&cfg, serve_one) : srv_run(&cfg);
+	rc = cfg.workers > 1 ? workers_run(&cfg, serve_one) : server_run(&cfg);
 	config_free(&cfg);
 	return rc;
 }

@@ -181,7 +181,7 @@ static void deliver_json(const char *text)
 	const char *rooms[64];
 	size_t n = 0;
 	char id_raw[24];
-	struct route_event ev;
+	struct router_event ev;
 
 	if (!o || !json_object_object_get_ex(o, "rooms", &rooms_o) ||
 	    !json_object_is_type(rooms_o, json_type_array) ||
@@ -209,7 +209,7 @@ static void deliver_json(const char *text)
 	ev.meta_raw = raw_field(o, "meta");
 	ev.born_ns = util_now_ns();
 	ev.src = SRC_DB;
-	route_event(&ev);
+	router_event(&ev);
 	json_object_put(o);
 }
 

@@ -218,7 +218,7 @@ static void deliver(const struct listen *l, const char *payload)
 	json_object *o = NULL;
 	char room[ROOM_NAME_MAX + 1], id[96], id_raw[104], ts[UTIL_TS_LEN];
 	const char *rooms[1] = {room}, *event, *data_raw;
-	struct route_event ev;
+	struct router_event ev;
 	struct buf text;
 
 	if (tok) {
@@ -265,7 +265,7 @@ static void deliver(const struct listen *l, const char *payload)
 	ev.meta_raw = "{\"source\":\"listen\"}";
 	ev.born_ns = util_now_ns();
 	ev.src = SRC_LISTEN;
-	route_event(&ev);
+	router_event(&ev);
 	buf_free(&text);
 	json_object_put(o);
 }

@@ -282,7 +282,7 @@ static void publish_change(const char *room, const char *user, uint32_t conns)
 {
 	struct buf b;
 
-	if (!g.redis || !rbus_is_up())
+	if (!g.redis || !redisbus_is_up())
 		return; /* the snapshot at the next link-up carries it */
 	buf_init(&b);
 	buf_puts(&b, "{\"t\":\"p\",\"node\":");
@@ -292,7 +292,7 @@ static void publish_change(const char *room, const char *user, uint32_t conns)
 	buf_puts(&b, ",\"user\":");
 	buf_json_str(&b, user, strlen(user));
 	buf_printf(&b, ",\"conns\":%u}", conns);
-	if (!b.failed && rbus_ctl_publish(b.data, b.len) == 0)
+	if (!b.failed && redisbus_ctl_publish(b.data, b.len) == 0)
 		g.published++;
 	buf_free(&b);
 }
@@ -408,7 +408,7 @@ static void publish_snapshot(void)
 	struct buf b;
 	bool first = true, any = false;
 
-	if (!g.redis || !rbus_is_up())
+	if (!g.redis || !redisbus_is_up())
 		return;
 	buf_init(&b);
 #define SNAP_OPEN()                                                                                \
@@ -421,7 +421,7 @@ static void publish_snapshot(void)
 #define SNAP_SEND()                                                                                \
 	do {                                                                                       \
 		buf_puts(&b, "]}");                                                                \
-		if (!b.failed && rbus_ctl_publish(b.data, b.len) == 0)                             \
+		if (!b.failed && redisbus_ctl_publish(b.data, b.len) == 0)                         \
 			g.published++;                                                             \
 		b.len = 0;                                                                         \
 		first = false;                                                                     \
@@ -465,7 +465,7 @@ static void ask_sync(void)
 	buf_json_str(&b, g.cfg->node_id, strlen(g.cfg->node_id));
 	buf_puts(&b, "}");
 	if (!b.failed)
-		rbus_ctl_publish(b.data, b.len);
+		redisbus_ctl_publish(b.data, b.len);
 	buf_free(&b);
 }
 

@@ -20,7 +20,7 @@
 
 /* Both contexts form one link: it is up when the publisher answered and all subscriptions are
  * acknowledged, and either one failing takes the whole link down and reconnects both. */
-enum rbus_state { RB_IDLE = 0, RB_RESOLVING, RB_CONNECTING, RB_UP, RB_BACKOFF, RB_STOPPING };
+enum redisbus_state { RB_IDLE = 0, RB_RESOLVING, RB_CONNECTING, RB_UP, RB_BACKOFF, RB_STOPPING };
 
 /* hiredis 0.14 has no async connect timeout: this deadline covers resolve, TCP connect, AUTH
  * and the subscription acknowledgements. */
@@ -64,7 +64,7 @@ static struct {
 	char host[256];
 	int port;
 	char *password;
-	enum rbus_state state;
+	enum redisbus_state state;
 	redisAsyncContext *sub, *pub;
 	int sub_acks;
 	bool pub_ready;
@@ -84,13 +84,13 @@ static struct {
 	struct own_msg *head, *tail;
 	size_t own_bytes;
 	uint64_t pub_seq, pub_acked;
-	rbus_ctl_fn ctl;
+	redisbus_ctl_fn ctl;
 	void (*ctl_up)(void);
 } g;
 
 static void start_connect(void);
 
-static void set_state(enum rbus_state s)
+static void set_state(enum redisbus_state s)
 {
 	static const char *names[] = {"idle", "resolving", "connecting",
 	                              "up",   "backoff",   "stopping"};
@@ -138,7 +138,7 @@ static void flush_own(bool deliver)
 		if (m->seq > g.pub_acked)
 			metrics.redis_publish_failures++;
 		if (deliver)
-			route_raw(m->room, m->payload, m->len, m->src, m->born_ns);
+			router_raw(m->room, m->payload, m->len, m->src, m->born_ns);
 		free(m);
 	}
 }
@@ -422,7 +422,7 @@ static void on_room_message(const redisReply *chan, const redisReply *payload)
 	if (m && m->len == (size_t)payload->len && !strcmp(m->room, room) &&
 	    !memcmp(m->payload, payload->str, m->len)) {
 		pop_own();
-		route_raw(room, payload->str, m->len, m->src, m->born_ns);
+		router_raw(room, payload->str, m->len, m->src, m->born_ns);
 		free(m);
 		return;
 	}
@@ -430,7 +430,7 @@ static void on_room_message(const redisReply *chan, const redisReply *payload)
 		log_warn("redis message dropped", "room", room, "reason", "payload is not UTF-8");
 		return;
 	}
-	route_raw(room, payload->str, (size_t)payload->len, SRC_REDIS, util_now_ns());
+	router_raw(room, payload->str, (size_t)payload->len, SRC_REDIS, util_now_ns());
 }
 
 static bool seller_id_of(struct json_object *o, char *out, size_t n)
@@ -470,7 +470,7 @@ static void on_stats_event(const char *payload, size_t len)
 	}
 	t = json_object_get_string(type);
 	if (!strcmp(t, "ADMIN_STATS_UPDATED")) {
-		route_raw("admins", payload, len, SRC_REDIS, util_now_ns());
+		router_raw("admins", payload, len, SRC_REDIS, util_now_ns());
 	} else if (!strcmp(t, "SELLER_STATS_UPDATED")) {
 		if (!seller_id_of(root, id, sizeof(id)) &&
 		    !(json_object_object_get_ex(root, "data", &inner) &&
@@ -485,7 +485,7 @@ static void on_stats_event(const char *payload, size_t len)
 			log_warn("redis event ignored", "type", t, "reason", "invalid seller_id");
 			goto out;
 		}
-		route_raw(room, payload, len, SRC_REDIS, util_now_ns());
+		router_raw(room, payload, len, SRC_REDIS, util_now_ns());
 	} else {
 		log_debug("redis event ignored", "type", t, "reason", "unknown type");
 	}
@@ -734,7 +734,7 @@ static int publish(const char *room, const char *payload, size_t len, enum metri
 	return 0;
 }
 
-void rbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src)
+void redisbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src)
 {
 	uint64_t born_ns = util_now_ns();
 
@@ -742,15 +742,15 @@ void rbus_publish(const char *room, const char *payload, size_t len, enum metric
 		return;
 	/* Degraded mode: this replica's members still get it, other replicas' do not. */
 	metrics.redis_publish_failures++;
-	route_raw(room, payload, len, src, born_ns);
+	router_raw(room, payload, len, src, born_ns);
 }
 
-bool rbus_is_up(void)
+bool redisbus_is_up(void)
 {
 	return g.state == RB_UP;
 }
 
-void rbus_set_ctl(rbus_ctl_fn on_message, void (*on_up)(void))
+void redisbus_set_ctl(redisbus_ctl_fn on_message, void (*on_up)(void))
 {
 	g.ctl = on_message;
 	g.ctl_up = on_up;
@@ -764,7 +764,7 @@ static void on_ctl_published(redisAsyncContext *ac, void *r, void *privdata)
 		lose("PUBLISH failed", reply->str);
 }
 
-int rbus_ctl_publish(const char *payload, size_t len)
+int redisbus_ctl_publish(const char *payload, size_t len)
 {
 	const char *argv[3] = {"PUBLISH", CTL_CHANNEL, payload};
 	size_t lens[3] = {7, sizeof(CTL_CHANNEL) - 1, len};
@@ -815,7 +815,7 @@ static int parse_addr(const char *addr)
 	return 0;
 }
 
-int rbus_start(const struct config *cfg, uv_loop_t *loop)
+int redisbus_start(const struct config *cfg, uv_loop_t *loop)
 {
 	if (parse_addr(cfg->redis_addr) < 0) {
 		fprintf(stderr, "roomcast: invalid REDIS_ADDR=%s: expected host:port\n",
@@ -838,7 +838,7 @@ int rbus_start(const struct config *cfg, uv_loop_t *loop)
 	return 0;
 }
 
-void rbus_stop(void)
+void redisbus_stop(void)
 {
 	if (g.state == RB_IDLE || g.state == RB_STOPPING)
 		return;

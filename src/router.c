@@ -23,7 +23,7 @@ static size_t deliver_room(struct room *r, struct frame *f, long long id_num, ui
 			continue;
 		c->member.seen_gen = gen;
 		if (c->pending)
-			route_to_pending(c, room_name(r), f, id_num);
+			router_to_pending(c, room_name(r), f, id_num);
 		else
 			conn_send(c, f);
 		n++;
@@ -31,7 +31,7 @@ static size_t deliver_room(struct room *r, struct frame *f, long long id_num, ui
 	return n;
 }
 
-size_t route_event(const struct route_event *ev)
+size_t router_event(const struct router_event *ev)
 {
 	uint64_t gen = ++g_gen;
 	size_t n = 0;
@@ -56,8 +56,8 @@ size_t route_event(const struct route_event *ev)
 	return n;
 }
 
-size_t route_raw(const char *room, const char *payload, size_t len, enum metrics_source src,
-                 uint64_t born_ns)
+size_t router_raw(const char *room, const char *payload, size_t len, enum metrics_source src,
+                  uint64_t born_ns)
 {
 	struct room *r = room_find(room);
 	struct frame *f;

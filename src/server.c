@@ -54,7 +54,7 @@ struct http_x {
 	struct http_response resp;
 };
 
-enum srv_state { SRV_STARTING = 0, SRV_RUNNING, SRV_DRAINING, SRV_STOPPING };
+enum server_state { SRV_STARTING = 0, SRV_RUNNING, SRV_DRAINING, SRV_STOPPING };
 
 static struct config *g_cfg;
 static struct auth *g_auth;
@@ -66,9 +66,9 @@ static uv_check_t g_reaper;
 static uv_timer_t g_drain_timer;
 static uv_timer_t g_watchdog;
 static uint64_t g_drain_started;
-static enum srv_state g_state;
+static enum server_state g_state;
 
-static void set_state(enum srv_state s)
+static void set_state(enum server_state s)
 {
 	static const char *names[] = {"starting", "running", "draining", "stopping"};
 	log_info("server state", "from", names[g_state], "to", names[s]);
@@ -291,7 +291,7 @@ static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 	if (t->authenticated) {
 		c->ident = t->ident;
 		memset(&t->ident, 0, sizeof(t->ident));
-		c->state = CONN_OPEN; /* sess_open finishes the transition */
+		c->state = CONN_OPEN; /* session_open finishes the transition */
 	}
 	pss->conn = c;
 	return 0;
@@ -412,14 +412,14 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 	}
 	/* The common case, a whole message in one callback, is parsed in place. */
 	if (complete && !c->rx.len) {
-		sess_message(c, in, len);
+		session_message(c, in, len);
 		return 0;
 	}
 	buf_put(&c->rx, in, len);
 	if (c->rx.failed)
 		return -1;
 	if (complete) {
-		sess_message(c, c->rx.data, c->rx.len);
+		session_message(c, c->rx.data, c->rx.len);
 		/* Release the assembly buffer: idle connections should not keep it. */
 		buf_free(&c->rx);
 	}
@@ -463,7 +463,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		/* From here the connection's own timers (auth, ping, silence) bound it. */
 		if (t)
 			gate_ticket_phase(t, GATE_WS, 0);
-		sess_open(pss->conn, pss->conn->state == CONN_OPEN);
+		session_open(pss->conn, pss->conn->state == CONN_OPEN);
 		return 0;
 	}
 	case LWS_CALLBACK_RECEIVE:
@@ -720,7 +720,7 @@ static void fit_fd_limit(struct config *cfg)
 	         "rlimit_nofile", lim);
 }
 
-int srv_run(struct config *cfg)
+int server_run(struct config *cfg)
 {
 	struct lws_context_creation_info info;
 	static lws_retry_bo_t retry;
@@ -823,8 +823,8 @@ int srv_run(struct config *cfg)
 	}
 	conn_setup(cfg, g_ctx);
 	conn_set_hooks(
-	    &(struct conn_hooks){.on_detach = sess_pending_clear, .on_free = authz_cache_free});
-	sess_setup(cfg, g_auth);
+	    &(struct conn_hooks){.on_detach = session_pending_clear, .on_free = authz_cache_free});
+	session_setup(cfg, g_auth);
 	authz_setup(cfg, &g_loop);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	http_set_static(assets_serve);

@@ -27,7 +27,7 @@ static uint64_t g_broadcast_seq;
 #define MAX_ROOMS_PER_CONN 256
 
 static void on_drained(struct conn *c);
-void sess_setup(const struct config *cfg, const struct auth *auth)
+void session_setup(const struct config *cfg, const struct auth *auth)
 {
 	g_cfg = cfg;
 	g_auth = auth;
@@ -239,7 +239,7 @@ static void become_open(struct conn *c)
 	resolve_identity(c);
 }
 
-void sess_open(struct conn *c, int authenticated)
+void session_open(struct conn *c, int authenticated)
 {
 	/* Without a token the AUTH_TIMEOUT_S deadline set by conn_new runs. */
 	if (authenticated) {
@@ -324,14 +324,14 @@ static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 	free(pj);
 }
 
-void sess_pending_clear(struct conn *c)
+void session_pending_clear(struct conn *c)
 {
 	while (c->pending)
 		pending_end(c, (struct pending_join **)&c->pending, false);
 	dbident_free(c);
 }
 
-void route_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
+void router_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
 {
 	struct pending_join *pj = pending_find(c, room, NULL);
 
@@ -634,7 +634,7 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 
 /* ---- the server API ---- */
 
-int sess_server_join(struct conn *c, const char *room)
+int session_server_join(struct conn *c, const char *room)
 {
 	if (!conn_alive(c) || c->state != CONN_OPEN)
 		return 0;
@@ -647,7 +647,7 @@ int sess_server_join(struct conn *c, const char *room)
 	return 1;
 }
 
-int sess_server_leave(struct conn *c, const char *room)
+int session_server_leave(struct conn *c, const char *room)
 {
 	struct pending_join **link;
 
@@ -817,7 +817,7 @@ static bool rate_ok(struct conn *c)
 	return false;
 }
 
-void sess_message(struct conn *c, const char *data, size_t len)
+void session_message(struct conn *c, const char *data, size_t len)
 {
 	if (!conn_alive(c))
 		return;
