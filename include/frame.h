@@ -6,18 +6,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Bytes reserved before the payload for the WebSocket header (lws requires LWS_PRE). */
+/* Bytes reserved before the payload for the WebSocket header (lws requires LWS_PRE; a server
+ * text frame's own header takes 2, 4 or 10 of them, see frame_wire). */
 #define FRAME_PRE 16
+/* Longest WebSocket header of an unmasked server frame: opcode byte, 127, 8 length bytes. */
+#define FRAME_WS_HDR_MAX 10
 
 /* Room messages may be batched into one JSON array for ?batch=1 clients; replies may not. */
 #define FRAME_ROOM_MSG 1u
 /* The typed form of this room message is the message itself (see proto_typed). */
 #define FRAME_TYPED_SAME 2u
+/* Several room messages joined into one JSON array for a ?batch=1 client; nmsgs counts them. */
+#define FRAME_BATCH 4u
 
 struct frame {
 	uint32_t refs;
 	uint32_t len;
 	uint32_t flags;
+	/* Bytes of WebSocket header frame_wire built in front of the payload (0: not yet). The
+	 * frame is immutable once sent, so the header is built once for every recipient. */
+	uint8_t wire_hlen;
+	uint16_t nmsgs; /* FRAME_BATCH: room messages joined in it */
 	/* Monotonic nanoseconds when the event entered roomcast (0 if unknown): feeds the
 	 * notify-to-send latency histogram. */
 	uint64_t born_ns;
@@ -43,6 +52,19 @@ static inline struct frame *frame_ref(struct frame *f)
 /* Drops one reference; frees the frame at zero. */
 void frame_unref(struct frame *f);
 
+/* Pure: writes the header of an unmasked, final WebSocket text frame of len payload bytes into
+ * out (FRAME_WS_HDR_MAX bytes) and returns its length: 2, 4 or 10. */
+size_t frame_ws_header(unsigned char *out, uint64_t len);
+/* The frame as it goes on the wire: its WebSocket text header (built in the headroom on the
+ * first call, then reused: server frames are unmasked, so every recipient gets the same bytes)
+ * followed by the payload. *len gets the total. The pointer lives as long as f. */
+unsigned char *frame_wire(struct frame *f, size_t *len);
+
+/* Pure: how bytes written by one writev of frames of the given wire lengths split: the number
+ * of frames that went out whole, and in *cut the bytes of the next one that went out (0: none,
+ * the write ended on a frame boundary). */
+uint32_t frame_sent_split(const size_t *lens, uint32_t n, size_t written, size_t *cut);
+
 /* A FIFO ring of frame references, bounded in bytes by its owner. */
 struct frame_queue {
 	struct frame **ring;
@@ -53,6 +75,9 @@ struct frame_queue {
 void frame_queue_init(struct frame_queue *q);
 /* Takes a new reference on f and appends it; -1 on allocation failure (f untouched). */
 int frame_queue_push(struct frame_queue *q, struct frame *f);
+/* Takes a new reference on f and puts it at the head (before every queued frame); -1 on
+ * allocation failure (f untouched). */
+int frame_queue_push_front(struct frame_queue *q, struct frame *f);
 /* Removes the head and returns the reference the queue held (caller unrefs), or NULL. */
 struct frame *frame_queue_pop(struct frame_queue *q);
 static inline struct frame *frame_queue_peek(const struct frame_queue *q, uint32_t i)

@@ -18,6 +18,8 @@ struct frame *frame_alloc(size_t len)
 	f->len = (uint32_t)len;
 	f->born_ns = 0;
 	f->flags = 0;
+	f->wire_hlen = 0;
+	f->nmsgs = 0;
 	f->alt = NULL;
 	f->buf[FRAME_PRE + len] = '\0';
 	return f;
@@ -39,27 +41,88 @@ void frame_unref(struct frame *f)
 	}
 }
 
+size_t frame_ws_header(unsigned char *out, uint64_t len)
+{
+	out[0] = 0x81; /* FIN, text */
+	if (len < 126) {
+		out[1] = (unsigned char)len; /* no mask bit: server frames are unmasked */
+		return 2;
+	}
+	if (len <= 0xffff) {
+		out[1] = 126;
+		out[2] = (unsigned char)(len >> 8);
+		out[3] = (unsigned char)len;
+		return 4;
+	}
+	out[1] = 127;
+	for (int i = 0; i < 8; i++)
+		out[2 + i] = (unsigned char)(len >> (56 - 8 * i));
+	return 10;
+}
+
+unsigned char *frame_wire(struct frame *f, size_t *len)
+{
+	_Static_assert(FRAME_PRE >= FRAME_WS_HDR_MAX, "the headroom must hold a frame header");
+	if (!f->wire_hlen) {
+		unsigned char hdr[FRAME_WS_HDR_MAX];
+		size_t n = frame_ws_header(hdr, f->len);
+		memcpy(f->buf + FRAME_PRE - n, hdr, n);
+		f->wire_hlen = (uint8_t)n;
+	}
+	*len = f->wire_hlen + (size_t)f->len;
+	return f->buf + FRAME_PRE - f->wire_hlen;
+}
+
+uint32_t frame_sent_split(const size_t *lens, uint32_t n, size_t written, size_t *cut)
+{
+	uint32_t whole = 0;
+
+	while (whole < n && written >= lens[whole]) {
+		written -= lens[whole];
+		whole++;
+	}
+	*cut = whole < n ? written : 0;
+	return whole;
+}
+
 void frame_queue_init(struct frame_queue *q)
 {
 	memset(q, 0, sizeof(*q));
 }
 
+/* Grows the ring to twice its size (4 at first), unwrapped so head is 0; cap stays a power of
+ * two. */
+static int queue_grow(struct frame_queue *q)
+{
+	uint32_t ncap = q->cap ? q->cap * 2 : 4;
+	struct frame **nring = malloc(sizeof(*nring) * ncap);
+	if (!nring)
+		return -1;
+	for (uint32_t i = 0; i < q->count; i++)
+		nring[i] = q->ring[(q->head + i) & (q->cap - 1)];
+	free(q->ring);
+	q->ring = nring;
+	q->cap = ncap;
+	q->head = 0;
+	return 0;
+}
+
 int frame_queue_push(struct frame_queue *q, struct frame *f)
 {
-	if (q->count == q->cap) {
-		/* Grow by doubling and unwrap the ring so head is 0; cap stays a power of two. */
-		uint32_t ncap = q->cap ? q->cap * 2 : 4;
-		struct frame **nring = malloc(sizeof(*nring) * ncap);
-		if (!nring)
-			return -1;
-		for (uint32_t i = 0; i < q->count; i++)
-			nring[i] = q->ring[(q->head + i) & (q->cap - 1)];
-		free(q->ring);
-		q->ring = nring;
-		q->cap = ncap;
-		q->head = 0;
-	}
+	if (q->count == q->cap && queue_grow(q) < 0)
+		return -1;
 	q->ring[(q->head + q->count) & (q->cap - 1)] = frame_ref(f);
+	q->count++;
+	q->bytes += f->len;
+	return 0;
+}
+
+int frame_queue_push_front(struct frame_queue *q, struct frame *f)
+{
+	if (q->count == q->cap && queue_grow(q) < 0)
+		return -1;
+	q->head = (q->head - 1) & (q->cap - 1);
+	q->ring[q->head] = frame_ref(f);
 	q->count++;
 	q->bytes += f->len;
 	return 0;
