@@ -42,9 +42,14 @@ struct config {
 	long pong_timeout_s;
 	long auth_timeout_s;
 	char *token_expiry_action;
-	bool token_expiry_keep; /* derived: TOKEN_EXPIRY_ACTION=keep */
-	long listen_probe_s;    /* 0: the listener is not probed */
-	long trigger_check_s;   /* 0: realtime.attach_triggers() is not run */
+	bool token_expiry_keep;    /* derived: TOKEN_EXPIRY_ACTION=keep */
+	long listen_probe_s;       /* 0: the listener is not probed */
+	long trigger_check_s;      /* 0: realtime.attach_triggers() is not run */
+	char *capture;             /* CAPTURE: triggers or logical */
+	bool capture_logical;      /* derived: CAPTURE=logical */
+	char *capture_slot;        /* validated: [a-z0-9_]{1,63} */
+	char *capture_publication; /* validated: [a-z0-9_]{1,63} */
+	long capture_status_interval_s;
 	long outbox_retention_s;
 	char *log_level;
 	char *log_format;

@@ -72,6 +72,14 @@ static const struct opt opts[] = {
      "seconds between checks that the listener hears its own NOTIFY (0: off)"},
     {"TRIGGER_CHECK_S", I(trigger_check_s), "10", 0, 3600,
      "seconds between realtime.attach_triggers() runs (0: off)"},
+    {"CAPTURE", S(capture), "triggers", 0, 0,
+     "how row changes become events: triggers, or logical (a replication slot read by roomcast)"},
+    {"CAPTURE_SLOT", S(capture_slot), "roomcast", 0, 0,
+     "logical replication slot (CAPTURE=logical)"},
+    {"CAPTURE_PUBLICATION", S(capture_publication), "realtime_capture", 0, 0,
+     "publication of the watched tables (CAPTURE=logical)"},
+    {"CAPTURE_STATUS_INTERVAL_S", I(capture_status_interval_s), "5", 1, 30,
+     "seconds between standby status updates and slot checks (CAPTURE=logical)"},
     {"OUTBOX_RETENTION", D(outbox_retention_s), "24h", 60, 365L * 86400, "replay window"},
     {"LOG_LEVEL", S(log_level), "info", 0, 0, "debug, info, warn or error"},
     {"LOG_FORMAT", S(log_format), "json", 0, 0, "json or text"},
@@ -220,6 +228,34 @@ static int validate(struct config *cfg, FILE *err)
 		fprintf(err,
 		        "roomcast: invalid ENVIRONMENT=%s: expected development or production\n",
 		        cfg->environment);
+		return -1;
+	}
+	cfg->capture_logical = !strcasecmp(cfg->capture, "logical");
+	if (!cfg->capture_logical && strcasecmp(cfg->capture, "triggers")) {
+		fprintf(err, "roomcast: invalid CAPTURE=%s: expected triggers or logical\n",
+		        cfg->capture);
+		return -1;
+	}
+	if (cfg->capture_logical && !is_set(cfg->database_url)) {
+		fprintf(err, "roomcast: CAPTURE=logical needs DATABASE_URL\n");
+		return -1;
+	}
+	if (strlen(cfg->capture_slot) < 1 || strlen(cfg->capture_slot) > 63 ||
+	    strspn(cfg->capture_slot, "abcdefghijklmnopqrstuvwxyz0123456789_") !=
+	        strlen(cfg->capture_slot)) {
+		fprintf(
+		    err,
+		    "roomcast: invalid CAPTURE_SLOT=%s: 1-63 of lower-case letters, digits, _\n",
+		    cfg->capture_slot);
+		return -1;
+	}
+	if (strlen(cfg->capture_publication) < 1 || strlen(cfg->capture_publication) > 63 ||
+	    strspn(cfg->capture_publication, "abcdefghijklmnopqrstuvwxyz0123456789_") !=
+	        strlen(cfg->capture_publication)) {
+		fprintf(err,
+		        "roomcast: invalid CAPTURE_PUBLICATION=%s: 1-63 of lower-case letters, "
+		        "digits, _\n",
+		        cfg->capture_publication);
 		return -1;
 	}
 	if (strcasecmp(cfg->log_format, "json") && strcasecmp(cfg->log_format, "text")) {

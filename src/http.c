@@ -2,6 +2,7 @@
  * door for backend services. Every refusal is a JSON {"error": ...} with the right status. */
 #include "http.h"
 #include "bus.h"
+#include "capture.h"
 #include "cidr.h"
 #include "cluster.h"
 #include "conn.h"
@@ -89,10 +90,11 @@ static void health(struct http_response *resp, bool ready_only)
 		buf_printf(&resp->body, "{\"ready\":%s,\"postgres\":\"%s\",\"redis\":\"%s\"",
 		           healthy ? "true" : "false", pg, redis);
 		pgwatch_health_json(&resp->body);
+		capture_health_json(&resp->body);
 		buf_puts(&resp->body, "}");
 		return;
 	}
-	healthy = healthy && !pgwatch_degraded();
+	healthy = healthy && !pgwatch_degraded() && !capture_degraded();
 	resp->status = 200;
 	buf_printf(&resp->body,
 	           "{\"status\":\"%s\",\"service\":\"roomcast\",\"version\":\"%s\",\"node\":",
@@ -102,6 +104,7 @@ static void health(struct http_response *resp, bool ready_only)
 	           ",\"uptime_s\":%ld,\"connections\":%lld,\"postgres\":\"%s\",\"redis\":\"%s\"",
 	           (long)(time(NULL) - g_started), (long long)conn_count(), pg, redis);
 	pgwatch_health_json(&resp->body);
+	capture_health_json(&resp->body);
 	buf_puts(&resp->body, "}");
 }
 
@@ -259,6 +262,7 @@ static void render_metrics(struct http_response *resp)
 	       "pg_notification_queue_usage() at the last heartbeat.");
 	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
 	pgwatch_metrics(b);
+	capture_metrics(b);
 	pglisten_metrics(b);
 	liveroom_metrics(b);
 	cluster_metrics(b);

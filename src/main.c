@@ -1,6 +1,7 @@
 /* Entry point: picks the subcommand (serve, migrate, token, version) and wires the modules
  * together. No logic of its own beyond argument dispatch. */
 #include "auth.h"
+#include "capture.h"
 #include "config.h"
 #include "log.h"
 #include "migrate.h"
@@ -84,7 +85,23 @@ static int cmd_migrate(int argc, char **argv)
 		return migrate_status(url, stdout) ? 1 : 0;
 	if (!strcmp(action, "down"))
 		return migrate_down(url, steps, stdout) ? 1 : 0;
-	return migrate_up(url, stdout) ? 1 : 0;
+	if (migrate_up(url, stdout))
+		return 1;
+	/* CAPTURE set: the database is prepared for it (see docs/database.md#logical-capture). */
+	if (getenv("CAPTURE") && *getenv("CAPTURE")) {
+		const char *mode = getenv("CAPTURE");
+		const char *slot = getenv("CAPTURE_SLOT"), *pub = getenv("CAPTURE_PUBLICATION");
+		if (strcmp(mode, "logical") && strcmp(mode, "triggers")) {
+			fprintf(stderr,
+			        "roomcast: invalid CAPTURE=%s: expected triggers or logical\n",
+			        mode);
+			return 2;
+		}
+		if (capture_prepare(url, mode, slot && *slot ? slot : "roomcast",
+		                    pub && *pub ? pub : "realtime_capture", stdout))
+			return 1;
+	}
+	return 0;
 }
 
 static long parse_ttl(const char *s)

@@ -6,6 +6,7 @@
 #include "auth.h"
 #include "authz.h"
 #include "bus.h"
+#include "capture.h"
 #include "cluster.h"
 #include "conn.h"
 #include "presence.h"
@@ -630,6 +631,7 @@ static void finish(void)
 	presence_stop();
 	bus_stop();
 	liveroom_stop();
+	capture_stop();
 	pgl_stop();
 	lws_context_destroy(g_ctx);
 	g_ctx = NULL;
@@ -829,7 +831,8 @@ int server_run(struct config *cfg)
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
-	    pgl_start(cfg, &g_loop) < 0 || liveroom_start(cfg, &g_loop) < 0 ||
+	    pgl_start(cfg, &g_loop) < 0 || capture_start(cfg, &g_loop) < 0 ||
+	    liveroom_start(cfg, &g_loop) < 0 ||
 	    cluster_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 || presence_start(cfg, &g_loop) < 0 ||
 	    (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
