@@ -58,6 +58,9 @@ struct metrics {
 	double pg_queue_usage;
 	uint64_t redis_reconnects, redis_publish_failures;
 	int redis_up;
+	/* Room channels (`ws:room:<room>`) Redis confirmed subscribed; room messages received. */
+	int64_t bus_channels;
+	uint64_t bus_received;
 	uint64_t http_requests[6]; /* by status class 1xx..5xx, index 0 unused */
 	/* The gate's budgets: every accepted TCP connection, from accept to close. */
 	int64_t open_http, open_ws, open_addresses;

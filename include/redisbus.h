@@ -1,6 +1,7 @@
-/* The Redis transport of the bus: one hiredis context subscribed to `ws:room:*`, `events` and
- * our heartbeat channel, one for PUBLISH, both on the server's libuv loop, with connect
- * deadline, heartbeat, jittered reconnects and a degraded local mode while Redis is away. */
+/* The Redis transport of the bus: one hiredis context subscribed to `events`, our heartbeat
+ * channel, `roomcast:ctl` and `ws:room:<room>` for each room with local members (batched), one
+ * for PUBLISH, both on the server's libuv loop, with connect deadline, heartbeat, jittered
+ * reconnects and a degraded local mode while Redis is away. */
 #ifndef ROOMCAST_REDISBUS_H
 #define ROOMCAST_REDISBUS_H
 
@@ -21,6 +22,11 @@ void redisbus_stop(void);
  * publish failure when it is not. */
 void redisbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src);
 bool redisbus_is_up(void);
+/* Returns 1 when room (which has local members) waits for Redis to confirm its subscription:
+ * fn(arg) then runs once, when it is confirmed, when the link is lost, or at stop. Returns 0,
+ * and fn never runs, when messages published to the room from now on already reach us (or
+ * cannot, the link being down). fn must not join or leave rooms. */
+int redisbus_when_subscribed(const char *room, void (*fn)(void *arg), void *arg);
 /* The control channel `roomcast:ctl` (requests and answers between replicas). on_message gets
  * every message published there, our own included; on_up runs each time the link comes up
  * (first connect and every reconnect). */

@@ -45,6 +45,10 @@ void room_set_join_hook(void (*fn)(const char *name, struct room_member *m));
  * removal (room_leave, room_leave_all); neither may join or leave. */
 void room_set_presence_hooks(void (*join)(const char *name, struct room_member *m),
                              void (*leave)(const char *name, struct room_member *m));
+/* Runs when a room gets its first member (exists true, after the join hooks) and when its last
+ * member is removed (exists false, before the room is freed; also from room_reset); it must
+ * not join or leave. One hook: the bus's, which subscribes per room. */
+void room_set_life_hook(void (*fn)(const char *name, bool exists));
 /* Returns 0 when removed, 1 when not a member. Empty rooms are freed. */
 int room_leave(const char *name, struct room_member *m);
 void room_leave_all(struct room_member *m);

@@ -28,6 +28,11 @@ int bus_publish(const char *room, const char *payload, size_t len, enum metrics_
 	return 0;
 }
 
+int bus_when_subscribed(const char *room, void (*fn)(void *arg), void *arg)
+{
+	return g_redis ? redisbus_when_subscribed(room, fn, arg) : 0;
+}
+
 const char *bus_state(void)
 {
 	if (!g_redis)

@@ -277,6 +277,12 @@ static void render_metrics(struct http_response *resp)
 	counter(b, "roomcast_redis_publish_failures_total",
 	        "Messages not published through Redis, delivered on this replica only.",
 	        metrics.redis_publish_failures);
+	family(b, "roomcast_bus_channels_subscribed", "gauge",
+	       "Room channels (ws:room:<room>) Redis confirmed this replica subscribed to.");
+	buf_printf(b, "roomcast_bus_channels_subscribed %lld\n", (long long)metrics.bus_channels);
+	counter(b, "roomcast_bus_messages_received_total",
+	        "Room messages received from Redis (our own echoes included).",
+	        metrics.bus_received);
 
 	family(b, "roomcast_delivery_latency_seconds", "histogram",
 	       "From event arrival to the write to the client.");

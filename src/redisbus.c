@@ -1,6 +1,7 @@
 /* The Redis transport of the bus: a subscriber and a publisher hiredis context on the
  * server's loop, the link state machine (changed only by set_state(), which logs transitions),
- * heartbeat, jittered reconnects, degraded local delivery and `events` stats routing. */
+ * heartbeat, jittered reconnects, degraded local delivery, `events` stats routing, and one
+ * `ws:room:<room>` subscription per room with local members (batched SUBSCRIBE/UNSUBSCRIBE). */
 #include "redisbus.h"
 #include "log.h"
 #include "room.h"
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <uthash.h>
 
 /* Both contexts form one link: it is up when the publisher answered and all subscriptions are
  * acknowledged, and either one failing takes the whole link down and reconnects both. */
@@ -43,7 +45,10 @@ enum redisbus_state { RB_IDLE = 0, RB_RESOLVING, RB_CONNECTING, RB_UP, RB_BACKOF
 #define EVENTS_CHANNEL  "events"
 /* Requests and answers between replicas (the server API, presence): see cluster.c. */
 #define CTL_CHANNEL   "roomcast:ctl"
-#define SUBSCRIPTIONS 4 /* events, our heartbeat channel, roomcast:ctl, ws:room:* */
+#define SUBSCRIPTIONS 3 /* events, our heartbeat channel, roomcast:ctl */
+/* Room channels per SUBSCRIBE or UNSUBSCRIBE command (Centrifugo's batch): a burst of joins
+ * to thousands of rooms costs a few commands, and no single command is huge. */
+#define SUB_BATCH 512
 
 /* One of our own publishes, kept until it comes back on the subscription: the echo is then
  * delivered with its original source and birth time, and if the link dies first this replica
@@ -56,6 +61,41 @@ struct own_msg {
 	size_t len;
 	char room[ROOM_NAME_MAX + 1];
 	char payload[];
+};
+
+/* A message published to a room whose subscription is not yet confirmed: sent once it is.
+ * Were it sent at once, its echo would come back or not depending on whether Redis ran our
+ * SUBSCRIBE before it (two connections), and the local members would get it twice or never. */
+struct held_msg {
+	struct held_msg *next;
+	uint64_t born_ns;
+	enum metrics_source src;
+	size_t len;
+	char payload[];
+};
+
+/* Someone waiting for a room's subscription to be confirmed (a join's reply). */
+struct waiter {
+	struct waiter *next;
+	void (*fn)(void *arg);
+	void *arg;
+};
+
+/* One room's subscription: what the room registry wants (want: the room has local members)
+ * against what we last asked Redis for (asked) and whether Redis has confirmed it (busy until
+ * the confirmation). One command per room at a time: hiredis 0.14 forgets a channel's callback
+ * when the UNSUBSCRIBE confirmation arrives, even with a SUBSCRIBE for it still in flight,
+ * after which that channel's messages would be silently dropped. Kept while any of its
+ * fields matters; see maybe_free. */
+struct rsub {
+	UT_hash_handle hh; /* keyed by the room name (chan + ROOM_PREFIX_LEN) */
+	bool want, asked, busy;
+	bool dirty; /* on g.dirty */
+	struct rsub *next_dirty;
+	uint32_t own; /* our tracked publishes on the channel not yet received back */
+	struct held_msg *held, *held_tail;
+	struct waiter *waiters;
+	char chan[]; /* "ws:room:<room>" */
 };
 
 static struct {
@@ -86,6 +126,11 @@ static struct {
 	uint64_t pub_seq, pub_acked;
 	redisbus_ctl_fn ctl;
 	void (*ctl_up)(void);
+	struct rsub *rooms; /* uthash */
+	struct rsub *dirty; /* rooms whose subscription may need a command */
+	size_t held_bytes;
+	uint32_t resub_left; /* rooms resubscribed by connect_both not yet confirmed */
+	uv_timer_t flush;    /* sends the batched (UN)SUBSCRIBEs of one loop pass */
 } g;
 
 static void start_connect(void);
@@ -141,6 +186,278 @@ static void flush_own(bool deliver)
 			router_raw(m->room, m->payload, m->len, m->src, m->born_ns);
 		free(m);
 	}
+}
+
+/* ---- per-room subscriptions ---- */
+
+static int publish(const char *room, const char *payload, size_t len, enum metrics_source src,
+                   uint64_t born_ns, struct rsub *track);
+static void on_flush(uv_timer_t *t);
+static void on_sub(redisAsyncContext *ac, void *r, void *privdata);
+static void lose(const char *what, const char *detail);
+static void maybe_up(void);
+
+/* Argument vectors of one (UN)SUBSCRIBE batch; never used by two batches at once. */
+static const char *g_argv[SUB_BATCH + 1];
+static size_t g_lens[SUB_BATCH + 1];
+
+static struct rsub *rsub_find(const char *room, size_t len)
+{
+	struct rsub *r;
+	HASH_FIND(hh, g.rooms, room, len, r);
+	return r;
+}
+
+static const char *rsub_room(const struct rsub *r)
+{
+	return r->chan + ROOM_PREFIX_LEN;
+}
+
+/* Redis confirmed the subscription and no UNSUBSCRIBE has been sent since: everything
+ * published to the channel from now on comes back to us. */
+static bool confirmed(const struct rsub *r)
+{
+	return r->asked && !r->busy;
+}
+
+/* Commands go out from a 0 ms timer: joins and leaves of one loop pass are batched (a room
+ * that came and went in between costs nothing), and hiredis is never re-entered from inside
+ * one of its own callbacks. */
+static void mark_dirty(struct rsub *r)
+{
+	if (!r->dirty) {
+		r->dirty = true;
+		r->next_dirty = g.dirty;
+		g.dirty = r;
+	}
+	if (g.state != RB_STOPPING && !uv_is_active((uv_handle_t *)&g.flush))
+		uv_timer_start(&g.flush, on_flush, 0, 0);
+}
+
+/* Frees r once nothing refers to it: no local members, no subscription asked for or being
+ * confirmed, no tracked publish in flight, nothing held or waiting, not on the dirty list. */
+static void maybe_free(struct rsub *r)
+{
+	if (r->want || r->asked || r->busy || r->dirty || r->own || r->held || r->waiters)
+		return;
+	HASH_DEL(g.rooms, r);
+	free(r);
+}
+
+static void run_waiters(struct rsub *r)
+{
+	struct waiter *w = r->waiters, *next;
+
+	r->waiters = NULL;
+	for (; w; w = next) {
+		next = w->next;
+		w->fn(w->arg);
+		free(w);
+	}
+}
+
+/* Sends the held messages, tracked when the room's local members wait for the echo,
+ * untracked when none are left (other replicas still get them). Without a link they are
+ * delivered here only, like any publish while Redis is away. */
+static void release_held(struct rsub *r)
+{
+	struct held_msg *h;
+
+	while ((h = r->held)) {
+		r->held = h->next;
+		if (!r->held)
+			r->held_tail = NULL;
+		g.held_bytes -= h->len;
+		if (g.state != RB_UP ||
+		    publish(rsub_room(r), h->payload, h->len, h->src, h->born_ns,
+		            r->want && confirmed(r) ? r : NULL) < 0) {
+			metrics.redis_publish_failures++;
+			router_raw(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
+		}
+		free(h);
+	}
+}
+
+/* One of our tracked publishes came back (or was given up): the last one lets an
+ * UNSUBSCRIBE that waited for it go out. */
+static void own_done(const char *room)
+{
+	struct rsub *r = rsub_find(room, strlen(room));
+
+	if (r && r->own && --r->own == 0 && !r->want)
+		mark_dirty(r);
+}
+
+/* The link is gone: no subscription is left. Held messages are delivered here only (the
+ * in-flight ones were, by flush_own, just before), waiters go on, and rooms without members
+ * are freed by the next flush (not here: lose() runs inside loops that hold pointers). */
+static void reset_rooms(void)
+{
+	struct rsub *r, *tmp;
+	struct held_msg *h;
+
+	metrics.bus_channels = 0;
+	HASH_ITER(hh, g.rooms, r, tmp)
+	{
+		r->asked = r->busy = false;
+		r->own = 0;
+		while ((h = r->held)) {
+			r->held = h->next;
+			metrics.redis_publish_failures++;
+			router_raw(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
+			free(h);
+		}
+		r->held_tail = NULL;
+		run_waiters(r);
+		if (!r->want)
+			mark_dirty(r);
+	}
+	g.held_bytes = 0;
+}
+
+/* Sends g_argv[0..n) on the subscriber; false when the link was lost doing it. */
+static bool send_batch(int n)
+{
+	if (n < 2)
+		return true;
+	if (redisAsyncCommandArgv(g.sub, on_sub, NULL, n, g_argv, g_lens) != REDIS_OK) {
+		lose("SUBSCRIBE failed", g.sub->errstr);
+		return false;
+	}
+	return true;
+}
+
+static void on_flush(uv_timer_t *t)
+{
+	struct rsub *r, *keep = NULL;
+	const char *cmd[2] = {"SUBSCRIBE", "UNSUBSCRIBE"};
+	struct rsub *batch[2] = {NULL, NULL}; /* rooms of each batch, linked by next_dirty */
+	int n[2] = {0, 0};
+
+	while ((r = g.dirty)) {
+		g.dirty = r->next_dirty;
+		r->dirty = false;
+		if (!r->want) {
+			release_held(r);
+			run_waiters(r);
+		}
+		/* One command per room in flight; its confirmation dirties the room again. An
+		 * UNSUBSCRIBE waits for our tracked publishes to come back (own_done). */
+		if (!r->busy && r->want != r->asked && (r->want || !r->own)) {
+			if (g.state != RB_UP) {
+				r->dirty = true;
+				r->next_dirty = keep;
+				keep = r;
+				continue;
+			}
+			int k = r->want ? 0 : 1;
+			r->asked = r->want;
+			r->busy = true;
+			r->next_dirty = batch[k];
+			batch[k] = r;
+			n[k]++;
+			continue;
+		}
+		maybe_free(r);
+	}
+	g.dirty = keep;
+	/* The rooms were marked before any command went out, so a lost link (which resets every
+	 * room) cannot leave one half-sent. */
+	for (int k = 0; k < 2; k++) {
+		int argc = 1;
+		g_argv[0] = cmd[k];
+		g_lens[0] = strlen(cmd[k]);
+		for (r = batch[k]; r && g.state == RB_UP; r = r->next_dirty) {
+			g_argv[argc] = r->chan;
+			g_lens[argc] = strlen(r->chan);
+			if (++argc == SUB_BATCH + 1) {
+				if (!send_batch(argc))
+					return;
+				argc = 1;
+			}
+		}
+		if (g.state == RB_UP && !send_batch(argc))
+			return;
+	}
+}
+
+/* Every room with local members, after the fixed subscriptions of a new link. */
+static bool resubscribe_all(void)
+{
+	struct rsub *r, *tmp;
+	int argc = 1;
+
+	g_argv[0] = "SUBSCRIBE";
+	g_lens[0] = 9;
+	HASH_ITER(hh, g.rooms, r, tmp)
+	{
+		if (!r->want)
+			continue;
+		r->asked = r->busy = true;
+		g.resub_left++;
+		g_argv[argc] = r->chan;
+		g_lens[argc] = strlen(r->chan);
+		if (++argc == SUB_BATCH + 1) {
+			if (!send_batch(argc))
+				return false;
+			argc = 1;
+		}
+	}
+	return send_batch(argc);
+}
+
+/* Redis confirmed one room channel's SUBSCRIBE or UNSUBSCRIBE. */
+static void room_ack(const redisReply *chan, bool subscribed)
+{
+	struct rsub *r =
+	    rsub_find(chan->str + ROOM_PREFIX_LEN, (size_t)chan->len - ROOM_PREFIX_LEN);
+
+	if (!r || !r->busy || r->asked != subscribed) {
+		log_debug("redis confirmation ignored", "reason", "no command in flight for it");
+		return;
+	}
+	r->busy = false;
+	if (subscribed && g.resub_left && g.state == RB_CONNECTING) {
+		g.resub_left--;
+		maybe_up();
+	}
+	if (subscribed)
+		metrics.bus_channels++;
+	else if (metrics.bus_channels > 0)
+		metrics.bus_channels--;
+	if (r->want != r->asked) {
+		mark_dirty(r);
+	} else if (r->want) {
+		release_held(r);
+		run_waiters(r);
+	}
+	maybe_free(r);
+}
+
+/* The room registry's life hook: a room got its first local member, or lost its last. */
+static void on_room_life(const char *room, bool exists)
+{
+	size_t len = strlen(room);
+	struct rsub *r;
+
+	if (g.state == RB_IDLE || g.state == RB_STOPPING)
+		return;
+	r = rsub_find(room, len);
+	if (!r) {
+		if (!exists)
+			return;
+		r = calloc(1, sizeof(*r) + ROOM_PREFIX_LEN + len + 1);
+		if (!r) {
+			log_error("redis subscription skipped", "room", room, "reason",
+			          "out of memory");
+			return;
+		}
+		memcpy(r->chan, ROOM_PREFIX, ROOM_PREFIX_LEN);
+		memcpy(r->chan + ROOM_PREFIX_LEN, room, len + 1);
+		HASH_ADD_KEYPTR(hh, g.rooms, rsub_room(r), len, r);
+	}
+	r->want = exists;
+	mark_dirty(r);
 }
 
 /* ---- context lifetime ---- */
@@ -224,6 +541,7 @@ static void lose(const char *what, const char *detail)
 	if (was_up)
 		metrics.redis_reconnects++;
 	flush_own(true);
+	reset_rooms();
 	delay = (uint64_t)BACKOFF_MIN_MS << (g.attempts < 6 ? g.attempts : 6);
 	if (delay > BACKOFF_MAX_MS)
 		delay = BACKOFF_MAX_MS;
@@ -286,6 +604,7 @@ static void heartbeat_echo(const char *payload, size_t len)
 		metrics.redis_publish_failures++;
 		log_warn("redis message lost", "room", m->room, "reason",
 		         "not received back before a later heartbeat");
+		own_done(m->room);
 		free(m);
 	}
 	heartbeat_check_done();
@@ -321,13 +640,16 @@ static void on_heartbeat(uv_timer_t *t)
 
 static void maybe_up(void)
 {
-	if (g.state != RB_CONNECTING || !g.pub_ready || g.sub_acks < SUBSCRIPTIONS)
+	if (g.state != RB_CONNECTING || !g.pub_ready || g.sub_acks < SUBSCRIPTIONS || g.resub_left)
 		return;
 	uv_timer_stop(&g.timer);
 	g.attempts = 0;
 	g.hb_pending = false;
 	set_state(RB_UP);
 	uv_timer_start(&g.heartbeat, on_heartbeat, HEARTBEAT_EVERY_MS, HEARTBEAT_EVERY_MS);
+	/* Rooms that came or went while connecting. */
+	if (g.dirty)
+		uv_timer_start(&g.flush, on_flush, 0, 0);
 	if (g.ctl_up)
 		g.ctl_up();
 }
@@ -403,7 +725,9 @@ static bool utf8_valid(const unsigned char *s, size_t len)
 
 /* Room messages: our own come back in the order we published them (one publisher
  * connection, one subscriber connection, one Redis), so only the head of the queue can
- * match; anything else came from another replica or producer and is forwarded as is. */
+ * match; anything else came from another replica or producer and is forwarded as is. Only
+ * publishes whose echo is certain are queued (the room's subscription was confirmed and its
+ * UNSUBSCRIBE waits for them), so a missing echo never shifts the matching. */
 static void on_room_message(const redisReply *chan, const redisReply *payload)
 {
 	char room[ROOM_NAME_MAX + 1];
@@ -422,6 +746,7 @@ static void on_room_message(const redisReply *chan, const redisReply *payload)
 	if (m && m->len == (size_t)payload->len && !strcmp(m->room, room) &&
 	    !memcmp(m->payload, payload->str, m->len)) {
 		pop_own();
+		own_done(room);
 		router_raw(room, payload->str, m->len, m->src, m->born_ns);
 		free(m);
 		return;
@@ -502,7 +827,8 @@ static bool reply_is(const redisReply *r, const char *s)
 	return r->type == REDIS_REPLY_STRING && (size_t)r->len == n && !memcmp(r->str, s, n);
 }
 
-/* Every subscription shares this callback: acknowledgements, messages and pattern messages. */
+/* Every subscription shares this callback: acknowledgements (room channels' included, and
+ * their UNSUBSCRIBE confirmations) and messages. */
 static void on_sub(redisAsyncContext *ac, void *r, void *privdata)
 {
 	redisReply *reply = r;
@@ -517,20 +843,26 @@ static void on_sub(redisAsyncContext *ac, void *r, void *privdata)
 	if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
 		return;
 	e = reply->element;
-	if (reply_is(e[0], "subscribe") || reply_is(e[0], "psubscribe")) {
-		g.sub_acks++;
-		maybe_up();
+	if (reply_is(e[0], "subscribe") || reply_is(e[0], "unsubscribe")) {
+		if (e[1]->type == REDIS_REPLY_STRING && (size_t)e[1]->len > ROOM_PREFIX_LEN &&
+		    !memcmp(e[1]->str, ROOM_PREFIX, ROOM_PREFIX_LEN)) {
+			room_ack(e[1], reply_is(e[0], "subscribe"));
+		} else if (reply_is(e[0], "subscribe")) {
+			g.sub_acks++;
+			maybe_up();
+		}
 	} else if (reply_is(e[0], "message") && e[1]->type == REDIS_REPLY_STRING &&
 	           e[2]->type == REDIS_REPLY_STRING) {
-		if (reply_is(e[1], g.hb_channel))
+		if ((size_t)e[1]->len > ROOM_PREFIX_LEN &&
+		    !memcmp(e[1]->str, ROOM_PREFIX, ROOM_PREFIX_LEN)) {
+			metrics.bus_received++;
+			on_room_message(e[1], e[2]);
+		} else if (reply_is(e[1], g.hb_channel))
 			heartbeat_echo(e[2]->str, (size_t)e[2]->len);
 		else if (reply_is(e[1], EVENTS_CHANNEL))
 			on_stats_event(e[2]->str, (size_t)e[2]->len);
 		else if (reply_is(e[1], CTL_CHANNEL) && g.ctl)
 			g.ctl(e[2]->str, (size_t)e[2]->len);
-	} else if (reply_is(e[0], "pmessage") && reply->elements >= 4 &&
-	           e[2]->type == REDIS_REPLY_STRING && e[3]->type == REDIS_REPLY_STRING) {
-		on_room_message(e[2], e[3]);
 	}
 }
 
@@ -585,12 +917,12 @@ static void connect_both(const char *ip)
 {
 	const char *auth[2] = {"AUTH", g.password};
 	const char *subscribe[4] = {"SUBSCRIBE", EVENTS_CHANNEL, g.hb_channel, CTL_CHANNEL};
-	const char *psubscribe[2] = {"PSUBSCRIBE", ROOM_PREFIX "*"};
 	const char *ping[1] = {"PING"};
 	bool ok = true;
 
 	set_state(RB_CONNECTING);
 	g.sub_acks = 0;
+	g.resub_left = 0;
 	g.pub_ready = false;
 	if (!(g.sub = open_ctx(ip)))
 		return;
@@ -601,10 +933,14 @@ static void connect_both(const char *ip)
 		ok = ok && redisAsyncCommandArgv(g.pub, on_auth, NULL, 2, auth, NULL) == REDIS_OK;
 	}
 	ok = ok && redisAsyncCommandArgv(g.sub, on_sub, NULL, 4, subscribe, NULL) == REDIS_OK;
-	ok = ok && redisAsyncCommandArgv(g.sub, on_sub, NULL, 2, psubscribe, NULL) == REDIS_OK;
 	ok = ok && redisAsyncCommandArgv(g.pub, on_ping, NULL, 1, ping, NULL) == REDIS_OK;
-	if (!ok)
+	if (!ok) {
 		lose("redisAsyncCommand failed", "context refused the command");
+		return;
+	}
+	/* The link is up once these are confirmed too, as it was with one pattern: after a
+	 * reconnect "up" still means every local room receives what is published to it. */
+	resubscribe_all();
 }
 
 /* getaddrinfo runs on libuv's thread pool: a DNS name (a compose service) must not block
@@ -689,8 +1025,10 @@ static void on_published(redisAsyncContext *ac, void *r, void *privdata)
 	g.pub_acked = (uintptr_t)privdata;
 }
 
+/* Queues a PUBLISH; with track (the room's subscription confirmed, local members waiting)
+ * the message is also remembered until it comes back. */
 static int publish(const char *room, const char *payload, size_t len, enum metrics_source src,
-                   uint64_t born_ns)
+                   uint64_t born_ns, struct rsub *track)
 {
 	char channel[ROOM_PREFIX_LEN + ROOM_NAME_MAX + 1];
 	size_t rlen = strlen(room);
@@ -701,7 +1039,7 @@ static int publish(const char *room, const char *payload, size_t len, enum metri
 
 	if (rlen > ROOM_NAME_MAX)
 		return -1;
-	if (g.own_bytes + len > OWN_MAX_BYTES) {
+	if (g.own_bytes + g.held_bytes + len > OWN_MAX_BYTES) {
 		lose("PUBLISH failed", "64 MiB published and not yet received back");
 		return -1;
 	}
@@ -715,9 +1053,9 @@ static int publish(const char *room, const char *payload, size_t len, enum metri
 	}
 	/* Without memory to remember it the message is still published and delivered when it
 	 * comes back (as a foreign one); only the local fallback on link loss is missing. */
-	m = malloc(sizeof(*m) + len);
-	if (!m)
+	if (!track || !(m = malloc(sizeof(*m) + len)))
 		return 0;
+	track->own++;
 	m->next = NULL;
 	m->seq = seq;
 	m->born_ns = born_ns;
@@ -734,12 +1072,49 @@ static int publish(const char *room, const char *payload, size_t len, enum metri
 	return 0;
 }
 
+/* Keeps a message for a room whose subscription is not confirmed yet; see struct held_msg. */
+static int hold(struct rsub *r, const char *payload, size_t len, enum metrics_source src,
+                uint64_t born_ns)
+{
+	struct held_msg *h;
+
+	if (g.own_bytes + g.held_bytes + len > OWN_MAX_BYTES) {
+		lose("PUBLISH failed", "64 MiB published and not yet received back");
+		return -1;
+	}
+	h = malloc(sizeof(*h) + len);
+	if (!h)
+		return -1;
+	h->next = NULL;
+	h->born_ns = born_ns;
+	h->src = src;
+	h->len = len;
+	memcpy(h->payload, payload, len);
+	if (r->held_tail)
+		r->held_tail->next = h;
+	else
+		r->held = h;
+	r->held_tail = h;
+	g.held_bytes += len;
+	return 0;
+}
+
 void redisbus_publish(const char *room, const char *payload, size_t len, enum metrics_source src)
 {
 	uint64_t born_ns = util_now_ns();
+	struct rsub *r;
 
-	if (g.state == RB_UP && publish(room, payload, len, src, born_ns) == 0)
-		return;
+	if (g.state == RB_UP) {
+		/* Without local members nothing waits for the echo: published untracked. */
+		r = rsub_find(room, strlen(room));
+		if (r && r->want && !confirmed(r)) {
+			if (hold(r, payload, len, src, born_ns) == 0)
+				return;
+		} else if (publish(room, payload, len, src, born_ns, r && r->want ? r : NULL) ==
+		           0) {
+			return;
+		}
+	}
 	/* Degraded mode: this replica's members still get it, other replicas' do not. */
 	metrics.redis_publish_failures++;
 	router_raw(room, payload, len, src, born_ns);
@@ -748,6 +1123,23 @@ void redisbus_publish(const char *room, const char *payload, size_t len, enum me
 bool redisbus_is_up(void)
 {
 	return g.state == RB_UP;
+}
+
+int redisbus_when_subscribed(const char *room, void (*fn)(void *arg), void *arg)
+{
+	struct rsub *r;
+	struct waiter *w;
+
+	if (g.state != RB_UP)
+		return 0;
+	r = rsub_find(room, strlen(room));
+	if (!r || !r->want || confirmed(r) || !(w = malloc(sizeof(*w))))
+		return 0;
+	w->fn = fn;
+	w->arg = arg;
+	w->next = r->waiters;
+	r->waiters = w;
+	return 1;
 }
 
 void redisbus_set_ctl(redisbus_ctl_fn on_message, void (*on_up)(void))
@@ -834,8 +1226,32 @@ int redisbus_start(const struct config *cfg, uv_loop_t *loop)
 	uv_timer_init(loop, &g.timer);
 	uv_timer_init(loop, &g.heartbeat);
 	uv_timer_init(loop, &g.reaper);
+	uv_timer_init(loop, &g.flush);
+	room_set_life_hook(on_room_life);
 	start_connect();
 	return 0;
+}
+
+/* At stop: waiters go on (their joins are answered), held messages are dropped like the
+ * in-flight ones. */
+static void free_rooms(void)
+{
+	struct rsub *r, *tmp;
+	struct held_msg *h;
+
+	HASH_ITER(hh, g.rooms, r, tmp)
+	{
+		run_waiters(r);
+		while ((h = r->held)) {
+			r->held = h->next;
+			free(h);
+		}
+		HASH_DEL(g.rooms, r);
+		free(r);
+	}
+	g.dirty = NULL;
+	g.held_bytes = 0;
+	metrics.bus_channels = 0;
 }
 
 void redisbus_stop(void)
@@ -853,6 +1269,8 @@ void redisbus_stop(void)
 	g.sub = g.pub = NULL;
 	reap(NULL);
 	flush_own(false);
+	free_rooms();
+	uv_close((uv_handle_t *)&g.flush, NULL);
 	uv_close((uv_handle_t *)&g.timer, NULL);
 	uv_close((uv_handle_t *)&g.heartbeat, NULL);
 	uv_close((uv_handle_t *)&g.reaper, NULL);

@@ -97,6 +97,13 @@ void room_set_presence_hooks(void (*join)(const char *name, struct room_member *
 	g_pres_leave = leave;
 }
 
+static void (*g_life)(const char *name, bool exists);
+
+void room_set_life_hook(void (*fn)(const char *name, bool exists))
+{
+	g_life = fn;
+}
+
 int room_join(const char *name, struct room_member *m)
 {
 	struct room *r;
@@ -144,11 +151,17 @@ int room_join(const char *name, struct room_member *m)
 		g_join_hook(r->name, m);
 	if (g_pres_join)
 		g_pres_join(r->name, m);
+	if (r->count == 1 && g_life)
+		g_life(r->name, true);
 	return 0;
 }
 
+/* Only rooms that had a member reach here (a room whose first join failed is deleted where
+ * it failed), so the life hook sees every appearance matched by one disappearance. */
 static void free_room(struct room *r)
 {
+	if (g_life)
+		g_life(r->name, false);
 	HASH_DEL(g_rooms, r);
 	free(r->members);
 	free(r);

@@ -498,6 +498,40 @@ static void on_replayed(struct conn *c, const char *room, bool ok, bool recovere
 	replay_pump(c, pj);
 }
 
+/* A join's reply waits for this replica's subscription to the room's bus channel: a message
+ * published anywhere after the client read `joined` then reaches it (docs/decisions.md). */
+struct bus_wait {
+	struct conn *c; /* held */
+	char room[ROOM_NAME_MAX + 1];
+};
+
+static void on_bus_subscribed(void *arg)
+{
+	struct bus_wait *w = arg;
+
+	/* A leave meanwhile was answered `left`; a late `joined` would contradict it. */
+	if (conn_alive(w->c) && room_is_member(&w->c->member, w->room))
+		conn_reply(w->c, proto_joined(w->room, false, 0, false));
+	conn_release(w->c);
+	free(w);
+}
+
+static void reply_joined(struct conn *c, const char *room)
+{
+	struct bus_wait *w = malloc(sizeof(*w));
+
+	if (w) {
+		w->c = c;
+		snprintf(w->room, sizeof(w->room), "%s", room);
+		conn_hold(c);
+		if (bus_when_subscribed(room, on_bus_subscribed, w))
+			return;
+		conn_release(c);
+		free(w);
+	}
+	conn_reply(c, proto_joined(room, false, 0, false));
+}
+
 static void finish_join(struct conn *c, const char *room, const struct join_args *ja)
 {
 	struct pending_join *pj;
@@ -509,7 +543,7 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 	if (ja->presence)
 		presence_watch(c, room);
 	if (!ja->has_since) {
-		conn_reply(c, proto_joined(room, false, 0, false));
+		reply_joined(c, room);
 		return;
 	}
 	/* Without a readable outbox the gap cannot be filled: say so, the client refetches. */
