@@ -42,7 +42,8 @@ static struct {
 	bool running, stopping;
 	enum role role;
 	bool misconfigured;
-	char problem[256]; /* the last error, for /health */
+	char problem[256];  /* the last error, for /health */
+	char last_gap[320]; /* why and when the slot was last found lost or missing */
 	uv_timer_t tick;
 	bool busy; /* a setup / lock / slot query in flight */
 
@@ -874,6 +875,12 @@ static void on_slot_created(void *arg, const PGresult *res, const char *err)
 	}
 	/* A slot that had a stored position is gone: what was written meanwhile is lost. */
 	g.gaps++;
+	{
+		char ts[UTIL_TS_LEN];
+		util_timestamp(ts);
+		snprintf(g.last_gap, sizeof(g.last_gap), "%s at %s",
+		         g.problem[0] ? g.problem : "slot gone", ts);
+	}
 	params[0] = g.cfg->capture_slot;
 	params[1] = PQgetvalue(res, 0, 0);
 	g.busy = pgc_query(g.pc, "SELECT realtime.capture_gap($1, $2::pg_lsn)", 2, params,
@@ -1215,6 +1222,10 @@ void capture_health_json(struct buf *b)
 	if (g.problem[0]) {
 		buf_puts(b, ",\"problem\":");
 		buf_json_str(b, g.problem, strlen(g.problem));
+	}
+	if (g.last_gap[0]) {
+		buf_puts(b, ",\"last_gap\":");
+		buf_json_str(b, g.last_gap, strlen(g.last_gap));
 	}
 	buf_puts(b, "}");
 }
