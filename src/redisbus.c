@@ -49,6 +49,10 @@ enum redisbus_state { RB_IDLE = 0, RB_RESOLVING, RB_CONNECTING, RB_UP, RB_BACKOF
 /* Room channels per SUBSCRIBE or UNSUBSCRIBE command (Centrifugo's batch): a burst of joins
  * to thousands of rooms costs a few commands, and no single command is huge. */
 #define SUB_BATCH 512
+/* After a batch went out, the next one waits this long: joins arrive spread over many loop
+ * passes (a client's messages come in small reads), and a burst of 1 000 would otherwise cost
+ * hundreds of commands. A join in a quiet moment still goes out on the next loop pass. */
+#define SUB_INTERVAL_MS 20
 
 /* One of our own publishes, kept until it comes back on the subscription: the echo is then
  * delivered with its original source and birth time, and if the link dies first this replica
@@ -130,6 +134,7 @@ static struct {
 	struct rsub *dirty; /* rooms whose subscription may need a command */
 	size_t held_bytes;
 	uint32_t resub_left; /* rooms resubscribed by connect_both not yet confirmed */
+	uint64_t flushed_at; /* loop time of the last batch sent; 0: none yet */
 	uv_timer_t flush;    /* sends the batched (UN)SUBSCRIBEs of one loop pass */
 } g;
 
@@ -220,18 +225,24 @@ static bool confirmed(const struct rsub *r)
 	return r->asked && !r->busy;
 }
 
-/* Commands go out from a 0 ms timer: joins and leaves of one loop pass are batched (a room
- * that came and went in between costs nothing), and hiredis is never re-entered from inside
- * one of its own callbacks. */
+/* Commands go out from a timer: joins and leaves of one loop pass at least (SUB_INTERVAL_MS
+ * in a burst) are batched, a room that came and went in between costs nothing, and hiredis
+ * is never re-entered from inside one of its own callbacks. */
 static void mark_dirty(struct rsub *r)
 {
+	uint64_t now, delay = 0;
+
 	if (!r->dirty) {
 		r->dirty = true;
 		r->next_dirty = g.dirty;
 		g.dirty = r;
 	}
-	if (g.state != RB_STOPPING && !uv_is_active((uv_handle_t *)&g.flush))
-		uv_timer_start(&g.flush, on_flush, 0, 0);
+	if (g.state == RB_STOPPING || uv_is_active((uv_handle_t *)&g.flush))
+		return;
+	now = uv_now(g.loop);
+	if (g.flushed_at && now - g.flushed_at < SUB_INTERVAL_MS)
+		delay = SUB_INTERVAL_MS - (now - g.flushed_at);
+	uv_timer_start(&g.flush, on_flush, delay, 0);
 }
 
 /* Frees r once nothing refers to it: no local members, no subscription asked for or being
@@ -320,6 +331,7 @@ static bool send_batch(int n)
 {
 	if (n < 2)
 		return true;
+	g.flushed_at = uv_now(g.loop);
 	if (redisAsyncCommandArgv(g.sub, on_sub, NULL, n, g_argv, g_lens) != REDIS_OK) {
 		lose("SUBSCRIBE failed", g.sub->errstr);
 		return false;
