@@ -1,14 +1,13 @@
-/* A WebSocket client connection: its identity, rooms, outbound frame queue with a byte budget,
- * rate limiter, lifecycle, and the one timer that runs every connection's deadlines (pings,
- * pong timeout, auth timeout, token expiry, closing). Connections are freed only from the
- * reaper, never inside one of their own lws callbacks. */
+/* The transport of one WebSocket client: its outbound frame queue with a byte budget, rate
+ * limiter, lifecycle, and the one timer that runs every connection's deadlines (pings, pong
+ * timeout, closing, and the owner's auth and expiry deadlines). It knows nothing of identities
+ * or rooms: the layer above keeps those in its owner object and gets hooks. Connections are
+ * freed only from the reaper, never inside one of their own lws callbacks. */
 #ifndef ROOMCAST_CONN_H
 #define ROOMCAST_CONN_H
 
-#include "auth.h"
 #include "config.h"
 #include "frame.h"
-#include "room.h"
 #include "util.h"
 #include "wheel.h"
 
@@ -25,18 +24,16 @@ enum conn_state {
 };
 
 struct conn {
-	struct room_member member; /* must stay first: fan-out casts members back to conns */
-	struct lws *wsi;           /* NULL once lws destroyed the wsi */
+	struct lws *wsi; /* NULL once lws destroyed the wsi */
+	void *owner;     /* the layer above's object (a session), set right after conn_new */
 	enum conn_state state;
 	unsigned refs;  /* pending async operations that will come back to it */
 	char id[24];    /* "conn-<n>" unique within this node */
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	bool batch;     /* ?batch=1: several room messages per frame as an array */
-	/* Room messages in the typed form (proto_typed): asked with ?format=typed, or the first
-	 * message was written in another server's dialect. spoke: the form is decided (a first
-	 * message was seen, or ?format= chose it). */
-	bool typed, spoke;
-	struct auth_identity ident;
+	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
+	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
+	long long exp;
 	struct frame_queue q;
 	uint16_t close_code;
 	bool close_sent;          /* our close frame is written; waiting for the peer's */
@@ -58,19 +55,23 @@ struct conn {
 	struct conn *prev, *next; /* all live connections */
 	struct conn *next_dead;
 	size_t drain_below; /* > 0: run the drain hook once the queue is down to this many bytes */
-	void *authz_cache;  /* owned by the authz module */
-	void *pending;      /* owned by the session module: joins waiting for replay */
-	void *dbident;      /* owned by the session module: the database identity lookup */
 };
 
 /* Module setup: the config outlives every connection; ctx is the lws context. */
 void conn_setup(const struct config *cfg, struct lws_context *ctx);
 
-/* What the layers above keep per connection (pending joins, verdict caches) is released through
- * these hooks, so this module never calls up into them. Either may be NULL. */
+/* The layer above (the session) hears of its connections through these hooks, so this module
+ * never calls up into it. Any may be NULL. */
 struct conn_hooks {
-	void (*on_detach)(struct conn *c); /* the socket is gone; c stays readable */
-	void (*on_free)(struct conn *c);   /* just before c's memory is freed */
+	void (*closed)(struct conn *c); /* the socket is gone; c stays readable until freed */
+	/* Owner deadlines due (CONN_DUE_AUTH, _EXPIRING, _EXPIRED bits): the owner closes or warns.
+	 * Runs inside conn_timers_update too, so it must not free c. */
+	void (*deadline)(struct conn *c, unsigned due);
+	/* c's queue fell to c->drain_below bytes (which the owner sets, and which is cleared
+	 * before the call), from the writeable callback: a replay queues its next events there.
+	 * The hook may queue frames. */
+	void (*drained)(struct conn *c);
+	void (*freed)(struct conn *c); /* just before c's memory is freed: free the owner */
 };
 /* Copies hooks; set once at start-up, before the first connection. */
 void conn_set_hooks(const struct conn_hooks *hooks);
@@ -99,11 +100,6 @@ static inline bool conn_alive(const struct conn *c)
 	return c->state == CONN_AWAIT_AUTH || c->state == CONN_OPEN;
 }
 
-/* Called from the writeable callback, once, when c's queue fell to c->drain_below bytes (which
- * the hook's owner sets, and which is cleared before the call): a replay queues its next events
- * there. The hook may queue frames. */
-void conn_set_drain_hook(void (*fn)(struct conn *c));
-
 /* Queues a reference to f. Over SEND_QUEUE_MAX_BYTES the connection is closed with 4008 and
  * -1 is returned. Never writes: it asks lws for a writeable callback. */
 int conn_send(struct conn *c, struct frame *f);
@@ -125,9 +121,9 @@ void conn_timers_update(struct conn *c);
 /* What conn_due finds due at a tick. */
 enum conn_due_bits {
 	CONN_DUE_PING = 1u << 0,     /* silent for PING_INTERVAL_S (and not pinged since) */
-	CONN_DUE_AUTH = 1u << 1,     /* no auth frame within AUTH_TIMEOUT_S: close 4001 */
-	CONN_DUE_EXPIRING = 1u << 2, /* EXPIRY_WARN_S before exp: send token_expiring */
-	CONN_DUE_EXPIRED = 1u << 3,  /* exp + JWT_LEEWAY_S passed: close 4001 (never with keep) */
+	CONN_DUE_AUTH = 1u << 1,     /* still awaiting auth after AUTH_TIMEOUT_S (owner closes) */
+	CONN_DUE_EXPIRING = 1u << 2, /* EXPIRY_WARN_S before exp (owner warns) */
+	CONN_DUE_EXPIRED = 1u << 3,  /* exp + JWT_LEEWAY_S passed (never with keep; owner closes) */
 	CONN_DUE_SILENT = 1u << 4,   /* silent for PONG_TIMEOUT_S: drop the socket */
 	CONN_DUE_STUCK = 1u << 5,    /* closing for too long: drop the socket */
 };

@@ -11,8 +11,6 @@
 #include <stddef.h>
 #include <uv.h>
 
-struct conn;
-
 int pgl_start(const struct config *cfg, uv_loop_t *loop);
 void pgl_stop(void);
 bool pgl_enabled(void);
@@ -32,14 +30,15 @@ struct pgl_replay_page {
  * room asked about (the callback takes over the frame references). ok is false when the outbox
  * could not be read; recovered is false when events after since (or after `after`, on later
  * pages) are no longer retained. */
-typedef void (*pgl_replay_fn)(struct conn *c, const char *room, bool ok, bool recovered,
+typedef void (*pgl_replay_fn)(void *arg, const char *room, bool ok, bool recovered,
                               const long long *ids, struct frame **frames, size_t n,
                               const struct pgl_replay_page *page);
-/* Reads a page of the events of room after since (see docs/protocol.md) and calls cb, unless c died
- * meanwhile. The first page has after = 0 and top = 0 and reports top and total; later pages
- * pass the page's last as after and the first page's top. Returns 0 when started, -1 when
- * PostgreSQL is not available (cb not called). */
-int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
+/* Reads a page of the events of room after since (see docs/protocol.md) and calls cb with arg
+ * once (also at pgl_stop, ok false); the caller keeps arg valid until then. The first page has
+ * after = 0 and top = 0 and reports top and total; later pages pass the page's last as after
+ * and the first page's top. Returns 0 when started, -1 when PostgreSQL is not available (cb not
+ * called). */
+int pgl_replay(void *arg, const char *room, long long since, long long after, long long top,
                pgl_replay_fn cb);
 
 /* A history page: the room's stored events after since in id order (frames as room messages,
@@ -53,18 +52,20 @@ typedef void (*pgl_history_fn)(void *arg, bool ok, bool recovered, struct frame 
 int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb, void *arg);
 
 /* verdict: 1 allowed, 0 denied, -1 no answer (the query failed or timed out). */
-typedef void (*pgl_verdict_fn)(struct conn *c, const char *room, int verdict, void *arg);
-/* Asks realtime.can_join(claims, room) with a 3 s deadline; a failure or timeout denies (-1).
- * cb is always called (check conn_alive there); c is held until then. */
-int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg);
+typedef void (*pgl_verdict_fn)(void *arg, const char *room, int verdict);
+/* Asks realtime.can_join(claims_json, room) with a 3 s deadline; a failure or timeout denies
+ * (-1). Once started (0) cb is always called; the caller keeps arg valid until then. */
+int pgl_can_join(const char *claims_json, const char *room, pgl_verdict_fn cb, void *arg);
 
 /* The identity answer: seller / client ids as decimal text ("" when the database has none);
  * ok is false (err says why) when the lookup failed or timed out. */
-typedef void (*pgl_identity_fn)(struct conn *c, bool ok, const char *seller_id,
-                                const char *client_id, const char *err);
-/* Asks realtime.identity(claims) with a 3 s deadline. cb is always called once started (check
- * conn_alive there); c is held until then. Returns -1 when PostgreSQL is not available. */
-int pgl_identity(struct conn *c, pgl_identity_fn cb);
+typedef void (*pgl_identity_fn)(void *arg, bool ok, const char *seller_id, const char *client_id,
+                                const char *err);
+/* Asks realtime.identity(claims) with a 3 s deadline (claims_json NULL: {sub, role} only). cb
+ * is always called once started; the caller keeps arg valid until then. Returns -1 when
+ * PostgreSQL is not available. */
+int pgl_identity(const char *claims_json, const char *user_id, const char *role, pgl_identity_fn cb,
+                 void *arg);
 
 typedef void (*pgl_published_fn)(void *arg, long long id, const char *err);
 /* realtime.publish(event, ARRAY[room], data, meta) for POST /api/notify with persist. */

@@ -11,8 +11,17 @@
 #include <stdbool.h>
 #include <uv.h>
 
-struct conn;
+struct frame;
 struct json_object;
+struct room_member;
+
+/* What presence needs of a room member (a session): its user id (NULL or "" when none) and a
+ * way to queue a frame on it. Set once at start-up, before the first join. */
+struct presence_members {
+	const char *(*user)(const struct room_member *m);
+	void (*send)(struct room_member *m, struct frame *f);
+};
+void presence_setup(const struct presence_members *members);
 
 /* A user's last connection leaving a room is announced after this long, and not at all when
  * one comes back meanwhile. */
@@ -25,8 +34,8 @@ void presence_stop(void);
 /* Appends the answer {"room":...,"count":N,"members":[{"user":...,"conns":N},...]} (with
  * "truncated":true when more than PRESENCE_MAX_MEMBERS users are in the room) to b. */
 void presence_answer(const char *room, struct buf *b);
-/* c (a member of room) gets presence_join / presence_leave for room until it leaves it. */
-void presence_watch(struct conn *c, const char *room);
+/* m (a member of room) gets presence_join / presence_leave for room until it leaves it. */
+void presence_watch(struct room_member *m, const char *room);
 /* From the control channel: a message of another replica (cluster.c passes every one). */
 void presence_on_ctl(const char *type, struct json_object *msg);
 /* The Redis link came up (again): publish our table and ask the others for theirs. */

@@ -9,7 +9,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct conn;
+struct room_member;
+
+/* Where the router hands a frame for one member of a room. The member's owner (a session)
+ * queues it; the router never knows what a member is. */
+struct router_sink {
+	/* f is a room message for room (outbox id id_num, 0 for ephemeral); the sink takes its own
+	 * reference when it keeps f. */
+	void (*deliver)(struct room_member *m, struct frame *f, const char *room, long long id_num);
+};
+/* Copies sink; set once at start-up, before the first message. */
+void router_setup(const struct router_sink *sink);
 
 /* An outbox or notify event addressed to several rooms. Each recipient gets it once, with
  * room/to naming the first of the event's rooms that it is in; one frame per room is built,
@@ -32,8 +42,5 @@ size_t router_event(const struct router_event *ev);
  * forwarded byte for byte. Returns the number of recipients. */
 size_t router_raw(const char *room, const char *payload, size_t len, enum metrics_source src,
                   uint64_t born_ns);
-
-/* Hook for connections with joins waiting for replay: the session module buffers or sends. */
-void router_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num);
 
 #endif

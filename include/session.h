@@ -4,19 +4,55 @@
 #ifndef ROOMCAST_SESSION_H
 #define ROOMCAST_SESSION_H
 
+#include "auth.h"
 #include "config.h"
+#include "conn.h"
+#include "room.h"
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
-struct auth;
-struct conn;
+struct frame;
 
+/* What a client is above its transport: who it is, its rooms, the verdicts and replays it waits
+ * for. One per connection, created by session_new right after conn_new and freed with the
+ * connection (the conn's freed hook), so it lives as long as any hold on the connection. */
+struct session {
+	struct room_member member;  /* the rooms hold this (session_of_member maps back) */
+	struct conn *conn;          /* the transport; c->owner points back here */
+	struct auth_identity ident; /* zeroed until authenticated */
+	void *authz_cache;          /* owned by the authz module */
+	void *pending;              /* joins waiting for replay (session.c) */
+	void *dbident;              /* the database identity lookup (session.c) */
+	/* Room messages in the typed form (proto_typed): asked with ?format=typed, or the first
+	 * message was written in another server's dialect. spoke: the form is decided (a first
+	 * message was seen, or ?format= chose it). */
+	bool typed, spoke;
+};
+
+static inline struct session *session_of(const struct conn *c)
+{
+	return (struct session *)c->owner;
+}
+static inline struct session *session_of_member(const struct room_member *m)
+{
+	return (struct session *)m; /* member is the first field */
+}
+
+/* Registers the connection hooks (closed, deadline, drained, freed): call before conn_new. */
 void session_setup(const struct config *cfg, const struct auth *auth);
-/* The connection finished its upgrade; c->ident is filled when it presented a valid token. */
+/* Makes c's session; takes *ident (zeroed afterwards) when it is not NULL. format: 0 (decided
+ * by the first message), 1 typed, 2 envelope. NULL on allocation failure (c untouched). */
+struct session *session_new(struct conn *c, struct auth_identity *ident, int format);
+/* The connection finished its upgrade; the session's identity is set when it presented a
+ * valid token. */
 void session_open(struct conn *c, int authenticated);
-/* Drops joins still waiting for replay and messages waiting for the identity lookup (the
- * connection is going away). */
-void session_pending_clear(struct conn *c);
+/* The router's sink: queues f (a room message of room, outbox id id_num or 0) on the member's
+ * connection, in its form, or holds it behind a replay of that room. */
+void session_deliver(struct room_member *m, struct frame *f, const char *room, long long id_num);
+/* Queues room message f on s (in the typed form when s asked for it). */
+int session_send(struct session *s, struct frame *f);
 /* The server API's joins and leaves, decided by the backend (no authorization): the connection
  * joins (leaves) room and gets joined (left). Return 1 when c was affected (joined, or was in
  * the room and left), 0 otherwise. */

@@ -1,7 +1,6 @@
 /* Claim-based room rules, and the dispatch to an asynchronous policy (SQL or HTTP) for rooms the
  * claims cannot decide. Without a policy those rooms are refused. */
 #include "authz.h"
-#include "conn.h"
 #include "httpc.h"
 #include "log.h"
 #include "pgl.h"
@@ -72,14 +71,15 @@ enum authz_result authz_claims(const struct auth_identity *id, const char *room)
 	return AUTHZ_ASK;
 }
 
+/* An asynchronous check: the caller keeps cache valid until cb has run. */
 struct ask {
 	authz_done_fn cb;
 	void *arg;
-	struct conn *c; /* held for the HTTP policy */
+	void **cache;
 	char room[ROOM_NAME_MAX + 1];
 };
 
-static struct verdict *cache_find(struct conn *c, const char *room);
+static struct verdict *cache_find(void *cache, const char *room);
 
 /* A policy answer (> 0 allowed, 0 denied, AUTHZ_VERDICT_FAILED) as the caller's result. */
 static enum authz_result to_result(int verdict)
@@ -87,14 +87,13 @@ static enum authz_result to_result(int verdict)
 	return verdict > 0 ? AUTHZ_ALLOW : verdict < 0 ? AUTHZ_UNAVAILABLE : AUTHZ_DENY;
 }
 
-static void on_policy(struct conn *c, const char *room, int verdict, void *arg)
+static void on_policy(void *arg, const char *room, int verdict)
 {
 	struct ask a = *(struct ask *)arg;
 
 	free(arg);
-	if (conn_alive(c))
-		authz_cache_put(c, room, verdict);
-	a.cb(c, room, to_result(verdict), a.arg);
+	authz_cache_put(a.cache, room, verdict);
+	a.cb(a.arg, room, to_result(verdict));
 }
 
 /* The backend answers {"allowed":true}; anything else, any other status, or no answer in time
@@ -121,35 +120,30 @@ static void on_backend(void *arg, int status, const char *body, size_t len, cons
 	verdict = status == 200                    ? allowed
 	          : (status <= 0 || status >= 500) ? AUTHZ_VERDICT_FAILED
 	                                           : 0;
-	if (conn_alive(a->c))
-		authz_cache_put(a->c, a->room, verdict);
-	a->cb(a->c, a->room, to_result(verdict), a->arg);
-	conn_release(a->c);
+	authz_cache_put(a->cache, a->room, verdict);
+	a->cb(a->arg, a->room, to_result(verdict));
 	free(a);
 }
 
-static int ask_backend(struct conn *c, const char *room, struct ask *a)
+static int ask_backend(const struct auth_identity *id, const char *room, struct ask *a)
 {
 	char url[2048], eroom[3 * ROOM_NAME_MAX + 1], euser[3 * AUTH_ID_MAX + 1];
 	const char *base = g_cfg->backend_url;
 	size_t bl = strlen(base);
 
 	if (httpc_query_escape(room, eroom, sizeof(eroom)) < 0 ||
-	    httpc_query_escape(c->ident.user_id, euser, sizeof(euser)) < 0)
+	    httpc_query_escape(id->user_id, euser, sizeof(euser)) < 0)
 		return -1;
 	snprintf(url, sizeof(url), "%.*s/can_join?room=%s&user_id=%s",
 	         (int)(bl && base[bl - 1] == '/' ? bl - 1 : bl), base, eroom, euser);
-	a->c = c;
 	snprintf(a->room, sizeof(a->room), "%s", room);
-	if (httpc_get(g_loop, url, POLICY_TIMEOUT_MS, on_backend, a) < 0)
-		return -1;
-	conn_hold(c);
-	return 0;
+	return httpc_get(g_loop, url, POLICY_TIMEOUT_MS, on_backend, a) < 0 ? -1 : 0;
 }
 
-enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb, void *arg)
+enum authz_result authz_check(const struct auth_identity *id, void **cache, const char *room,
+                              authz_done_fn cb, void *arg)
 {
-	enum authz_result r = authz_claims(&c->ident, room);
+	enum authz_result r = authz_claims(id, room);
 	struct verdict *v;
 	struct ask *a;
 
@@ -157,34 +151,35 @@ enum authz_result authz_check(struct conn *c, const char *room, authz_done_fn cb
 		return r;
 	if (g_cfg->authz_mode == AUTHZ_CLAIMS)
 		return AUTHZ_DENY;
-	if ((v = cache_find(c, room)) && util_now_ns() < v->expires_ns)
+	if ((v = cache_find(*cache, room)) && util_now_ns() < v->expires_ns)
 		return v->allowed ? AUTHZ_ALLOW : v->failed ? AUTHZ_UNAVAILABLE : AUTHZ_DENY;
 	if (!(a = calloc(1, sizeof(*a))))
 		return AUTHZ_UNAVAILABLE;
 	a->cb = cb;
 	a->arg = arg;
+	a->cache = cache;
 	if (g_cfg->authz_mode == AUTHZ_HTTP) {
-		if (ask_backend(c, room, a) < 0) {
+		if (ask_backend(id, room, a) < 0) {
 			free(a);
-			log_warn("backend policy unavailable", "conn", c->id, "room", room,
+			log_warn("backend policy unavailable", "user", id->user_id, "room", room,
 			         "reason", "BACKEND_URL is not a usable http:// URL");
 			return AUTHZ_UNAVAILABLE;
 		}
 		return AUTHZ_ASK;
 	}
-	if (pgl_can_join(c, room, on_policy, a) < 0) {
+	if (pgl_can_join(id->claims_json, room, on_policy, a) < 0) {
 		/* PostgreSQL is down: refuse now, uncached, so a later join asks again. */
 		free(a);
-		log_warn("room policy unavailable", "conn", c->id, "room", room, "reason",
+		log_warn("room policy unavailable", "user", id->user_id, "room", room, "reason",
 		         "postgres is down");
 		return AUTHZ_UNAVAILABLE;
 	}
 	return AUTHZ_ASK;
 }
 
-static struct verdict *cache_find(struct conn *c, const char *room)
+static struct verdict *cache_find(void *cache, const char *room)
 {
-	struct verdict_cache *vc = c->authz_cache;
+	struct verdict_cache *vc = cache;
 	for (uint32_t i = 0; vc && i < vc->count; i++)
 		if (!strcmp(vc->v[i].room, room))
 			return &vc->v[i];
@@ -209,10 +204,10 @@ static struct verdict *cache_victim(struct verdict_cache *vc, uint64_t now)
 	return best;
 }
 
-void authz_cache_put(struct conn *c, const char *room, int verdict)
+void authz_cache_put(void **cache, const char *room, int verdict)
 {
-	struct verdict_cache *vc = c->authz_cache;
-	struct verdict *v = cache_find(c, room);
+	struct verdict_cache *vc = *cache;
+	struct verdict *v = cache_find(vc, room);
 	uint64_t now = util_now_ns();
 	unsigned ttl_s;
 
@@ -230,7 +225,7 @@ void authz_cache_put(struct conn *c, const char *room, int verdict)
 			if (!vc)
 				n->count = 0;
 			n->cap = ncap;
-			c->authz_cache = vc = n;
+			*cache = vc = n;
 		}
 		v = &vc->v[vc->count++];
 	}
@@ -242,16 +237,16 @@ void authz_cache_put(struct conn *c, const char *room, int verdict)
 	v->expires_ns = now + (uint64_t)ttl_s * 1000000000ull;
 }
 
-uint32_t authz_cache_count(const struct conn *c)
+uint32_t authz_cache_count(const void *cache)
 {
-	const struct verdict_cache *vc = c->authz_cache;
+	const struct verdict_cache *vc = cache;
 	return vc ? vc->count : 0;
 }
 
-void authz_cache_free(struct conn *c)
+void authz_cache_free(void **cache)
 {
-	free(c->authz_cache);
-	c->authz_cache = NULL;
+	free(*cache);
+	*cache = NULL;
 }
 
 /* Rooms whose readers are not their writers: product-<id> (any authenticated user may join it
@@ -279,13 +274,13 @@ bool authz_may_broadcast(const struct auth_identity *id, const char *room)
 	return false;
 }
 
-bool authz_still_allowed(struct conn *c, const char *room)
+bool authz_still_allowed(const struct auth_identity *id, void *cache, const char *room)
 {
-	enum authz_result r = authz_claims(&c->ident, room);
+	enum authz_result r = authz_claims(id, room);
 	struct verdict *v;
 
 	if (r != AUTHZ_ASK)
 		return r == AUTHZ_ALLOW;
-	v = cache_find(c, room);
+	v = cache_find(cache, room);
 	return v && v->allowed;
 }

@@ -117,7 +117,7 @@ static struct conn **user_conns(const char *user_id, uint32_t *n)
 		return NULL;
 	}
 	for (uint32_t i = 0; i < *n; i++) {
-		out[i] = (struct conn *)m[i]; /* the member is the connection's first field */
+		out[i] = session_of_member(m[i])->conn;
 		conn_hold(out[i]);
 	}
 	return out;

@@ -4,8 +4,8 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
-#include "proto.h"
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +34,23 @@ static uv_timer_t g_tick;
 static uint64_t g_tick_origin_ms;
 static struct wheel g_wheel;
 static bool g_kill_pending; /* lws must run its timers to drop a socket (see drop_socket) */
-static void (*g_drain_hook)(struct conn *c);
+
+/* a + b and a - b saturated at the long long range: exp is whatever the token said. */
+static long long sat_add(long long a, long long b)
+{
+	long long r;
+	if (__builtin_add_overflow(a, b, &r))
+		return b > 0 ? LLONG_MAX : LLONG_MIN;
+	return r;
+}
+
+static long long sat_sub(long long a, long long b)
+{
+	long long r;
+	if (__builtin_sub_overflow(a, b, &r))
+		return b < 0 ? LLONG_MAX : LLONG_MIN;
+	return r;
+}
 
 /* lws_write's close-frame type: lws 4.1.6 handles it but keeps the enum value private. */
 #define CONN_LWS_WRITE_CLOSE ((enum lws_write_protocol)4)
@@ -112,9 +128,8 @@ void conn_detach(struct conn *c)
 		return;
 	set_state(c, CONN_DEAD);
 	c->wsi = NULL;
-	room_leave_all(&c->member);
-	if (g_hooks.on_detach)
-		g_hooks.on_detach(c);
+	if (g_hooks.closed)
+		g_hooks.closed(c);
 	wheel_del(&g_wheel, &c->timer);
 	frame_queue_clear(&c->q);
 	buf_free(&c->rx);
@@ -140,9 +155,8 @@ void conn_release(struct conn *c)
 /* Frees a connection's memory; only ever reached from conn_reap. */
 static void conn_free(struct conn *c)
 {
-	auth_identity_clear(&c->ident);
-	if (g_hooks.on_free)
-		g_hooks.on_free(c);
+	if (g_hooks.freed)
+		g_hooks.freed(c);
 	free(c);
 }
 
@@ -211,7 +225,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 	set_state(c, CONN_CLOSING);
 	c->close_code = code;
 	c->close_reason = reason;
-	log_info("closing connection", "conn", c->id, "user", c->ident.user_id, "reason", reason);
+	log_info("closing connection", "conn", c->id, "reason", reason);
 	/* The connection stays in its rooms until lws detaches it, so a fan-out in progress never
 	 * sees a room array change under it; conn_send refuses frames from now on. */
 	if (!flush)
@@ -227,8 +241,6 @@ int conn_send(struct conn *c, struct frame *f)
 {
 	if (!conn_alive(c))
 		return -1;
-	if (c->typed)
-		f = proto_typed(f); /* shared: serialized once per message, not per recipient */
 	if (c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
 		metrics.drops_slow++;
 		conn_close(c, 4008, "slow consumer", false);
@@ -287,11 +299,6 @@ static struct frame *take_batch(struct conn *c, uint32_t *taken)
 	return out;
 }
 
-void conn_set_drain_hook(void (*fn)(struct conn *c))
-{
-	g_drain_hook = fn;
-}
-
 int conn_on_writeable(struct conn *c)
 {
 	int n = 0;
@@ -333,8 +340,8 @@ int conn_on_writeable(struct conn *c)
 	}
 	if (c->drain_below && c->q.bytes <= c->drain_below && conn_alive(c)) {
 		c->drain_below = 0;
-		if (g_drain_hook)
-			g_drain_hook(c);
+		if (g_hooks.drained)
+			g_hooks.drained(c);
 	}
 	if (c->q.count) {
 		request_write(c);
@@ -381,13 +388,12 @@ unsigned conn_due(const struct conn *c, const struct config *cfg, uint32_t now, 
 			due |= CONN_DUE_AUTH;
 		break;
 	case CONN_OPEN:
-		if (!c->ident.exp)
+		if (!c->exp)
 			break;
-		if (!c->expiring_sent && wall >= auth_time_add(c->ident.exp, -CONN_EXPIRY_WARN_S))
+		if (!c->expiring_sent && wall >= sat_add(c->exp, -CONN_EXPIRY_WARN_S))
 			due |= CONN_DUE_EXPIRING;
 		/* TOKEN_EXPIRY_ACTION=keep: the Go service checked exp at the handshake only. */
-		if (!cfg->token_expiry_keep &&
-		    wall >= auth_time_add(c->ident.exp, cfg->jwt_leeway_s))
+		if (!cfg->token_expiry_keep && wall >= sat_add(c->exp, cfg->jwt_leeway_s))
 			due |= CONN_DUE_EXPIRED;
 		break;
 	}
@@ -419,13 +425,12 @@ uint32_t conn_next_due(const struct conn *c, const struct config *cfg, uint32_t 
 	}
 	if (next <= now)
 		next = now + 1;
-	if (c->state == CONN_OPEN && c->ident.exp &&
-	    !(c->expiring_sent && cfg->token_expiry_keep)) {
+	if (c->state == CONN_OPEN && c->exp && !(c->expiring_sent && cfg->token_expiry_keep)) {
 		/* Token times are wall-clock seconds: look again when the wall clock gets there. */
 		/* Saturating: exp is the token's, INT64_MAX included. */
-		long long at = c->expiring_sent ? auth_time_add(c->ident.exp, cfg->jwt_leeway_s)
-		                                : auth_time_add(c->ident.exp, -CONN_EXPIRY_WARN_S);
-		long long in = auth_time_sub(at, wall);
+		long long at = c->expiring_sent ? sat_add(c->exp, cfg->jwt_leeway_s)
+		                                : sat_add(c->exp, -CONN_EXPIRY_WARN_S);
+		long long in = sat_sub(at, wall);
 		if (in < 1)
 			in = 1;
 		if (in < (long long)(next - now))
@@ -478,15 +483,15 @@ static void run_timers(struct conn *c, uint32_t now, bool may_kill)
 			wheel_put(&g_wheel, &c->timer, now + 1);
 		return;
 	}
-	if (due & CONN_DUE_AUTH)
-		conn_close(c, 4001, "authentication timeout", true);
-	if (due & CONN_DUE_EXPIRING) {
-		long long left = auth_time_sub(c->ident.exp, wall);
-		c->expiring_sent = true;
-		conn_reply(c, proto_token_expiring(left > 0 ? (long)left : 0));
+	if (due & CONN_DUE_EXPIRING)
+		c->expiring_sent = true; /* warned once */
+	if (due & (CONN_DUE_AUTH | CONN_DUE_EXPIRING | CONN_DUE_EXPIRED)) {
+		if (g_hooks.deadline)
+			g_hooks.deadline(
+			    c, due & (CONN_DUE_AUTH | CONN_DUE_EXPIRING | CONN_DUE_EXPIRED));
+		else if (due & (CONN_DUE_AUTH | CONN_DUE_EXPIRED))
+			conn_close(c, 4001, "deadline passed", true); /* no owner to ask */
 	}
-	if (due & CONN_DUE_EXPIRED)
-		conn_close(c, 4001, "token expired", true);
 	if (due & CONN_DUE_PING) {
 		c->ping_due = true;
 		c->ping_at = now;

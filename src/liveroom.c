@@ -7,7 +7,6 @@
  * answer their own newcomers with one query each. */
 #include "liveroom.h"
 #include "bus.h"
-#include "conn.h"
 #include "log.h"
 #include "metrics.h"
 #include "pgc.h"
@@ -15,6 +14,7 @@
 #include "proto.h"
 #include "room.h"
 #include "router.h"
+#include "session.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -206,12 +206,9 @@ static void push(struct live *l, const struct def *d, const char *row)
 
 static void send_to(struct conn *c, const char *room, struct frame *f)
 {
-	if (!conn_alive(c) || !room_is_member(&c->member, room))
+	if (!conn_alive(c) || !room_is_member(&session_of(c)->member, room))
 		return;
-	if (c->pending)
-		router_to_pending(c, room, f, 0);
-	else
-		conn_send(c, f);
+	session_deliver(&session_of(c)->member, f, room, 0);
 }
 
 /* Hands the waiting newcomers of room l (of every room: l NULL) the row known here; with row
@@ -500,7 +497,7 @@ static void on_join(const char *name, struct room_member *m)
 	/* Alone, the first member gets the first push; with Redis another replica may be
 	 * running the room already, so every newcomer waits for a row. */
 	if (m && (l->last || coordinated()) && (nc = calloc(1, sizeof(*nc)))) {
-		nc->c = (struct conn *)m; /* members are connections (see router) */
+		nc->c = session_of_member(m)->conn;
 		conn_hold(nc->c);
 		snprintf(nc->room, sizeof(nc->room), "%s", name);
 		nc->next = g_new;

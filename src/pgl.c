@@ -4,7 +4,6 @@
  * reconnect, and a periodic sweep advances W to the snapshot xmin, so neither a lost listener
  * nor transactions committing out of id order can lose an event. */
 #include "pgl.h"
-#include "conn.h"
 #include "frame.h"
 #include "log.h"
 #include "metrics.h"
@@ -54,10 +53,10 @@ struct inbound {
 	struct inbound *next;
 };
 
-/* A replay page for a joining connection (c set, cb), or a history page (c NULL, hcb/harg):
- * both read the outbox with the same query and the same `recovered` rule. */
+/* A replay page for a joining client (cb, arg), or a history page (hcb, harg): both read the
+ * outbox with the same query and the same `recovered` rule. */
 struct replay {
-	struct conn *c;
+	void *arg;
 	char room[ROOM_NAME_MAX + 1];
 	long long since, after, top; /* top 0: the first page */
 	int limit;                   /* rows per page */
@@ -586,10 +585,11 @@ void pgl_stop(void)
 	while (g_waiting) {
 		struct replay *rp = g_waiting;
 		g_waiting = rp->next;
+		struct pgl_replay_page page = {.top = rp->top};
 		if (rp->hcb)
 			rp->hcb(rp->harg, false, false, NULL, 0, false);
 		else
-			conn_release(rp->c);
+			rp->cb(rp->arg, rp->room, false, false, NULL, NULL, 0, &page);
 		free(rp);
 	}
 	pgwatch_stop();
@@ -635,8 +635,7 @@ static void replay_answer(struct replay *rp, bool ok, bool recovered, const long
 	if (rp->hcb) {
 		rp->hcb(rp->harg, ok, recovered, frames, n, page->more);
 	} else {
-		rp->cb(rp->c, rp->room, ok, recovered, ids, frames, n, page);
-		conn_release(rp->c);
+		rp->cb(rp->arg, rp->room, ok, recovered, ids, frames, n, page);
 	}
 	free(rp);
 }
@@ -650,14 +649,8 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	size_t n = 0, rows = 0;
 	bool recovered = false;
 
-	if (rp->c && !conn_alive(rp->c)) {
-		conn_release(rp->c);
-		free(rp);
-		return;
-	}
 	if (!res || PQntuples(res) < 1) {
-		log_warn(rp->c ? "replay failed" : "history failed", "conn",
-		         rp->c ? rp->c->id : NULL, "room", rp->room, "reason",
+		log_warn(rp->hcb ? "history failed" : "replay failed", "room", rp->room, "reason",
 		         err ? err : "no rows");
 		replay_answer(rp, false, false, NULL, NULL, 0, &page);
 		return;
@@ -752,12 +745,7 @@ static void fail_replay(struct replay *rp)
 {
 	struct pgl_replay_page page = {.top = rp->top};
 
-	if (rp->hcb || conn_alive(rp->c)) {
-		replay_answer(rp, false, false, NULL, NULL, 0, &page);
-		return;
-	}
-	conn_release(rp->c);
-	free(rp);
+	replay_answer(rp, false, false, NULL, NULL, 0, &page);
 }
 
 /* Sends the replays that waited for the query connection, or fails those past their wait. */
@@ -808,24 +796,21 @@ static int replay_start(struct replay *rp)
 	return 0;
 }
 
-int pgl_replay(struct conn *c, const char *room, long long since, long long after, long long top,
+int pgl_replay(void *arg, const char *room, long long since, long long after, long long top,
                pgl_replay_fn cb)
 {
 	struct replay *rp;
 
 	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
 		return -1;
-	rp->c = c;
+	rp->arg = arg;
 	snprintf(rp->room, sizeof(rp->room), "%s", room);
 	rp->since = since;
 	rp->after = after;
 	rp->top = top;
 	rp->limit = REPLAY_PAGE;
 	rp->cb = cb;
-	if (replay_start(rp) < 0)
-		return -1;
-	conn_hold(c);
-	return 0;
+	return replay_start(rp);
 }
 
 int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb, void *arg)
@@ -845,7 +830,6 @@ int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb,
 /* ---- policy ---- */
 
 struct verdict_req {
-	struct conn *c;
 	char room[ROOM_NAME_MAX + 1];
 	pgl_verdict_fn cb;
 	void *arg;
@@ -857,21 +841,18 @@ static void on_verdict(void *arg, const PGresult *res, const char *err)
 	int verdict = !res ? -1 : PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
 
 	if (!res)
-		log_warn("realtime.can_join failed", "conn", vr->c->id, "room", vr->room, "reason",
-		         err);
-	vr->cb(vr->c, vr->room, verdict, vr->arg);
-	conn_release(vr->c);
+		log_warn("realtime.can_join failed", "room", vr->room, "reason", err);
+	vr->cb(vr->arg, vr->room, verdict);
 	free(vr);
 }
 
-int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg)
+int pgl_can_join(const char *claims_json, const char *room, pgl_verdict_fn cb, void *arg)
 {
 	struct verdict_req *vr;
-	const char *p[2] = {c->ident.claims_json ? c->ident.claims_json : "{}", room};
+	const char *p[2] = {claims_json ? claims_json : "{}", room};
 
 	if (!pgc_is_up(g_query) || !(vr = calloc(1, sizeof(*vr))))
 		return -1;
-	vr->c = c;
 	snprintf(vr->room, sizeof(vr->room), "%s", room);
 	vr->cb = cb;
 	vr->arg = arg;
@@ -880,14 +861,13 @@ int pgl_can_join(struct conn *c, const char *room, pgl_verdict_fn cb, void *arg)
 		free(vr);
 		return -1;
 	}
-	conn_hold(c);
 	return 0;
 }
 
 /* ---- identity from the database ---- */
 
 struct ident_req {
-	struct conn *c;
+	void *arg;
 	pgl_identity_fn cb;
 };
 
@@ -906,16 +886,16 @@ static void on_identity(void *arg, const PGresult *res, const char *err)
 	if (ok && json_object_object_get_ex(o, "client_id", &v) && json_object_get_int64(v) > 0)
 		snprintf(client, sizeof(client), "%lld", (long long)json_object_get_int64(v));
 	json_object_put(o);
-	ir->cb(ir->c, ok, seller, client, ok ? NULL : err ? err : "unexpected answer");
-	conn_release(ir->c);
+	ir->cb(ir->arg, ok, seller, client, ok ? NULL : err ? err : "unexpected answer");
 	free(ir);
 }
 
-int pgl_identity(struct conn *c, pgl_identity_fn cb)
+int pgl_identity(const char *claims_json, const char *user_id, const char *role, pgl_identity_fn cb,
+                 void *arg)
 {
 	struct ident_req *ir;
 	json_object *o = NULL;
-	const char *p[1] = {c->ident.claims_json};
+	const char *p[1] = {claims_json};
 	int rc = -1;
 
 	if (!pgc_is_up(g_query) || !(ir = calloc(1, sizeof(*ir))))
@@ -924,15 +904,14 @@ int pgl_identity(struct conn *c, pgl_identity_fn cb)
 		/* Claims are kept only for AUTHZ=sql; the lookup needs just the subject and role.
 		 */
 		o = json_object_new_object();
-		json_object_object_add(o, "sub", json_object_new_string(c->ident.user_id));
-		json_object_object_add(o, "role", json_object_new_string(c->ident.role));
+		json_object_object_add(o, "sub", json_object_new_string(user_id));
+		json_object_object_add(o, "role", json_object_new_string(role));
 		p[0] = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
 	}
-	ir->c = c;
+	ir->arg = arg;
 	ir->cb = cb;
 	if (p[0] && pgc_query(g_query, "SELECT realtime.identity($1::jsonb)::text", 1, p,
 	                      POLICY_TIMEOUT_MS, on_identity, ir) == 0) {
-		conn_hold(c);
 		rc = 0;
 	} else {
 		free(ir);

@@ -4,7 +4,7 @@
  * connection count in a room on a replica: the Redis cost follows changes, never queries), the
  * liveness sweep that drops a silent replica's members, and the presence_join/leave events. */
 #include "presence.h"
-#include "conn.h"
+#include "frame.h"
 #include "log.h"
 #include "proto.h"
 #include "redisbus.h"
@@ -39,12 +39,14 @@ struct puser {
 struct proom {
 	UT_hash_handle hh;
 	struct puser *users;
-	uint32_t nusers;        /* users with total > 0 */
-	struct conn **watchers; /* local members that joined with presence:true */
+	uint32_t nusers;               /* users with total > 0 */
+	struct room_member **watchers; /* local members that joined with presence:true */
 	uint32_t nwatch, capwatch;
 	uint32_t nleaving;
 	char name[];
 };
+
+static struct presence_members g_members;
 
 static struct {
 	const struct config *cfg;
@@ -100,7 +102,7 @@ static void send_event(struct proom *r, const char *type, const char *user)
 	if (!f)
 		return;
 	for (uint32_t i = 0; i < r->nwatch; i++)
-		conn_send(r->watchers[i], f);
+		g_members.send(r->watchers[i], f);
 	g.events += r->nwatch;
 	frame_unref(f);
 }
@@ -299,8 +301,7 @@ static void publish_change(const char *room, const char *user, uint32_t conns)
 
 static void local_change(const char *room, struct room_member *m, int delta)
 {
-	struct conn *c = (struct conn *)m; /* the member is the connection's first field */
-	const char *user = c->ident.user_id;
+	const char *user = g_members.user ? g_members.user(m) : NULL;
 	uint32_t n;
 
 	if (!user || !user[0])
@@ -325,14 +326,14 @@ static void on_leave(const char *room, struct room_member *m)
 	HASH_FIND_STR(g.rooms, room, r);
 	if (r)
 		for (uint32_t i = 0; i < r->nwatch; i++)
-			if (r->watchers[i] == (struct conn *)m) {
+			if (r->watchers[i] == m) {
 				r->watchers[i] = r->watchers[--r->nwatch];
 				break;
 			}
 	local_change(room, m, -1);
 }
 
-void presence_watch(struct conn *c, const char *room)
+void presence_watch(struct room_member *c, const char *room)
 {
 	struct proom *r;
 
@@ -344,7 +345,7 @@ void presence_watch(struct conn *c, const char *room)
 			return;
 	if (r->nwatch == r->capwatch) {
 		uint32_t ncap = r->capwatch ? r->capwatch * 2 : 4;
-		struct conn **nw = realloc(r->watchers, ncap * sizeof(*nw));
+		struct room_member **nw = realloc(r->watchers, ncap * sizeof(*nw));
 		if (!nw)
 			return;
 		r->watchers = nw;
@@ -547,6 +548,11 @@ void presence_metrics(struct buf *b)
 }
 
 /* ---- start and stop ---- */
+
+void presence_setup(const struct presence_members *members)
+{
+	g_members = *members;
+}
 
 int presence_start(const struct config *cfg, uv_loop_t *loop)
 {

@@ -2,12 +2,17 @@
  * A generation counter stamped on members gives exactly-once delivery across an event's rooms
  * without any per-event set. */
 #include "router.h"
-#include "conn.h"
 #include "log.h"
 #include "proto.h"
 #include "room.h"
 
 static uint64_t g_gen;
+static struct router_sink g_sink;
+
+void router_setup(const struct router_sink *sink)
+{
+	g_sink = *sink;
+}
 
 static size_t deliver_room(struct room *r, struct frame *f, long long id_num, uint64_t gen)
 {
@@ -15,17 +20,15 @@ static size_t deliver_room(struct room *r, struct frame *f, long long id_num, ui
 	struct room_member *const *members = room_members(r, &count);
 	size_t n = 0;
 
-	/* A member closed by conn_send (slow consumer) stays in the array until lws detaches it
+	/* A member closed by the sink (slow consumer) stays in the array until lws detaches it
 	 * later, outside this loop, so the array is stable while we walk it. */
 	for (uint32_t i = 0; i < count; i++) {
-		struct conn *c = (struct conn *)members[i];
-		if (c->member.seen_gen == gen)
+		struct room_member *m = members[i];
+		if (m->seen_gen == gen)
 			continue;
-		c->member.seen_gen = gen;
-		if (c->pending)
-			router_to_pending(c, room_name(r), f, id_num);
-		else
-			conn_send(c, f);
+		m->seen_gen = gen;
+		if (g_sink.deliver)
+			g_sink.deliver(m, f, room_name(r), id_num);
 		n++;
 	}
 	return n;

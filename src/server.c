@@ -286,14 +286,15 @@ static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 
 	if (!c)
 		return 1;
-	/* A format asked for in the URL is kept whatever the first message looks like. */
-	c->typed = t->format == GATE_FORMAT_TYPED;
-	c->spoke = t->format != 0;
-	if (t->authenticated) {
-		c->ident = t->ident;
-		memset(&t->ident, 0, sizeof(t->ident));
-		c->state = CONN_OPEN; /* session_open finishes the transition */
+	if (!session_new(c, t->authenticated ? &t->ident : NULL,
+	                 t->format == GATE_FORMAT_TYPED      ? 1
+	                 : t->format == GATE_FORMAT_ENVELOPE ? 2
+	                                                     : 0)) {
+		conn_detach(c);
+		return 1;
 	}
+	if (t->authenticated)
+		c->state = CONN_OPEN; /* session_open finishes the transition */
 	pss->conn = c;
 	return 0;
 }
@@ -824,17 +825,14 @@ int server_run(struct config *cfg)
 		return 1;
 	}
 	conn_setup(cfg, g_ctx);
-	conn_set_hooks(
-	    &(struct conn_hooks){.on_detach = session_pending_clear, .on_free = authz_cache_free});
 	session_setup(cfg, g_auth);
 	authz_setup(cfg, &g_loop);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
 	    pgl_start(cfg, &g_loop) < 0 || capture_start(cfg, &g_loop) < 0 ||
-	    liveroom_start(cfg, &g_loop) < 0 ||
-	    cluster_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 || presence_start(cfg, &g_loop) < 0 ||
-	    (!g_tls && gate_start(g_vhost) < 0)) {
+	    liveroom_start(cfg, &g_loop) < 0 || cluster_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 ||
+	    presence_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
 		return 1;

@@ -27,11 +27,58 @@ static uint64_t g_broadcast_seq;
 #define MAX_ROOMS_PER_CONN 256
 
 static void on_drained(struct conn *c);
+static void on_closed(struct conn *c);
+static void on_deadline(struct conn *c, unsigned due);
+static void on_freed(struct conn *c);
+
+static const char *member_user(const struct room_member *m)
+{
+	return session_of_member(m)->ident.user_id;
+}
+
+static void member_send(struct room_member *m, struct frame *f)
+{
+	conn_send(session_of_member(m)->conn, f);
+}
+
+/* The lower layers that deliver to members (router, presence) get the session's ways. */
 void session_setup(const struct config *cfg, const struct auth *auth)
 {
 	g_cfg = cfg;
 	g_auth = auth;
-	conn_set_drain_hook(on_drained);
+	router_setup(&(struct router_sink){.deliver = session_deliver});
+	presence_setup(&(struct presence_members){.user = member_user, .send = member_send});
+	conn_set_hooks(&(struct conn_hooks){.closed = on_closed,
+	                                    .deadline = on_deadline,
+	                                    .drained = on_drained,
+	                                    .freed = on_freed});
+}
+
+/* The session is freed by on_freed, with its connection. */
+struct session *session_new(struct conn *c, struct auth_identity *ident, int format)
+{
+	struct session *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	s->conn = c;
+	/* A format asked for in the URL is kept whatever the first message looks like. */
+	s->typed = format == 1;
+	s->spoke = format != 0;
+	if (ident) {
+		s->ident = *ident;
+		c->exp = s->ident.exp;
+		memset(ident, 0, sizeof(*ident));
+	}
+	c->owner = s;
+	return s;
+}
+
+int session_send(struct session *s, struct frame *f)
+{
+	if (s->typed)
+		f = proto_typed(f); /* shared: serialized once per message, not per recipient */
+	return conn_send(s->conn, f);
 }
 
 static void reply_error(struct conn *c, enum proto_code code, const char *msg, const char *room)
@@ -44,6 +91,7 @@ static void reply_error(struct conn *c, enum proto_code code, const char *msg, c
  * when less is left), then 4001 at exp + JWT_LEEWAY_S. The connection timer runs it. */
 static void arm_expiry(struct conn *c)
 {
+	c->exp = session_of(c)->ident.exp;
 	c->expiring_sent = false;
 	conn_timers_update(c);
 }
@@ -58,7 +106,7 @@ static void join_auto(struct conn *c, const char *prefix, const char *id)
 		         "id is not a valid room");
 		return;
 	}
-	if (room_join(room, &c->member) < 0)
+	if (room_join(room, &session_of(c)->member) < 0)
 		log_error("room_join failed", "conn", c->id, "room", room, "reason",
 		          "out of memory");
 }
@@ -94,19 +142,19 @@ static void join_seller_room(struct conn *c)
 {
 	char room[ROOM_NAME_MAX + 1];
 
-	if (strcmp(c->ident.role, "seller") || !c->ident.seller_id[0])
+	if (strcmp(session_of(c)->ident.role, "seller") || !session_of(c)->ident.seller_id[0])
 		return;
-	snprintf(room, sizeof(room), "seller-%s", c->ident.seller_id);
-	if (!room_is_member(&c->member, room))
-		join_auto(c, "seller-", c->ident.seller_id);
+	snprintf(room, sizeof(room), "seller-%s", session_of(c)->ident.seller_id);
+	if (!room_is_member(&session_of(c)->member, room))
+		join_auto(c, "seller-", session_of(c)->ident.seller_id);
 }
 
 /* Applies the looked-up ids to c's identity (a refreshed token has lost them again). */
 static void apply_dbident(struct conn *c)
 {
-	struct dbident *d = c->dbident;
+	struct dbident *d = session_of(c)->dbident;
 
-	if (auth_identity_fill_ids(&c->ident, d->seller_id, d->client_id) < 0)
+	if (auth_identity_fill_ids(&session_of(c)->ident, d->seller_id, d->client_id) < 0)
 		log_error("auth_identity_fill_ids failed", "conn", c->id, "reason",
 		          "out of memory");
 }
@@ -114,7 +162,7 @@ static void apply_dbident(struct conn *c)
 /* Runs the messages that waited for the lookup, unless one of them started another. */
 static void release_held(struct conn *c)
 {
-	struct dbident *d = c->dbident;
+	struct dbident *d = session_of(c)->dbident;
 
 	while (d->head && d->state != DBID_PENDING && conn_alive(c)) {
 		struct held_msg *h = d->head;
@@ -127,12 +175,15 @@ static void release_held(struct conn *c)
 	}
 }
 
-static void on_dbident(struct conn *c, bool ok, const char *seller_id, const char *client_id,
+/* c was held for the lookup. */
+static void on_dbident(void *arg, bool ok, const char *seller_id, const char *client_id,
                        const char *err)
 {
+	struct conn *c = arg;
 	struct dbident *d;
 
-	if (!conn_alive(c) || !(d = c->dbident) || d->state != DBID_PENDING)
+	conn_release(c);
+	if (!conn_alive(c) || !(d = session_of(c)->dbident) || d->state != DBID_PENDING)
 		return;
 	if (!ok) {
 		char why[160];
@@ -142,7 +193,7 @@ static void on_dbident(struct conn *c, bool ok, const char *seller_id, const cha
 		d->state = DBID_FAILED;
 		log_warn(
 		    "identity lookup failed: no seller/client rooms until the next auth refresh",
-		    "conn", c->id, "user", c->ident.user_id, "reason", why);
+		    "conn", c->id, "user", session_of(c)->ident.user_id, "reason", why);
 	} else {
 		d->state = DBID_DONE;
 		snprintf(d->seller_id, sizeof(d->seller_id), "%s", seller_id);
@@ -150,8 +201,8 @@ static void on_dbident(struct conn *c, bool ok, const char *seller_id, const cha
 		apply_dbident(c);
 		log_write(seller_id[0] || client_id[0] ? LOG_INFO : LOG_DEBUG,
 		          "identity resolved from the database", "conn", c->id, "user",
-		          c->ident.user_id, "seller", seller_id[0] ? seller_id : NULL, "client",
-		          client_id[0] ? client_id : NULL, (const char *)0);
+		          session_of(c)->ident.user_id, "seller", seller_id[0] ? seller_id : NULL,
+		          "client", client_id[0] ? client_id : NULL, (const char *)0);
 		join_seller_room(c);
 	}
 	release_held(c);
@@ -160,9 +211,10 @@ static void on_dbident(struct conn *c, bool ok, const char *seller_id, const cha
 /* Starts (or, after a refresh, reapplies) the database identity of c when its token lacks one. */
 static void resolve_identity(struct conn *c)
 {
-	struct dbident *d = c->dbident;
+	struct dbident *d = session_of(c)->dbident;
 
-	if (!pgl_enabled() || auth_is_admin(&c->ident) || auth_is_service(&c->ident))
+	if (!pgl_enabled() || auth_is_admin(&session_of(c)->ident) ||
+	    auth_is_service(&session_of(c)->ident))
 		return;
 	if (d && d->state == DBID_DONE) {
 		apply_dbident(c);
@@ -171,25 +223,29 @@ static void resolve_identity(struct conn *c)
 	}
 	if (d && d->state == DBID_PENDING)
 		return;
-	if (c->ident.seller_id[0] || c->ident.client_id[0])
+	if (session_of(c)->ident.seller_id[0] || session_of(c)->ident.client_id[0])
 		return; /* the token says who it is */
-	if (!d && !(d = c->dbident = calloc(1, sizeof(*d)))) {
+	if (!d && !(d = session_of(c)->dbident = calloc(1, sizeof(*d)))) {
 		log_error("identity lookup failed", "conn", c->id, "reason", "out of memory");
 		return;
 	}
 	d->state = DBID_PENDING;
-	if (pgl_identity(c, on_dbident) < 0) {
+	conn_hold(c);
+	if (pgl_identity(session_of(c)->ident.claims_json, session_of(c)->ident.user_id,
+	                 session_of(c)->ident.role, on_dbident, c) < 0) {
+		conn_release(c);
 		d->state = DBID_FAILED;
 		log_warn(
 		    "identity lookup failed: no seller/client rooms until the next auth refresh",
-		    "conn", c->id, "user", c->ident.user_id, "reason", "postgres is down");
+		    "conn", c->id, "user", session_of(c)->ident.user_id, "reason",
+		    "postgres is down");
 	}
 }
 
 /* True when msg was kept for after the lookup (or refused because too many wait). */
 static bool hold_message(struct conn *c, const char *data, size_t len)
 {
-	struct dbident *d = c->dbident;
+	struct dbident *d = session_of(c)->dbident;
 	struct held_msg *h;
 
 	if (!d || d->state != DBID_PENDING)
@@ -212,7 +268,7 @@ static bool hold_message(struct conn *c, const char *data, size_t len)
 
 static void dbident_free(struct conn *c)
 {
-	struct dbident *d = c->dbident;
+	struct dbident *d = session_of(c)->dbident;
 
 	if (!d)
 		return;
@@ -222,20 +278,20 @@ static void dbident_free(struct conn *c)
 		free(h);
 	}
 	free(d);
-	c->dbident = NULL;
+	session_of(c)->dbident = NULL;
 }
 
 /* Enters the authenticated state with its automatic rooms; the caller arms the expiry. */
 static void become_open(struct conn *c)
 {
 	c->state = CONN_OPEN;
-	join_auto(c, "user-", c->ident.user_id);
-	if (auth_is_admin(&c->ident))
+	join_auto(c, "user-", session_of(c)->ident.user_id);
+	if (auth_is_admin(&session_of(c)->ident))
 		join_auto(c, "", "admins");
-	if (!strcmp(c->ident.role, "seller") && c->ident.seller_id[0])
-		join_auto(c, "seller-", c->ident.seller_id);
-	log_info("client authenticated", "conn", c->id, "user", c->ident.user_id, "role",
-	         c->ident.role[0] ? c->ident.role : NULL);
+	if (!strcmp(session_of(c)->ident.role, "seller") && session_of(c)->ident.seller_id[0])
+		join_auto(c, "seller-", session_of(c)->ident.seller_id);
+	log_info("client authenticated", "conn", c->id, "user", session_of(c)->ident.user_id,
+	         "role", session_of(c)->ident.role[0] ? session_of(c)->ident.role : NULL);
 	resolve_identity(c);
 }
 
@@ -269,6 +325,7 @@ struct pending_join {
 };
 
 struct join_args {
+	struct conn *c;
 	bool has_since;
 	long long since;
 	bool presence;
@@ -277,7 +334,7 @@ struct join_args {
 static struct pending_join *pending_find(struct conn *c, const char *room,
                                          struct pending_join ***link)
 {
-	struct pending_join **pp = (struct pending_join **)&c->pending;
+	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
 	for (; *pp; pp = &(*pp)->next)
 		if (!strcmp((*pp)->room, room)) {
 			if (link)
@@ -311,7 +368,7 @@ static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 	*link = pj->next;
 	for (size_t i = 0; i < pj->n; i++) {
 		if (flush && conn_alive(c) && !(pj->ids[i] && replay_sent(pj, pj->ids[i])))
-			conn_send(c, pj->frames[i]);
+			session_send(session_of(c), pj->frames[i]);
 		frame_unref(pj->frames[i]);
 	}
 	for (size_t i = pj->page_pos; i < pj->page_n; i++)
@@ -324,19 +381,53 @@ static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 	free(pj);
 }
 
-void session_pending_clear(struct conn *c)
+/* The connection is gone: its rooms, joins still waiting for replay and messages waiting for
+ * the identity lookup go. */
+static void on_closed(struct conn *c)
 {
-	while (c->pending)
-		pending_end(c, (struct pending_join **)&c->pending, false);
+	struct session *s = session_of(c);
+
+	if (!s)
+		return;
+	room_leave_all(&s->member);
+	while (s->pending)
+		pending_end(c, (struct pending_join **)&s->pending, false);
 	dbident_free(c);
 }
 
-void router_to_pending(struct conn *c, const char *room, struct frame *f, long long id_num)
+static void on_freed(struct conn *c)
 {
-	struct pending_join *pj = pending_find(c, room, NULL);
+	struct session *s = session_of(c);
+
+	if (!s)
+		return;
+	auth_identity_clear(&s->ident);
+	authz_cache_free(&s->authz_cache);
+	free(s);
+	c->owner = NULL;
+}
+
+/* Auth timeout, token expiring, token expired: the connection timer found them due. */
+static void on_deadline(struct conn *c, unsigned due)
+{
+	if (due & CONN_DUE_AUTH)
+		conn_close(c, 4001, "authentication timeout", true);
+	if (due & CONN_DUE_EXPIRING) {
+		long long left = auth_time_sub(c->exp, (long long)time(NULL));
+		conn_reply(c, proto_token_expiring(left > 0 ? (long)left : 0));
+	}
+	if (due & CONN_DUE_EXPIRED)
+		conn_close(c, 4001, "token expired", true);
+}
+
+void session_deliver(struct room_member *m, struct frame *f, const char *room, long long id_num)
+{
+	struct session *s = session_of_member(m);
+	struct conn *c = s->conn;
+	struct pending_join *pj = s->pending ? pending_find(c, room, NULL) : NULL;
 
 	if (!pj) {
-		conn_send(c, f);
+		session_send(s, f);
 		return;
 	}
 	if (pj->n == pj->cap) {
@@ -358,9 +449,19 @@ void router_to_pending(struct conn *c, const char *room, struct frame *f, long l
 	pj->n++;
 }
 
-static void on_replayed(struct conn *c, const char *room, bool ok, bool recovered,
-                        const long long *ids, struct frame **frames, size_t n,
-                        const struct pgl_replay_page *page);
+static void on_replayed(void *arg, const char *room, bool ok, bool recovered, const long long *ids,
+                        struct frame **frames, size_t n, const struct pgl_replay_page *page);
+
+/* Asks pgl for a replay page for c, held until on_replayed. */
+static int replay_ask(struct conn *c, const char *room, long long since, long long after,
+                      long long top)
+{
+	conn_hold(c);
+	if (pgl_replay(c, room, since, after, top, on_replayed) == 0)
+		return 0;
+	conn_release(c);
+	return -1;
+}
 
 /* Replay over (or failed): the live frames held meanwhile follow. */
 static void replay_done(struct conn *c, struct pending_join *pj)
@@ -379,7 +480,7 @@ static void replay_done(struct conn *c, struct pending_join *pj)
 static void replay_fetch(struct conn *c, struct pending_join *pj)
 {
 	pj->fetching = true;
-	if (pgl_replay(c, pj->room, pj->since, pj->after, pj->top, on_replayed) == 0)
+	if (replay_ask(c, pj->room, pj->since, pj->after, pj->top) == 0)
 		return;
 	pj->fetching = false;
 	if (!pj->answered) {
@@ -419,7 +520,7 @@ static void replay_pump(struct conn *c, struct pending_join *pj)
 		}
 		pj->sent[pj->nsent++] = pj->page_ids[pj->page_pos];
 		pj->page_pos++;
-		if (conn_send(c, f) < 0) {
+		if (session_send(session_of(c), f) < 0) {
 			frame_unref(f);
 			return; /* closed 4008: nothing more to do */
 		}
@@ -441,7 +542,7 @@ static void replay_pump(struct conn *c, struct pending_join *pj)
 /* The drain hook: replays waiting for room in the queue go on. */
 static void on_drained(struct conn *c)
 {
-	struct pending_join *pj = c->pending;
+	struct pending_join *pj = session_of(c)->pending;
 
 	while (pj && conn_alive(c)) {
 		struct pending_join *next = pj->next; /* pj may end inside replay_pump */
@@ -451,12 +552,13 @@ static void on_drained(struct conn *c)
 	}
 }
 
-static void on_replayed(struct conn *c, const char *room, bool ok, bool recovered,
-                        const long long *ids, struct frame **frames, size_t n,
-                        const struct pgl_replay_page *page)
+static void on_replayed(void *arg, const char *room, bool ok, bool recovered, const long long *ids,
+                        struct frame **frames, size_t n, const struct pgl_replay_page *page)
 {
+	struct conn *c = arg; /* held by replay_ask */
 	struct pending_join *pj = conn_alive(c) ? pending_find(c, room, NULL) : NULL;
 
+	conn_release(c);
 	if (!pj || !pj->fetching) {
 		/* Left the room (or the connection closed) while the page was read. */
 		for (size_t i = 0; i < n; i++)
@@ -510,7 +612,7 @@ static void on_bus_subscribed(void *arg)
 	struct bus_wait *w = arg;
 
 	/* A leave meanwhile was answered `left`; a late `joined` would contradict it. */
-	if (conn_alive(w->c) && room_is_member(&w->c->member, w->room))
+	if (conn_alive(w->c) && room_is_member(&session_of(w->c)->member, w->room))
 		conn_reply(w->c, proto_joined(w->room, false, 0, false));
 	conn_release(w->c);
 	free(w);
@@ -536,12 +638,12 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 {
 	struct pending_join *pj;
 
-	if (room_join(room, &c->member) < 0) { /* 1 (already a member) is fine */
+	if (room_join(room, &session_of(c)->member) < 0) { /* 1 (already a member) is fine */
 		reply_error(c, PROTO_SERVER_ERROR, "could not join", room);
 		return;
 	}
 	if (ja->presence)
-		presence_watch(c, room);
+		presence_watch(&session_of(c)->member, room);
 	if (!ja->has_since) {
 		reply_joined(c, room);
 		return;
@@ -553,12 +655,12 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 	}
 	snprintf(pj->room, sizeof(pj->room), "%s", room);
 	pj->since = ja->since;
-	pj->next = c->pending;
-	c->pending = pj;
+	pj->next = session_of(c)->pending;
+	session_of(c)->pending = pj;
 	pj->fetching = true;
-	if (pgl_replay(c, room, ja->since, 0, 0, on_replayed) < 0) {
+	if (replay_ask(c, room, ja->since, 0, 0) < 0) {
 		/* pj was pushed at the head of the list just above. */
-		pending_end(c, (struct pending_join **)&c->pending, false);
+		pending_end(c, (struct pending_join **)&session_of(c)->pending, false);
 		conn_reply(c, proto_joined(room, false, 0, true));
 	}
 }
@@ -573,9 +675,11 @@ static void refuse_join(struct conn *c, const char *room, enum authz_result r)
 		reply_error(c, PROTO_FORBIDDEN, "not authorized", room);
 }
 
-static void on_authz_done(struct conn *c, const char *room, enum authz_result verdict, void *arg)
+/* ja->c was held for the check. */
+static void on_authz_done(void *arg, const char *room, enum authz_result verdict)
 {
 	struct join_args *ja = arg;
+	struct conn *c = ja->c;
 
 	if (conn_alive(c)) {
 		if (verdict != AUTHZ_ALLOW)
@@ -584,29 +688,30 @@ static void on_authz_done(struct conn *c, const char *room, enum authz_result ve
 			finish_join(c, room,
 			            ja); /* also when it joined meanwhile: `since` counts */
 	}
+	conn_release(c);
 	free(ja);
 }
 
 static void do_join(struct conn *c, struct proto_msg *m)
 {
-	struct join_args ja = {m->has_since, m->since, m->presence}, *heap;
+	struct join_args ja = {c, m->has_since, m->since, m->presence}, *heap;
 	enum authz_result r;
 
 	if (pending_find(c, m->room, NULL))
 		return; /* its joined reply is on the way */
-	if (room_is_member(&c->member, m->room)) {
+	if (room_is_member(&session_of(c)->member, m->room)) {
 		/* Already in (an automatic room, or a repeated join): nothing to authorize, but
 		 * a `since` still asks for the events missed while disconnected. */
 		if (m->has_since) {
 			finish_join(c, m->room, &ja);
 		} else {
 			if (m->presence)
-				presence_watch(c, m->room);
+				presence_watch(&session_of(c)->member, m->room);
 			conn_reply(c, proto_joined(m->room, false, 0, false));
 		}
 		return;
 	}
-	if (c->member.nsubs >= MAX_ROOMS_PER_CONN) {
+	if (session_of(c)->member.nsubs >= MAX_ROOMS_PER_CONN) {
 		reply_error(c, PROTO_FORBIDDEN, "too many rooms", m->room);
 		return;
 	}
@@ -616,9 +721,12 @@ static void do_join(struct conn *c, struct proto_msg *m)
 		return;
 	}
 	*heap = ja;
-	r = authz_check(c, m->room, on_authz_done, heap);
+	conn_hold(c);
+	r = authz_check(&session_of(c)->ident, &session_of(c)->authz_cache, m->room, on_authz_done,
+	                heap);
 	if (r == AUTHZ_ASK)
-		return; /* on_authz_done owns heap */
+		return; /* on_authz_done owns heap and the hold */
+	conn_release(c);
 	free(heap);
 	if (r == AUTHZ_ALLOW)
 		finish_join(c, m->room, &ja);
@@ -632,7 +740,7 @@ static void do_leave(struct conn *c, struct proto_msg *m)
 
 	if (pending_find(c, m->room, &link))
 		pending_end(c, link, false);
-	if (room_leave(m->room, &c->member) != 0) {
+	if (room_leave(m->room, &session_of(c)->member) != 0) {
 		reply_error(c, PROTO_NOT_MEMBER, "not a member of this room", m->room);
 		return;
 	}
@@ -644,18 +752,18 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 	char id[160], ts[UTIL_TS_LEN];
 	struct frame *f;
 
-	if (!room_is_member(&c->member, m->room)) {
+	if (!room_is_member(&session_of(c)->member, m->room)) {
 		reply_error(c, PROTO_NOT_MEMBER, "join the room before broadcasting", m->room);
 		return;
 	}
-	if (!authz_may_broadcast(&c->ident, m->room)) {
+	if (!authz_may_broadcast(&session_of(c)->ident, m->room)) {
 		reply_error(c, PROTO_FORBIDDEN, "this room is receive-only", m->room);
 		return;
 	}
 	/* Ephemeral ids are strings, unique across replicas by the node prefix. */
 	snprintf(id, sizeof(id), "%s-%llu", g_cfg->node_id, (unsigned long long)++g_broadcast_seq);
 	util_timestamp(ts);
-	f = proto_broadcast_envelope(id, c->id, c->ident.user_id, m->room, ts, m->body,
+	f = proto_broadcast_envelope(id, c->id, session_of(c)->ident.user_id, m->room, ts, m->body,
 	                             m->body_len);
 	if (!f) {
 		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
@@ -672,7 +780,7 @@ int session_server_join(struct conn *c, const char *room)
 {
 	if (!conn_alive(c) || c->state != CONN_OPEN)
 		return 0;
-	if (room_join(room, &c->member) < 0) {
+	if (room_join(room, &session_of(c)->member) < 0) {
 		log_error("room_join failed", "conn", c->id, "room", room, "reason",
 		          "out of memory");
 		return 0;
@@ -689,7 +797,7 @@ int session_server_leave(struct conn *c, const char *room)
 		return 0;
 	if (pending_find(c, room, &link))
 		pending_end(c, link, false);
-	if (room_leave(room, &c->member) != 0)
+	if (room_leave(room, &session_of(c)->member) != 0)
 		return 0;
 	conn_reply(c, proto_left(room));
 	return 1;
@@ -702,7 +810,7 @@ static void do_presence(struct conn *c, struct proto_msg *m)
 	struct buf b;
 	struct frame *f;
 
-	if (!room_is_member(&c->member, m->room)) {
+	if (!room_is_member(&session_of(c)->member, m->room)) {
 		reply_error(c, PROTO_NOT_MEMBER, "join the room before asking who is in it",
 		            m->room);
 		return;
@@ -755,7 +863,7 @@ static void do_history(struct conn *c, struct proto_msg *m)
 {
 	struct history_req *h;
 
-	if (!room_is_member(&c->member, m->room)) {
+	if (!room_is_member(&session_of(c)->member, m->room)) {
 		reply_error(c, PROTO_NOT_MEMBER, "join the room before asking its history",
 		            m->room);
 		return;
@@ -783,13 +891,13 @@ static void do_history(struct conn *c, struct proto_msg *m)
  * granted by an asynchronous policy are kept: the policy is about ownership, not the token. */
 static void recheck_rooms(struct conn *c)
 {
-	for (uint32_t i = c->member.nsubs; i-- > 0;) {
-		const char *room = room_name(c->member.subs[i].room);
+	for (uint32_t i = session_of(c)->member.nsubs; i-- > 0;) {
+		const char *room = room_name(session_of(c)->member.subs[i].room);
 		char name[ROOM_NAME_MAX + 1];
-		if (authz_still_allowed(c, room))
+		if (authz_still_allowed(&session_of(c)->ident, session_of(c)->authz_cache, room))
 			continue;
 		snprintf(name, sizeof(name), "%s", room);
-		room_leave(name, &c->member);
+		room_leave(name, &session_of(c)->member);
 		reply_error(c, PROTO_FORBIDDEN, "no longer authorized", name);
 	}
 }
@@ -809,24 +917,24 @@ static void do_auth(struct conn *c, struct proto_msg *m)
 	}
 	if (c->state == CONN_OPEN) {
 		/* A refresh may extend the session but never switch to another user. */
-		if (strcmp(id.user_id, c->ident.user_id)) {
+		if (strcmp(id.user_id, session_of(c)->ident.user_id)) {
 			auth_identity_clear(&id);
 			reply_error(c, PROTO_FORBIDDEN, "token is for another user", NULL);
 			return;
 		}
-		auth_identity_clear(&c->ident);
-		c->ident = id;
+		auth_identity_clear(&session_of(c)->ident);
+		session_of(c)->ident = id;
 		/* The database ids first: rooms they grant must survive the recheck. A lookup that
 		 * failed is tried again here. */
 		resolve_identity(c);
 		recheck_rooms(c);
-		conn_reply(c, proto_authenticated(c->ident.exp));
+		conn_reply(c, proto_authenticated(session_of(c)->ident.exp));
 		arm_expiry(c);
 		return;
 	}
-	c->ident = id;
+	session_of(c)->ident = id;
 	become_open(c);
-	conn_reply(c, proto_authenticated(c->ident.exp));
+	conn_reply(c, proto_authenticated(session_of(c)->ident.exp));
 	arm_expiry(c);
 }
 
@@ -891,9 +999,9 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 	}
 	/* A client written for another server says so in its first message: from then on it
 	 * gets room messages in the typed form it dispatches on. */
-	if (!c->spoke) {
-		c->spoke = true;
-		c->typed = c->typed || m.dialect;
+	if (!session_of(c)->spoke) {
+		session_of(c)->spoke = true;
+		session_of(c)->typed = session_of(c)->typed || m.dialect;
 	}
 	if (c->state == CONN_AWAIT_AUTH && m.type != PROTO_AUTH && m.type != PROTO_PING) {
 		reply_error(c, PROTO_UNAUTHENTICATED, "authenticate first", m.room);

@@ -2,7 +2,6 @@
  * way, rooms let in keep their verdict) and the receive-only rule for broadcasts. The policy
  * itself is never asked here: every check below is answered by the claims or the cache. */
 #include "authz.h"
-#include "conn.h"
 
 #include <check.h>
 #include <stdio.h>
@@ -11,13 +10,19 @@
 
 static struct config g_cfg;
 
-static void never_called(struct conn *c, const char *room, enum authz_result r, void *arg)
+/* What a session keeps for authz: the identity and the verdict cache. */
+struct asker {
+	struct auth_identity ident;
+	void *cache;
+};
+
+static void never_called(void *arg, const char *room, enum authz_result r)
 {
 	ck_abort_msg("the policy was asked for %s", room);
 }
 
 /* A connection of user u1 without seller/client ids: order-* rooms need the policy. */
-static void make_conn(struct conn *c, struct auth_identity *id, const char *role)
+static void make_conn(struct asker *c, struct auth_identity *id, const char *role)
 {
 	memset(&g_cfg, 0, sizeof(g_cfg));
 	g_cfg.authz_mode = AUTHZ_SQL;
@@ -28,81 +33,80 @@ static void make_conn(struct conn *c, struct auth_identity *id, const char *role
 	id->role = role;
 	id->seller_id = "";
 	id->client_id = "";
-	c->state = CONN_OPEN;
 	c->ident = *id;
 }
 
-static enum authz_result check(struct conn *c, const char *room)
+static enum authz_result check(struct asker *c, const char *room)
 {
-	return authz_check(c, room, never_called, NULL);
+	return authz_check(&c->ident, &c->cache, room, never_called, NULL);
 }
 
 START_TEST(test_cache_is_bounded)
 {
-	struct conn c;
+	struct asker c;
 	struct auth_identity id;
 	char room[32];
 
 	make_conn(&c, &id, "client");
 	for (int i = 0; i < 10 * AUTHZ_CACHE_MAX; i++) {
 		snprintf(room, sizeof(room), "order-%d", i);
-		authz_cache_put(&c, room, 0);
-		ck_assert_uint_le(authz_cache_count(&c), AUTHZ_CACHE_MAX);
+		authz_cache_put(&c.cache, room, 0);
+		ck_assert_uint_le(authz_cache_count(c.cache), AUTHZ_CACHE_MAX);
 	}
-	ck_assert_uint_eq(authz_cache_count(&c), AUTHZ_CACHE_MAX);
+	ck_assert_uint_eq(authz_cache_count(c.cache), AUTHZ_CACHE_MAX);
 	/* The newest verdicts answer; the oldest were dropped (they would ask the policy). */
 	snprintf(room, sizeof(room), "order-%d", 10 * AUTHZ_CACHE_MAX - 1);
 	ck_assert_int_eq(check(&c, room), AUTHZ_DENY);
-	authz_cache_free(&c);
-	ck_assert_uint_eq(authz_cache_count(&c), 0);
+	authz_cache_free(&c.cache);
+	ck_assert_uint_eq(authz_cache_count(c.cache), 0);
 }
 END_TEST
 
 START_TEST(test_allowed_rooms_outlive_a_flood_of_denials)
 {
-	struct conn c;
+	struct asker c;
 	struct auth_identity id;
 	char room[32];
 
 	make_conn(&c, &id, "client");
-	authz_cache_put(&c, "order-7", 1);
+	authz_cache_put(&c.cache, "order-7", 1);
 	for (int i = 0; i < 4 * AUTHZ_CACHE_MAX; i++) {
 		snprintf(room, sizeof(room), "order-%d", 1000 + i);
-		authz_cache_put(&c, room, AUTHZ_VERDICT_FAILED);
+		authz_cache_put(&c.cache, room, AUTHZ_VERDICT_FAILED);
 	}
-	ck_assert_uint_eq(authz_cache_count(&c), AUTHZ_CACHE_MAX);
+	ck_assert_uint_eq(authz_cache_count(c.cache), AUTHZ_CACHE_MAX);
 	ck_assert_int_eq(check(&c, "order-7"), AUTHZ_ALLOW);
-	ck_assert(authz_still_allowed(&c, "order-7"));
-	authz_cache_free(&c);
+	ck_assert(authz_still_allowed(&c.ident, c.cache, "order-7"));
+	authz_cache_free(&c.cache);
 }
 END_TEST
 
 START_TEST(test_verdicts_answer_until_they_expire)
 {
-	struct conn c;
+	struct asker c;
 	struct auth_identity id;
 
 	make_conn(&c, &id, "client");
-	authz_cache_put(&c, "order-1", 1);
-	authz_cache_put(&c, "order-2", 0);
-	authz_cache_put(&c, "order-3", AUTHZ_VERDICT_FAILED);
+	authz_cache_put(&c.cache, "order-1", 1);
+	authz_cache_put(&c.cache, "order-2", 0);
+	authz_cache_put(&c.cache, "order-3", AUTHZ_VERDICT_FAILED);
 	ck_assert_int_eq(check(&c, "order-1"), AUTHZ_ALLOW);
 	ck_assert_int_eq(check(&c, "order-2"), AUTHZ_DENY);
 	/* A failure refuses too, as unavailable, for a few seconds (the integration test waits
 	 * for the expiry). */
 	ck_assert_int_eq(check(&c, "order-3"), AUTHZ_UNAVAILABLE);
-	ck_assert(!authz_still_allowed(&c, "order-3"));
+	ck_assert(!authz_still_allowed(&c.ident, c.cache, "order-3"));
 	/* A later verdict for the same room replaces the entry. */
-	authz_cache_put(&c, "order-3", 1);
+	authz_cache_put(&c.cache, "order-3", 1);
 	ck_assert_int_eq(check(&c, "order-3"), AUTHZ_ALLOW);
-	ck_assert_uint_eq(authz_cache_count(&c), 3);
-	authz_cache_free(&c);
+	ck_assert_uint_eq(authz_cache_count(c.cache), 3);
+	authz_cache_free(&c.cache);
 }
 END_TEST
 
 START_TEST(test_receive_only_rooms)
 {
-	struct conn c;
+	struct asker c;
 	struct auth_identity id;
 	char *granted[] = {"product-9", "chat-*"};
 

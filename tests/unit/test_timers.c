@@ -3,7 +3,6 @@
  * (pings asked for, auth timeout, token expiry, silence and stuck closes). */
 #include "conn.h"
 #include "metrics.h"
-#include "room.h"
 #include "wheel.h"
 
 #include <check.h>
@@ -211,7 +210,7 @@ START_TEST(test_due_token_expiry)
 	memset(&c, 0, sizeof(c));
 	c.state = CONN_OPEN;
 	c.rx_at = 100;
-	c.ident.exp = wall + 100;
+	c.exp = wall + 100;
 	/* Warned 30 s before exp, judged by the wall clock. */
 	ck_assert_uint_eq(conn_next_due(&c, &g_cfg, 100, wall), 170);
 	ck_assert_uint_eq(conn_due(&c, &g_cfg, 169, wall + 69), 0);
@@ -249,7 +248,7 @@ START_TEST(test_due_token_expiry_keep)
 	memset(&c, 0, sizeof(c));
 	c.state = CONN_OPEN;
 	c.rx_at = 100;
-	c.ident.exp = wall + 100;
+	c.exp = wall + 100;
 	/* The warning is still sent 30 s before exp... */
 	ck_assert_uint_eq(conn_next_due(&c, &g_cfg, 100, wall), 170);
 	ck_assert_uint_eq(conn_due(&c, &g_cfg, 170, wall + 70), CONN_DUE_EXPIRING);
@@ -281,10 +280,27 @@ END_TEST
 
 /* ---- the timer over real connection objects (no socket) ---- */
 
+/* The owner's part, as the session does it: a warning frame, 4001 closes. */
+static unsigned g_due_seen;
+static void on_deadline(struct conn *c, unsigned due)
+{
+	g_due_seen |= due;
+	if (due & CONN_DUE_AUTH)
+		conn_close(c, 4001, "authentication timeout", true);
+	if (due & CONN_DUE_EXPIRING) {
+		struct frame *f = frame_new("{\"type\":\"token_expiring\"}", 25);
+		conn_reply(c, f);
+	}
+	if (due & CONN_DUE_EXPIRED)
+		conn_close(c, 4001, "token expired", true);
+}
+
 static void timer_setup(void)
 {
 	cfg_defaults();
 	conn_setup(&g_cfg, NULL);
+	conn_set_hooks(&(struct conn_hooks){.deadline = on_deadline});
+	g_due_seen = 0;
 }
 
 static void timer_teardown(void)
@@ -293,7 +309,6 @@ static void timer_teardown(void)
 	while ((c = conn_first()))
 		conn_detach(c);
 	conn_reap();
-	room_reset();
 }
 
 START_TEST(test_timer_auth_timeout_closes_4001)
@@ -307,6 +322,7 @@ START_TEST(test_timer_auth_timeout_closes_4001)
 	conn_timers_run(12);
 	ck_assert_int_eq(c->state, CONN_CLOSING);
 	ck_assert_uint_eq(c->close_code, 4001);
+	ck_assert_uint_eq(g_due_seen, CONN_DUE_AUTH);
 	/* The close frame never goes out (no socket): stuck, then dropped. */
 	ck_assert_uint_eq(c->deadline, 12 + 5 + 1);
 	ck_assert(wheel_filed(&c->timer));
@@ -351,7 +367,7 @@ START_TEST(test_timer_expired_token_warns_then_closes)
 	struct conn *c = conn_new(NULL, "192.0.2.1", false);
 
 	c->state = CONN_OPEN;
-	c->ident.exp = (long long)time(NULL) - g_cfg.jwt_leeway_s - 1;
+	c->exp = (long long)time(NULL) - g_cfg.jwt_leeway_s - 1;
 	conn_timers_update(c);
 	ck_assert(c->expiring_sent);
 	ck_assert_uint_eq(c->q.count, 1); /* token_expiring, before the close */
@@ -365,7 +381,7 @@ START_TEST(test_timer_token_expiring_soon_warns_at_once)
 	struct conn *c = conn_new(NULL, "192.0.2.1", false);
 
 	c->state = CONN_OPEN;
-	c->ident.exp = (long long)time(NULL) + 10;
+	c->exp = (long long)time(NULL) + 10;
 	conn_timers_update(c);
 	ck_assert(c->expiring_sent);
 	ck_assert_uint_eq(c->q.count, 1);

@@ -24,7 +24,7 @@ static void open_conn(struct conn *c, long long exp)
 	memset(c, 0, sizeof(*c));
 	c->state = CONN_OPEN;
 	c->rx_at = 100;
-	c->ident.exp = exp;
+	c->exp = exp;
 }
 
 START_TEST(test_time_add_saturates)
