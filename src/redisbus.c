@@ -273,15 +273,21 @@ static void run_waiters(struct rsub *r)
 static void release_held(struct rsub *r)
 {
 	struct held_msg *h;
+	int rc;
 
 	while ((h = r->held)) {
+		/* h stays first until it is sent: a link lost inside publish() delivers it and
+		 * the rest here, in order (reset_rooms), and leaves nothing held. */
+		rc = g.state != RB_UP ? -1
+		                      : publish(rsub_room(r), h->payload, h->len, h->src,
+		                                h->born_ns, r->want && confirmed(r) ? r : NULL);
+		if (r->held != h)
+			continue;
 		r->held = h->next;
 		if (!r->held)
 			r->held_tail = NULL;
 		g.held_bytes -= h->len;
-		if (g.state != RB_UP ||
-		    publish(rsub_room(r), h->payload, h->len, h->src, h->born_ns,
-		            r->want && confirmed(r) ? r : NULL) < 0) {
+		if (rc < 0) {
 			metrics.redis_publish_failures++;
 			router_raw(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
 		}

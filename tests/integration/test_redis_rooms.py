@@ -240,3 +240,56 @@ def test_rest_service_raw_publish_is_delivered_byte_for_byte(nodes, redis_server
         await a.close()
         await b.close()
     run(go())
+
+
+def test_broadcast_sent_before_the_join_is_confirmed_reaches_everyone_once(nodes,
+                                                                          redis_server):
+    """join and broadcast in one burst: the broadcast is held until Redis confirms the new
+    room's subscription, then published; the sender's replica gets it back exactly once."""
+    n1, n2 = nodes
+
+    async def go():
+        remote = await member(n2, "2", "product-95")
+        ws = await connect(n1, make_token("1", rooms=["product-95"]))
+        await ws.send(json.dumps({"type": "join", "payload": {"room": "product-95"}}))
+        for i in range(5):
+            await send(ws, "broadcast", room="product-95", body=i)
+        got = await drain(ws)
+        assert json.loads(got[0])["type"] == "joined", got
+        assert [json.loads(g)["body"] for g in got[1:]] == [0, 1, 2, 3, 4], got
+        assert [json.loads(g)["body"] for g in await drain(remote)] == [0, 1, 2, 3, 4]
+        await ws.close()
+        await remote.close()
+    run(go())
+    assert "redis message lost" not in n1.logs()
+    assert metric(n1, "roomcast_redis_publish_failures_total") == 0
+
+
+def test_join_and_leave_churn_ends_in_the_right_subscription_state(nodes, redis_server):
+    """Joins and leaves of one room faster than Redis confirms them (one command per room in
+    flight, the rest decided when each confirmation arrives): the end state is what the
+    last membership says, and messages then flow."""
+    n1, _ = nodes
+
+    async def go():
+        ws = await connect(n1, make_token("1", rooms=["churn-*"]))
+        for _ in range(30):
+            await send(ws, "join", room="churn-1")
+            await send(ws, "leave", room="churn-1")
+        await drain(ws)
+        wait_until(lambda: numsub(redis_server, "churn-1") == 0, timeout=5,
+                   what="churn-1 unsubscribed after the last leave")
+        for _ in range(30):
+            await send(ws, "leave", room="churn-2")
+            await send(ws, "join", room="churn-2")
+        got = [json.loads(m) for m in await drain(ws)]
+        assert got[-1] == {"type": "joined", "payload": {"room": "churn-2"}} or \
+            got[-1]["type"] == "joined", got[-1]
+        assert numsub(redis_server, "churn-2") == 1
+        assert redis_server.client().publish("ws:room:churn-2", "still here") == 1
+        assert await drain(ws) == ["still here"]
+        await ws.close()
+    run(go())
+    wait_until(lambda: metric(n1, "roomcast_bus_channels_subscribed") ==
+               sum(1 for c in room_channels(redis_server)), timeout=5,
+               what="the gauge to follow Redis")
