@@ -51,6 +51,8 @@ struct config {
 	char *capture_publication; /* validated: [a-z0-9_]{1,63} */
 	long capture_status_interval_s;
 	long outbox_retention_s;
+	long recent_per_room;  /* 0: no recent-events memory */
+	long recent_max_bytes; /* 0: no recent-events memory */
 	char *log_level;
 	char *log_format;
 	char *environment;

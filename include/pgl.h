@@ -40,6 +40,13 @@ typedef void (*pgl_replay_fn)(void *arg, const char *room, bool ok, bool recover
  * called). */
 int pgl_replay(void *arg, const char *room, long long since, long long after, long long top,
                pgl_replay_fn cb);
+/* Asks for the same page are answered by one query, and a first page the recent-events memory
+ * provably covers by no query at all: then cb runs before pgl_replay returns. */
+
+struct buf;
+/* Prints the replay metrics (roomcast_replay_queries_total, roomcast_replays_total{source},
+ * roomcast_recent_bytes, roomcast_recent_rooms) when PostgreSQL is configured. */
+void pgl_metrics(struct buf *b);
 
 /* A history page: the room's stored events after since in id order (frames as room messages,
  * the callback takes over the references); ok false when the outbox could not be read, recovered

@@ -262,6 +262,7 @@ static void render_metrics(struct http_response *resp)
 	       "pg_notification_queue_usage() at the last heartbeat.");
 	buf_printf(b, "roomcast_postgres_notify_queue_usage %g\n", metrics.pg_queue_usage);
 	pgwatch_metrics(b);
+	pgl_metrics(b);
 	capture_metrics(b);
 	pglisten_metrics(b);
 	liveroom_metrics(b);

@@ -11,6 +11,7 @@
 #include "pglisten.h"
 #include "pgwatch.h"
 #include "proto.h"
+#include "recent.h"
 #include "router.h"
 #include "util.h"
 
@@ -53,21 +54,71 @@ struct inbound {
 	struct inbound *next;
 };
 
-/* A replay page for a joining client (cb, arg), or a history page (hcb, harg): both read the
- * outbox with the same query and the same `recovered` rule. */
+/* One asker of a replay page: a joining client (cb, arg) or a history page (hcb, harg). */
 struct replay {
 	void *arg;
-	char room[ROOM_NAME_MAX + 1];
-	long long since, after, top; /* top 0: the first page */
-	int limit;                   /* rows per page */
 	pgl_replay_fn cb;
 	pgl_history_fn hcb;
 	void *harg;
-	uint64_t wait_until_ns; /* while waiting for the query connection */
 	struct replay *next;
 };
 
-static struct replay *g_waiting;
+/* One outbox query and every asker waiting for its answer. Replays and history read the outbox
+ * with the same query and the same `recovered` rule; asks with the same room, since, after, top
+ * and limit get the same rows, so a later ask joins a query already asked for (coalescing). It
+ * may join only while the query's snapshot is provably not older than its membership: before
+ * the query was handed to the query connection, or when no outbox event was delivered since
+ * (an event committed after the snapshot and delivered before the join would be in neither
+ * the replay nor the asker's held live frames). */
+struct rquery {
+	UT_hash_handle hh; /* in g_open until answered */
+	char key[ROOM_NAME_MAX + 96];
+	char room[ROOM_NAME_MAX + 1];
+	long long since, after, top; /* top 0: the first page */
+	int limit;                   /* rows per page */
+	bool history, sent;
+	uint64_t sent_seq;      /* g_deliver_seq when handed to the query connection */
+	uint64_t wait_until_ns; /* while waiting for the query connection */
+	struct replay *waiters; /* in ask order */
+	struct replay **tail;
+	struct rquery *next; /* g_waiting, or g_cached once answered */
+	/* A first page answered while no event was delivered since it was sent is kept (in
+	 * g_open and g_cached) for asks of the same page, until the next delivery or for
+	 * REPLAY_CACHE_MS: the rows are what a new query would read, except events committed
+	 * after its snapshot, which are not delivered yet and so reach the asker live. */
+	bool answered, recovered;
+	uint64_t answered_ns;
+	long long *ids;
+	struct frame **frames;
+	size_t n;
+	struct pgl_replay_page page;
+};
+
+static struct rquery *g_open, *g_waiting, *g_cached;
+static size_t g_ncached;
+#define REPLAY_CACHE_MS  1000
+#define REPLAY_CACHE_MAX 1024
+static uint64_t g_deliver_seq; /* outbox events delivered */
+/* Replay (join) pages asked, by how they were served; queries sent for them. */
+static uint64_t g_replays_query, g_replays_coalesced, g_replays_memory, g_replay_queries;
+/* For the recent memory: the xmax of the snapshot of the last catch-up or sweep that
+ * delivered events out of notification order while no notification of a later transaction has
+ * been delivered since (0: none). */
+static uint64_t g_unsettled_xid;
+static uint64_t g_horizon_reads;
+
+/* A join waiting for the outbox horizon before it is answered from the recent memory. */
+struct mwait {
+	void *arg;
+	pgl_replay_fn cb;
+	long long since;
+	struct mwait *next;
+	char room[ROOM_NAME_MAX + 1];
+};
+/* Asks waiting for the next horizon read (one is in flight at most: asks arriving meanwhile
+ * wait for the next one, whose snapshot is then taken after they joined). */
+static struct mwait *g_hz_next, **g_hz_tail = &g_hz_next;
+static bool g_hz_in_flight;
 
 static const struct config *g_cfg;
 static struct pgc *g_listen, *g_query;
@@ -83,6 +134,7 @@ static struct seen *g_seen;
 static struct inbound *g_in_head, *g_in_tail;
 
 static void drain_inbound(void);
+static void cache_expire(bool all);
 
 static void release_live(void)
 {
@@ -173,14 +225,23 @@ static const char *raw_field(json_object *o, const char *k)
 	           : NULL;
 }
 
-/* Routes one outbox event given as realtime.event_json text. */
-static void deliver_json(const char *text)
+/* Routes one outbox event given as realtime.event_json text, and records it in the recent
+ * memory. nonlive_xmax is 0 for an event delivered from its notification (notifications come
+ * in commit order), else the xmax of the snapshot of the catch-up or sweep that found it. An
+ * event may anchor a memory answer (see recent.h) only when delivered from its notification
+ * with no out-of-order delivery unsettled: one is settled by the first notification of a
+ * transaction whose xid is at least that xmax (it committed after the snapshot, so every
+ * transaction that committed before the snapshot was notified, and delivered, before it). */
+static void deliver_json(const char *text, uint64_t nonlive_xmax)
 {
-	json_object *o = parse_json(text, strlen(text)), *rooms_o, *id_o;
+	size_t len = strlen(text);
+	json_object *o = parse_json(text, len), *rooms_o, *id_o;
 	const char *rooms[64];
 	size_t n = 0;
 	char id_raw[24];
 	struct router_event ev;
+	long long floor = g_max_id;
+	bool anchor = false;
 
 	if (!o || !json_object_object_get_ex(o, "rooms", &rooms_o) ||
 	    !json_object_is_type(rooms_o, json_type_array) ||
@@ -209,6 +270,19 @@ static void deliver_json(const char *text)
 	ev.born_ns = util_now_ns();
 	ev.src = SRC_DB;
 	router_event(&ev);
+	g_deliver_seq++;
+	if (g_cached)
+		cache_expire(true);
+	if (nonlive_xmax) {
+		if (nonlive_xmax > g_unsettled_xid)
+			g_unsettled_xid = nonlive_xmax;
+	} else {
+		const char *x = str_field(o, "xid");
+		if (g_unsettled_xid && x && strtoull(x, NULL, 10) >= g_unsettled_xid)
+			g_unsettled_xid = 0;
+		anchor = !g_unsettled_xid;
+	}
+	recent_record(rooms, n, ev.id_num, text, len, anchor, floor);
 	json_object_put(o);
 }
 
@@ -224,7 +298,7 @@ static void drain_inbound(void)
 		if (!g_in_head)
 			g_in_tail = NULL;
 		if (in->json)
-			deliver_json(in->json);
+			deliver_json(in->json, 0);
 		free(in->json);
 		free(in);
 	}
@@ -302,6 +376,7 @@ static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
 struct sweep {
 	bool catchup;
 	uint64_t new_w;
+	uint64_t xmax; /* the snapshot's xmax (see deliver_json) */
 	size_t n;
 	long long *ids;
 };
@@ -348,7 +423,7 @@ static void on_fetched(void *arg, const PGresult *res, const char *err)
 		return;
 	}
 	for (int i = 0; i < PQntuples(res); i++)
-		deliver_json(PQgetvalue(res, i, 0));
+		deliver_json(PQgetvalue(res, i, 0), sw->xmax ? sw->xmax : 1);
 	if (sw->catchup || PQntuples(res)) {
 		char n[24];
 		snprintf(n, sizeof(n), "%d", PQntuples(res));
@@ -370,6 +445,7 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		return;
 	}
 	sw->new_w = strtoull(PQgetvalue(res, 0, 0), NULL, 10);
+	sw->xmax = strtoull(PQgetvalue(res, 0, 5), NULL, 10);
 	if (g_pm_start[0] && strcmp(g_pm_start, PQgetvalue(res, 0, 4))) {
 		/* PostgreSQL restarted. After a crash, transaction ids of work whose WAL was never
 		 * flushed are handed out again, so events committed since may have xids below W:
@@ -379,6 +455,9 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		snprintf(g_pm_start, sizeof(g_pm_start), "%s", PQgetvalue(res, 0, 4));
 		g_restart_floor_id = g_max_id;
 		g_w = 0;
+		/* Ids and xids remembered may name other events now. */
+		recent_clear();
+		g_unsettled_xid = 0;
 		sweep_done(sw, false);
 		sweep(true);
 		return;
@@ -452,7 +531,7 @@ static void sweep(bool catchup)
 	        g_query,
 	        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
 	        "clock_timestamp() - e.created_at < interval '1 second', "
-	        "pg_postmaster_start_time()::text "
+	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text "
 	        "FROM (SELECT 1) s LEFT JOIN realtime.events e "
 	        "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
 	        "OR e.id > $2::bigint ORDER BY e.id",
@@ -469,6 +548,7 @@ static void update_state(void)
 
 static void on_sweep_timer(uv_timer_t *t)
 {
+	cache_expire(false);
 	sweep(g_need_catchup);
 }
 
@@ -510,6 +590,7 @@ static void listener_down(struct pgc *pc, void *arg)
 }
 
 static void flush_waiting(bool expire_only);
+static void fail_replay(struct rquery *q);
 
 static void query_up(struct pgc *pc, void *arg)
 {
@@ -557,6 +638,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop)
 	if (!cfg->database_url || !*cfg->database_url)
 		return 0;
 	g_enabled = true;
+	recent_setup((size_t)cfg->recent_per_room, (size_t)cfg->recent_max_bytes);
 	g_listen = pgc_start(loop, cfg->database_url, "listener", &lh);
 	g_query = pgc_start(loop, cfg->database_url, "query", &qh);
 	if (!g_listen || !g_query)
@@ -583,15 +665,20 @@ void pgl_stop(void)
 	uv_close((uv_handle_t *)&g_wait_timer, NULL);
 	uv_close((uv_handle_t *)&g_hold_timer, NULL);
 	while (g_waiting) {
-		struct replay *rp = g_waiting;
-		g_waiting = rp->next;
-		struct pgl_replay_page page = {.top = rp->top};
-		if (rp->hcb)
-			rp->hcb(rp->harg, false, false, NULL, 0, false);
-		else
-			rp->cb(rp->arg, rp->room, false, false, NULL, NULL, 0, &page);
-		free(rp);
+		struct rquery *q = g_waiting;
+		g_waiting = q->next;
+		fail_replay(q);
 	}
+	cache_expire(true);
+	while (g_hz_next) {
+		struct mwait *w = g_hz_next;
+		struct pgl_replay_page page = {0};
+		g_hz_next = w->next;
+		w->cb(w->arg, w->room, false, false, NULL, NULL, 0, &page);
+		free(w);
+	}
+	g_hz_tail = &g_hz_next;
+	recent_shutdown();
 	pgwatch_stop();
 	pglisten_stop();
 	pgc_stop(g_listen);
@@ -627,70 +714,153 @@ const char *pgl_state(void)
 
 /* ---- replay ---- */
 
-/* Hands a page to its asker (the joining connection or the history caller) and frees rp. The
- * callback takes over the frame references. */
-static void replay_answer(struct replay *rp, bool ok, bool recovered, const long long *ids,
+/* Builds the room message of an outbox event (realtime.event_json text) for room: replayed
+ * events are byte-identical to live ones. Returns NULL when unreadable or out of memory. */
+static struct frame *event_frame(const char *room, const char *json, size_t len)
+{
+	json_object *o = parse_json(json, len), *id_o;
+	struct frame *f = NULL;
+	char id_raw[24];
+
+	if (o && json_object_object_get_ex(o, "id", &id_o)) {
+		snprintf(id_raw, sizeof(id_raw), "%lld", (long long)json_object_get_int64(id_o));
+		f = proto_event_envelope(id_raw,
+		                         str_field(o, "event") ? str_field(o, "event") : "event",
+		                         room, str_field(o, "ts") ? str_field(o, "ts") : "",
+		                         raw_field(o, "data"), raw_field(o, "meta"));
+		if (f)
+			f->flags |= FRAME_ROOM_MSG;
+	}
+	json_object_put(o);
+	return f;
+}
+
+/* Hands a page to one asker, with its own references to the frames, and frees rp. */
+static void replay_give(struct rquery *q, struct replay *rp, bool ok, bool recovered,
+                        const long long *ids, struct frame **frames, size_t n,
+                        const struct pgl_replay_page *page)
+{
+	for (size_t i = 0; i < n; i++)
+		frame_ref(frames[i]);
+	if (rp->hcb)
+		rp->hcb(rp->harg, ok, recovered, frames, n, page->more);
+	else
+		rp->cb(rp->arg, q->room, ok, recovered, ids, frames, n, page);
+	free(rp);
+}
+
+/* Hands a page to each asker of q. Askers may ask again from their callbacks. */
+static void rquery_answer(struct rquery *q, bool ok, bool recovered, const long long *ids,
                           struct frame **frames, size_t n, const struct pgl_replay_page *page)
 {
-	if (rp->hcb) {
-		rp->hcb(rp->harg, ok, recovered, frames, n, page->more);
-	} else {
-		rp->cb(rp->arg, rp->room, ok, recovered, ids, frames, n, page);
+	while (q->waiters) {
+		struct replay *rp = q->waiters;
+		q->waiters = rp->next;
+		replay_give(q, rp, ok, recovered, ids, frames, n, page);
 	}
-	free(rp);
+}
+
+static void rquery_close(struct rquery *q)
+{
+	struct rquery *f;
+	HASH_FIND(hh, g_open, q->key, strlen(q->key), f);
+	if (f == q)
+		HASH_DEL(g_open, q);
+}
+
+/* Frees an answered query kept for later asks. */
+static void cache_free(struct rquery *q)
+{
+	for (struct rquery **pp = &g_cached; *pp; pp = &(*pp)->next)
+		if (*pp == q) {
+			*pp = q->next;
+			g_ncached--;
+			break;
+		}
+	rquery_close(q);
+	for (size_t i = 0; i < q->n; i++)
+		frame_unref(q->frames[i]);
+	free(q->ids);
+	free(q->frames);
+	free(q);
+}
+
+/* Drops the kept answers: all of them once an event was delivered (all = false: those past
+ * REPLAY_CACHE_MS). */
+static void cache_expire(bool all)
+{
+	uint64_t now = util_now_ns();
+	struct rquery *q = g_cached, *next;
+
+	for (; q; q = next) {
+		next = q->next;
+		if (all || now - q->answered_ns >= (uint64_t)REPLAY_CACHE_MS * 1000000ull)
+			cache_free(q);
+	}
 }
 
 static void on_replay(void *arg, const PGresult *res, const char *err)
 {
-	struct replay *rp = arg;
+	struct rquery *q = arg;
 	long long *ids = NULL, pruned;
 	struct frame **frames = NULL;
-	struct pgl_replay_page page = {.top = rp->top};
+	struct pgl_replay_page page = {.top = q->top};
 	size_t n = 0, rows = 0;
-	bool recovered = false;
+	bool recovered = false, ok;
 
 	if (!res || PQntuples(res) < 1) {
-		log_warn(rp->hcb ? "history failed" : "replay failed", "room", rp->room, "reason",
+		rquery_close(q);
+		log_warn(q->history ? "history failed" : "replay failed", "room", q->room, "reason",
 		         err ? err : "no rows");
-		replay_answer(rp, false, false, NULL, NULL, 0, &page);
+		rquery_answer(q, false, false, NULL, NULL, 0, &page);
+		free(q);
 		return;
 	}
 	/* Nothing after since (after, on later pages) may have been pruned or deleted. */
 	pruned = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-	recovered = (rp->since > rp->after ? rp->since : rp->after) >= pruned;
-	if (!rp->top) {
+	recovered = (q->since > q->after ? q->since : q->after) >= pruned;
+	if (!q->top) {
 		page.total = strtoll(PQgetvalue(res, 0, 3), NULL, 10);
 		page.top = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
 	}
 	ids = calloc((size_t)PQntuples(res), sizeof(*ids));
 	frames = calloc((size_t)PQntuples(res), sizeof(*frames));
 	for (int i = 0; ids && frames && i < PQntuples(res); i++) {
-		json_object *o;
-		char id_raw[24];
 		if (PQgetisnull(res, i, 1))
 			continue;
 		rows++;
 		page.last = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-		o = parse_json(PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
-		if (!o)
-			continue;
-		ids[n] = strtoll(PQgetvalue(res, i, 1), NULL, 10);
-		snprintf(id_raw, sizeof(id_raw), "%lld", ids[n]);
-		frames[n] = proto_event_envelope(
-		    id_raw, str_field(o, "event") ? str_field(o, "event") : "event", rp->room,
-		    str_field(o, "ts") ? str_field(o, "ts") : "", raw_field(o, "data"),
-		    raw_field(o, "meta"));
-		json_object_put(o);
-		if (frames[n]) {
-			frames[n]->flags |= FRAME_ROOM_MSG;
+		ids[n] = page.last;
+		frames[n] =
+		    event_frame(q->room, PQgetvalue(res, i, 2), (size_t)PQgetlength(res, i, 2));
+		if (frames[n])
 			n++;
-		}
 	}
 	/* A full page may have a successor, which starts after the last row read (kept or not). */
-	page.more = rows == (size_t)rp->limit;
-	replay_answer(rp, ids && frames, recovered, ids, frames, n, &page);
+	page.more = rows == (size_t)q->limit;
+	ok = ids && frames;
+	if (ok && !q->history && !q->top && q->sent_seq == g_deliver_seq &&
+	    g_ncached < REPLAY_CACHE_MAX) {
+		q->answered = true;
+		q->answered_ns = util_now_ns();
+		q->recovered = recovered;
+		q->ids = ids;
+		q->frames = frames;
+		q->n = n;
+		q->page = page;
+		q->next = g_cached;
+		g_cached = q;
+		g_ncached++;
+		rquery_answer(q, ok, recovered, ids, frames, n, &page);
+		return;
+	}
+	rquery_close(q);
+	rquery_answer(q, ok, recovered, ids, frames, n, &page);
+	for (size_t i = 0; i < n; i++)
+		frame_unref(frames[i]);
 	free(ids);
 	free(frames);
+	free(q);
 }
 
 /* The events of room $1 a client that saw $2 may have missed: ids above it, plus smaller ids
@@ -707,65 +877,81 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	"WITH fl AS (SELECT id, xid, snap_xmin FROM realtime.events WHERE id >= $2::bigint "       \
 	"ORDER BY id LIMIT 1)"
 
-static int send_replay(struct replay *rp)
+static int send_replay(struct rquery *q)
 {
 	char sbuf[24], limit[24], after[24], top[24];
-	const char *p[5] = {rp->room, sbuf, limit, after, top};
+	const char *p[5] = {q->room, sbuf, limit, after, top};
+	int rc;
 
-	snprintf(sbuf, sizeof(sbuf), "%lld", rp->since);
-	snprintf(limit, sizeof(limit), "%d", rp->limit);
-	snprintf(after, sizeof(after), "%lld", rp->after);
-	snprintf(top, sizeof(top), "%lld", rp->top);
-	if (!rp->top)
+	snprintf(sbuf, sizeof(sbuf), "%lld", q->since);
+	snprintf(limit, sizeof(limit), "%d", q->limit);
+	snprintf(after, sizeof(after), "%lld", q->after);
+	snprintf(top, sizeof(top), "%lld", q->top);
+	if (!q->top)
 		/* The first page also counts the replay and fixes its top, in one snapshot:
 		 * later ids arrive live (held back until the replay is out). */
-		return pgc_query(
-		    g_query,
-		    REPLAY_FLOOR
-		    ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
-		    "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
-		    "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
-		    "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
-		    "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
-		    " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
-		    "ORDER BY e.id",
-		    3, p, QUERY_TIMEOUT_MS, on_replay, rp);
-	return pgc_query(g_query,
-	                 REPLAY_FLOOR " SELECT (SELECT pruned_through FROM "
-	                              "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
-	                              "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
-	                              "realtime.events e WHERE " REPLAY_WHERE
-	                              " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
-	                              "LIMIT $3::int) e ON true ORDER BY e.id",
-	                 5, p, QUERY_TIMEOUT_MS, on_replay, rp);
+		rc = pgc_query(g_query,
+		               REPLAY_FLOOR
+		               ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
+		               "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
+		               "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
+		               "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
+		               "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
+		               " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
+		               "ORDER BY e.id",
+		               3, p, QUERY_TIMEOUT_MS, on_replay, q);
+	else
+		rc = pgc_query(g_query,
+		               REPLAY_FLOOR
+		               " SELECT (SELECT pruned_through FROM "
+		               "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
+		               "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
+		               "realtime.events e WHERE " REPLAY_WHERE
+		               " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
+		               "LIMIT $3::int) e ON true ORDER BY e.id",
+		               5, p, QUERY_TIMEOUT_MS, on_replay, q);
+	if (rc == 0) {
+		q->sent = true;
+		q->sent_seq = g_deliver_seq;
+		if (!q->history)
+			g_replay_queries++;
+	}
+	return rc;
 }
 
-/* Fails a replay that could not be sent (the callback sees ok=false) and frees it. */
-static void fail_replay(struct replay *rp)
+/* Fails a query that could not be sent (its askers see ok=false) and frees it. */
+static void fail_replay(struct rquery *q)
 {
-	struct pgl_replay_page page = {.top = rp->top};
+	struct pgl_replay_page page = {.top = q->top};
 
-	replay_answer(rp, false, false, NULL, NULL, 0, &page);
+	rquery_close(q);
+	rquery_answer(q, false, false, NULL, NULL, 0, &page);
+	free(q);
 }
 
-/* Sends the replays that waited for the query connection, or fails those past their wait. */
+/* Sends the queries that waited for the query connection, or fails those past their wait. */
 static void flush_waiting(bool expire_only)
 {
-	struct replay **pp = &g_waiting;
+	struct rquery **pp = &g_waiting, *ready = NULL, **rtail = &ready;
 	uint64_t now = util_now_ns();
 
+	/* Unlinked first: answering runs callbacks, which may queue more. */
 	while (*pp) {
-		struct replay *rp = *pp;
-		if (!expire_only && pgc_is_up(g_query)) {
-			*pp = rp->next;
-			if (send_replay(rp) < 0)
-				fail_replay(rp);
-		} else if (now >= rp->wait_until_ns) {
-			*pp = rp->next;
-			fail_replay(rp);
+		struct rquery *q = *pp;
+		if ((!expire_only && pgc_is_up(g_query)) || now >= q->wait_until_ns) {
+			*pp = q->next;
+			q->next = NULL;
+			*rtail = q;
+			rtail = &q->next;
 		} else {
-			pp = &rp->next;
+			pp = &q->next;
 		}
+	}
+	while (ready) {
+		struct rquery *q = ready;
+		ready = q->next;
+		if (expire_only || !pgc_is_up(g_query) || send_replay(q) < 0)
+			fail_replay(q);
 	}
 	if (!g_waiting)
 		uv_timer_stop(&g_wait_timer);
@@ -776,24 +962,166 @@ static void on_wait_timer(uv_timer_t *t)
 	flush_waiting(!pgc_is_up(g_query));
 }
 
-/* Sends rp now, or parks it for the query connection; frees rp and returns -1 when neither. */
-static int replay_start(struct replay *rp)
+/* Adds an asker to the open query for the same page, or starts one: sent now, or parked for
+ * the query connection. Returns -1 (rp not kept) when neither. */
+static int replay_ask(const char *room, long long since, long long after, long long top, int limit,
+                      bool history, struct replay *rp)
 {
-	if (pgc_is_up(g_query)) {
-		if (send_replay(rp) < 0) {
-			free(rp);
-			return -1;
-		}
+	char key[ROOM_NAME_MAX + 96];
+	struct rquery *q;
+	int kl = snprintf(key, sizeof(key), "%c%lld/%lld/%lld/%d/%s", history ? 'h' : 'r', since,
+	                  after, top, limit, room);
+
+	if (kl <= 0 || (size_t)kl >= sizeof(key))
+		return -1;
+	HASH_FIND(hh, g_open, key, (size_t)kl, q);
+	if (q && q->answered && q->sent_seq == g_deliver_seq &&
+	    util_now_ns() - q->answered_ns < (uint64_t)REPLAY_CACHE_MS * 1000000ull) {
+		g_replays_coalesced++;
+		replay_give(q, rp, true, q->recovered, q->ids, q->frames, q->n, &q->page);
 		return 0;
 	}
-	/* Just after a restart clients rejoin before the query connection is up; a short wait
-	 * beats telling them the gap is lost. */
-	rp->wait_until_ns = util_now_ns() + (uint64_t)REPLAY_WAIT_MS * 1000000ull;
-	rp->next = g_waiting;
-	g_waiting = rp;
-	if (!uv_is_active((uv_handle_t *)&g_wait_timer))
-		uv_timer_start(&g_wait_timer, on_wait_timer, 100, 100);
+	if (q && q->answered) {
+		cache_free(q);
+		q = NULL;
+	}
+	if (q && (!q->sent || q->sent_seq == g_deliver_seq)) {
+		*q->tail = rp;
+		q->tail = &rp->next;
+		if (!history)
+			g_replays_coalesced++;
+		return 0;
+	}
+	if (q) /* too old to join: the next ask of this page starts from the new one */
+		HASH_DEL(g_open, q);
+	if (!(q = calloc(1, sizeof(*q))))
+		return -1;
+	memcpy(q->key, key, (size_t)kl + 1);
+	snprintf(q->room, sizeof(q->room), "%s", room);
+	q->since = since;
+	q->after = after;
+	q->top = top;
+	q->limit = limit;
+	q->history = history;
+	q->waiters = rp;
+	q->tail = &rp->next;
+	if (pgc_is_up(g_query)) {
+		if (send_replay(q) < 0) {
+			free(q);
+			return -1;
+		}
+	} else {
+		/* Just after a restart clients rejoin before the query connection is up; a short
+		 * wait beats telling them the gap is lost. */
+		q->wait_until_ns = util_now_ns() + (uint64_t)REPLAY_WAIT_MS * 1000000ull;
+		q->next = g_waiting;
+		g_waiting = q;
+		if (!uv_is_active((uv_handle_t *)&g_wait_timer))
+			uv_timer_start(&g_wait_timer, on_wait_timer, 100, 100);
+	}
+	HASH_ADD(hh, g_open, key, (size_t)kl, q);
+	if (!history)
+		g_replays_query++;
 	return 0;
+}
+
+/* ---- replay from the recent memory ---- */
+
+/* Whether the delivery state lets the memory answer: listening, the catch-up done, nothing held
+ * or waiting in the inbound queue. Then every event the memory lacks is still to be delivered,
+ * live, to the asker too (it is in the room already). */
+static bool memory_usable(void)
+{
+	return recent_enabled() && g_listening && pgc_is_up(g_query) && g_have_w &&
+	       !g_need_catchup && !g_hold_live && !g_in_head;
+}
+
+static void hz_send(void);
+
+/* The horizon read: recovered is the query's rule (since >= pruned_through), read after the
+ * join as the query would. Each waiting ask is answered from the memory when it still covers
+ * since, else by an outbox query. */
+static void on_horizon(void *arg, const PGresult *res, const char *err)
+{
+	struct mwait *w = arg;
+	long long pruned = -1;
+
+	g_hz_in_flight = false;
+	if (res && PQntuples(res) == 1)
+		pruned = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+	else
+		log_warn("replay horizon read failed", "reason", err ? err : "no rows");
+	while (w) {
+		struct mwait *next = w->next;
+		struct pgl_replay_page page = {0};
+		long long *ids;
+		struct frame **frames;
+		size_t n;
+		struct replay *rp;
+
+		if (pruned < 0) {
+			w->cb(w->arg, w->room, false, false, NULL, NULL, 0, &page);
+		} else if (w->since >= pruned && memory_usable() &&
+		           recent_lookup(w->room, w->since, pruned, event_frame, &ids, &frames,
+		                         &n) == 1) {
+			page.total = (long long)n;
+			page.last = n ? ids[n - 1] : 0;
+			page.top = n ? ids[n - 1] : w->since;
+			g_replays_memory++;
+			w->cb(w->arg, w->room, true, true, ids, frames, n, &page);
+			free(ids);
+			free(frames);
+		} else if ((rp = calloc(1, sizeof(*rp)))) {
+			rp->arg = w->arg;
+			rp->cb = w->cb;
+			if (replay_ask(w->room, w->since, 0, 0, REPLAY_PAGE, false, rp) < 0) {
+				free(rp);
+				w->cb(w->arg, w->room, false, false, NULL, NULL, 0, &page);
+			}
+		} else {
+			w->cb(w->arg, w->room, false, false, NULL, NULL, 0, &page);
+		}
+		free(w);
+		w = next;
+	}
+	hz_send();
+}
+
+/* Sends the horizon read for the asks waiting, unless one is in flight (they wait for the
+ * next: one read serves every ask that joined before it was sent). */
+static void hz_send(void)
+{
+	struct mwait *batch = g_hz_next;
+
+	if (g_hz_in_flight || !batch)
+		return;
+	g_hz_next = NULL;
+	g_hz_tail = &g_hz_next;
+	if (pgc_query(g_query, "SELECT pruned_through::text FROM realtime.outbox_state", 0, NULL,
+	              QUERY_TIMEOUT_MS, on_horizon, batch) < 0) {
+		on_horizon(batch, NULL, "query connection down");
+		return;
+	}
+	g_hz_in_flight = true;
+	g_horizon_reads++;
+}
+
+/* Parks a first page the memory covers until the next horizon read. Returns false when the
+ * memory cannot answer it (the caller asks the outbox). */
+static bool replay_from_memory(void *arg, const char *room, long long since, pgl_replay_fn cb)
+{
+	struct mwait *w;
+
+	if (!memory_usable() || !recent_covers(room, since) || !(w = calloc(1, sizeof(*w))))
+		return false;
+	w->arg = arg;
+	w->cb = cb;
+	w->since = since;
+	snprintf(w->room, sizeof(w->room), "%s", room);
+	*g_hz_tail = w;
+	g_hz_tail = &w->next;
+	hz_send();
+	return true;
 }
 
 int pgl_replay(void *arg, const char *room, long long since, long long after, long long top,
@@ -801,16 +1129,19 @@ int pgl_replay(void *arg, const char *room, long long since, long long after, lo
 {
 	struct replay *rp;
 
-	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
+	if (!g_enabled)
+		return -1;
+	if (!after && !top && replay_from_memory(arg, room, since, cb))
+		return 0;
+	if (!(rp = calloc(1, sizeof(*rp))))
 		return -1;
 	rp->arg = arg;
-	snprintf(rp->room, sizeof(rp->room), "%s", room);
-	rp->since = since;
-	rp->after = after;
-	rp->top = top;
-	rp->limit = REPLAY_PAGE;
 	rp->cb = cb;
-	return replay_start(rp);
+	if (replay_ask(room, since, after, top, REPLAY_PAGE, false, rp) < 0) {
+		free(rp);
+		return -1;
+	}
+	return 0;
 }
 
 int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb, void *arg)
@@ -819,12 +1150,43 @@ int pgl_history(const char *room, long long since, int limit, pgl_history_fn cb,
 
 	if (!g_enabled || !(rp = calloc(1, sizeof(*rp))))
 		return -1;
-	snprintf(rp->room, sizeof(rp->room), "%s", room);
-	rp->since = since;
-	rp->limit = limit;
 	rp->hcb = cb;
 	rp->harg = arg;
-	return replay_start(rp);
+	if (replay_ask(room, since, 0, 0, limit, true, rp) < 0) {
+		free(rp);
+		return -1;
+	}
+	return 0;
+}
+
+void pgl_metrics(struct buf *b)
+{
+	if (!g_enabled)
+		return;
+	buf_printf(b,
+	           "# HELP roomcast_replay_queries_total Outbox queries sent for joins with since "
+	           "(one per page, shared by every joiner it answers).\n"
+	           "# TYPE roomcast_replay_queries_total counter\n"
+	           "roomcast_replay_queries_total %llu\n"
+	           "# HELP roomcast_replays_total Replay pages for joins with since, by how they "
+	           "were served.\n"
+	           "# TYPE roomcast_replays_total counter\n"
+	           "roomcast_replays_total{source=\"query\"} %llu\n"
+	           "roomcast_replays_total{source=\"coalesced\"} %llu\n"
+	           "roomcast_replays_total{source=\"memory\"} %llu\n"
+	           "# HELP roomcast_replay_horizon_reads_total Reads of the outbox horizon for "
+	           "replays answered from the recent-events memory (one per batch of joins).\n"
+	           "# TYPE roomcast_replay_horizon_reads_total counter\n"
+	           "roomcast_replay_horizon_reads_total %llu\n"
+	           "# HELP roomcast_recent_bytes Bytes held by the recent-events memory.\n"
+	           "# TYPE roomcast_recent_bytes gauge\n"
+	           "roomcast_recent_bytes %zu\n"
+	           "# HELP roomcast_recent_rooms Rooms with events in the recent-events memory.\n"
+	           "# TYPE roomcast_recent_rooms gauge\n"
+	           "roomcast_recent_rooms %zu\n",
+	           (unsigned long long)g_replay_queries, (unsigned long long)g_replays_query,
+	           (unsigned long long)g_replays_coalesced, (unsigned long long)g_replays_memory,
+	           (unsigned long long)g_horizon_reads, recent_bytes(), recent_rooms());
 }
 
 /* ---- policy ---- */
