@@ -400,22 +400,109 @@ def without_notify(pg):
     return None
 
 
-def sc_writers(ctx):
-    """pgbench TPS of bench/pgbench_orders.sql without the triggers, with them, with them but
-    without the NOTIFY (diagnosis), and with them while roomcast listens. The variants run
-    interleaved, BENCH_PGBENCH_ROUNDS times, on an emptied outbox each time; each figure is the
-    median of its rounds and each percentage the median of the round-by-round ratios (the
-    machine is shared, so a round's variants see the same background load)."""
-    pg = ctx["pg"]
-    secs, clients = PARAMS["pgbench_seconds"], PARAMS["pgbench_clients"]
-    rounds = max(1, PARAMS["pgbench_rounds"])
-    diag = without_notify(pg)
+CAPTURE_TABLES = ('public.product', 'public."order"', 'public.delivery', 'public.product_order')
+
+
+def set_wal_level(pg, level):
+    """wal_level needs a restart; the writers scenario runs with logical for all its variants
+    (logical capture needs it) and puts the cluster's setting back afterwards."""
+    if pg.psql("SHOW wal_level")[0][0] == level:
+        return
+    pg.psql("ALTER SYSTEM SET wal_level = %s" % level)
+    pg.stop()
+    pg.start_again()
+
+
+def capture_health(server):
+    with urllib.request.urlopen("http://127.0.0.1:%d/health" % server.port) as r:
+        return json.load(r).get("capture", {})
+
+
+def capture_off(pg, slot):
+    """Back to the trigger path after a logical run: triggers enabled, the default replica
+    identity (FULL makes every other variant write more WAL), the slot dropped."""
+    pg.psql("SELECT realtime.capture_sync('triggers')")
+    for t in CAPTURE_TABLES:
+        pg.psql("ALTER TABLE %s REPLICA IDENTITY DEFAULT" % t)
+    pg.psql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+            "WHERE slot_name = %s", (slot,))
+
+
+def logical_server(pg, slot):
+    s = Server("roomcast", {"DATABASE_URL": pg.dsn, "CAPTURE": "logical", "CAPTURE_SLOT": slot,
+                            "CAPTURE_STATUS_INTERVAL_S": "1"})
+    deadline = time.monotonic() + 30
+    while capture_health(s).get("stream") != "streaming":
+        if time.monotonic() > deadline:
+            s.stop()
+            raise RuntimeError("logical capture never streamed")
+        time.sleep(0.1)
+    return s
+
+
+def commit_latency(pg, server, n=300, rate=50.0):
+    """Commit -> client latency: a client in room product-1 of server; single-row UPDATEs of
+    product 1 at rate/s, each in its own transaction (synchronous_commit on); latency = the
+    event's arrival minus the moment COMMIT returned to the writer. Returns percentiles in ms."""
+    import asyncio
+    import psycopg2
+    import websockets
+
+    async def go():
+        ws = await websockets.connect("ws://127.0.0.1:%d/ws" % server.port, max_size=None,
+                                      extra_headers={"Authorization": "Bearer " + make_token()})
+        await ws.send(json.dumps({"type": "join", "payload": {"room": "product-1"}}))
+        got = {}
+
+        async def reader():
+            while len(got) < n:
+                m = json.loads(await ws.recv())
+                if m.get("event") == "product_updated":
+                    got[m["data"]["stock"]] = time.monotonic()
+
+        task = asyncio.ensure_future(reader())
+        await asyncio.sleep(0.3)
+        conn = psycopg2.connect(pg.dsn)
+        conn.autocommit = True
+        cur = conn.cursor()
+        # A durable commit, as a real writer's: the test cluster's default (off) would leave
+        # the WAL to the WAL writer (up to 200 ms), which the walsender waits for.
+        cur.execute("SET synchronous_commit = on")
+        cur.execute("SELECT stock FROM public.product WHERE id_product = 1")
+        stock = cur.fetchone()[0]
+        committed = {}
+        loop = asyncio.get_running_loop()
+        for i in range(n):
+            stock += 1
+            await loop.run_in_executor(None, cur.execute,
+                                       "UPDATE public.product SET stock = %s WHERE id_product = 1",
+                                       (stock,))
+            committed[stock] = time.monotonic()
+            await asyncio.sleep(1.0 / rate)
+        try:
+            await asyncio.wait_for(task, 30)
+        finally:
+            conn.close()
+            await ws.close()
+        lat = sorted((got[k] - t) * 1e3 for k, t in committed.items() if k in got)
+        return {"n": len(lat), "lost": n - len(lat),
+                "p50_ms": round(lat[len(lat) // 2], 2), "p99_ms": round(lat[int(len(lat) * 0.99)], 2),
+                "max_ms": round(lat[-1], 2)}
+
+    return asyncio.run(go())
+
+
+def writers_rounds(pg, rounds, secs, clients, diag, tag):
+    """One fsync setting: the variants interleaved, rounds times, on an emptied outbox each
+    time; each figure the median of its rounds, each percentage the median of the round-by-round
+    ratios to the run without triggers (the machine is shared, so a round's variants see the
+    same background load)."""
     runs = {}
 
     def run(key, r, what):
         pg.psql("TRUNCATE realtime.events")
         pg.psql("CHECKPOINT")
-        say("writers: round %d/%d, %s" % (r + 1, rounds, what))
+        say("writers %s: round %d/%d, %s" % (tag, r + 1, rounds, what))
         runs.setdefault(key, []).append(pgbench(pg, secs, clients))
 
     for r in range(rounds):
@@ -434,13 +521,79 @@ def sc_writers(ctx):
             cpu0 = proc_cpu(s.pids())
             run("triggers_roomcast", r, "with triggers and roomcast listening")
             runs["triggers_roomcast"][-1]["roomcast_cpu_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
-    pg.psql("TRUNCATE realtime.events")
+        slot = "bench_writers"
+        s = logical_server(pg, slot)
+        try:
+            cpu0 = proc_cpu(s.pids())
+            run("logical", r, "logical capture, roomcast consuming (no triggers)")
+            x = runs["logical"][-1]
+            t0 = time.monotonic()
+            while capture_health(s).get("lag_s", 1) > 0 and time.monotonic() - t0 < 120:
+                time.sleep(0.05)
+            x["drain_s"] = round(time.monotonic() - t0, 2)
+            x["roomcast_cpu_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
+            x["events"] = pg.psql("SELECT count(*) FROM realtime.events")[0][0]
+        finally:
+            s.stop()
+            capture_off(pg, slot)
     out = {}
     base = runs["no_triggers"]
     for key, rs in runs.items():
         out[key] = {"tps": statistics.median(x["tps"] for x in rs),
                     "ratio": statistics.median(x["tps"] / b["tps"] for x, b in zip(rs, base)),
                     "rounds": rs}
+    return out
+
+
+def sc_writers(ctx):
+    """pgbench TPS of bench/pgbench_orders.sql without the triggers, with them, with them but
+    without the NOTIFY (diagnosis, fsync=off only), with them while roomcast listens, and with
+    logical capture (CAPTURE=logical: no trigger, roomcast consuming the slot and storing the
+    events), each with fsync=off (the test cluster: synchronous_commit and full_page_writes off
+    too) and fsync=on (all three on); all on wal_level=logical (restored afterwards).
+    Then commit -> client latency of the trigger path and of the logical path. The top-level
+    keys are the fsync=off figures (the table's rows)."""
+    pg = ctx["pg"]
+    secs, clients = PARAMS["pgbench_seconds"], PARAMS["pgbench_clients"]
+    rounds = max(1, PARAMS["pgbench_rounds"])
+    diag = without_notify(pg)
+    wal0 = pg.psql("SHOW wal_level")[0][0]
+    out = {}
+    set_wal_level(pg, "logical")
+    try:
+        for fsync in ("off", "on"):
+            # fsync=on is a durable server: synchronous_commit and full_page_writes on as well
+            # (the test clusters run all three off).
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                pg.psql("ALTER SYSTEM SET %s = %s" % (setting, fsync))
+            pg.psql("SELECT pg_reload_conf()")
+            out["fsync_" + fsync] = writers_rounds(pg, rounds, secs, clients,
+                                                   diag if fsync == "off" else None,
+                                                   "fsync=" + fsync)
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            pg.psql("ALTER SYSTEM RESET %s" % setting)
+        pg.psql("SELECT pg_reload_conf()")
+        lat = {}
+        set_triggers(pg, True)
+        with Server("roomcast", {"DATABASE_URL": pg.dsn}) as s:
+            wait_pg_up(s)
+            say("writers: commit -> client latency, trigger path")
+            lat["triggers"] = commit_latency(pg, s)
+        s = logical_server(pg, "bench_latency")
+        try:
+            say("writers: commit -> client latency, logical capture")
+            lat["logical"] = commit_latency(pg, s)
+        finally:
+            s.stop()
+            capture_off(pg, "bench_latency")
+        out["latency"] = lat
+    finally:
+        for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+            pg.psql("ALTER SYSTEM RESET %s" % setting)
+        pg.psql("SELECT pg_reload_conf()")
+        set_wal_level(pg, wal0)
+    pg.psql("TRUNCATE realtime.events")
+    out.update(out["fsync_off"])
     return out
 
 
@@ -824,12 +977,27 @@ def table(res):
         title = "writers pgbench %d clients" % PARAMS["pgbench_clients"]
         for k, name in (("no_triggers", "TPS without triggers"), ("triggers", "TPS with triggers"),
                         ("triggers_no_notify", "  triggers minus NOTIFY (diag.)"),
-                        ("triggers_roomcast", "TPS triggers + roomcast listening")):
+                        ("triggers_roomcast", "TPS triggers + roomcast listening"),
+                        ("logical", "TPS logical capture, roomcast consuming")):
             if k in wr:
                 share = wr[k].get("ratio", wr[k]["tps"] / base)
                 row(title if k == "no_triggers" else "", name,
                     "%.0f (%.0f%%)" % (wr[k]["tps"], 100 * share), "", "", "",
-                    ">= 70%" if k == "triggers_roomcast" else "")
+                    ">= 90%" if k == "logical" else ">= 70%" if k == "triggers_roomcast" else "")
+        on = wr.get("fsync_on")
+        if on:
+            for k, name in (("no_triggers", "fsync=on (+sync commit): no triggers"),
+                            ("triggers", "fsync=on: TPS with triggers"),
+                            ("triggers_roomcast", "fsync=on: TPS triggers + roomcast"),
+                            ("logical", "fsync=on: TPS logical capture")):
+                if k in on:
+                    row("", name, "%.0f (%.0f%%)" % (on[k]["tps"], 100 * on[k]["ratio"]), "", "",
+                        "", ">= 90%" if k == "logical" else "")
+        for k, name in (("triggers", "commit->client p50/p99 ms, triggers"),
+                        ("logical", "commit->client p50/p99 ms, logical")):
+            lt = wr.get("latency", {}).get(k)
+            if lt:
+                row("", name, "%.1f / %.1f" % (lt["p50_ms"], lt["p99_ms"]), "", "", "", "")
     nt = res.get("notify")
     if nt:
         r, b = nt["roomcast"], nt["baseline"]
