@@ -31,6 +31,11 @@ struct conn {
 	char id[24];    /* "conn-<n>" unique within this node */
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	bool batch;     /* ?batch=1: several room messages per frame as an array */
+	/* Frames go straight to the socket (plain TCP, handshake done, peer not closing); TLS
+	 * connections write through lws. */
+	bool direct;
+	bool write_failed; /* the socket refused a write for good: lws closes it */
+	bool in_rx;        /* inside lws's receive callback for this connection */
 	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
 	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
 	long long exp;
@@ -100,8 +105,10 @@ static inline bool conn_alive(const struct conn *c)
 	return c->state == CONN_AWAIT_AUTH || c->state == CONN_OPEN;
 }
 
-/* Queues a reference to f. Over SEND_QUEUE_MAX_BYTES the connection is closed with 4008 and
- * -1 is returned. Never writes: it asks lws for a writeable callback. */
+/* Sends f: written to the socket at once when nothing is queued and the kernel takes it (a
+ * direct connection), else a reference is queued and lws asked for a writeable callback. Over
+ * SEND_QUEUE_MAX_BYTES queued the connection is closed with 4008 and -1 is returned; -1 too
+ * when the socket failed (the connection then closes). */
 int conn_send(struct conn *c, struct frame *f);
 /* Queues a reply frame the caller owned (consumes its reference). */
 void conn_reply(struct conn *c, struct frame *f);
@@ -110,6 +117,11 @@ void conn_reply(struct conn *c, struct frame *f);
 void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush);
 /* The writeable callback's work; returns -1 when lws should close the connection now. */
 int conn_on_writeable(struct conn *c);
+/* lws finished the handshake (LWS_CALLBACK_ESTABLISHED): from now on frames may go straight to
+ * a plain TCP socket. */
+void conn_established(struct conn *c);
+/* The peer sent its close frame: lws answers it, so nothing more is written past lws. */
+void conn_peer_closing(struct conn *c);
 
 /* The peer sent a frame (data or pong): its silence clock restarts. */
 void conn_touch(struct conn *c);

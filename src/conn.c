@@ -5,11 +5,14 @@
 #include "log.h"
 #include "metrics.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 
 _Static_assert(FRAME_PRE >= LWS_PRE, "frame headroom must fit the lws header");
@@ -62,6 +65,11 @@ static long long sat_sub(long long a, long long b)
 #define WRITES_PER_CALLBACK 32
 /* Largest batch frame for ?batch=1 clients. */
 #define BATCH_MAX_BYTES 65536
+/* Queued frames handed to one sendmsg (well under IOV_MAX), and the bytes they may add up to:
+ * more than the kernel takes at once past TCP_NOTSENT_LOWAT (16 KB unsent, see gate.c), so one
+ * call fills the socket. */
+#define WRITEV_FRAMES 64
+#define WRITEV_BYTES  65536
 
 void conn_setup(const struct config *cfg, struct lws_context *ctx)
 {
@@ -190,6 +198,17 @@ static void request_write(struct conn *c)
 		lws_callback_on_writable(c->wsi);
 }
 
+void conn_established(struct conn *c)
+{
+	/* Plain TCP only: a TLS connection's bytes must go through lws's TLS session. */
+	c->direct = c->wsi && !lws_is_ssl(c->wsi);
+}
+
+void conn_peer_closing(struct conn *c)
+{
+	c->direct = false;
+}
+
 void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 {
 	enum metrics_close why;
@@ -237,10 +256,89 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 	request_write(c);
 }
 
+/* Counts a frame that went out: whole, or cut with its rest handed to lws. */
+static void sent_one(struct frame *f)
+{
+	metrics.bytes_out += f->len;
+	if (f->flags & FRAME_ROOM_MSG)
+		metrics.deliveries++;
+	else if (f->flags & FRAME_BATCH)
+		metrics.deliveries += f->nmsgs;
+	if (f->born_ns)
+		metrics_observe_latency((double)(util_now_ns() - f->born_ns) / 1e9);
+}
+
+/* The socket refused a write for good (reset, broken pipe): nothing more can be said on it.
+ * The connection is only marked: conn_send may run inside a fan-out, so lws closes it from the
+ * writeable callback (or the timer drops it at the closing deadline). */
+static void write_failed(struct conn *c, const char *call, int err)
+{
+	log_info("write failed", "conn", c->id, "call", call, "reason", strerror(err));
+	c->direct = false;
+	c->write_failed = true;
+	if (conn_alive(c)) {
+		set_state(c, CONN_CLOSING);
+		c->close_sent = true; /* no close frame can go out */
+		c->deadline = now_tick() + 1;
+		wheel_put(&g_wheel, &c->timer, c->deadline);
+	}
+	frame_queue_clear(&c->q);
+	request_write(c);
+}
+
+/* A write cut a frame after some of its bytes: the rest goes to lws's own output buffer with
+ * LWS_WRITE_RAW (no header of its own). lws 4.1.6 flushes that buffer before anything else
+ * when the socket is writeable (lws_handle_POLLOUT_event: before a pong it owes, before our
+ * writeable callback), and lws_write appends to it while it holds bytes, so no other frame can
+ * cut into ours; lws asks for the writeable callback itself. lws copies rest. */
+static int hand_rest(struct conn *c, const unsigned char *rest, size_t len)
+{
+	if (lws_write(c->wsi, (unsigned char *)rest, len, LWS_WRITE_RAW) < 0) {
+		write_failed(c, "lws_write", EPIPE);
+		return -1;
+	}
+	return 0;
+}
+
+/* Writes f straight to the socket of a direct connection with nothing queued: no lws call and
+ * no poll change when the kernel takes it whole, the common case. Returns 0 when f went out
+ * (whole, or cut with its rest handed to lws), 1 when the socket took nothing (queue f), -1
+ * when the socket failed. */
+static int send_now(struct conn *c, struct frame *f)
+{
+	size_t len;
+	unsigned char *wire;
+	ssize_t n;
+
+	/* lws's own output (a cut frame's rest, a pong or close it could not finish) goes first. */
+	if (lws_partial_buffered(c->wsi))
+		return 1;
+	wire = frame_wire(f, &len);
+	n = send(lws_get_socket_fd(c->wsi), wire, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return 1;
+		write_failed(c, "send", errno);
+		return -1;
+	}
+	if ((size_t)n < len && hand_rest(c, wire + n, len - (size_t)n) < 0)
+		return -1;
+	sent_one(f);
+	return 0;
+}
+
 int conn_send(struct conn *c, struct frame *f)
 {
 	if (!conn_alive(c))
 		return -1;
+	/* Not from inside c's receive callback: a ping read in the same pass as the message
+	 * being answered left lws owing a pong it writes only when the socket is next writeable,
+	 * and the pong must go out before the answer (they stay in order through the queue). */
+	if (c->direct && !c->in_rx && !c->q.count) {
+		int r = send_now(c, f);
+		if (r <= 0)
+			return r;
+	}
 	if (c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
 		metrics.drops_slow++;
 		conn_close(c, 4008, "slow consumer", false);
@@ -299,11 +397,76 @@ static struct frame *take_batch(struct conn *c, uint32_t *taken)
 	return out;
 }
 
+/* For a ?batch=1 client: consecutive room messages at the queue head become one array frame,
+ * put back at the head. */
+static void merge_head(struct conn *c)
+{
+	uint32_t taken = 1;
+	struct frame *b = take_batch(c, &taken);
+
+	if (!b)
+		return;
+	b->flags |= FRAME_BATCH;
+	b->nmsgs = (uint16_t)taken;
+	/* Cannot fail: at least two frames just left the ring. */
+	if (frame_queue_push_front(&c->q, b) < 0)
+		conn_close(c, 1011, "out of memory", false);
+	frame_unref(b);
+}
+
+/* Writes queued frames of a direct connection, several per system call: one sendmsg of up to
+ * WRITEV_FRAMES frames per writeable callback (the kernel takes only ~16 KB more anyway). Frames
+ * that went out leave the queue; a cut one leaves it too, its rest handed to lws. Returns -1
+ * when the socket failed. */
+static int write_queued(struct conn *c)
+{
+	struct iovec iov[WRITEV_FRAMES];
+	size_t lens[WRITEV_FRAMES], total = 0, cut;
+	struct msghdr mh = {.msg_iov = iov};
+	uint32_t k = 0, whole;
+	ssize_t n;
+
+	if (c->batch)
+		merge_head(c);
+	while (k < WRITEV_FRAMES && k < c->q.count && total < WRITEV_BYTES) {
+		iov[k].iov_base = frame_wire(frame_queue_peek(&c->q, k), &lens[k]);
+		iov[k].iov_len = lens[k];
+		total += lens[k];
+		k++;
+	}
+	if (!k)
+		return 0;
+	mh.msg_iovlen = k;
+	n = sendmsg(lws_get_socket_fd(c->wsi), &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+			return 0; /* still queued: the caller asks for the next callback */
+		write_failed(c, "sendmsg", errno);
+		return -1;
+	}
+	whole = frame_sent_split(lens, k, (size_t)n, &cut);
+	for (uint32_t i = 0; i < whole; i++) {
+		struct frame *f = frame_queue_pop(&c->q);
+		sent_one(f);
+		frame_unref(f);
+	}
+	if (cut) {
+		struct frame *f = frame_queue_pop(&c->q);
+		int rc =
+		    hand_rest(c, (unsigned char *)iov[whole].iov_base + cut, lens[whole] - cut);
+		if (!rc)
+			sent_one(f);
+		frame_unref(f);
+		return rc;
+	}
+	return 0;
+}
+
 int conn_on_writeable(struct conn *c)
 {
 	int n = 0;
 
-	if (!c->wsi)
+	if (!c->wsi || c->write_failed)
 		return -1;
 	if (c->ping_due) {
 		/* The payload is never checked, but it must not be empty: lws 4.1.6 does not pass
@@ -315,7 +478,12 @@ int conn_on_writeable(struct conn *c)
 		if (conn_alive(c) && lws_write(c->wsi, ping + LWS_PRE, 2, LWS_WRITE_PING) < 0)
 			return -1;
 	}
-	while (c->q.count && n < WRITES_PER_CALLBACK) {
+	if (c->direct) {
+		/* Nothing of ours may pass what lws still holds (a ping just written included). */
+		if (!lws_partial_buffered(c->wsi) && write_queued(c) < 0)
+			return -1;
+	}
+	while (!c->direct && c->q.count && n < WRITES_PER_CALLBACK) {
 		uint32_t taken = 1;
 		struct frame *f = c->batch ? take_batch(c, &taken) : NULL;
 		if (!f)

@@ -465,14 +465,21 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		/* From here the connection's own timers (auth, ping, silence) bound it. */
 		if (t)
 			gate_ticket_phase(t, GATE_WS, 0);
+		conn_established(pss->conn);
 		session_open(pss->conn, pss->conn->state == CONN_OPEN);
 		return 0;
 	}
-	case LWS_CALLBACK_RECEIVE:
-		if (!pss->conn)
+	case LWS_CALLBACK_RECEIVE: {
+		struct conn *c = pss->conn;
+		int rc;
+		if (!c)
 			return -1;
-		conn_touch(pss->conn);
-		return on_receive(wsi, pss->conn, in, len);
+		conn_touch(c);
+		c->in_rx = true; /* replies queue behind a pong lws may owe (conn_send) */
+		rc = on_receive(wsi, c, in, len);
+		c->in_rx = false;
+		return rc;
+	}
 	case LWS_CALLBACK_RECEIVE_PONG:
 		if (pss->conn)
 			conn_touch(pss->conn);
@@ -482,6 +489,8 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
 		if (pss->conn && conn_alive(pss->conn))
 			metrics.closes[CLOSE_PEER]++;
+		if (pss->conn)
+			conn_peer_closing(pss->conn);
 		return 0;
 	case LWS_CALLBACK_CLOSED:
 		detach(pss);
