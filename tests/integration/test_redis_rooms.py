@@ -24,9 +24,11 @@ def redis_server():
     r.stop()
 
 
-def start_node(server_factory, redis_server, node, **extra):
+def start_node(server_factory, redis_server, node):
+    # Clients here send joins and leaves as fast as they can (the default allows 40 at once).
     return server_factory({"REDIS_ADDR": redis_server.addr, "REDIS_PASSWORD": PASSWORD,
-                           "NODE_ID": node, "NOTIFY_TOKEN": NOTIFY, **extra})
+                           "NODE_ID": node, "NOTIFY_TOKEN": NOTIFY,
+                           "RATE_LIMIT": "100000/s,burst=1000"})
 
 
 def wait_redis_up(server, timeout=15):
@@ -153,11 +155,9 @@ def test_broadcast_and_notify_cross_replicas_once_each_with_per_room_subscriptio
 
 def test_a_burst_of_1000_room_joins_costs_a_few_subscribe_commands(redis_server,
                                                                    server_factory):
-    # Joins as fast as the clients can send them (the default allows 40 at once).
-    n1 = start_node(server_factory, redis_server, "n1", RATE_LIMIT="100000/s,burst=1000")
+    n1 = start_node(server_factory, redis_server, "n1")
     wait_redis_up(n1)
     rooms = [f"burst-{i}" for i in range(1000)]
-    before = subscribe_calls(redis_server)
 
     async def go():
         # 256 rooms per connection at most: four clients, every join sent before any reply
@@ -167,6 +167,11 @@ def test_a_burst_of_1000_room_joins_costs_a_few_subscribe_commands(redis_server,
             part = rooms[k * 250:(k + 1) * 250]
             ws = await connect(n1, make_token(f"b{k}", rooms=["burst-*"]))
             clients.append((ws, part))
+        # Their automatic rooms (user-b<k>) are subscribed before the count starts.
+        wait_until(lambda: all(numsub(redis_server, f"user-b{k}") == 1 for k in range(4)),
+                   timeout=5, what="the clients' own rooms subscribed")
+        before = subscribe_calls(redis_server)
+        started = time.monotonic()
         for ws, part in clients:
             for r in part:
                 await send(ws, "join", room=r)
@@ -179,10 +184,13 @@ def test_a_burst_of_1000_room_joins_costs_a_few_subscribe_commands(redis_server,
                 seen += 1
         subscribed = room_channels(redis_server)
         assert all(f"ws:room:{r}" in subscribed for r in rooms)
+        elapsed = time.monotonic() - started
         calls = subscribe_calls(redis_server) - before
-        print(f"1000 rooms joined with {calls} SUBSCRIBE commands")
-        # One per 20 ms at most while joins keep coming (SUB_INTERVAL_MS), each up to 512.
-        assert calls <= 20, calls
+        print(f"1000 rooms joined in {elapsed:.2f} s with {calls} SUBSCRIBE commands")
+        # While joins keep coming, one command per 20 ms at most (SUB_INTERVAL_MS), each with
+        # up to 512 rooms: 3 here on a plain build (one per join would be 1 000, one per loop
+        # pass was 280); a slower build (valgrind) takes longer to read the joins.
+        assert calls <= min(100, 3 + elapsed / 0.020), (calls, elapsed)
         assert metric(n1, "roomcast_bus_channels_subscribed") >= 1000
         for ws, _ in clients:
             await ws.close()
