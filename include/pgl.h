@@ -9,9 +9,25 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
-int pgl_start(const struct config *cfg, uv_loop_t *loop);
+/* An outbox event as delivered: id (outbox id and its JSON), event name, rooms, timestamp, data
+ * and meta as raw JSON; pointers valid during the call only. */
+struct pgl_event {
+	long long id_num;
+	const char *id_raw;
+	const char *event;
+	const char *const *rooms;
+	size_t nrooms;
+	const char *ts;
+	const char *data_raw;
+	const char *meta_raw;
+	uint64_t born_ns;
+};
+/* Where delivered outbox events go (the router), given at start so pgl never calls up. */
+typedef void (*pgl_deliver_fn)(const struct pgl_event *ev);
+int pgl_start(const struct config *cfg, uv_loop_t *loop, pgl_deliver_fn deliver);
 void pgl_stop(void);
 bool pgl_enabled(void);
 /* "up" when both connections are up, "down" otherwise, "disabled" without DATABASE_URL. */

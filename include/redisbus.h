@@ -10,11 +10,17 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
+/* Where a room message received from Redis (or delivered locally while the link is down) goes:
+ * the router's router_raw, given at start so this transport never calls up. Returns the number
+ * of recipients. */
+typedef size_t (*redisbus_deliver_fn)(const char *room, const char *payload, size_t len,
+                                      enum metrics_source src, uint64_t born_ns);
 /* Validates REDIS_ADDR and starts connecting; never waits for Redis. Returns -1 (after one
  * line on stderr naming the variable) when the address is malformed. */
-int redisbus_start(const struct config *cfg, uv_loop_t *loop);
+int redisbus_start(const struct config *cfg, uv_loop_t *loop, redisbus_deliver_fn deliver);
 /* Frees both contexts and closes the timers; the loop ends once their handles are closed. */
 void redisbus_stop(void);
 /* PUBLISHes on `ws:room:<room>` when the link is up (delivery then happens when the message

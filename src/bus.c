@@ -10,7 +10,7 @@ static bool g_redis;
 int bus_start(const struct config *cfg, uv_loop_t *loop)
 {
 	g_redis = cfg->redis_addr && *cfg->redis_addr;
-	return g_redis ? redisbus_start(cfg, loop) : 0;
+	return g_redis ? redisbus_start(cfg, loop, router_raw) : 0;
 }
 
 void bus_stop(void)

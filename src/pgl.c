@@ -12,7 +12,6 @@
 #include "pgwatch.h"
 #include "proto.h"
 #include "recent.h"
-#include "router.h"
 #include "util.h"
 
 #include <json-c/json.h>
@@ -121,6 +120,7 @@ static struct mwait *g_hz_next, **g_hz_tail = &g_hz_next;
 static bool g_hz_in_flight;
 
 static const struct config *g_cfg;
+static pgl_deliver_fn g_deliver; /* the router, given at start */
 static struct pgc *g_listen, *g_query;
 static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer, g_hold_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
@@ -239,7 +239,7 @@ static void deliver_json(const char *text, uint64_t nonlive_xmax)
 	const char *rooms[64];
 	size_t n = 0;
 	char id_raw[24];
-	struct router_event ev;
+	struct pgl_event ev;
 	long long floor = g_max_id;
 	bool anchor = false;
 
@@ -268,8 +268,7 @@ static void deliver_json(const char *text, uint64_t nonlive_xmax)
 	ev.data_raw = raw_field(o, "data");
 	ev.meta_raw = raw_field(o, "meta");
 	ev.born_ns = util_now_ns();
-	ev.src = SRC_DB;
-	router_event(&ev);
+	g_deliver(&ev);
 	g_deliver_seq++;
 	if (g_cached)
 		cache_expire(true);
@@ -629,8 +628,9 @@ static void on_prune_timer(uv_timer_t *t)
 
 /* ---- public ---- */
 
-int pgl_start(const struct config *cfg, uv_loop_t *loop)
+int pgl_start(const struct config *cfg, uv_loop_t *loop, pgl_deliver_fn deliver)
 {
+	g_deliver = deliver;
 	struct pgc_hooks lh = {listener_up, listener_down, on_notify, NULL};
 	struct pgc_hooks qh = {query_up, query_down, NULL, NULL};
 

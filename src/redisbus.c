@@ -5,7 +5,6 @@
 #include "redisbus.h"
 #include "log.h"
 #include "room.h"
-#include "router.h"
 #include "util.h"
 
 #include <hiredis/adapters/libuv.h>
@@ -102,6 +101,8 @@ struct rsub {
 	char chan[]; /* "ws:room:<room>" */
 };
 
+static redisbus_deliver_fn g_deliver; /* the router, given at start */
+
 static struct {
 	uv_loop_t *loop;
 	char addr[300]; /* REDIS_ADDR as given, for logs */
@@ -188,7 +189,7 @@ static void flush_own(bool deliver)
 		if (m->seq > g.pub_acked)
 			metrics.redis_publish_failures++;
 		if (deliver)
-			router_raw(m->room, m->payload, m->len, m->src, m->born_ns);
+			g_deliver(m->room, m->payload, m->len, m->src, m->born_ns);
 		free(m);
 	}
 }
@@ -289,7 +290,7 @@ static void release_held(struct rsub *r)
 		g.held_bytes -= h->len;
 		if (rc < 0) {
 			metrics.redis_publish_failures++;
-			router_raw(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
+			g_deliver(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
 		}
 		free(h);
 	}
@@ -321,7 +322,7 @@ static void reset_rooms(void)
 		while ((h = r->held)) {
 			r->held = h->next;
 			metrics.redis_publish_failures++;
-			router_raw(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
+			g_deliver(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
 			free(h);
 		}
 		r->held_tail = NULL;
@@ -765,7 +766,7 @@ static void on_room_message(const redisReply *chan, const redisReply *payload)
 	    !memcmp(m->payload, payload->str, m->len)) {
 		pop_own();
 		own_done(room);
-		router_raw(room, payload->str, m->len, m->src, m->born_ns);
+		g_deliver(room, payload->str, m->len, m->src, m->born_ns);
 		free(m);
 		return;
 	}
@@ -773,7 +774,7 @@ static void on_room_message(const redisReply *chan, const redisReply *payload)
 		log_warn("redis message dropped", "room", room, "reason", "payload is not UTF-8");
 		return;
 	}
-	router_raw(room, payload->str, (size_t)payload->len, SRC_REDIS, util_now_ns());
+	g_deliver(room, payload->str, (size_t)payload->len, SRC_REDIS, util_now_ns());
 }
 
 static bool seller_id_of(struct json_object *o, char *out, size_t n)
@@ -813,7 +814,7 @@ static void on_stats_event(const char *payload, size_t len)
 	}
 	t = json_object_get_string(type);
 	if (!strcmp(t, "ADMIN_STATS_UPDATED")) {
-		router_raw("admins", payload, len, SRC_REDIS, util_now_ns());
+		g_deliver("admins", payload, len, SRC_REDIS, util_now_ns());
 	} else if (!strcmp(t, "SELLER_STATS_UPDATED")) {
 		if (!seller_id_of(root, id, sizeof(id)) &&
 		    !(json_object_object_get_ex(root, "data", &inner) &&
@@ -828,7 +829,7 @@ static void on_stats_event(const char *payload, size_t len)
 			log_warn("redis event ignored", "type", t, "reason", "invalid seller_id");
 			goto out;
 		}
-		router_raw(room, payload, len, SRC_REDIS, util_now_ns());
+		g_deliver(room, payload, len, SRC_REDIS, util_now_ns());
 	} else {
 		log_debug("redis event ignored", "type", t, "reason", "unknown type");
 	}
@@ -1135,7 +1136,7 @@ void redisbus_publish(const char *room, const char *payload, size_t len, enum me
 	}
 	/* Degraded mode: this replica's members still get it, other replicas' do not. */
 	metrics.redis_publish_failures++;
-	router_raw(room, payload, len, src, born_ns);
+	g_deliver(room, payload, len, src, born_ns);
 }
 
 bool redisbus_is_up(void)
@@ -1225,8 +1226,9 @@ static int parse_addr(const char *addr)
 	return 0;
 }
 
-int redisbus_start(const struct config *cfg, uv_loop_t *loop)
+int redisbus_start(const struct config *cfg, uv_loop_t *loop, redisbus_deliver_fn deliver)
 {
+	g_deliver = deliver;
 	if (parse_addr(cfg->redis_addr) < 0) {
 		fprintf(stderr, "roomcast: invalid REDIS_ADDR=%s: expected host:port\n",
 		        cfg->redis_addr);

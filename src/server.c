@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "pgl.h"
 #include "proto.h"
+#include "router.h"
 #include "session.h"
 
 #include <errno.h>
@@ -272,6 +273,22 @@ static void respond(struct lws *wsi, struct http_x *x)
 		x->wait = NULL;
 	}
 	lws_callback_on_writable(wsi);
+}
+
+/* pgl's outbox events go down the one routing path. */
+static void deliver_db_event(const struct pgl_event *e)
+{
+	struct router_event ev = {.id_num = e->id_num,
+	                          .id_raw = e->id_raw,
+	                          .event = e->event,
+	                          .rooms = e->rooms,
+	                          .nrooms = e->nrooms,
+	                          .ts = e->ts,
+	                          .data_raw = e->data_raw,
+	                          .meta_raw = e->meta_raw,
+	                          .born_ns = e->born_ns,
+	                          .src = SRC_DB};
+	router_event(&ev);
 }
 
 /* ---- WebSocket ---- */
@@ -839,7 +856,7 @@ int server_run(struct config *cfg)
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
-	    pgl_start(cfg, &g_loop) < 0 || capture_start(cfg, &g_loop) < 0 ||
+	    pgl_start(cfg, &g_loop, deliver_db_event) < 0 || capture_start(cfg, &g_loop) < 0 ||
 	    liveroom_start(cfg, &g_loop) < 0 || cluster_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 ||
 	    presence_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
