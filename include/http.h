@@ -10,6 +10,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+/* A connection's last accepted notify credential (the Authorization value after "Bearer "), so
+ * a kept-alive caller's token is checked once rather than on every request. Owned by the
+ * connection; http_cred_memo_free releases it. */
+struct http_cred_memo {
+	char *token; /* malloc'd copy, NULL when none */
+	size_t len;
+	long long expires; /* the JWT's exp (unix seconds); 0 for NOTIFY_TOKEN */
+};
+
 struct http_request {
 	const char *method; /* "GET", "POST", ... */
 	const char *path;
@@ -24,6 +33,7 @@ struct http_request {
 	 * when http_handle left resp->status at 0. */
 	void (*complete)(void *ctx, int status, const char *json);
 	void *ctx;
+	struct http_cred_memo *memo; /* NULL: the credential is checked on every request */
 };
 
 struct http_response {
@@ -43,6 +53,14 @@ void http_set_static(http_static_fn serve);
 bool http_wants_body(const struct http_request *req, struct http_response *resp);
 /* Handles a complete request. */
 void http_handle(const struct http_request *req, struct http_response *resp);
+/* Handles a complete request whose head already passed http_wants_body (credential, type,
+ * size): the answer http_handle gives, without checking the credential a second time. */
+void http_handle_body(const struct http_request *req, struct http_response *resp);
+/* Appends the bytes lws 4.1.6 writes for resp on a kept-alive HTTP/1.1 exchange (status line,
+ * content type and length, nosniff, no-store, extra headers, then the body unless head_only):
+ * for the front door, which answers POST /api/notify itself on kept-alive connections. */
+void http_response_bytes(const struct http_response *resp, bool head_only, struct buf *out);
 void http_response_free(struct http_response *resp);
+void http_cred_memo_free(struct http_cred_memo *m);
 
 #endif

@@ -36,7 +36,19 @@ struct pending {
 	char *out; /* rewritten head handed to lws */
 	size_t out_len;
 	struct gate_ticket *t; /* NULL once refused (lingering) or handed off */
+	/* Kept alive after a notify the gate answered itself (see serve_notify); wait: the
+	 * answer of a persisted notify that PostgreSQL has not confirmed yet. */
+	bool served;
+	struct gate_wait *wait;
+	struct http_cred_memo memo; /* the notify credential this connection passed */
 	struct pending *prev, *next;
+};
+
+/* Links a pending socket to a notify answer that comes later; orphaned when the socket goes
+ * first, and the late answer is then discarded. */
+struct gate_wait {
+	struct pending *p;
+	bool orphan;
 };
 
 /* Connections from one address, by budget. */
@@ -265,6 +277,7 @@ static void on_handle_closed(uv_handle_t *h)
 	if (p->state == PEND_LINGER_DONE)
 		g_nlinger--;
 	gate_ticket_close(p->t);
+	http_cred_memo_free(&p->memo);
 	free(p->out);
 	free(p);
 }
@@ -273,6 +286,10 @@ static void pend_close(struct pending *p)
 {
 	if (p->state == PEND_CLOSED || p->closing_handles)
 		return;
+	if (p->wait) {
+		p->wait->orphan = true;
+		p->wait = NULL;
+	}
 	if (p->state == PEND_LINGER)
 		p->state = PEND_LINGER_DONE; /* on_handle_closed gives back its linger slot */
 	else if (p->state != PEND_HANDOFF)
@@ -346,7 +363,11 @@ static void on_linger_read(uv_poll_t *h, int status, int events)
 static void on_deadline(uv_timer_t *t)
 {
 	struct pending *p = t->data;
-	if (p->state == PEND_READING) {
+	if (p->state == PEND_READING && p->served) {
+		/* Kept alive by the gate: the idle deadline, or the answer's (GATE_HTTP). */
+		metrics.deadline_closes[p->t ? p->t->phase : GATE_IDLE]++;
+		log_debug("connection deadline passed", "ip", p->ip);
+	} else if (p->state == PEND_READING) {
 		metrics.refused[REFUSE_HEADER_TIMEOUT]++;
 		metrics.deadline_closes[GATE_HEAD]++;
 		log_debug("request head timeout", "ip", p->ip);
@@ -360,9 +381,9 @@ struct head {
 	const char *method, *target, *version;
 	size_t method_len, target_len, version_len;
 	const char *upgrade, *connection, *key, *ws_version, *protocol, *origin, *authorization,
-	    *host, *content_type;
+	    *host, *content_type, *expect;
 	size_t upgrade_len, connection_len, key_len, ws_version_len, protocol_len, origin_len,
-	    authorization_len, host_len, content_type_len;
+	    authorization_len, host_len, content_type_len, expect_len;
 	size_t head_len;     /* through the blank line */
 	long content_length; /* -1 when absent */
 	bool chunked;
@@ -446,6 +467,7 @@ static int parse_head(const char *buf, size_t len, struct head *h)
 		KEEP("Authorization", authorization)
 		KEEP("Host", host)
 		KEEP("Content-Type", content_type)
+		KEEP("Expect", expect)
 #undef KEEP
 		if (name_is(line, nlen, "Content-Length"))
 			h->content_length = strtol(v, NULL, 10);
@@ -794,6 +816,145 @@ static int consume_head(struct pending *p, size_t head_len)
 	return 0;
 }
 
+/* ---- POST /api/notify answered by the gate ---- */
+
+/* Writes a notify answer and keeps the connection for its next head (idle deadline). A
+ * client that lets answers pile up unread until send() would block is closed. */
+static void send_answer(struct pending *p, const struct http_response *resp)
+{
+	struct buf b;
+	bool ok;
+
+	buf_init(&b);
+	http_response_bytes(resp, false, &b);
+	metrics.http_requests[resp->status / 100]++;
+	ok = !b.failed && send(p->fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)b.len;
+	buf_free(&b);
+	if (!ok) {
+		pend_close(p);
+		return;
+	}
+	gate_ticket_phase(p->t, GATE_IDLE, 0);
+	uv_timer_start(&p->timer, on_deadline, (uint64_t)g_cfg->http_idle_timeout_s * 1000, 0);
+}
+
+/* A persisted notify's answer, once PostgreSQL has it: reading resumes after it is sent, so
+ * pipelined requests are answered in order. */
+static void on_notify_answer(void *ctx, int status, const char *json)
+{
+	struct gate_wait *w = ctx;
+	struct pending *p = w->p;
+	struct http_response resp = {.status = status, .content_type = "application/json"};
+
+	if (!w->orphan) {
+		p->wait = NULL;
+		buf_init(&resp.body);
+		buf_puts(&resp.body, json);
+		send_answer(p, &resp);
+		http_response_free(&resp);
+		if (p->state == PEND_READING && !p->closing_handles)
+			uv_poll_start(&p->poll, UV_READABLE | UV_DISCONNECT, on_readable);
+	}
+	free(w);
+}
+
+/*
+ * Answers POST /api/notify itself when the whole request is in g_head (n bytes peeked) and lws
+ * would keep the connection alive after it: HTTP/1.1, no Connection: close, no Expect, no
+ * upgrade, a Content-Length, a credential, type and size that http_wants_body accepts. lws
+ * 4.1.6 asks for a writable callback after every kept-alive exchange (a POLLOUT round trip:
+ * four to six epoll_ctl calls through libuv's uv_poll per request), which cost more than the
+ * notify itself; here a notify costs one peek, one read and one send. Anything else returns
+ * false with nothing consumed, and goes to lws as before. Returns true when p was answered
+ * (or is waiting for PostgreSQL, or was closed).
+ */
+static bool serve_notify(struct pending *p, const struct head *h)
+{
+	char ctype[128], authz[4096];
+	struct http_request req;
+	struct http_response resp;
+	size_t total;
+
+	if (h->method_len != 4 || memcmp(h->method, "POST", 4) || h->target_len != 11 ||
+	    memcmp(h->target, "/api/notify", 11) || memcmp(h->version, "HTTP/1.1", 8) ||
+	    h->upgrade || h->chunked || h->expect || h->content_length < 0 ||
+	    (h->connection && !name_is(h->connection, h->connection_len, "keep-alive")) ||
+	    (size_t)h->content_length > p->len - h->head_len)
+		return false;
+	total = h->head_len + (size_t)h->content_length;
+	memset(&req, 0, sizeof(req));
+	req.method = "POST";
+	req.path = "/api/notify";
+	req.query = "";
+	if (h->content_type && h->content_type_len < sizeof(ctype)) {
+		memcpy(ctype, h->content_type, h->content_type_len);
+		ctype[h->content_type_len] = '\0';
+		req.content_type = ctype;
+	}
+	if (h->authorization && h->authorization_len < sizeof(authz)) {
+		memcpy(authz, h->authorization, h->authorization_len);
+		authz[h->authorization_len] = '\0';
+		req.authorization = authz;
+	}
+	req.content_length = h->content_length;
+	req.peer = p->ip;
+	req.memo = &p->memo;
+	req.body = g_head + h->head_len;
+	req.body_len = (size_t)h->content_length;
+	memset(&resp, 0, sizeof(resp));
+	buf_init(&resp.body);
+	if (!http_wants_body(&req, &resp)) {
+		/* Refused on the head: lws answers it (and closes) as before. */
+		http_response_free(&resp);
+		return false;
+	}
+	p->wait = calloc(1, sizeof(*p->wait));
+	if (!p->wait) {
+		http_response_free(&resp);
+		return false;
+	}
+	p->wait->p = p;
+	req.complete = on_notify_answer;
+	req.ctx = p->wait;
+	http_handle_body(&req, &resp);
+	/* The request leaves the socket only now: req pointed into g_head until here. */
+	if (recv(p->fd, NULL, total, MSG_TRUNC) != (ssize_t)total) {
+		http_response_free(&resp);
+		pend_close(p); /* orphans a pending answer */
+		return true;
+	}
+	p->served = true;
+	if (!resp.status && !p->wait) {
+		/* Answered through on_notify_answer before http_handle_body returned. */
+		http_response_free(&resp);
+		return true;
+	}
+	if (!resp.status) {
+		/* Persisted: the answer comes through on_notify_answer; the answer's deadline
+		 * (HTTP_BODY_TIMEOUT_S) runs meanwhile and reading pauses. */
+		gate_ticket_phase(p->t, GATE_HTTP, 0);
+		uv_timer_start(&p->timer, on_deadline, (uint64_t)g_cfg->http_body_timeout_s * 1000,
+		               0);
+		uv_poll_stop(&p->poll);
+		http_response_free(&resp);
+		return true;
+	}
+	free(p->wait);
+	p->wait = NULL;
+	send_answer(p, &resp);
+	http_response_free(&resp);
+	return true;
+}
+
+/* The next head on a connection the gate kept alive: another notify is answered here,
+ * anything else goes to lws untouched, exactly as it would have on a connection lws kept. */
+static void serve_next(struct pending *p, int rc, const struct head *h)
+{
+	if (rc == 1 && serve_notify(p, h))
+		return;
+	hand_off_http(p);
+}
+
 /*
  * The head is read with MSG_PEEK: plain HTTP requests are then handed to lws untouched, body
  * and all, straight from the socket (lws 4.1.6 replays an adopted read buffer into the body
@@ -823,6 +984,10 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 	p->len = (size_t)n;
 	g_head[p->len] = '\0'; /* the buffer has one byte more than cap */
 	rc = parse_head(g_head, p->len, &h);
+	if (p->served && (rc != 0 || p->len == cap)) {
+		serve_next(p, rc, &h);
+		return;
+	}
 	if (rc == 0 && (events & UV_DISCONNECT)) {
 		/* The peer closed with its head unfinished: peeking would show the same bytes
 		 * until the head deadline, so the hang-up is taken from the poll itself. */
@@ -863,7 +1028,7 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		       REFUSE_BAD_REQUEST);
 		return;
 	}
-	if (refuse_notify(p, &h))
+	if (refuse_notify(p, &h) || serve_notify(p, &h))
 		return;
 	if (!h.upgrade) {
 		hand_off_http(p);
@@ -896,7 +1061,7 @@ static bool evict_oldest_head(void)
 	while (p && p->next)
 		p = p->next;
 	for (; p; p = p->prev)
-		if (p->state == PEND_READING && p->t) {
+		if (p->state == PEND_READING && p->t && !p->served) {
 			metrics.refused[REFUSE_HEADER_TIMEOUT]++;
 			pend_close(p);
 			return true;

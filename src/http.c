@@ -36,6 +36,8 @@ static uint64_t g_notify_seq;
 static struct cidr_list g_notify_allow;
 static unsigned char g_token_digest[SHA256_DIGEST_LENGTH];
 static bool g_have_token;
+/* The notify body parser, made on first use and kept (the loop is single-threaded). */
+static json_tokener *g_tok;
 
 /* Serves embedded files (the dashboard); registered by whoever wires the server, so this module
  * does not depend on the module that holds them. */
@@ -65,6 +67,18 @@ void http_setup(const struct config *cfg, const struct auth *auth, const char *v
 void http_response_free(struct http_response *resp)
 {
 	buf_free(&resp->body);
+}
+
+/* Decimal digits of v into the end of a buffer of 24; returns where they start. */
+static const char *decimal(unsigned long long v, char out[24])
+{
+	char *p = out + 23;
+
+	*p = '\0';
+	do
+		*--p = (char)('0' + v % 10);
+	while (v /= 10);
+	return p;
 }
 
 static void json_error(struct http_response *resp, int status, const char *msg)
@@ -300,6 +314,37 @@ static void render_metrics(struct http_response *resp)
 
 /* ---- POST /api/notify ---- */
 
+/* Whether tok is the credential this connection was last accepted with (compared in constant
+ * time; a JWT only until its exp: past it, the full check decides again, leeway included). */
+static bool memo_hit(const struct http_request *req, const char *tok, size_t len)
+{
+	const struct http_cred_memo *m = req->memo;
+
+	return m && m->token && m->len == len && !CRYPTO_memcmp(m->token, tok, len) &&
+	       (!m->expires || (long long)time(NULL) < m->expires);
+}
+
+static void memo_keep(const struct http_request *req, const char *tok, size_t len,
+                      long long expires)
+{
+	struct http_cred_memo *m = req->memo;
+	char *copy;
+
+	if (!m || !(copy = malloc(len)))
+		return;
+	memcpy(copy, tok, len);
+	free(m->token);
+	m->token = copy;
+	m->len = len;
+	m->expires = expires;
+}
+
+void http_cred_memo_free(struct http_cred_memo *m)
+{
+	free(m->token);
+	memset(m, 0, sizeof(*m));
+}
+
 /* The notify credential, checked on the request head before any body byte is read: a TCP
  * peer in NOTIFY_ALLOW_FROM (never a forwarded header), NOTIFY_TOKEN, or a JWT with role admin
  * or service. */
@@ -328,12 +373,15 @@ static bool notify_authorized_as(const struct http_request *req, struct http_res
 		json_error(resp, 401, "unauthorized");
 		return false;
 	}
+	if (!as && memo_hit(req, tok, len))
+		return true;
 	if (g_have_token) {
 		unsigned char d[SHA256_DIGEST_LENGTH];
 		SHA256((const unsigned char *)tok, len, d);
 		if (!CRYPTO_memcmp(d, g_token_digest, sizeof(d))) {
 			if (as)
 				snprintf(as->who, sizeof(as->who), "notify token");
+			memo_keep(req, tok, len, 0);
 			return true;
 		}
 	}
@@ -346,6 +394,8 @@ static bool notify_authorized_as(const struct http_request *req, struct http_res
 	ok = auth_is_admin(&id) || auth_is_service(&id);
 	if (as)
 		snprintf(as->who, sizeof(as->who), "%s %s", id.role, id.user_id);
+	if (ok)
+		memo_keep(req, tok, len, id.exp);
 	auth_identity_clear(&id);
 	if (!ok)
 		json_error(resp, 403, "forbidden: role admin or service required");
@@ -408,17 +458,21 @@ static void notify(const struct http_request *req, struct http_response *resp)
 		json_error(resp, 400, "body is not valid UTF-8");
 		return;
 	}
-	tok = json_tokener_new_ex(PROTO_MAX_DEPTH);
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+	/* One tokener for every notify, reset before each parse (it keeps its flags). */
+	if (!g_tok && (g_tok = json_tokener_new_ex(PROTO_MAX_DEPTH)))
+		json_tokener_set_flags(g_tok, JSON_TOKENER_STRICT);
+	if (!(tok = g_tok)) {
+		json_error(resp, 503, "notification could not be published");
+		return;
+	}
+	json_tokener_reset(tok);
 	root = json_tokener_parse_ex(tok, req->body, (int)req->body_len);
 	end = json_tokener_get_parse_end(tok);
 	if (json_tokener_get_error(tok) != json_tokener_success || !root) {
-		json_tokener_free(tok);
 		json_object_put(root);
 		json_error(resp, 400, "malformed JSON");
 		return;
 	}
-	json_tokener_free(tok);
 	for (; end < req->body_len; end++)
 		/* strchr would also find a NUL byte (as the terminator), so it is tested apart. */
 		if (!req->body[end] || !strchr(" \t\r\n", req->body[end])) {
@@ -480,8 +534,24 @@ static void notify(const struct http_request *req, struct http_response *resp)
 		json_object_put(root);
 		return;
 	}
-	snprintf(id, sizeof(id), "%s-n%llu", g_cfg->node_id, (unsigned long long)++g_notify_seq);
-	snprintf(id_raw, sizeof(id_raw), "\"%s\"", id);
+	{
+		/* "<node>-n<seq>", and the same in quotes, without printf (once per notify); an
+		 * overlong NODE_ID is cut as snprintf cuts it. */
+		char n[24];
+		const char *d = decimal(++g_notify_seq, n);
+		size_t nl = strlen(g_cfg->node_id), dl = strlen(d);
+		if (nl + 2 + dl >= sizeof(id)) {
+			snprintf(id, sizeof(id), "%s-n%s", g_cfg->node_id, d);
+			snprintf(id_raw, sizeof(id_raw), "\"%s\"", id);
+		} else {
+			memcpy(id, g_cfg->node_id, nl);
+			memcpy(id + nl, "-n", 2);
+			memcpy(id + nl + 2, d, dl + 1);
+			id_raw[0] = '"';
+			memcpy(id_raw + 1, id, nl + 2 + dl);
+			memcpy(id_raw + 1 + nl + 2 + dl, "\"", 2);
+		}
+	}
 	util_timestamp(ts);
 	f = proto_event_envelope(id_raw, json_object_get_string(event), room_name_buf, ts, data_raw,
 	                         "{\"source\":\"notify\"}");
@@ -775,6 +845,79 @@ bool http_wants_body(const struct http_request *req, struct http_response *resp)
 		return false;
 	}
 	return true;
+}
+
+void http_handle_body(const struct http_request *req, struct http_response *resp)
+{
+	if (strcmp(req->path, "/api/notify")) {
+		http_handle(req, resp);
+		return;
+	}
+	if (req->body_len > (size_t)g_cfg->notify_max_bytes)
+		json_error(resp, 413, "body too large");
+	else
+		notify(req, resp);
+}
+
+/* The reason phrases lws 4.1.6 writes (lws_add_http_header_status), so an answer written here
+ * is byte for byte the one lws would have written. */
+static const char *reason_phrase(int status)
+{
+	static const char *const r4[] = {"Bad Request",
+	                                 "Unauthorized",
+	                                 "Payment Required",
+	                                 "Forbidden",
+	                                 "Not Found",
+	                                 "Method Not Allowed",
+	                                 "Not Acceptable",
+	                                 "Proxy Auth Required",
+	                                 "Request Timeout",
+	                                 "Conflict",
+	                                 "Gone",
+	                                 "Length Required",
+	                                 "Precondition Failed",
+	                                 "Request Entity Too Large",
+	                                 "Request URI too Long",
+	                                 "Unsupported Media Type",
+	                                 "Requested Range Not Satisfiable",
+	                                 "Expectation Failed"},
+	                         *const r5[] = {
+	                             "Internal Server Error", "Not Implemented",
+	                             "Bad Gateway",           "Service Unavailable",
+	                             "Gateway Timeout",       "HTTP Version Not Supported"};
+
+	if (status == 200)
+		return "OK";
+	if (status >= 400 && status < 400 + (int)(sizeof(r4) / sizeof(r4[0])))
+		return r4[status - 400];
+	if (status >= 500 && status < 500 + (int)(sizeof(r5) / sizeof(r5[0])))
+		return r5[status - 500];
+	return status >= 300 && status < 400 && status != 304 ? "Redirect" : "";
+}
+
+void http_response_bytes(const struct http_response *resp, bool head_only, struct buf *out)
+{
+	char n[24];
+
+	/* Built with puts rather than printf: this runs once per notify on the fast path. */
+	buf_puts(out, "HTTP/1.1 ");
+	buf_puts(out, decimal((unsigned long long)(resp->status < 0 ? 0 : resp->status), n));
+	buf_puts(out, " ");
+	buf_puts(out, reason_phrase(resp->status));
+	buf_puts(out, "\r\n");
+	if (resp->content_type) {
+		buf_puts(out, "content-type: ");
+		buf_puts(out, resp->content_type);
+		buf_puts(out, "\r\n");
+	}
+	buf_puts(out, "content-length: ");
+	buf_puts(out, decimal(resp->body.len, n));
+	buf_puts(out, "\r\nx-content-type-options: nosniff\r\ncache-control: no-store\r\n");
+	if (resp->extra_headers)
+		buf_puts(out, resp->extra_headers);
+	buf_puts(out, "\r\n");
+	if (!head_only && resp->body.len)
+		buf_put(out, resp->body.data, resp->body.len);
 }
 
 void http_handle(const struct http_request *req, struct http_response *resp)

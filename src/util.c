@@ -11,14 +11,28 @@
 
 void util_timestamp(char out[UTIL_TS_LEN])
 {
+	/* The date and time are formatted once a second: every notify and event stamps one. The
+	 * process is single-threaded (the loop), so the cache needs no lock. */
+	static time_t last = -1;
+	static char base[20];
 	struct timeval tv;
-	struct tm tm;
-	char base[20];
+	unsigned ms;
 
 	gettimeofday(&tv, NULL);
-	gmtime_r(&tv.tv_sec, &tm);
-	strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(out, UTIL_TS_LEN, "%.19s.%03uZ", base, (unsigned)(tv.tv_usec / 1000) % 1000u);
+	if (tv.tv_sec != last) {
+		struct tm tm;
+		gmtime_r(&tv.tv_sec, &tm);
+		strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+		last = tv.tv_sec;
+	}
+	ms = (unsigned)(tv.tv_usec / 1000) % 1000u;
+	memcpy(out, base, 19);
+	out[19] = '.';
+	out[20] = (char)('0' + ms / 100);
+	out[21] = (char)('0' + ms / 10 % 10);
+	out[22] = (char)('0' + ms % 10);
+	out[23] = 'Z';
+	out[24] = '\0';
 }
 
 uint64_t util_now_ns(void)
