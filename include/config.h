@@ -58,6 +58,7 @@ struct config {
 	char *environment;
 	char *node_id;
 	long workers;
+	long pg_pool_size; /* with workers: the feed process's query connections */
 	char *tls_cert_file;
 	char *tls_key_file;
 	char *authz;

@@ -90,6 +90,8 @@ static const struct opt opts[] = {
     {"ENVIRONMENT", S(environment), "development", 0, 0, "development or production"},
     {"NODE_ID", S(node_id), NULL, 0, 0, "replica name (default hostname-pid)"},
     {"WORKERS", I(workers), "1", 1, 64, "processes sharing the port"},
+    {"PG_POOL_SIZE", I(pg_pool_size), "2", 1, 16,
+     "query connections the feed process holds for all workers (with WORKERS > 1)"},
     {"TLS_CERT_FILE", S(tls_cert_file), NULL, 0, 0, "PEM certificate for wss/https"},
     {"TLS_KEY_FILE", S(tls_key_file), NULL, 0, 0, "PEM key for wss/https"},
     {"AUTHZ", S(authz), NULL, 0, 0, "claims, sql or http (default: sql with DATABASE_URL)"},

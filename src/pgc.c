@@ -4,6 +4,7 @@
 #include "pgc.h"
 #include "log.h"
 #include "metrics.h"
+#include "pgrelay.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -46,6 +47,7 @@ struct pgc {
 	uint64_t reconnects;
 	int closing;
 	struct resolve *resolving; /* host names being looked up before PQconnectStartParams */
+	struct pgrelay *relay;     /* set: a --workers worker's pgc, served by the feed process */
 };
 
 /* Host names of the conninfo looked up one after the other on libuv's thread pool, so libpq
@@ -174,6 +176,9 @@ static void on_backoff_done(uv_timer_t *t)
 
 void pgc_retry_now(struct pgc *pc, const char *why)
 {
+	/* Relayed: the feed process skips its own backoffs when one of its connections is up. */
+	if (pc && pc->relay)
+		return;
 	/* Only a connection waiting out its backoff: one that is connecting or up has nothing
 	 * to skip, and a stopping one must stay down. */
 	if (!pc || pc->state != PGC_BACKOFF)
@@ -720,6 +725,13 @@ struct pgc *pgc_start(uv_loop_t *loop, const char *conninfo, const char *name,
 {
 	struct pgc *pc = calloc(1, sizeof(*pc));
 
+	if (pc && pgrelay_covers(name)) {
+		if (!(pc->relay = pgrelay_start(pc, loop, name, hooks))) {
+			free(pc);
+			return NULL;
+		}
+		return pc;
+	}
 	if (!pc || !(pc->conninfo = strdup(conninfo))) {
 		free(pc);
 		return NULL;
@@ -745,6 +757,12 @@ static void on_closed(uv_handle_t *h)
 
 void pgc_stop(struct pgc *pc)
 {
+	if (pc && pc->relay) {
+		/* No hook runs after this, so pc is not needed past it. */
+		pgrelay_stop(pc->relay);
+		free(pc);
+		return;
+	}
 	if (!pc || pc->state == PGC_STOPPING)
 		return;
 	set_state(pc, PGC_STOPPING);
@@ -757,17 +775,25 @@ void pgc_stop(struct pgc *pc)
 
 void pgc_reconnect(struct pgc *pc, const char *why)
 {
+	if (pc && pc->relay) {
+		pgrelay_reconnect(pc->relay, why);
+		return;
+	}
 	if (pc && pc->state == PGC_UP)
 		lose(pc, why);
 }
 
 bool pgc_is_up(const struct pgc *pc)
 {
+	if (pc && pc->relay)
+		return pgrelay_is_up(pc->relay);
 	return pc && pc->state == PGC_UP;
 }
 
 uint64_t pgc_reconnects(const struct pgc *pc)
 {
+	if (pc && pc->relay)
+		return pgrelay_reconnects(pc->relay);
 	return pc ? pc->reconnects : 0;
 }
 
@@ -778,6 +804,8 @@ static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams
 {
 	struct pgc_query *q, *prev;
 
+	if (pc && pc->relay)
+		return pgrelay_query(pc->relay, urgent, sql, nparams, params, timeout_ms, cb, arg);
 	if (!pc || pc->state != PGC_UP)
 		return -1;
 	q = calloc(1, sizeof(*q));

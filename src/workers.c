@@ -1,8 +1,12 @@
 /* The --workers supervisor: forks N children that each run the normal server on the shared
- * port (the gate sets SO_REUSEPORT), forwards SIGTERM/SIGINT to them, restarts a child that
- * dies with a growing backoff, and bounds shutdown at 5 s. The supervisor serves nothing. */
+ * port (the gate sets SO_REUSEPORT), plus, with a database, the feed process that holds the
+ * PostgreSQL connections for all of them; forwards SIGTERM/SIGINT, restarts a child that dies
+ * with a growing backoff, and bounds shutdown at 5 s. The supervisor serves nothing. */
 #include "workers.h"
+#include "feed.h"
+#include "feedlink.h"
 #include "log.h"
+#include "pgrelay.h"
 #include "util.h"
 
 #include <errno.h>
@@ -34,8 +38,10 @@ struct worker {
 	bool ever_stable;
 };
 
-static struct worker g_w[WORKERS_MAX];
-static int g_n;
+static struct worker g_w[WORKERS_MAX + 1];
+static int g_n;     /* workers */
+static int g_total; /* workers, and the feed (index g_n) when there is a database */
+static char g_feed_addr[FEED_ADDR_MAX];
 static pid_t g_supervisor;
 static sigset_t g_oldmask;
 
@@ -50,12 +56,20 @@ static void on_sigchld(int sig)
 {
 }
 
+static void child_name(const struct config *cfg, int i, char *node, size_t cap)
+{
+	if (i == g_n)
+		snprintf(node, cap, "%s-feed", cfg->node_id);
+	else
+		snprintf(node, cap, "%s-w%d", cfg->node_id, i);
+}
+
 static pid_t spawn(struct config *cfg, workers_serve_fn serve, int i)
 {
 	char node[160];
 	pid_t pid;
 
-	snprintf(node, sizeof(node), "%s-w%d", cfg->node_id, i);
+	child_name(cfg, i, node, sizeof(node));
 	pid = fork();
 	if (pid < 0) {
 		log_error("fork failed", "reason", strerror(errno));
@@ -72,6 +86,19 @@ static pid_t spawn(struct config *cfg, workers_serve_fn serve, int i)
 		free(cfg->node_id);
 		cfg->node_id = strdup(node);
 		setenv("NODE_ID", node, 1);
+		if (i == g_n) {
+			/* Named in ps and /proc/<pid>/comm: operators can tell it from a worker. */
+			prctl(PR_SET_NAME, "roomcast-feed");
+			enum log_level lvl = LOG_INFO;
+			log_level_parse(cfg->log_level, &lvl);
+			log_init(lvl,
+			         strcmp(cfg->log_format, "text") ? LOG_FORMAT_JSON
+			                                         : LOG_FORMAT_TEXT,
+			         node);
+			exit(feed_run(cfg, g_feed_addr));
+		}
+		if (g_total > g_n)
+			pgrelay_use(g_feed_addr);
 		exit(serve(cfg));
 	}
 	{
@@ -87,21 +114,21 @@ static pid_t spawn(struct config *cfg, workers_serve_fn serve, int i)
 static int live_count(void)
 {
 	int n = 0;
-	for (int i = 0; i < g_n; i++)
+	for (int i = 0; i < g_total; i++)
 		n += g_w[i].pid > 0;
 	return n;
 }
 
 static void signal_all(int sig)
 {
-	for (int i = 0; i < g_n; i++)
+	for (int i = 0; i < g_total; i++)
 		if (g_w[i].pid > 0)
 			kill(g_w[i].pid, sig);
 }
 
 static int find(pid_t pid)
 {
-	for (int i = 0; i < g_n; i++)
+	for (int i = 0; i < g_total; i++)
 		if (g_w[i].pid == pid)
 			return i;
 	return -1;
@@ -127,6 +154,9 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 
 	g_n = cfg->workers > WORKERS_MAX ? WORKERS_MAX : (int)cfg->workers;
 	g_supervisor = getpid();
+	/* One set of PostgreSQL connections per host, whatever the worker count. */
+	g_total = g_n + (cfg->database_url && *cfg->database_url ? 1 : 0);
+	feed_addr(g_feed_addr, sizeof(g_feed_addr), (int)g_supervisor);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_sigchld;
 	sa.sa_flags = SA_NOCLDSTOP;
@@ -142,7 +172,7 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 		snprintf(n, sizeof(n), "%d", g_n);
 		log_info("supervisor started", "workers", n);
 	}
-	for (int i = 0; i < g_n; i++) {
+	for (int i = 0; i < g_total; i++) {
 		g_w[i].backoff_ms = BACKOFF_MIN_MS;
 		if (spawn(cfg, serve, i) < 0) {
 			stopping = true;
@@ -164,7 +194,7 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 		if (stopping)
 			wake = deadline;
 		else
-			for (int i = 0; i < g_n; i++)
+			for (int i = 0; i < g_total; i++)
 				if (!g_w[i].pid && g_w[i].restart_at_ms < wake)
 					wake = g_w[i].restart_at_ms;
 		wake = wake > now ? wake - now : 0;
@@ -188,7 +218,7 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 				continue;
 			g_w[i].pid = 0;
 			describe(status, how, sizeof(how));
-			snprintf(node, sizeof(node), "%s-w%d", cfg->node_id, i);
+			child_name(cfg, i, node, sizeof(node));
 			lived = now_ms() - g_w[i].started_ms;
 			if (stopping) {
 				if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
@@ -231,7 +261,7 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 			if (now_ms() >= deadline) {
 				log_error("workers did not stop in time; killing them");
 				signal_all(SIGKILL);
-				for (int i = 0; i < g_n; i++)
+				for (int i = 0; i < g_total; i++)
 					if (g_w[i].pid > 0 && waitpid(g_w[i].pid, &status, 0) > 0)
 						g_w[i].pid = 0;
 				clean = false;
@@ -240,7 +270,7 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 			continue;
 		}
 		now = now_ms();
-		for (int i = 0; i < g_n; i++)
+		for (int i = 0; i < g_total; i++)
 			if (!g_w[i].pid && g_w[i].restart_at_ms <= now && spawn(cfg, serve, i) < 0)
 				g_w[i].restart_at_ms = now + (uint64_t)g_w[i].backoff_ms;
 	}
