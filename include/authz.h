@@ -14,7 +14,13 @@
  * refused, but as a failure the client may retry, not as a verdict. */
 enum authz_result { AUTHZ_DENY = 0, AUTHZ_ALLOW, AUTHZ_ASK, AUTHZ_UNAVAILABLE };
 
-void authz_setup(const struct config *cfg, uv_loop_t *loop);
+/* The SQL policy (AUTHZ=sql): asks realtime.can_join(claims_json, room) and calls cb(arg, room,
+ * verdict) once when it returns 0 (verdict 1 allowed, 0 denied, -1 no answer); -1 when it
+ * cannot ask. Given at setup (pgl_can_join) so this module never calls up into pgl. */
+typedef void (*authz_sql_done_fn)(void *arg, const char *room, int verdict);
+typedef int (*authz_sql_fn)(const char *claims_json, const char *room, authz_sql_done_fn cb,
+                            void *arg);
+void authz_setup(const struct config *cfg, uv_loop_t *loop, authz_sql_fn sql);
 /* The claim rules alone: ALLOW, DENY, or ASK when only the database/backend can tell. */
 enum authz_result authz_claims(const struct auth_identity *id, const char *room);
 

@@ -3,7 +3,6 @@
 #include "authz.h"
 #include "httpc.h"
 #include "log.h"
-#include "pgl.h"
 #include "room.h"
 #include "util.h"
 
@@ -39,8 +38,11 @@ static uv_loop_t *g_loop;
 #define DENIED_TTL_S  60
 #define ALLOWED_TTL_S 300
 
-void authz_setup(const struct config *cfg, uv_loop_t *loop)
+static authz_sql_fn g_sql;
+
+void authz_setup(const struct config *cfg, uv_loop_t *loop, authz_sql_fn sql)
 {
+	g_sql = sql;
 	g_cfg = cfg;
 	g_loop = loop;
 }
@@ -167,7 +169,7 @@ enum authz_result authz_check(const struct auth_identity *id, void **cache, cons
 		}
 		return AUTHZ_ASK;
 	}
-	if (pgl_can_join(id->claims_json, room, on_policy, a) < 0) {
+	if (!g_sql || g_sql(id->claims_json, room, on_policy, a) < 0) {
 		/* PostgreSQL is down: refuse now, uncached, so a later join asks again. */
 		free(a);
 		log_warn("room policy unavailable", "user", id->user_id, "room", room, "reason",

@@ -852,7 +852,7 @@ int server_run(struct config *cfg)
 	}
 	conn_setup(cfg, g_ctx);
 	session_setup(cfg, g_auth);
-	authz_setup(cfg, &g_loop);
+	authz_setup(cfg, &g_loop, pgl_can_join);
 	http_setup(cfg, g_auth, ROOMCAST_VERSION);
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||

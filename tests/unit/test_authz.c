@@ -26,7 +26,7 @@ static void make_conn(struct asker *c, struct auth_identity *id, const char *rol
 {
 	memset(&g_cfg, 0, sizeof(g_cfg));
 	g_cfg.authz_mode = AUTHZ_SQL;
-	authz_setup(&g_cfg, NULL);
+	authz_setup(&g_cfg, NULL, NULL);
 	memset(c, 0, sizeof(*c));
 	memset(id, 0, sizeof(*id));
 	id->user_id = "u1";
