@@ -33,9 +33,10 @@
 #define IP_BIND_ADDRESS_NO_PORT 24
 #endif
 
-#define MAX_PROCS   64
+#define MAX_PROCS   128
 #define MAX_SENDERS 64
-#define MAX_PIDS    64
+#define MAX_PIDS    128
+#define MAX_PORTS   16
 #define SCRATCH     (256 * 1024)
 
 enum mode { M_IDLE, M_FANOUT, M_LATENCY, M_NOTIFY, M_LIVE };
@@ -47,6 +48,8 @@ static struct {
 	enum source source;
 	const char *host;
 	int port;
+	int ports[MAX_PORTS]; /* --ports: room r's members connect to ports[r % nports] */
+	int nports;
 	const char *path;
 	bool batch;
 	const char *token;
@@ -65,6 +68,8 @@ static struct {
 	int senders; /* sender processes (pg) or connections (notify) */
 	double settle_s, hold_s, drain_s, connect_timeout_s;
 	int inflight;
+	int rcvbuf;         /* SO_RCVBUF of client sockets (0: the kernel's default) */
+	double rejoin_at_s; /* storm: every client drops and rejoins with since, at go + this */
 	int npids;
 	pid_t pids[MAX_PIDS];
 	const char *json_out;
@@ -88,6 +93,12 @@ struct shared {
 	uint64_t close_codes[5]; /* 1000/1001, 1008/1009, 4008, 40xx other, anything else */
 	uint64_t sent, send_errors, senders_done, last_send_ns;
 	uint64_t procs_done;
+	/* Storm (--rejoin-at): clients dropped, rejoined (answered joined again), of which
+	 * recovered:true / false, reconnects that failed; when the drop began and the last
+	 * rejoin was answered. */
+	volatile int storm;
+	uint64_t dropped, rejoined, recovered, unrecovered, rejoin_failed;
+	uint64_t storm_ns, last_rejoin_ns;
 	/* Live mode: when the parent sent the latest change (0: none yet), pushes before it. */
 	volatile uint64_t change_ns;
 	uint64_t initial, changes_done;
@@ -209,7 +220,9 @@ struct conn {
 	int fd;
 	uint8_t state;
 	uint8_t frag_op;
-	bool joined; /* reached C_JOINED once: its losses count even if it was closed later */
+	bool joined;     /* reached C_JOINED once: its losses count even if it was closed later */
+	bool rejoin;     /* storm: dropped; its next join carries since = max_id */
+	uint64_t max_id; /* the highest event id it saw (storm's since) */
 	long idx;
 	long room;
 	char *rx; /* bytes of an incomplete frame or head kept between reads */
@@ -224,6 +237,7 @@ struct conn {
 static struct {
 	uint64_t connected, joined, failed, join_errors, closed, deliveries, bytes, frames, last_rx;
 	uint64_t dups, misrouted, out_of_range, initial;
+	uint64_t dropped, rejoined, recovered, unrecovered, rejoin_failed, last_rejoin;
 } L;
 
 static struct hist g_lat;
@@ -246,8 +260,16 @@ static void flush_counts(void)
 	add(&S->initial, L.initial);
 	if (L.last_rx)
 		store_max(&S->last_rx_ns, L.last_rx);
+	add(&S->dropped, L.dropped);
+	add(&S->rejoined, L.rejoined);
+	add(&S->recovered, L.recovered);
+	add(&S->unrecovered, L.unrecovered);
+	add(&S->rejoin_failed, L.rejoin_failed);
+	if (L.last_rejoin)
+		store_max(&S->last_rejoin_ns, L.last_rejoin);
 	L.connected = L.joined = L.failed = L.join_errors = L.closed = L.deliveries = L.bytes = 0;
 	L.frames = L.initial = 0;
+	L.dropped = L.rejoined = L.recovered = L.unrecovered = L.rejoin_failed = 0;
 }
 
 static void build_handshake(void)
@@ -288,16 +310,13 @@ static int send_frame(struct conn *c, int op, const void *data, size_t len)
 	return send(c->fd, f, h + len, MSG_NOSIGNAL) == (ssize_t)(h + len) ? 0 : -1;
 }
 
-static void conn_end(struct conn *c, bool failed)
+/* Closes the socket and frees its buffers; the books (seen, got, max_id) stay. */
+static void conn_drop(struct conn *c)
 {
 	if (c->state == C_DONE)
 		return;
 	if (c->state == C_CONNECTING || c->state == C_HANDSHAKE)
 		g_inflight--;
-	if (failed)
-		L.failed++;
-	else
-		L.closed++;
 	epoll_ctl(g_ep, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->fd = -1;
@@ -309,6 +328,19 @@ static void conn_end(struct conn *c, bool failed)
 	c->frag = NULL;
 }
 
+static void conn_end(struct conn *c, bool failed)
+{
+	if (c->state == C_DONE)
+		return;
+	if (failed && c->rejoin)
+		L.rejoin_failed++;
+	else if (failed)
+		L.failed++;
+	else
+		L.closed++;
+	conn_drop(c);
+}
+
 static int conn_open(struct conn *c)
 {
 	struct sockaddr_in src, dst;
@@ -317,7 +349,8 @@ static int conn_open(struct conn *c)
 
 	c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
-		L.failed++;
+		L.failed += !c->rejoin;
+		L.rejoin_failed += c->rejoin;
 		c->state = C_DONE;
 		return -1;
 	}
@@ -325,22 +358,27 @@ static int conn_open(struct conn *c)
 	 * ephemeral range. */
 	setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* Small buffers keep a million held sockets within the kernel's TCP memory. */
+	if (opt.rcvbuf > 0)
+		setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &opt.rcvbuf, sizeof(opt.rcvbuf));
 	memset(&src, 0, sizeof(src));
 	src.sin_family = AF_INET;
 	src.sin_addr.s_addr = htonl(opt.src_first + (uint32_t)(c->idx % opt.nsrc));
 	if (bind(c->fd, (struct sockaddr *)&src, sizeof(src)) < 0) {
 		close(c->fd);
-		L.failed++;
+		L.failed += !c->rejoin;
+		L.rejoin_failed += c->rejoin;
 		c->state = C_DONE;
 		return -1;
 	}
 	memset(&dst, 0, sizeof(dst));
 	dst.sin_family = AF_INET;
-	dst.sin_port = htons((uint16_t)opt.port);
+	dst.sin_port = htons((uint16_t)(opt.nports ? opt.ports[c->room % opt.nports] : opt.port));
 	inet_pton(AF_INET, opt.host, &dst.sin_addr);
 	if (connect(c->fd, (struct sockaddr *)&dst, sizeof(dst)) < 0 && errno != EINPROGRESS) {
 		close(c->fd);
-		L.failed++;
+		L.failed += !c->rejoin;
+		L.rejoin_failed += c->rejoin;
 		c->state = C_DONE;
 		return -1;
 	}
@@ -400,6 +438,15 @@ static void on_text(struct conn *c, const char *p, size_t n)
 	if (n > 8 && !memcmp(p, "{\"type\":", 8)) {
 		if (memmem(p, n, "\"type\":\"joined\"", 15) && c->state == C_OPEN) {
 			c->state = C_JOINED;
+			if (c->rejoin) {
+				L.rejoined++;
+				L.last_rejoin = now_ns();
+				if (memmem(p, n, "\"recovered\":true", 16))
+					L.recovered++;
+				else
+					L.unrecovered++;
+				return;
+			}
 			c->joined = true;
 			L.joined++;
 			__atomic_fetch_add(&S->room_members[c->room], 1, __ATOMIC_RELAXED);
@@ -418,6 +465,14 @@ static void on_text(struct conn *c, const char *p, size_t n)
 	}
 	if (scan_events(p, n, on_delivery, c))
 		L.frames++;
+	if (opt.rejoin_at_s > 0) /* since for the rejoin: events open with {"id":<n>, */
+		for (const char *q = p; (q = memmem(q, (size_t)(p + n - q), "{\"id\":", 6));) {
+			uint64_t id;
+			const char *e = parse_num(q + 6, p + n, &id);
+			if (e && id > c->max_id)
+				c->max_id = id;
+			q = e ? e : q + 6;
+		}
 }
 
 static void on_close_frame(const uint8_t *p, size_t n)
@@ -533,8 +588,14 @@ static void on_handshake_done(struct conn *c)
 		char msg[200], room[96];
 		int n;
 		room_name(c->room, room, sizeof(room));
-		n = snprintf(msg, sizeof(msg), "{\"type\":\"join\",\"payload\":{\"room\":\"%s\"}}",
-		             room);
+		if (c->rejoin)
+			n = snprintf(
+			    msg, sizeof(msg),
+			    "{\"type\":\"join\",\"payload\":{\"room\":\"%s\",\"since\":%llu}}",
+			    room, (unsigned long long)c->max_id);
+		else
+			n = snprintf(msg, sizeof(msg),
+			             "{\"type\":\"join\",\"payload\":{\"room\":\"%s\"}}", room);
 		if (send_frame(c, 0x1, msg, (size_t)n) < 0)
 			conn_end(c, false);
 	}
@@ -636,13 +697,31 @@ static void receiver(int k, long lo, long hi)
 		if (bitmap && !(cs[i].seen = calloc(1, bitmap)))
 			die("calloc");
 	}
+	bool stormed = false;
 	while (S->phase != PH_STOP) {
 		int ne;
+		/* Storm: every client that joined drops its socket at once, then all reconnect
+		 * (bounded as below) and rejoin with since = the highest id each saw. */
+		if (!stormed && S->storm) {
+			stormed = true;
+			for (long i = 0; i < n; i++) {
+				if (!cs[i].joined)
+					continue;
+				conn_drop(&cs[i]);
+				cs[i].rejoin = true;
+				L.dropped++;
+			}
+			next = 0;
+		}
 		/* Bounded handshakes in flight: a burst of SYNs beyond the listen backlog would
 		 * only measure SYN retransmission timers. */
-		while (next < n && g_inflight < opt.inflight)
-			if (conn_open(&cs[next++]) == 0)
+		while (next < n && g_inflight < opt.inflight) {
+			struct conn *c = &cs[next++];
+			if (stormed && !c->rejoin)
+				continue;
+			if (conn_open(c) == 0)
 				g_inflight++;
+		}
 		ne = epoll_wait(g_ep, evs, 512, 20);
 		for (int i = 0; i < ne; i++) {
 			struct conn *c = evs[i].data.ptr;
@@ -712,10 +791,15 @@ static void mark_accepted(long n)
 	__atomic_fetch_or(&S->accepted[n >> 3], (uint8_t)(1u << (n & 7)), __ATOMIC_RELAXED);
 }
 
-static void wait_for_go(void)
+static void wait_for_phase(void)
 {
 	while (S->phase == PH_CONNECT)
 		usleep(1000);
+}
+
+static void wait_for_go(void)
+{
+	wait_for_phase();
 	/* t0 is set a little in the future; sleeping to it starts every sender together. */
 	struct timespec ts = {(time_t)(S->t0_ns / 1000000000ull), (long)(S->t0_ns % 1000000000ull)};
 	clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
@@ -857,6 +941,9 @@ static void sender_http(int k)
 	bool closed_loop = opt.rate <= 0;
 
 	hist_init(lat);
+	/* Connected once sending is about to start (t0 is 20 ms ahead): a connection opened
+	 * before a long connect phase or hold would meet the server's keep-alive timeout. */
+	wait_for_phase();
 	for (int i = 0; i < nh; i++) {
 		hs[i].fd = -1;
 		h_connect(ep, &hs[i]);
@@ -1090,6 +1177,29 @@ static uint64_t live_changes(void)
 
 /* ---- the parent ---- */
 
+/* Storm: starts the drop once --rejoin-at seconds of sending have passed. */
+static void storm_check(void)
+{
+	if (opt.rejoin_at_s <= 0 || S->storm)
+		return;
+	if ((double)((int64_t)now_ns() - (int64_t)S->t0_ns) / 1e9 >= opt.rejoin_at_s) {
+		S->storm_ns = now_ns();
+		__atomic_store_n(&S->storm, 1, __ATOMIC_RELEASE);
+		/* The caller samples the database's query counts from here on. */
+		fprintf(stderr, "loadgen: storm start\n");
+		fflush(stderr);
+	}
+}
+
+/* Every dropped client has rejoined or failed to (or there is no storm). */
+static bool storm_settled(void)
+{
+	if (opt.rejoin_at_s <= 0)
+		return true;
+	return S->storm && load(&S->dropped) >= load(&S->joined) &&
+	       load(&S->rejoined) + load(&S->rejoin_failed) >= load(&S->dropped);
+}
+
 static const char *mode_name(void)
 {
 	static const char *names[] = {"idle", "fanout", "latency", "notify", "live"};
@@ -1136,6 +1246,13 @@ static void usage(FILE *out)
 	    "  --source notify|pg --notify-token T --pg CONNINFO --senders K\n"
 	    "  --change-sql SQL                         live mode: the change, one statement\n"
 	    "  --settle S --hold S --drain S --connect-timeout S\n"
+	    "  --ports P1,P2,..                         several servers (replicas): room r's\n"
+	    "                                           members use port r %% count; senders P1\n"
+	    "  --rcvbuf BYTES                           SO_RCVBUF of every client socket\n"
+	    "  --rejoin-at S                            storm: S s after sending starts, every\n"
+	    "                                           client drops its socket, reconnects and\n"
+	    "                                           rejoins with since = highest id it saw\n"
+	    "  --hold S (fanout/latency)                hold S s before sending: CPU holding\n"
 	    "  --pid PID (repeatable)                   server processes: RSS and CPU from /proc\n"
 	    "  --json FILE                              results (default stdout), one JSON object\n"
 	    "  --quiet\n");
@@ -1171,6 +1288,9 @@ static void parse_args(int argc, char **argv)
 		OPT_JSON,
 		OPT_QUIET,
 		OPT_CHANGE,
+		OPT_PORTS,
+		OPT_RCVBUF,
+		OPT_REJOIN,
 		OPT_HELP
 	};
 	static const struct option lo[] = {{"host", 1, 0, OPT_HOST},
@@ -1200,6 +1320,9 @@ static void parse_args(int argc, char **argv)
 	                                   {"json", 1, 0, OPT_JSON},
 	                                   {"quiet", 0, 0, OPT_QUIET},
 	                                   {"change-sql", 1, 0, OPT_CHANGE},
+	                                   {"ports", 1, 0, OPT_PORTS},
+	                                   {"rcvbuf", 1, 0, OPT_RCVBUF},
+	                                   {"rejoin-at", 1, 0, OPT_REJOIN},
 	                                   {"help", 0, 0, OPT_HELP},
 	                                   {0, 0, 0, 0}};
 	struct in_addr a;
@@ -1333,6 +1456,20 @@ static void parse_args(int argc, char **argv)
 		case OPT_CHANGE:
 			opt.change_sql = optarg;
 			break;
+		case OPT_PORTS:
+			for (char *q = optarg; *q && opt.nports < MAX_PORTS;) {
+				opt.ports[opt.nports++] = (int)strtol(q, &q, 10);
+				q += *q == ',';
+			}
+			if (opt.nports)
+				opt.port = opt.ports[0];
+			break;
+		case OPT_RCVBUF:
+			opt.rcvbuf = atoi(optarg);
+			break;
+		case OPT_REJOIN:
+			opt.rejoin_at_s = atof(optarg);
+			break;
 		case OPT_HELP:
 			usage(stdout);
 			exit(0);
@@ -1401,7 +1538,7 @@ static void raise_nofile(void)
 int main(int argc, char **argv)
 {
 	size_t room_bytes, acc_bytes, total;
-	struct sample before, at_go, after;
+	struct sample before, at_go, after, ready, held = {0, 0};
 	pid_t kids[MAX_PROCS + MAX_SENDERS];
 	int nkids = 0, nsenders = 0, rc = 0;
 	uint64_t expected = 0, t_end = 0;
@@ -1483,7 +1620,13 @@ int main(int argc, char **argv)
 	progress("ready");
 	if (opt.settle_s > 0)
 		sleep_s(opt.settle_s);
-	at_go = sample_server();
+	at_go = ready = sample_server();
+	/* Fan-out with --hold: what holding the clients costs before any event is sent. */
+	if (opt.hold_s > 0 && opt.mode != M_IDLE && opt.mode != M_LIVE) {
+		sleep_s(opt.hold_s);
+		held = sample_server();
+		at_go = held;
+	}
 
 	if (opt.mode == M_IDLE) {
 		if (opt.hold_s > 0)
@@ -1500,15 +1643,18 @@ int main(int argc, char **argv)
 		S->t0_ns = now_ns() + 20000000ull;
 		__atomic_store_n(&S->phase, PH_GO, __ATOMIC_RELEASE);
 		while (load(&S->senders_done) < (uint64_t)nsenders &&
-		       (double)((int64_t)now_ns() - (int64_t)S->t0_ns) / 1e9 < send_limit)
+		       (double)((int64_t)now_ns() - (int64_t)S->t0_ns) / 1e9 < send_limit) {
+			storm_check();
 			usleep(10000);
+		}
+		storm_check();
 		for (long n = 0; n < (opt.mode == M_NOTIFY ? 0 : opt.events); n++)
 			if (S->accepted[n >> 3] & (1u << (n & 7)))
 				expected += S->room_members[n % g_nrooms];
 		last_change = now_ns();
 		while (opt.mode != M_NOTIFY) {
-			uint64_t d = load(&S->deliveries);
-			if (d >= expected)
+			uint64_t d = load(&S->deliveries) + load(&S->rejoined);
+			if (load(&S->deliveries) >= expected && storm_settled())
 				break;
 			if (d != last_seen) {
 				last_seen = d;
@@ -1599,10 +1745,13 @@ int main(int argc, char **argv)
 	fprintf(out, "\"server\":{\"pids\":%d,\"rss_before_kb\":%ld,\"rss_ready_kb\":%ld,",
 	        opt.npids, before.rss_kb, at_go.rss_kb);
 	fprintf(out, "\"rss_after_kb\":%ld,\"cpu_s\":%.2f", after.rss_kb, cpu);
-	if (opt.mode == M_IDLE && load(&S->connected))
+	if (opt.mode != M_NOTIFY && load(&S->connected))
 		fprintf(out, ",\"rss_per_conn_bytes\":%.0f",
-		        (double)(at_go.rss_kb - before.rss_kb) * 1024.0 /
+		        (double)(ready.rss_kb - before.rss_kb) * 1024.0 /
 		            (double)load(&S->connected));
+	if (held.cpu_s > 0 || held.rss_kb > 0)
+		fprintf(out, ",\"hold_s\":%.1f,\"hold_cpu_pct\":%.2f,\"rss_held_kb\":%ld",
+		        opt.hold_s, (held.cpu_s - ready.cpu_s) * 100.0 / opt.hold_s, held.rss_kb);
 	/* What holding them costs: keep-alive pings and timers while nothing else happens. */
 	if ((opt.mode == M_IDLE || opt.mode == M_LIVE) && opt.hold_s > 0)
 		fprintf(out, ",\"hold_s\":%.1f,\"hold_cpu_pct\":%.1f", opt.hold_s,
@@ -1611,7 +1760,20 @@ int main(int argc, char **argv)
 		fprintf(out, ",\"cpu_us_per_delivery\":%.3f", cpu * 1e6 / (double)deliveries);
 	if (opt.mode == M_NOTIFY && load(&S->sent))
 		fprintf(out, ",\"cpu_us_per_request\":%.3f", cpu * 1e6 / (double)load(&S->sent));
-	fprintf(out, "},\"loadgen_cpu_s\":%.2f,\"latency\":",
+	fprintf(out, "},");
+	if (opt.rejoin_at_s > 0)
+		fprintf(out,
+		        "\"storm\":{\"dropped\":%llu,\"rejoined\":%llu,\"recovered\":%llu,"
+		        "\"unrecovered\":%llu,\"rejoin_failed\":%llu,\"rejoin_s\":%.3f},",
+		        (unsigned long long)load(&S->dropped),
+		        (unsigned long long)load(&S->rejoined),
+		        (unsigned long long)load(&S->recovered),
+		        (unsigned long long)load(&S->unrecovered),
+		        (unsigned long long)load(&S->rejoin_failed),
+		        S->last_rejoin_ns > S->storm_ns && S->storm_ns
+		            ? (double)(S->last_rejoin_ns - S->storm_ns) / 1e9
+		            : 0);
+	fprintf(out, "\"loadgen_cpu_s\":%.2f,\"latency\":",
 	        (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
 	            (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
 	hist_json(out, &sum.lat);

@@ -61,7 +61,8 @@ def env_float(name, default):
 
 
 PARAMS = {
-    "idle_conns": env_int("BENCH_IDLE_CONNS", 19000),
+    # idle: one run per count (comma list)
+    "idle_conns": [int(x) for x in os.environ.get("BENCH_IDLE_CONNS", "10000,19000").split(",")],
     "idle_hold": env_float("BENCH_IDLE_HOLD", 30),
     "connect_timeout": env_int("BENCH_CONNECT_TIMEOUT", 240),
     "workers": env_int("BENCH_WORKERS", 0),  # 0: enough workers for BENCH_WORKERS_CONNS
@@ -72,7 +73,7 @@ PARAMS = {
     "small_conns": env_int("BENCH_SMALL_CONNS", 10000),
     "small_room": env_int("BENCH_SMALL_ROOM", 10),
     "small_events": env_int("BENCH_SMALL_EVENTS", 6000),
-    "small_rate": env_float("BENCH_SMALL_RATE", 2000),
+    "small_rate": env_float("BENCH_SMALL_RATE", 1000),
     "notify_senders": env_int("BENCH_NOTIFY_SENDERS", 16),
     "lat_conns": env_int("BENCH_LAT_CONNS", 1000),
     "lat_rate": env_float("BENCH_LAT_RATE", 200),
@@ -88,9 +89,38 @@ PARAMS = {
     "live_rows": env_int("BENCH_LIVE_ROWS", 100000),
     "live_hold": env_float("BENCH_LIVE_HOLD", 20),
     "live_changes": env_int("BENCH_LIVE_CHANGES", 4),
+    # issue 13: one room of 1 000 at 50/s; one room of 10 000 at rising rates (the "ladder")
+    "fan1k_conns": env_int("BENCH_FAN1K_CONNS", 1000),
+    "fan1k_rate": env_float("BENCH_FAN1K_RATE", 50),
+    "fan1k_seconds": env_float("BENCH_FAN1K_SECONDS", 20),
+    "step_conns": env_int("BENCH_STEP_CONNS", 10000),
+    "step_rates": [float(x) for x in
+                   os.environ.get("BENCH_STEP_RATES", "2,4,8,12,16,24,32,48,64").split(",")],
+    "step_seconds": env_float("BENCH_STEP_SECONDS", 6),
+    "step_lag_ms": env_float("BENCH_STEP_LAG_MS", 500),
+    # issue 14
+    "storm_conns": env_int("BENCH_STORM_CONNS", 100000),
+    "storm_room": env_int("BENCH_STORM_ROOM", 10),
+    "storm_rate": env_float("BENCH_STORM_RATE", 200),
+    "storm_seconds": env_float("BENCH_STORM_SECONDS", 30),
+    "storm_at": env_float("BENCH_STORM_AT", 8),
+    "storm_workers": env_int("BENCH_STORM_WORKERS", 0),  # 0: one per 15 000 clients
+    "million_conns": env_int("BENCH_MILLION_CONNS", 1000000),
+    "million_workers": env_int("BENCH_MILLION_WORKERS", 64),
+    "million_procs": env_int("BENCH_MILLION_PROCS", 64),
+    "million_hold": env_float("BENCH_MILLION_HOLD", 20),
+    "million_min_free_gb": env_float("BENCH_MILLION_MIN_FREE_GB", 3),
+    "replicas": env_int("BENCH_REPLICAS", 4),
+    "repl_rooms": env_int("BENCH_REPL_ROOMS", 1000),
+    "repl_room": env_int("BENCH_REPL_ROOM", 10),
+    "repl_rate": env_float("BENCH_REPL_RATE", 1000),
+    "repl_events": env_int("BENCH_REPL_EVENTS", 5000),
 }
-SCENARIOS = ["idle", "workers", "floor", "fanout1", "fanoutS", "latency", "writers", "notify",
-             "live1", "live1000"]
+SCENARIOS = ["idle", "workers", "floor", "fanout1", "fanout1k", "fanoutS", "step", "latency",
+             "writers", "notify", "live1", "live1000", "storm", "replicas", "million"]
+# Run only when BENCH_ONLY names them: a million connections take most of the machine's memory.
+OPT_IN = ["million"]
+ALIASES = {"small": "fanoutS", "fanout10k": "step"}
 
 log_lines = []
 
@@ -212,20 +242,64 @@ class Server:
         self.stop()
 
 
-def loadgen(mode, server, args, timeout=900):
+def mem_available():
+    with open("/proc/meminfo") as f:
+        return int(re.search(r"MemAvailable:\s*(\d+)", f.read()).group(1)) * 1024
+
+
+def loadgen(mode, server, args, timeout=900, on_stderr=None, mem_guard_gb=None):
+    """Runs the load generator against server (its processes' CPU and RSS sampled); on_stderr
+    sees each stderr line as it comes (markers); with mem_guard_gb the run is killed when the
+    machine's available memory falls below that (r["mem_guard"] says so)."""
+    import threading
     cmd = [LOADGEN, mode, "--port", str(server.port), "--quiet"] + [str(a) for a in args]
     for pid in server.pids():
         cmd += ["--pid", str(pid)]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          timeout=timeout)
-    if not proc.stdout.strip():
-        raise RuntimeError("loadgen %s failed (%s): %s" % (mode, proc.returncode,
-                                                           proc.stderr[-2000:]))
-    if proc.stderr.strip():
-        say("loadgen: " + proc.stderr.strip().replace("\n", " | ")[:400])
-    r = json.loads(proc.stdout)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err_lines, guard = [], {"min_available": mem_available()}
+
+    def read_err():
+        for line in proc.stderr:
+            err_lines.append(line)
+            if on_stderr:
+                on_stderr(line)
+
+    def watch_mem():
+        while proc.poll() is None:
+            avail = mem_available()
+            guard["min_available"] = min(guard["min_available"], avail)
+            if avail < mem_guard_gb * 2**30:
+                guard["aborted_at_available"] = avail
+                say("loadgen: only %.1f GB available: killing the run" % (avail / 2**30))
+                proc.kill()
+                return
+            time.sleep(0.5)
+
+    reader = threading.Thread(target=read_err, daemon=True)
+    reader.start()
+    if mem_guard_gb:
+        threading.Thread(target=watch_mem, daemon=True).start()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    err = "".join(err_lines)
+    if not out.strip():
+        raise RuntimeError("loadgen %s failed (%s): %s" % (mode, proc.returncode, err[-2000:]))
+    if err.strip():
+        say("loadgen: " + err.strip().replace("\n", " | ")[:400])
+    r = json.loads(out)
     # A connect phase that timed out still reports what it reached (rc 1).
     r["loadgen_rc"] = proc.returncode
+    if mem_guard_gb:
+        r["mem_guard"] = guard
     return r
 
 
@@ -249,15 +323,18 @@ def perf_stop(p):
 
 def sc_idle(ctx):
     """RSS per client after connecting, then the CPU of holding them for a while: by default
-    30 s, so one round of keep-alive pings (PING_INTERVAL_S=25) falls into the hold."""
-    n = PARAMS["idle_conns"]
+    30 s, so one round of keep-alive pings (PING_INTERVAL_S=25) falls into the hold. One run
+    per count in BENCH_IDLE_CONNS (results keyed by the count)."""
     out = {}
-    for kind in ("roomcast", "baseline"):
-        say("idle: %d connections to %s, held %gs" % (n, kind, PARAMS["idle_hold"]))
-        with Server(kind, {"MAX_CONNECTIONS": n + 500}) as s:
-            out[kind] = loadgen("idle", s, ["--conns", n, "--token", ctx["token"],
-                                            "--settle", 3, "--hold", PARAMS["idle_hold"],
-                                            "--connect-timeout", PARAMS["connect_timeout"]])
+    for n in PARAMS["idle_conns"]:
+        out[str(n)] = {}
+        for kind in ("roomcast", "baseline"):
+            say("idle: %d connections to %s, held %gs" % (n, kind, PARAMS["idle_hold"]))
+            with Server(kind, {"MAX_CONNECTIONS": n + 500}) as s:
+                out[str(n)][kind] = loadgen(
+                    "idle", s, ["--conns", n, "--token", ctx["token"], "--settle", 3, "--hold",
+                                PARAMS["idle_hold"], "--connect-timeout",
+                                PARAMS["connect_timeout"]])
     return out
 
 
@@ -293,7 +370,7 @@ def sc_floor(ctx):
     return out
 
 
-def fanout_runs(ctx, name, conns, room_size, events, rate):
+def fanout_runs(ctx, name, conns, room_size, events, rate, batch=True):
     out = {}
     common = ["--conns", conns, "--room-size", room_size, "--events", events, "--rate", rate,
               "--token", ctx["token"], "--notify-token", NOTIFY_TOKEN, "--senders",
@@ -301,6 +378,8 @@ def fanout_runs(ctx, name, conns, room_size, events, rate):
     for label, kind, extra in (("roomcast", "roomcast", []),
                                ("roomcast_batch", "roomcast", ["--batch"]),
                                ("baseline", "baseline", [])):
+        if extra and not batch:
+            continue
         say("%s: %d clients, rooms of %s, %d events at %g/s to %s" %
             (name, conns, room_size or conns, events, rate, label))
         with Server(kind, {"MAX_CONNECTIONS": conns + 500}) as s:
@@ -315,6 +394,49 @@ def fanout_runs(ctx, name, conns, room_size, events, rate):
 def sc_fanout1(ctx):
     return fanout_runs(ctx, "fanout1", PARAMS["fan_conns"], 0, PARAMS["fan_events"],
                        PARAMS["fan_rate"])
+
+
+def sc_fanout1k(ctx):
+    """Issue 13: one room of 1 000 at 50 messages/s; CPU per delivery against Node and the
+    kernel's send() floor (the floor scenario of the same run)."""
+    rate = PARAMS["fan1k_rate"]
+    return fanout_runs(ctx, "fanout1k", PARAMS["fan1k_conns"], 0,
+                       int(rate * PARAMS["fan1k_seconds"]), rate, batch=False)
+
+
+def sustained(r):
+    """A fan-out run kept up: everything accepted delivered once, p99 within the lag bound."""
+    return (r.get("lost") == 0 and r.get("dups") == 0 and r.get("sent", 0) > 0 and
+            r.get("send_errors") == 0 and r.get("deliveries") == r.get("expected") and
+            r["latency"].get("p99_us", 1e18) <= PARAMS["step_lag_ms"] * 1e3)
+
+
+def sc_step(ctx):
+    """Issue 13: one room of 10 000 at rising rates (BENCH_STEP_RATES), roomcast and Node at
+    each; stops at the first rate either does not sustain (loss, or p99 beyond
+    BENCH_STEP_LAG_MS). The figure is deliveries per CPU-second at the highest rate both
+    sustained."""
+    conns, secs = PARAMS["step_conns"], PARAMS["step_seconds"]
+    ladder = []
+    for rate in PARAMS["step_rates"]:
+        step = {"rate": rate}
+        for kind in ("roomcast", "baseline"):
+            say("step: 1 room x %d, %g/s for %gs, %s" % (conns, rate, secs, kind))
+            with Server(kind, {"MAX_CONNECTIONS": conns + 500}) as s:
+                r = loadgen("fanout", s, [
+                    "--conns", conns, "--room-size", 0, "--events", max(1, int(rate * secs)),
+                    "--rate", rate, "--token", ctx["token"], "--notify-token", NOTIFY_TOKEN,
+                    "--senders", PARAMS["notify_senders"], "--settle", 1, "--drain", 5,
+                    "--connect-timeout", 300])
+            r["sustained"] = sustained(r)
+            step[kind] = r
+        ladder.append(step)
+        say("step: %g/s sustained: roomcast %s, baseline %s" %
+            (rate, step["roomcast"]["sustained"], step["baseline"]["sustained"]))
+        if not (step["roomcast"]["sustained"] and step["baseline"]["sustained"]):
+            break
+    common = [x for x in ladder if x["roomcast"]["sustained"] and x["baseline"]["sustained"]]
+    return {"ladder": ladder, "best": common[-1] if common else None}
 
 
 def sc_fanoutS(ctx):
@@ -752,11 +874,178 @@ def sc_live1000(ctx):
     return live_scenario(ctx, "live1000", rooms * 10, 10, rooms)
 
 
+# ---- issue 14: storm, replicas, a million ----
+
+def metric_sums(port, prefixes):
+    """Sums of roomcast's /metrics series whose names start with one of prefixes (label sets
+    added up per name)."""
+    out = {}
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(tuple(prefixes)):
+                k, v = line.rsplit(" ", 1)
+                name = k.split("{", 1)[0]
+                out[name] = out.get(name, 0) + float(v)
+    return out
+
+
+def pg_queries(pg):
+    """roomcast's statements so far, from pg_stat_statements: (all, those reading the outbox).
+    The load generator's publish calls and this bookkeeping are left out."""
+    rows = pg.psql("SELECT query, calls, total_exec_time FROM pg_stat_statements")
+    total = replay = ms = 0
+    for q, calls, t in rows:
+        if re.search(r"realtime\.publish|pg_stat_statements|application_name|pg_stat_", q):
+            continue
+        total += calls
+        ms += t
+        if "realtime.events" in q:
+            replay += calls
+    return total, replay, ms
+
+
+def workers_for(conns):
+    # One process holds ~19 500 sockets: headroom for SO_REUSEPORT's uneven hashing.
+    return max(2, -(-conns // 15000))
+
+
+def sc_storm(ctx):
+    """Issue 14: storm_conns clients over workers in rooms of storm_room; events committed
+    with realtime.publish at storm_rate throughout; storm_at seconds in, every client drops
+    its socket and rejoins with since = the highest id it saw. Counted: recovered:true
+    answers, loss and duplicates over the whole run, time from the drop to the last joined,
+    and the statements roomcast sent PostgreSQL from the drop to the end (pg_stat_statements;
+    roomcast_replay_queries_total where roomcast has it, summed only without workers)."""
+    pg = ctx["pg"]
+    if not ctx.get("redis"):
+        say("storm: redis-server not found; skipped")
+        return None
+    m, room = PARAMS["storm_conns"], PARAMS["storm_room"]
+    w = PARAMS["storm_workers"] or workers_for(m)
+    rate, secs = PARAMS["storm_rate"], PARAMS["storm_seconds"]
+    rooms = -(-m // room)
+    say("storm: %d clients over %d workers in %d rooms of %d, %g ev/s for %gs, all rejoin "
+        "with since at %gs" % (m, w, rooms, room, rate, secs, PARAMS["storm_at"]))
+    pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    env = {"WORKERS": w, "REDIS_ADDR": ctx["redis"], "DATABASE_URL": pg.dsn,
+           "MAX_CONNECTIONS": 19500}
+    marks = {}
+
+    def on_line(line):
+        if "storm start" in line:
+            marks["start"] = pg_queries(pg)
+
+    with Server("roomcast", env) as s:
+        wait_pg_up(s)
+        pg.psql("SELECT pg_stat_statements_reset()")
+        cpu0 = proc_cpu(s.pids())
+        r = loadgen("latency", s, [
+            "--conns", m, "--room-size", room, "--room-prefix", "storm", "--events",
+            int(rate * secs), "--rate", rate, "--pg", pg.dsn, "--senders", 4, "--token",
+            ctx["token"], "--settle", 2, "--drain", 10, "--rejoin-at", PARAMS["storm_at"],
+            "--connect-timeout", PARAMS["connect_timeout"], "--inflight", 32],
+            timeout=1800, on_stderr=on_line)
+        r["server_cpu_total_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
+        m1 = metric_sums(s.port, ["roomcast_replay"]) if w == 1 else {}
+    end = pg_queries(pg)
+    if "start" in marks:
+        t0, p0, ms0 = marks["start"]
+        r["pg_queries"] = end[0] - t0
+        r["pg_replay_queries"] = end[1] - p0
+        r["pg_exec_ms"] = round(end[2] - ms0, 1)
+    r["rooms"] = rooms
+    r["workers"] = w
+    r["replay_metric"] = m1
+    return {"roomcast": r}
+
+
+def sc_replicas(ctx):
+    """Issue 14: `replicas` roomcast processes on one Redis, repl_rooms rooms of repl_room;
+    room r's members all on replica r % replicas; repl_events notifies at repl_rate posted
+    to the first replica. Counted per replica from its /metrics: bus messages received
+    (roomcast_bus_messages_received_total) against its share of the events."""
+    if not ctx.get("redis"):
+        say("replicas: redis-server not found; skipped")
+        return None
+    n, rooms, size = PARAMS["replicas"], PARAMS["repl_rooms"], PARAMS["repl_room"]
+    events, rate = PARAMS["repl_events"], PARAMS["repl_rate"]
+    conns = rooms * size
+    say("replicas: %d replicas, %d rooms of %d, each room on one replica, %d events at %g/s" %
+        (n, rooms, size, events, rate))
+    servers = []
+    try:
+        for i in range(n):
+            servers.append(Server("roomcast", {"REDIS_ADDR": ctx["redis"],
+                                               "NODE_ID": "bench-r%d" % i,
+                                               "MAX_CONNECTIONS": conns + 500}))
+        prefixes = ["roomcast_bus_", "roomcast_redis_", "roomcast_messages_"]
+        before = [metric_sums(s.port, prefixes) for s in servers]
+        cpu0 = [proc_cpu(s.pids()) for s in servers]
+        args = ["--ports", ",".join(str(s.port) for s in servers), "--conns", conns,
+                "--room-size", size, "--events", events, "--rate", rate, "--token",
+                ctx["token"], "--notify-token", NOTIFY_TOKEN, "--senders",
+                PARAMS["notify_senders"], "--settle", 1, "--drain", 5, "--connect-timeout", 300]
+        for s in servers[1:]:
+            for pid in s.pids():
+                args += ["--pid", pid]
+        r = loadgen("fanout", servers[0], args)
+        after = [metric_sums(s.port, prefixes) for s in servers]
+        per = []
+        for i, s in enumerate(servers):
+            d = {k: after[i][k] - before[i].get(k, 0) for k in after[i]}
+            share = sum(1 for e in range(events) if (e % rooms) % n == i)
+            # Until roomcast counts bus messages, the messages it routed (from the bus or
+            # posted to it) stand in: the same figure when every message is received.
+            metric = next((k for k in ("roomcast_bus_messages_received_total",
+                                       "roomcast_messages_routed_total") if k in d), None)
+            per.append({"port": s.port, "share": share, "metrics": d,
+                        "cpu_s": round(proc_cpu(s.pids()) - cpu0[i], 2),
+                        "metric": metric, "received": d.get(metric)})
+        r["replicas"] = per
+    finally:
+        for s in servers:
+            s.stop()
+    return {"roomcast": r}
+
+
+def sc_million(ctx):
+    """Issue 14: million_conns WebSocket clients on this machine, over million_workers roomcast
+    workers and million_procs load-generator processes (a process may hold 20 000 files),
+    from 100 source addresses; all in one room; held million_hold seconds (CPU while
+    holding), then one message to the room, counted at every client. Aborted when less than
+    million_min_free_gb GB of memory is left."""
+    if not ctx.get("redis"):
+        say("million: redis-server not found; skipped")
+        return None
+    n, w, procs = PARAMS["million_conns"], PARAMS["million_workers"], PARAMS["million_procs"]
+    avail0 = mem_available()
+    say("million: %d clients over %d workers and %d load-generator processes; %.1f GB "
+        "available" % (n, w, procs, avail0 / 2**30))
+    env = {"WORKERS": w, "REDIS_ADDR": ctx["redis"], "MAX_CONNECTIONS": 19500}
+    with Server("roomcast", env) as s:
+        time.sleep(1)
+        r = loadgen("fanout", s, [
+            "--conns", n, "--procs", procs, "--nsrc", 100, "--rcvbuf", 4096, "--room-size", 0,
+            "--room-prefix", "million", "--events", 1, "--rate", 1, "--senders", 1, "--token",
+            ctx["token"], "--notify-token", NOTIFY_TOKEN, "--settle", 3, "--hold",
+            PARAMS["million_hold"], "--drain", 60, "--connect-timeout", 1200, "--inflight", 32],
+            timeout=2400, mem_guard_gb=PARAMS["million_min_free_gb"])
+        r["workers"] = w
+        r["worker_pids"] = len(s.pids())
+    r["mem_available_before"] = avail0
+    r["machine_bytes_per_conn"] = round(
+        (avail0 - r["mem_guard"]["min_available"]) / max(1, r["connected"]))
+    return {"roomcast": r}
+
+
 # ---- setup ----
 
-def start_pg():
+def start_pg(stat_statements=False):
     from pgcluster import PgCluster
-    pg = PgCluster(settings={"max_connections": "100", "shared_buffers": "128MB"})
+    settings = {"max_connections": "100", "shared_buffers": "128MB"}
+    if stat_statements:  # storm counts roomcast's statements
+        settings["shared_preload_libraries"] = "pg_stat_statements"
+    pg = PgCluster(settings=settings)
     try:
         pg.start()
         fill_pg(pg)
@@ -899,25 +1188,157 @@ def live_rows(res, row):
         row("", "change->member p50 / p99 (ms)", lat(r), "", lat(b), "", "<= 1 s interval")
 
 
+def verdict(ok):
+    """pass / miss from a computed condition; '-' when a figure is missing."""
+    if ok is None:
+        return "-"
+    return "pass" if ok else "MISS"
+
+
+def no_loss(*runs):
+    if any(x is None or x.get("lost") is None for x in runs):
+        return None
+    return all(x.get("lost") == 0 and x.get("dups") == 0 and x.get("misrouted", 0) == 0
+               for x in runs)
+
+
+def cpu_per(x):
+    return (x or {}).get("server", {}).get("cpu_us_per_delivery")
+
+
+def at_most(a, factor, b):
+    """a <= factor * b, or None when either is missing."""
+    if a is None or b is None:
+        return None
+    return a <= factor * b
+
+
+def issue14_rows(res, row):
+    sm = res.get("storm")
+    if sm:
+        r = sm["roomcast"]
+        st = r.get("storm", {})
+        row("storm %d clients, %d rooms, %d workers" % (r["conns"], r["rooms"], r["workers"]),
+            "clients joined / dropped / rejoined", "%s / %s / %s" % (
+                r.get("joined"), st.get("dropped"), st.get("rejoined")), "", "", "",
+            "all rejoin", verdict(st.get("rejoined") == r.get("joined") == r["conns"]))
+        row("", "recovered:true / false, reconnects failed", "%s / %s, %s" % (
+            st.get("recovered"), st.get("unrecovered"), st.get("rejoin_failed")), "", "", "",
+            "every client recovered:true",
+            verdict(st.get("recovered") == r["conns"] and not st.get("unrecovered")))
+        row("", "drop -> last joined (s)", fmt(st.get("rejoin_s"), "%.2f"), "", "", "", "")
+        row("", "events / deliveries", "%s / %s" % (r.get("sent"), r.get("deliveries")), "",
+            "", "", "")
+        row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "", "", "",
+            "0 / 0", verdict(no_loss(r)))
+        q = r.get("pg_queries")
+        row("", "PostgreSQL statements from the drop (outbox reads)", "%s (%s)" % (
+            q, r.get("pg_replay_queries")), "", "", "", "<= %d (rooms)" % r["rooms"],
+            verdict(q <= r["rooms"] if q is not None else None))
+        row("", "their execution time in PostgreSQL (ms)", fmt(r.get("pg_exec_ms"), "%.0f"),
+            "", "", "", "")
+        row("", "server CPU, whole run (s)", fmt(r.get("server_cpu_total_s"), "%.2f"), "", "",
+            "", "")
+    rp = res.get("replicas")
+    if rp:
+        r = rp["roomcast"]
+        title = "replicas %d x rooms of %d (%d clients)" % (
+            len(r["replicas"]), PARAMS["repl_room"], r["conns"])
+        row(title, "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "", "",
+            "", "0 / 0", verdict(no_loss(r)))
+        for i, x in enumerate(r["replicas"]):
+            got = x.get("received")
+            row("", "replica %d: %s / share / sent" % (
+                i + 1, (x.get("metric") or "bus messages received")[9:]), "%s / %s / %s"
+                % (fmt(got), x["share"], r.get("sent")), "", "", "", "~ share, not total",
+                verdict(got <= 1.25 * x["share"] + 10 if got is not None else None))
+    mi = res.get("million")
+    if mi:
+        r = mi["roomcast"]
+        g = r.get("mem_guard", {})
+        row("million: %d clients, %d workers" % (PARAMS["million_conns"], r["workers"]),
+            "clients held", fmt(r.get("connected")) + (
+                " (aborted: memory)" if g.get("aborted_at_available") else ""), "", "", "",
+            ">= %d" % PARAMS["million_conns"],
+            verdict(r.get("connected", 0) >= PARAMS["million_conns"]))
+        row("", "connect time (s)", fmt(r.get("connect_s"), "%.1f"), "", "", "", "")
+        rk = r["server"].get("rss_per_conn_bytes")
+        row("", "server RSS / client, all workers (bytes)", fmt(rk), "", "", "", "")
+        row("", "machine memory / client (bytes, kernel + loadgen incl.)",
+            fmt(r.get("machine_bytes_per_conn")), "", "", "", "")
+        row("", "server CPU holding them (%% of a core, %gs)" % PARAMS["million_hold"],
+            fmt(r["server"].get("hold_cpu_pct"), "%.1f"), "", "", "", "")
+        row("", "one message: deliveries / expected", "%s / %s" % (
+            r.get("deliveries"), r.get("expected")), "", "", "", "all",
+            verdict(r.get("expected") == PARAMS["million_conns"] and
+                    r.get("deliveries") == r.get("expected")))
+        row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "", "", "",
+            "0 / 0", verdict(no_loss(r)))
+        row("", "first / last delivery after send (ms)", "%s / %s" % (
+            fmt(r["latency"].get("min_us", 0) / 1e3), fmt(r["latency"].get("max_us", 0) / 1e3)),
+            "", "", "", "")
+
+
 def table(res):
     rows = []
 
-    def row(scenario, metric, rc, rcb, bl, vs, target=""):
-        rows.append((scenario, metric, rc, rcb, bl, vs, target))
+    def row(scenario, metric, rc, rcb, bl, vs, target="", ok=""):
+        rows.append((scenario, metric, rc, rcb, bl, vs, target, ok))
 
     idle = res.get("idle")
-    if idle:
-        r, b = idle["roomcast"], idle["baseline"]
+    for n, runs in sorted((idle or {}).items(), key=lambda kv: int(kv[0])):
+        r, b = runs["roomcast"], runs["baseline"]
         rk = r["server"].get("rss_per_conn_bytes")
         bk = b["server"].get("rss_per_conn_bytes")
-        row("idle %d" % PARAMS["idle_conns"], "clients held", fmt(r["connected"]), "",
-            fmt(b["connected"]), "", ">= 19000 in one process")
-        row("", "server RSS / client (KB)", fmt(rk and rk / 1024, "%.2f"), "",
-            fmt(bk and bk / 1024, "%.2f"), ratio(rk, bk), "<= 1.5 KB")
+        row("idle %s" % n, "clients held", fmt(r["connected"]), "",
+            fmt(b["connected"]), "", ">= %s in one process" % n,
+            verdict(r["connected"] >= int(n)))
+        row("", "server RSS / client (bytes)", fmt(rk), "", fmt(bk), ratio(rk, bk),
+            "<= 1800 B", verdict(rk <= 1800 if rk else None))
         row("", "connect time (s)", fmt(r.get("connect_s"), "%.1f"), "",
             fmt(b.get("connect_s"), "%.1f"), ratio(r.get("connect_s"), b.get("connect_s")), "")
         row("", "server CPU holding them (%)", fmt(r["server"].get("hold_cpu_pct"), "%.1f"), "",
             fmt(b["server"].get("hold_cpu_pct"), "%.1f"), "", "pings every 25 s")
+    fk = res.get("fanout1k")
+    if fk:
+        r, b = fk["roomcast"], fk["baseline"]
+        fl = (res.get("floor") or {}).get("260", {}).get("cpu_us_per_send")
+        rc, bc = cpu_per(r), cpu_per(b)
+        row("fan-out 1 room x %d, %g/s" % (PARAMS["fan1k_conns"], PARAMS["fan1k_rate"]),
+            "deliveries/s", fmt(r.get("deliveries_per_s")), "", fmt(b.get("deliveries_per_s")),
+            "", "")
+        row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "",
+            "%s / %s" % (b.get("lost"), b.get("dups")), "", "0 / 0", verdict(no_loss(r, b)))
+        row("", "server CPU us / delivery", fmt(rc, "%.2f"), "", fmt(bc, "%.2f"),
+            ratio(rc, bc), "<= 0.6x Node", verdict(at_most(rc, 0.6, bc)))
+        row("", "  vs send() floor (%s us)" % fmt(fl, "%.2f"),
+            "%.2fx" % (rc / fl) if rc and fl else "-", "", "%.2fx" % (bc / fl) if bc and fl
+            else "-", "", "<= 1.2x floor", verdict(at_most(rc, 1.2, fl)))
+    st = res.get("step")
+    if st:
+        title = "fan-out 1 room x %d, rising rate" % PARAMS["step_conns"]
+        for x in st["ladder"]:
+            r, b = x["roomcast"], x["baseline"]
+
+            def how(y):
+                return "%s p99 %s ms %s/%s" % ("ok" if y["sustained"] else "NOT", fmt(
+                    y["latency"].get("p99_us", 0) / 1e3), y.get("lost"), y.get("dups"))
+            row(title, "%g msg/s (%.0f deliveries/s)" % (x["rate"], x["rate"] *
+                                                          PARAMS["step_conns"]),
+                how(r), "", how(b), "", "sustained: 0 lost, p99 <= %g ms" %
+                PARAMS["step_lag_ms"])
+            title = ""
+        best = st.get("best")
+        if best:
+            r, b = best["roomcast"], best["baseline"]
+            dr = r["deliveries"] / r["server"]["cpu_s"] if r["server"].get("cpu_s") else None
+            db = b["deliveries"] / b["server"]["cpu_s"] if b["server"].get("cpu_s") else None
+            row("", "at %g msg/s: deliveries per CPU-second" % best["rate"], fmt(dr), "",
+                fmt(db), "%.1fx" % (dr / db) if dr and db else "-", ">= 2x Node",
+                verdict(dr >= 2 * db if dr and db else None))
+        else:
+            row("", "highest rate both sustain", "none in %s" % PARAMS["step_rates"], "", "",
+                "", ">= 2x Node", verdict(None))
     w = res.get("workers")
     if w:
         r = w["roomcast"]
@@ -932,9 +1353,10 @@ def table(res):
         row("kernel floor (sendfloor)", "CPU us / send() 260 B | 2.6 KB",
             fmt(fl["260"]["cpu_us_per_send"], "%.2f"), fmt(fl["2600"]["cpu_us_per_send"], "%.2f"),
             "", "", "one write per delivery")
-    for key, title in (("fanout1", "fan-out 1 room x %d" % PARAMS["fan_conns"]),
-                       ("fanoutS", "fan-out rooms of %d (%d clients)" %
-                        (PARAMS["small_room"], PARAMS["small_conns"]))):
+    for key, title in (("fanout1", "fan-out 1 room x %d, %g/s" % (PARAMS["fan_conns"],
+                                                                  PARAMS["fan_rate"])),
+                       ("fanoutS", "fan-out rooms of %d (%d clients), %g/s" %
+                        (PARAMS["small_room"], PARAMS["small_conns"], PARAMS["small_rate"]))):
         f = res.get(key)
         if not f:
             continue
@@ -944,12 +1366,16 @@ def table(res):
             ratio(b.get("deliveries_per_s"), r.get("deliveries_per_s")), "")
         row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")),
             "%s / %s" % (rb.get("lost"), rb.get("dups")), "%s / %s" % (b.get("lost"), b.get("dups")),
-            "", "0 / 0")
+            "", "0 / 0", verdict(no_loss(r, rb, b)))
         row("", "messages per frame", fmt(r.get("per_frame"), "%.1f"),
             fmt(rb.get("per_frame"), "%.1f"), fmt(b.get("per_frame"), "%.1f"), "", "")
         rc, rcb, bc = (x["server"].get("cpu_us_per_delivery") for x in (r, rb, b))
-        row("", "server CPU us / delivery", fmt(rc, "%.2f"), fmt(rcb, "%.2f"), fmt(bc, "%.2f"),
-            ratio(rc, bc), "<= 4 (batch < 1.5), >= 3x")
+        if key == "fanoutS":
+            row("", "server CPU us / delivery", fmt(rc, "%.2f"), fmt(rcb, "%.2f"),
+                fmt(bc, "%.2f"), ratio(rc, bc), "<= 0.4x Node", verdict(at_most(rc, 0.4, bc)))
+        else:
+            row("", "server CPU us / delivery", fmt(rc, "%.2f"), fmt(rcb, "%.2f"),
+                fmt(bc, "%.2f"), ratio(rc, bc), "")
         row("", "delivery p50 / p99 (ms)",
             "%s / %s" % (fmt(r["latency"]["p50_us"] / 1e3, "%.0f"),
                          fmt(r["latency"]["p99_us"] / 1e3, "%.0f")),
@@ -964,13 +1390,17 @@ def table(res):
             row("latency %g ev/s, rooms of 10" % PARAMS["lat_rate"] if q == "p50_us" else "",
                 "commit->client %s (ms)" % name, fmt(r["latency"][q] / 1e3, "%.2f"), "",
                 fmt(b["latency"][q] / 1e3, "%.2f"), ratio(r["latency"][q], b["latency"][q]),
-                "<= 1.5x floor" if q != "p999_us" else "")
-            row("", "  raw LISTEN floor %s (ms)" % name, fmt(r["floor"]["latency"][q] / 1e3, "%.2f"),
+                "")
+            row("", "  raw insert+NOTIFY floor %s (ms)" % name,
+                fmt(r["floor"]["latency"][q] / 1e3, "%.2f"),
                 "", fmt(b["floor"]["latency"][q] / 1e3, "%.2f"), "", "")
-            row("", "  vs floor", "%.2fx" % (r["latency"][q] / max(r["floor"]["latency"][q], 1)),
-                "", "%.2fx" % (b["latency"][q] / max(b["floor"]["latency"][q], 1)), "", "")
+            vf = r["latency"][q] / max(r["floor"]["latency"][q], 1)
+            row("", "  vs floor", "%.2fx" % vf,
+                "", "%.2fx" % (b["latency"][q] / max(b["floor"]["latency"][q], 1)), "",
+                "<= 1.2x floor" if q != "p999_us" else "",
+                verdict(vf <= 1.2) if q != "p999_us" else "")
         row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "",
-            "%s / %s" % (b.get("lost"), b.get("dups")), "", "0 / 0")
+            "%s / %s" % (b.get("lost"), b.get("dups")), "", "0 / 0", verdict(no_loss(r, b)))
     wr = res.get("writers")
     if wr:
         base = wr["no_triggers"]["tps"]
@@ -1008,7 +1438,9 @@ def table(res):
             fmt(b["server"].get("cpu_us_per_request"), "%.1f"),
             ratio(r["server"].get("cpu_us_per_request"), b["server"].get("cpu_us_per_request")), "")
     live_rows(res, row)
-    head = ("scenario", "metric", "roomcast", "rc batch=1", "baseline", "rc vs base", "target")
+    issue14_rows(res, row)
+    head = ("scenario", "metric", "roomcast", "rc batch=1", "baseline", "rc vs base", "target",
+            "verdict")
     widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(widths[i]) for i, c in enumerate(head)),
              "  ".join("-" * w for w in widths)]
@@ -1038,18 +1470,19 @@ def smoke():
 def main():
     if "--smoke" in sys.argv:
         return smoke()
-    only = [s for s in os.environ.get("BENCH_ONLY", "").split(",") if s]
-    todo = [s for s in SCENARIOS if not only or s in only]
+    only = [ALIASES.get(s, s) for s in os.environ.get("BENCH_ONLY", "").split(",") if s]
+    todo = [s for s in SCENARIOS if (not only and s not in OPT_IN) or s in only]
     os.makedirs(RESULTS, exist_ok=True)
     started = time.time()
     ctx = {"token": make_token()}
     res = {}
     pg = redis = None
     try:
-        if {"latency", "writers", "live1", "live1000"} & set(todo):
+        if {"latency", "writers", "live1", "live1000", "storm"} & set(todo):
             say("starting PostgreSQL")
-            pg = ctx["pg"] = start_pg()
-        if "workers" in todo and PARAMS["workers_conns"] > 0:
+            pg = ctx["pg"] = start_pg("storm" in todo)
+        if {"storm", "replicas", "million"} & set(todo) or (
+                "workers" in todo and PARAMS["workers_conns"] > 0):
             redis, ctx["redis"] = start_redis()
         for name in todo:
             t = time.time()
