@@ -181,8 +181,12 @@ def test_auth_service_seller_gets_its_stats_and_product_events_without_sending_a
         await send(client, "join", room="client-1")
         await send(client, "join", room="client-2")
         assert (await recv_json(eager, 5))["type"] == "joined"
-        r1, r2 = await recv_json(client, 5), await recv_json(client, 5)
-        assert r1["type"] == "joined" and r1["payload"]["room"] == "client-1", r1
+        # Matched by room: a `joined` waits for the replica's Redis subscription to the room,
+        # so the refusal can come first (docs/protocol.md).
+        replies = [await recv_json(client, 5), await recv_json(client, 5)]
+        by_room = {r["payload"]["room"]: r for r in replies}
+        r1, r2 = by_room["client-1"], by_room["client-2"]
+        assert r1["type"] == "joined", r1
         assert r2["type"] == "error" and r2["payload"]["code"] == "forbidden", r2
         wait_until(lambda: rooms_of(server, iss=ISS, aud=AUD).get("seller-1") == 2, 5,
                    what="seller-1 joined")
