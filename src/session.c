@@ -785,7 +785,7 @@ int session_server_join(struct conn *c, const char *room)
 		          "out of memory");
 		return 0;
 	}
-	conn_reply(c, proto_joined(room, false, 0, false));
+	reply_joined(c, room);
 	return 1;
 }
 
