@@ -210,3 +210,52 @@ def test_a_killed_feed_is_restarted_and_workers_catch_up(pgserver, redis_addr, c
                                                           "roomcast-query": 2,
                                                           "roomcast-live": 1}, 10,
                what="the old feed's sessions gone")
+
+
+def test_app_channels_and_live_rooms_once_per_member_across_workers(pgserver, redis_addr,
+                                                                     cluster, db):
+    """An application's NOTIFY channel (realtime.listen) and a live SQL room with members on
+    every worker: the feed's one listener serves every worker's LISTEN, and the live room's
+    advisory lock, which the feed's one live session would grant to every worker, is held by
+    one worker only, so each member gets each message once."""
+    from test_apps import CITAS, PARKING, STATS_QUERY, SeedClient
+    sql(cluster, db, PARKING + CITAS)
+    server = start(pgserver, redis_addr)
+    workers = [p for p in children(server.proc.pid) if not is_feed(p)]
+    sql(cluster, db, "SELECT realtime.listen('parking_update', 'parking')")
+    sql(cluster, db, "SELECT realtime.live_room('estadisticas:{negocio_id}', %s, '1 second')",
+        (STATS_QUERY,))
+    token = make_token("op", "user", rooms=["parking", "estadisticas:*"])
+
+    async def go():
+        held, extra = {}, []
+        for _ in range(200):
+            ws = await connect(server, token)
+            pid = server_pid_of(server, ws, workers)
+            if pid is None or pid in held:
+                extra.append(ws)
+            else:
+                held[pid] = SeedClient(ws)
+            if len(held) == len(workers):
+                break
+        for ws in extra:
+            await ws.close()
+        assert len(held) == len(workers)
+        for c in held.values():
+            await c.send({"action": "subscribe",
+                          "filters": ["parking", "estadisticas:negocio_123"]})
+            await c.expect("stats", timeout=10)
+        # Every worker LISTENs on the channel once realtime.listen's notice reached it.
+        await asyncio.sleep(1.0)
+        sql(cluster, db, "UPDATE espacios SET estado = 'ocupado' WHERE id = 15")
+        sql(cluster, db, "INSERT INTO citas (negocio_id) VALUES ('negocio_123')")
+        for c in held.values():
+            await c.expect("parking_update")
+            assert (await c.expect("stats", timeout=4))["data"]["totalCitas"] == 3
+        # A second runner would push its own stats within the next interval (1 s).
+        await asyncio.gather(*(c.quiet("parking_update", 1.2) for c in held.values()))
+        for c in held.values():
+            assert len(c.by_type["parking_update"]) == 1
+            assert len(c.by_type["stats"]) == 2, c.by_type["stats"]
+            await c.ws.close()
+    run(go())
