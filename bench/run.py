@@ -19,6 +19,15 @@ Scenarios (each server fresh, one at a time, so CPU and RSS belong to that run):
   live1     one live SQL room (realtime.live_room, every 1 s) with N members: queries/s,
             roomcast and PostgreSQL CPU, pushes to every member after a row change
   live1000  many live rooms of 10 members: queries/s, CPU of both, time per query
+  fanout1k  one room of 1 000 at 50/s: CPU per delivery against Node and the send() floor
+  step      one room of 10 000 at rising rates until either server stops keeping up; deliveries
+            per CPU-second at the highest rate both sustained (alias fanout10k)
+  storm     100 000 clients over workers in rooms of 10; all drop and rejoin with since while
+            events flow: recovered, loss, duplicates, time to the last joined, SQL statements
+  replicas  4 replicas on one Redis, each room on one replica: bus messages per replica
+  million   (only when BENCH_ONLY names it) 1 000 000 clients over 64 workers: connect time,
+            memory, CPU holding them, one message to all
+The table's verdict column is computed from the run's figures against issues 13 and 14.
 
 Scale with environment variables (defaults sized for 2 cores, ~10 minutes); see PARAMS below.
 BENCH_ONLY=idle,fanout1 runs a subset. BENCH_PERF=1 records `perf record -g` of roomcast during
