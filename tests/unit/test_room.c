@@ -381,6 +381,41 @@ START_TEST(test_reset)
 }
 END_TEST
 
+/* The bus's life hook: one "appeared" per room with its first member, one "gone" when the
+ * last one leaves, however the members come and go. */
+static char g_life_log[512];
+
+static void log_life(const char *name, bool exists)
+{
+	size_t n = strlen(g_life_log);
+	snprintf(g_life_log + n, sizeof(g_life_log) - n, "%s%s ", exists ? "+" : "-", name);
+}
+
+START_TEST(test_life_hook)
+{
+	struct room_member a = {0}, b = {0};
+
+	g_life_log[0] = '\0';
+	room_set_life_hook(log_life);
+	ck_assert_int_eq(room_join("p", &a), 0);
+	ck_assert_int_eq(room_join("p", &b), 0);
+	ck_assert_int_eq(room_join("p", &a), 1); /* repeated: nothing */
+	ck_assert_int_eq(room_join("q", &b), 0);
+	ck_assert_int_eq(room_leave("p", &a), 0);
+	ck_assert_int_eq(room_leave("p", &a), 1);
+	ck_assert_int_eq(room_leave("p", &b), 0);
+	ck_assert_int_eq(room_join("p", &a), 0);
+	room_leave_all(&b);
+	room_leave_all(&a);
+	ck_assert_str_eq(g_life_log, "+p +q -p +p -q -p ");
+	ck_assert_int_eq(room_join("r", &a), 0);
+	room_reset();
+	ck_assert_str_eq(g_life_log, "+p +q -p +p -q -p +r -r ");
+	room_set_life_hook(NULL);
+	room_leave_all(&a);
+}
+END_TEST
+
 static Suite *room_suite(void)
 {
 	Suite *s = suite_create("room");
@@ -406,6 +441,7 @@ static Suite *room_suite(void)
 	tcase_add_test(m, test_member_many_rooms);
 	tcase_add_test(m, test_foreach);
 	tcase_add_test(m, test_reset);
+	tcase_add_test(m, test_life_hook);
 	suite_add_tcase(s, m);
 	return s;
 }
