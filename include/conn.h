@@ -23,6 +23,7 @@ enum conn_state {
 	CONN_DEAD,           /* lws is done with it; waiting for the reaper */
 };
 
+/* Fields are ordered so the struct has no holes: it is held once per connection. */
 struct conn {
 	struct lws *wsi; /* NULL once lws destroyed the wsi */
 	void *owner;     /* the layer above's object (a session), set right after conn_new */
@@ -30,36 +31,40 @@ struct conn {
 	unsigned refs;  /* pending async operations that will come back to it */
 	char id[24];    /* "conn-<n>" unique within this node */
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
-	bool batch;     /* ?batch=1: several room messages per frame as an array */
+	uint16_t close_code;
+	bool batch : 1; /* ?batch=1: several room messages per frame as an array */
 	/* Frames go straight to the socket (plain TCP, handshake done, peer not closing); TLS
 	 * connections write through lws. */
-	bool direct;
-	bool write_failed; /* the socket refused a write for good: lws closes it */
-	bool in_rx;        /* inside lws's receive callback for this connection */
+	bool direct : 1;
+	bool write_failed : 1;  /* the socket refused a write for good: lws closes it */
+	bool in_rx : 1;         /* inside lws's receive callback for this connection */
+	bool close_sent : 1;    /* our close frame is written; waiting for the peer's */
+	bool ping_due : 1;      /* a ping waits for the writeable callback */
+	bool expiring_sent : 1; /* the owner was told of CONN_DUE_EXPIRING */
 	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
 	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
 	long long exp;
 	struct frame_queue q;
-	uint16_t close_code;
-	bool close_sent;          /* our close frame is written; waiting for the peer's */
 	const char *close_reason; /* a string literal: conn_close's reason */
 	/* Token bucket for client messages. */
 	double tokens;
 	uint64_t tokens_at_ns;
-	uint32_t strikes;
 	uint64_t last_limited_ns;
-	struct buf rx;     /* a message being assembled from fragments */
-	size_t rx_skipped; /* bytes of a binary message so far (counted, not kept) */
+	struct buf *rx; /* a message being assembled from fragments; NULL when none */
 	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
 	struct wheel_node timer; /* filed under its next deadline while not dead */
 	uint32_t rx_at;          /* last frame from the peer, pongs included */
 	uint32_t ping_at;        /* last ping asked for */
 	uint32_t deadline;       /* await_auth: auth timeout; closing: when the socket goes */
-	bool ping_due;           /* a ping waits for the writeable callback */
-	bool expiring_sent;
+	uint32_t strikes;
+	/* Bytes of a binary message so far (counted, not kept; never past MAX_MESSAGE_SIZE plus
+	 * one read). */
+	uint32_t rx_skipped;
+	/* > 0: run the drain hook once the queue is down to this many bytes (at most
+	 * SEND_QUEUE_MAX_BYTES). */
+	uint32_t drain_below;
 	struct conn *prev, *next; /* all live connections */
 	struct conn *next_dead;
-	size_t drain_below; /* > 0: run the drain hook once the queue is down to this many bytes */
 };
 
 /* Module setup: the config outlives every connection; ctx is the lws context. */
@@ -122,6 +127,15 @@ int conn_on_writeable(struct conn *c);
 void conn_established(struct conn *c);
 /* The peer sent its close frame: lws answers it, so nothing more is written past lws. */
 void conn_peer_closing(struct conn *c);
+
+/* Appends to the message c is assembling from fragments, allocating its buffer on first use;
+ * -1 on allocation failure. conn_rx_clear frees it (idle connections keep no buffer). */
+int conn_rx_put(struct conn *c, const void *data, size_t len);
+void conn_rx_clear(struct conn *c);
+static inline size_t conn_rx_len(const struct conn *c)
+{
+	return c->rx ? c->rx->len : 0;
+}
 
 /* The peer sent a frame (data or pong): its silence clock restarts. */
 void conn_touch(struct conn *c);

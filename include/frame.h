@@ -69,7 +69,7 @@ uint32_t frame_sent_split(const size_t *lens, uint32_t n, size_t written, size_t
 struct frame_queue {
 	struct frame **ring;
 	uint32_t cap, head, count;
-	size_t bytes;
+	uint32_t bytes; /* owners bound it far below 4 GB (SEND_QUEUE_MAX_BYTES is at most 1 GB) */
 };
 
 void frame_queue_init(struct frame_queue *q);

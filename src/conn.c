@@ -103,7 +103,6 @@ struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
 	c->ip = ip;
 	c->batch = batch;
 	frame_queue_init(&c->q);
-	buf_init(&c->rx);
 	c->tokens = g_cfg->rate_burst;
 	c->tokens_at_ns = util_now_ns();
 	/* "At least N seconds": a tick stamp may be up to a second older than the moment it
@@ -140,7 +139,7 @@ void conn_detach(struct conn *c)
 		g_hooks.closed(c);
 	wheel_del(&g_wheel, &c->timer);
 	frame_queue_clear(&c->q);
-	buf_free(&c->rx);
+	conn_rx_clear(c);
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -333,13 +332,15 @@ int conn_send(struct conn *c, struct frame *f)
 		return -1;
 	/* Not from inside c's receive callback: a ping read in the same pass as the message
 	 * being answered left lws owing a pong it writes only when the socket is next writeable,
-	 * and the pong must go out before the answer (they stay in order through the queue). */
-	if (c->direct && !c->in_rx && !c->q.count) {
+	 * and the pong must go out before the answer (they stay in order through the queue).
+	 * Not for ?batch=1 clients either: they asked for messages to wait for the writeable
+	 * callback, where those queued meanwhile leave as one array (fewer frames under load). */
+	if (c->direct && !c->batch && !c->in_rx && !c->q.count) {
 		int r = send_now(c, f);
 		if (r <= 0)
 			return r;
 	}
-	if (c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
+	if ((size_t)c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
 		metrics.drops_slow++;
 		conn_close(c, 4008, "slow consumer", false);
 		return -1;
@@ -672,6 +673,27 @@ void conn_timers_update(struct conn *c)
 {
 	if (c->state != CONN_DEAD)
 		run_timers(c, max_u32(now_tick(), g_wheel.now), false);
+}
+
+int conn_rx_put(struct conn *c, const void *data, size_t len)
+{
+	if (!c->rx) {
+		c->rx = malloc(sizeof(*c->rx));
+		if (!c->rx)
+			return -1;
+		buf_init(c->rx);
+	}
+	buf_put(c->rx, data, len);
+	return c->rx->failed ? -1 : 0;
+}
+
+void conn_rx_clear(struct conn *c)
+{
+	if (c->rx) {
+		buf_free(c->rx);
+		free(c->rx);
+		c->rx = NULL;
+	}
 }
 
 void conn_touch(struct conn *c)

@@ -407,7 +407,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 
 	if (!conn_alive(c))
 		return 0;
-	if (c->rx.len + len > (size_t)g_cfg->max_message_size) {
+	if (conn_rx_len(c) + len > (size_t)g_cfg->max_message_size) {
 		metrics.closes[CLOSE_TOO_BIG]++;
 		lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
 		                 (unsigned char *)"message too big", 15);
@@ -430,17 +430,16 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 		return 0;
 	}
 	/* The common case, a whole message in one callback, is parsed in place. */
-	if (complete && !c->rx.len) {
+	if (complete && !conn_rx_len(c)) {
 		session_message(c, in, len);
 		return 0;
 	}
-	buf_put(&c->rx, in, len);
-	if (c->rx.failed)
+	if (conn_rx_put(c, in, len) < 0)
 		return -1;
 	if (complete) {
-		session_message(c, c->rx.data, c->rx.len);
+		session_message(c, c->rx->data, c->rx->len);
 		/* Release the assembly buffer: idle connections should not keep it. */
-		buf_free(&c->rx);
+		conn_rx_clear(c);
 	}
 	return 0;
 }
