@@ -1483,6 +1483,7 @@ def main():
     todo = [s for s in SCENARIOS if (not only and s not in OPT_IN) or s in only]
     os.makedirs(RESULTS, exist_ok=True)
     started = time.time()
+    load0 = os.getloadavg()
     ctx = {"token": make_token()}
     res = {}
     pg = redis = None
@@ -1512,7 +1513,9 @@ def main():
     ok_res = {k: v for k, v in res.items() if "error" not in v}
     text = table(ok_res)
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    load1 = os.getloadavg()
     doc = {"when": stamp, "seconds": round(time.time() - started), "machine": machine(),
+           "loadavg": {"start": load0, "end": load1},
            "params": PARAMS, "results": res, "table": text.splitlines()}
     for path in (os.path.join(RESULTS, "bench-%s.json" % stamp), os.path.join(RESULTS,
                                                                               "latest.json")):
@@ -1520,8 +1523,10 @@ def main():
             json.dump(doc, f, indent=1)
     print()
     m = doc["machine"]
-    print("roomcast bench, %s: %d CPUs (%s), %d MB, kernel %s, node %s; %ds" %
-          (stamp, m["cpus"], m["cpu"], m["mem_mb"], m["kernel"], m["node"], doc["seconds"]))
+    print("roomcast bench, %s: %d CPUs (%s), %d MB, kernel %s, node %s; %ds; load average "
+          "%.1f at the start, %.1f at the end (1 min)" %
+          (stamp, m["cpus"], m["cpu"], m["mem_mb"], m["kernel"], m["node"], doc["seconds"],
+           load0[0], load1[0]))
     print(text)
     for k, v in res.items():
         if "error" in v:
