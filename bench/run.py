@@ -104,7 +104,7 @@ PARAMS = {
     "fan1k_seconds": env_float("BENCH_FAN1K_SECONDS", 20),
     "step_conns": env_int("BENCH_STEP_CONNS", 10000),
     "step_rates": [float(x) for x in
-                   os.environ.get("BENCH_STEP_RATES", "2,4,8,12,16,24,32,48,64").split(",")],
+                   os.environ.get("BENCH_STEP_RATES", "2,4,6,8,12,16,24,32,48,64").split(",")],
     "step_seconds": env_float("BENCH_STEP_SECONDS", 6),
     "step_lag_ms": env_float("BENCH_STEP_LAG_MS", 500),
     # issue 14
