@@ -6,6 +6,7 @@ off the answers are the same; a `since` older than the memory falls back to a qu
 
 import asyncio
 import json
+import threading
 
 from pgcluster import sql
 from rc import connect, make_token, metric_samples, recv_json, run, wait_until
@@ -148,3 +149,54 @@ def test_since_older_than_memory_falls_back_to_a_query(pgserver, cluster, db):
     storm(server, cluster, db, since, {room: [live[room]] for room in ROOMS})
     q2, s2, _ = counters(server)
     assert q2 == q1 and s2["memory"] - s1["memory"] == PER_ROOM * len(ROOMS)
+
+
+def test_events_during_the_storm_arrive_once_in_order(pgserver, cluster, db):
+    # Events keep coming while the 200 joins are answered from memory: each client gets what it
+    # missed and then every later event, each once, in id order (live frames held during the
+    # answer are dropped when the answer carried them).
+    server = pgserver()
+    last, missed = away(server, cluster, db)
+    _, s0, _ = counters(server)
+    stop = threading.Event()
+    during = {room: [] for room in ROOMS}
+
+    def writer():
+        i = 0
+        while not stop.is_set() and i < 200:
+            room = ROOMS[i % len(ROOMS)]
+            during[room].append(publish(cluster, db, room, 1, "during")[0])
+            i += 1
+
+    async def go():
+        socks = await asyncio.gather(*(connect(server, ADMIN)
+                                       for _ in range(PER_ROOM * len(ROOMS))))
+        pairs = [(ws, ROOMS[i % len(ROOMS)]) for i, ws in enumerate(socks)]
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            await asyncio.gather(*(ws.send(json.dumps({"type": "join", "payload": {
+                "room": room, "since": last[room]}})) for ws, room in pairs))
+            await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
+        end = {room: publish(cluster, db, room, 1, "end")[0] for room in ROOMS}
+
+        async def until_end(ws, room):
+            got = []
+            while True:
+                m = await recv_json(ws, 10)
+                if "type" in m:
+                    continue
+                got.append(m["id"])
+                if m["id"] == end[room]:
+                    return got
+        results = await asyncio.gather(*(until_end(ws, room) for ws, room in pairs))
+        assert sum(map(len, during.values())) > 0
+        for (ws, room), got in zip(pairs, results):
+            assert got == missed[room] + during[room] + [end[room]], (room, got)
+        await asyncio.gather(*(ws.close() for ws in socks))
+    run(go())
+    _, s1, _ = counters(server)
+    assert s1["memory"] - s0["memory"] == PER_ROOM * len(ROOMS)
