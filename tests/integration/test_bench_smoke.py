@@ -170,3 +170,22 @@ def test_workers_need_redis():
     proc = subprocess.run([BIN, "serve"], env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, timeout=10)
     assert proc.returncode == 2 and "WORKERS" in proc.stderr
+
+
+def test_loadgen_storm_rejoins_with_since_and_counts_every_event(pgserver, loadgen, cluster, db):
+    """bench's storm: every client drops its socket while events are committed, reconnects and
+    rejoins with since; the load generator counts recovered answers and every event of each
+    client's room exactly once over the whole run."""
+    server = pgserver()
+    r = run_loadgen(loadgen, "latency", server, "--conns", 100, "--room-size", 10,
+                    "--room-prefix", "storm", "--events", 200, "--rate", 100, "--pg",
+                    cluster.dsn_for(db), "--senders", 2, "--settle", 0.2, "--drain", 3,
+                    "--rejoin-at", 0.7)
+    assert r["joined"] == 100 and r["sent"] == 200 and r["send_errors"] == 0
+    st = r["storm"]
+    assert (st["dropped"], st["rejoined"], st["recovered"], st["unrecovered"],
+            st["rejoin_failed"]) == (100, 100, 100, 0, 0)
+    assert st["rejoin_s"] > 0
+    # 200 events over 10 rooms of 10: 20 per member, whether live or replayed.
+    assert r["expected"] == 2000
+    assert (r["unique"], r["lost"], r["dups"], r["misrouted"]) == (2000, 0, 0, 0)
