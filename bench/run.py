@@ -117,7 +117,7 @@ PARAMS = {
     "million_conns": env_int("BENCH_MILLION_CONNS", 1000000),
     "million_workers": env_int("BENCH_MILLION_WORKERS", 64),
     "million_procs": env_int("BENCH_MILLION_PROCS", 64),
-    "million_hold": env_float("BENCH_MILLION_HOLD", 20),
+    "million_hold": env_float("BENCH_MILLION_HOLD", 30),
     "million_min_free_gb": env_float("BENCH_MILLION_MIN_FREE_GB", 3),
     "replicas": env_int("BENCH_REPLICAS", 4),
     "repl_rooms": env_int("BENCH_REPL_ROOMS", 1000),
