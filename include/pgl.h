@@ -56,12 +56,15 @@ typedef void (*pgl_replay_fn)(void *arg, const char *room, bool ok, bool recover
  * called). */
 int pgl_replay(void *arg, const char *room, long long since, long long after, long long top,
                pgl_replay_fn cb);
-/* Asks for the same page are answered by one query, and a first page the recent-events memory
- * provably covers by no query at all: then cb runs before pgl_replay returns. */
+/* Asks for the same page are answered by one query (or by its answer, kept until the next
+ * delivered event, at most 1 s), and a first page the recent-events memory provably covers
+ * without a replay query, after one shared read of the outbox horizon (see docs/operations.md,
+ * "Reconnect storms"). cb may run before pgl_replay returns. */
 
 struct buf;
 /* Prints the replay metrics (roomcast_replay_queries_total, roomcast_replays_total{source},
- * roomcast_recent_bytes, roomcast_recent_rooms) when PostgreSQL is configured. */
+ * roomcast_replay_horizon_reads_total, roomcast_recent_bytes, roomcast_recent_rooms) when
+ * PostgreSQL is configured. */
 void pgl_metrics(struct buf *b);
 
 /* A history page: the room's stored events after since in id order (frames as room messages,
