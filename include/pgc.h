@@ -1,6 +1,8 @@
 /* One asynchronous PostgreSQL connection on the libuv loop: non-blocking connect with a
  * deadline, reconnect with jittered exponential backoff, a FIFO of queries each with its own
- * deadline, notifications, and a heartbeat that detects half-open connections. Never blocks. */
+ * deadline, notifications, and a heartbeat that detects half-open connections. Never blocks.
+ * In a --workers worker, the connections named "listener", "query" and "live" are relayed
+ * through the feed process (pgrelay.h) behind this same interface. */
 #ifndef ROOMCAST_PGC_H
 #define ROOMCAST_PGC_H
 

@@ -210,6 +210,7 @@ def test_a_killed_feed_is_restarted_and_workers_catch_up(pgserver, redis_addr, c
                                                           "roomcast-query": 2,
                                                           "roomcast-live": 1}, 10,
                what="the old feed's sessions gone")
+    assert server.stop(signal.SIGTERM, timeout=10) == 0
 
 
 def test_app_channels_and_live_rooms_once_per_member_across_workers(pgserver, redis_addr,
@@ -259,3 +260,4 @@ def test_app_channels_and_live_rooms_once_per_member_across_workers(pgserver, re
             assert len(c.by_type["stats"]) == 2, c.by_type["stats"]
             await c.ws.close()
     run(go())
+    assert server.stop(signal.SIGTERM, timeout=10) == 0
