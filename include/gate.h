@@ -1,8 +1,10 @@
 /* The front door: owns the listening socket on the libuv loop, reads each connection's first
  * request head within a deadline and size limit, refuses what must be refused (401, 403, 404,
  * 429, 503, 431, 400) before anything is allocated for it, strips tokens and h2c upgrades, and
- * hands the socket to libwebsockets with a ticket describing what it already checked. Counts
- * every connection from accept to close and closes any that passes its phase's deadline. */
+ * hands the socket to libwebsockets with a ticket describing what it already checked. With TLS,
+ * lws listens and reads the head, and the same budgets and checks run here from its callbacks
+ * (gate_open_lws, gate_admit_lws): admission lives in this module only. Counts every connection
+ * from accept to close and closes any that passes its phase's deadline. */
 #ifndef ROOMCAST_GATE_H
 #define ROOMCAST_GATE_H
 
@@ -73,6 +75,14 @@ struct gate_refusal {
  * records what it learned (identity, batch) and returns 0; else -1 and *ref. */
 int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_refusal *ref);
 
+/* With TLS, lws listens and reads the head itself; the same budgets and checks run from its
+ * callbacks. gate_open_lws counts a connection lws accepted (LWS_CALLBACK_SERVER_NEW_CLIENT_
+ * INSTANTIATED), with the head's deadline (which covers the TLS handshake) running: NULL when
+ * over a budget (the socket is closed, no answer is possible before the handshake).
+ * gate_admit_lws runs gate_admit on the upgrade lws parsed (LWS_CALLBACK_FILTER_PROTOCOL_
+ * CONNECTION): 0 admitted, 1 refused (the HTTP answer is written; lws closes). */
+struct gate_ticket *gate_open_lws(struct lws *wsi);
+int gate_admit_lws(struct lws *wsi, struct gate_ticket *t);
 /* Counts a connection lws accepted itself (TLS) from ip: NULL and *ref when a budget is full. */
 struct gate_ticket *gate_ticket_open(const char *ip, struct gate_refusal *ref);
 /* The ticket of the socket being handed to lws right now (the gate calls lws's adopt, which

@@ -1276,3 +1276,78 @@ void gate_stop(void)
 		g_spare_fd = -1;
 	}
 }
+
+/* ---- TLS: lws accepts and reads the head; the same admission runs from its callbacks ---- */
+
+/* Answers a refused TLS upgrade with a complete HTTP response. lws has already switched the
+ * connection to its WebSocket role here, where HTTP_HEADERS writes go out unframed. */
+static int refuse_in_lws(struct lws *wsi, const struct gate_refusal *ref)
+{
+	unsigned char buf[LWS_PRE + 512];
+	int n = snprintf((char *)buf + LWS_PRE, sizeof(buf) - LWS_PRE,
+	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+	                 "Content-Length: %zu\r\nConnection: close\r\n"
+	                 "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n%s",
+	                 ref->status, ref->reason, strlen(ref->body), ref->body);
+
+	metrics.refused[ref->why]++;
+	metrics.http_requests[ref->status / 100]++;
+	lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
+	return 1;
+}
+
+/* Copies header t into a buffer for the admission checks; NULL when absent or too long. */
+static const char *tls_hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, size_t cap,
+                           size_t *len)
+{
+	int n = lws_hdr_total_length(wsi, t);
+	*len = 0;
+	if (n <= 0 || (size_t)n >= cap || lws_hdr_copy(wsi, dst, (int)cap, t) < 0)
+		return NULL;
+	*len = (size_t)n;
+	return dst;
+}
+
+int gate_admit_lws(struct lws *wsi, struct gate_ticket *t)
+{
+	char target[2048], args[1536], origin[256], authz[4096], proto[4096], key[64], ip[48];
+	struct gate_upgrade u;
+	struct gate_refusal ref;
+	size_t plen, alen;
+
+	memset(&u, 0, sizeof(u));
+	if (!tls_hdr(wsi, WSI_TOKEN_GET_URI, target, sizeof(target) / 2, &plen))
+		return 1;
+	if (tls_hdr(wsi, WSI_TOKEN_HTTP_URI_ARGS, args, sizeof(args), &alen))
+		snprintf(target + plen, sizeof(target) - plen, "?%s", args);
+	u.target = target;
+	u.target_len = strlen(target);
+	u.origin = tls_hdr(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin), &u.origin_len);
+	u.authorization =
+	    tls_hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, authz, sizeof(authz), &u.authorization_len);
+	u.protocol = tls_hdr(wsi, WSI_TOKEN_PROTOCOL, proto, sizeof(proto), &u.protocol_len);
+	u.has_key = tls_hdr(wsi, WSI_TOKEN_KEY, key, sizeof(key), &alen) != NULL;
+	snprintf(ip, sizeof(ip), "%s", t->ip);
+	u.ip = ip;
+	if (gate_admit(t, &u, &ref) < 0)
+		return refuse_in_lws(wsi, &ref);
+	return 0;
+}
+
+struct gate_ticket *gate_open_lws(struct lws *wsi)
+{
+	char ip[64];
+	struct gate_refusal ref;
+	struct gate_ticket *t;
+
+	lws_get_peer_simple(wsi, ip, sizeof(ip));
+	/* The TLS listener is dual-stack: count IPv4 clients by their IPv4 address. */
+	t = gate_ticket_open(strncmp(ip, "::ffff:", 7) ? ip : ip + 7, &ref);
+	if (!t) {
+		/* No answer is possible before the TLS handshake: the socket is closed. */
+		metrics.refused[ref.why]++;
+		return NULL;
+	}
+	gate_ticket_phase(t, GATE_HEAD, g_cfg->header_timeout_s * 1000);
+	return t;
+}

@@ -316,82 +316,6 @@ static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 	return 0;
 }
 
-/* Answers a refused TLS upgrade with a complete HTTP response. lws has already switched the
- * connection to its WebSocket role here, where HTTP_HEADERS writes go out unframed. */
-static int refuse_in_lws(struct lws *wsi, const struct gate_refusal *ref)
-{
-	unsigned char buf[LWS_PRE + 512];
-	int n = snprintf((char *)buf + LWS_PRE, sizeof(buf) - LWS_PRE,
-	                 "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
-	                 "Content-Length: %zu\r\nConnection: close\r\n"
-	                 "X-Content-Type-Options: nosniff\r\nCache-Control: no-store\r\n\r\n%s",
-	                 ref->status, ref->reason, strlen(ref->body), ref->body);
-
-	metrics.refused[ref->why]++;
-	metrics.http_requests[ref->status / 100]++;
-	lws_write(wsi, buf + LWS_PRE, (size_t)n, LWS_WRITE_HTTP_HEADERS);
-	return 1;
-}
-
-/* Copies header t into a buffer for the admission checks; NULL when absent or too long. */
-static const char *hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, size_t cap,
-                       size_t *len)
-{
-	int n = lws_hdr_total_length(wsi, t);
-	*len = 0;
-	if (n <= 0 || (size_t)n >= cap || lws_hdr_copy(wsi, dst, (int)cap, t) < 0)
-		return NULL;
-	*len = (size_t)n;
-	return dst;
-}
-
-static int admit_tls(struct lws *wsi, struct gate_ticket *t)
-{
-	char target[2048], args[1536], origin[256], authz[4096], proto[4096], key[64], ip[48];
-	struct gate_upgrade u;
-	struct gate_refusal ref;
-	size_t plen, alen;
-	struct pss *pss = lws_wsi_user(wsi);
-
-	memset(&u, 0, sizeof(u));
-	if (!hdr(wsi, WSI_TOKEN_GET_URI, target, sizeof(target) / 2, &plen))
-		return 1;
-	if (hdr(wsi, WSI_TOKEN_HTTP_URI_ARGS, args, sizeof(args), &alen))
-		snprintf(target + plen, sizeof(target) - plen, "?%s", args);
-	u.target = target;
-	u.target_len = strlen(target);
-	u.origin = hdr(wsi, WSI_TOKEN_ORIGIN, origin, sizeof(origin), &u.origin_len);
-	u.authorization =
-	    hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, authz, sizeof(authz), &u.authorization_len);
-	u.protocol = hdr(wsi, WSI_TOKEN_PROTOCOL, proto, sizeof(proto), &u.protocol_len);
-	u.has_key = hdr(wsi, WSI_TOKEN_KEY, key, sizeof(key), &alen) != NULL;
-	snprintf(ip, sizeof(ip), "%s", t->ip);
-	u.ip = ip;
-	if (gate_admit(t, &u, &ref) < 0)
-		return refuse_in_lws(wsi, &ref);
-	return attach_conn(wsi, pss, t);
-}
-
-/* A connection lws accepted itself (TLS): counted like the gate's from here, with the head's
- * deadline (which covers the TLS handshake) running. NULL when over a budget. */
-static struct gate_ticket *open_tls(struct lws *wsi)
-{
-	char ip[64];
-	struct gate_refusal ref;
-	struct gate_ticket *t;
-
-	lws_get_peer_simple(wsi, ip, sizeof(ip));
-	/* The TLS listener is dual-stack: count IPv4 clients by their IPv4 address. */
-	t = gate_ticket_open(strncmp(ip, "::ffff:", 7) ? ip : ip + 7, &ref);
-	if (!t) {
-		/* No answer is possible before the TLS handshake: the socket is closed. */
-		metrics.refused[ref.why]++;
-		return NULL;
-	}
-	gate_ticket_phase(t, GATE_HEAD, g_cfg->header_timeout_s * 1000);
-	return t;
-}
-
 static void detach(struct pss *pss)
 {
 	if (!pss || !pss->conn)
@@ -454,7 +378,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		/* Every connection lws gets: the gate's hand-off (its ticket is claimed inside
 		 * the adopt call) or, with TLS, one lws accepted itself. The ticket rides on the
 		 * wsi from here to LWS_CALLBACK_WSI_DESTROY. */
-		struct gate_ticket *t = g_tls ? open_tls(wsi) : gate_ticket_claim();
+		struct gate_ticket *t = g_tls ? gate_open_lws(wsi) : gate_ticket_claim();
 		if (!t)
 			return -1;
 		lws_set_opaque_user_data(wsi, t);
@@ -467,7 +391,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			return 1;
 		/* With TLS, lws read the head itself and the admission checks run here. */
 		if (g_tls && !t->ws)
-			return admit_tls(wsi, t);
+			return gate_admit_lws(wsi, t) ? 1 : attach_conn(wsi, pss, t);
 		/* Plain HTTP: only upgrades the gate admitted; one arriving later on a kept-alive
 		 * connection bypassed the gate and is refused. */
 		if (!t->ws || t->phase != GATE_UPGRADE)
