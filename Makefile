@@ -77,6 +77,7 @@ UNIT_LINK_test_authz         := authz auth httpc room log util
 UNIT_LINK_test_timers        := conn wheel frame metrics log util
 UNIT_LINK_test_token_times   := conn wheel frame metrics log util
 UNIT_LINK_test_pgc_conninfo  := pgc feedlink pgrelay metrics log util
+UNIT_LINK_test_feedlink      := feedlink log util
 UNIT_LINK_test_session_size  := session authz auth httpc presence redisbus router room proto \
 	conn wheel frame pgl pgc recent pglisten pgwatch feedlink pgrelay bus metrics log util
 unit_objs = $(filter $(OBJS),$(patsubst %,$(BUILD)/%.o,$(UNIT_LINK_$(1))))
