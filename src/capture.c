@@ -147,6 +147,19 @@ static int check_and_sync(PGconn *c, const char *mode, const char *pub, char *er
 			return -1;
 		}
 		PQclear(r);
+		r = PQexec(c, "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = "
+		              "current_user");
+		if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+		    strcmp(PQgetvalue(r, 0, 0), "t")) {
+			snprintf(err, cap,
+			         "CAPTURE=logical needs a role with the REPLICATION attribute "
+			         "(ALTER ROLE "
+			         "%s REPLICATION), to read the slot",
+			         PQuser(c));
+			PQclear(r);
+			return -1;
+		}
+		PQclear(r);
 	}
 	r = PQexecParams(c, "SELECT realtime.capture_sync($1, $2)", 2, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK) {
