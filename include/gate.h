@@ -3,8 +3,9 @@
  * 429, 503, 431, 400) before anything is allocated for it, strips tokens and h2c upgrades, and
  * hands the socket to libwebsockets with a ticket describing what it already checked. With TLS,
  * lws listens and reads the head, and the same budgets and checks run here from its callbacks
- * (gate_open_lws, gate_admit_lws): admission lives in this module only. Counts every connection
- * from accept to close and closes any that passes its phase's deadline. */
+ * (gate_open_lws, gate_admit_lws): admission lives in this module only, and so does the lws
+ * HTTP plumbing (gate_http: requests lws parsed, answered through http.c). Counts every
+ * connection from accept to close and closes any that passes its phase's deadline. */
 #ifndef ROOMCAST_GATE_H
 #define ROOMCAST_GATE_H
 
@@ -95,6 +96,16 @@ void gate_ticket_bind(struct gate_ticket *t, struct lws *wsi);
 void gate_ticket_phase(struct gate_ticket *t, enum gate_phase phase, long ms);
 /* The connection is gone: releases its budget slots and frees t. */
 void gate_ticket_close(struct gate_ticket *t);
+
+/* The lws HTTP plumbing: the protocol callback hands every HTTP reason (LWS_CALLBACK_HTTP,
+ * _HTTP_BODY, _HTTP_BODY_COMPLETION, _HTTP_WRITEABLE, _HTTP_DROP_PROTOCOL) here with the wsi's
+ * slot for its exchange (NULL at first) and returns what this returns. The exchange is
+ * answered through http.c and freed when answered, dropped, or with gate_http_end (from
+ * LWS_CALLBACK_WSI_DESTROY). */
+struct gate_exchange;
+int gate_http(struct lws *wsi, enum lws_callback_reasons reason, struct gate_exchange **slot,
+              void *in, size_t len);
+void gate_http_end(struct gate_exchange **slot);
 
 /* Keeps cfg and auth (they outlive the gate) and starts the deadline sweep on loop. */
 int gate_setup(const struct config *cfg, const struct auth *auth, uv_loop_t *loop);

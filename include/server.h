@@ -1,6 +1,6 @@
-/* The serving process: the libuv loop, libwebsockets on it as a foreign loop, the gate, the
- * lws protocol callback that connects WebSocket and HTTP traffic to the modules, signals and
- * graceful shutdown. */
+/* The serving process: the libuv loop, libwebsockets on it as a foreign loop, the wiring of the
+ * modules (callbacks given at start), the lws protocol callback (WebSocket traffic to conn and
+ * session, HTTP to the gate), signals and graceful shutdown. */
 #ifndef ROOMCAST_SERVER_H
 #define ROOMCAST_SERVER_H
 

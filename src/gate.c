@@ -1351,3 +1351,307 @@ struct gate_ticket *gate_open_lws(struct lws *wsi)
 	gate_ticket_phase(t, GATE_HEAD, g_cfg->header_timeout_s * 1000);
 	return t;
 }
+
+/* One HTTP exchange on a wsi (keep-alive reuses the wsi for the next one). */
+struct http_wait;
+
+struct gate_exchange {
+	char method[8];
+	char path[128];
+	char query[512];
+	char authorization[4096];
+	char content_type[128];
+	long content_length;
+	const char *peer;       /* the connection's address (its gate ticket's copy) */
+	bool refused;           /* answered before reading the body */
+	struct http_wait *wait; /* an answer is being computed elsewhere (PostgreSQL) */
+	struct buf body;
+	struct http_response resp;
+};
+
+/* ---- the lws HTTP plumbing: requests lws parsed (after the hand-off, keep-alive, TLS) ---- */
+
+static void copy_hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, size_t cap)
+{
+	dst[0] = '\0';
+	if (lws_hdr_total_length(wsi, t) > 0 && lws_hdr_copy(wsi, dst, (int)cap, t) < 0)
+		dst[0] = '\0';
+}
+
+static struct gate_exchange *http_begin(struct lws *wsi, struct gate_exchange **slot,
+                                        const char *uri)
+{
+	static const struct {
+		enum lws_token_indexes tok;
+		const char *name;
+	} methods[] = {
+	    {WSI_TOKEN_GET_URI, "GET"},     {WSI_TOKEN_POST_URI, "POST"},
+	    {WSI_TOKEN_PUT_URI, "PUT"},     {WSI_TOKEN_DELETE_URI, "DELETE"},
+	    {WSI_TOKEN_PATCH_URI, "PATCH"}, {WSI_TOKEN_OPTIONS_URI, "OPTIONS"},
+	    {WSI_TOKEN_HEAD_URI, "HEAD"},
+	};
+	struct gate_exchange *x = calloc(1, sizeof(*x));
+	struct gate_ticket *t = lws_get_opaque_user_data(wsi);
+	char cl[32];
+
+	if (!x)
+		return NULL;
+	x->peer = t ? t->ip : NULL;
+	snprintf(x->method, sizeof(x->method), "OTHER");
+	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
+		if (lws_hdr_total_length(wsi, methods[i].tok) > 0) {
+			snprintf(x->method, sizeof(x->method), "%s", methods[i].name);
+			break;
+		}
+	snprintf(x->path, sizeof(x->path), "%s", uri ? uri : "/");
+	/* lws keeps each name=value of the query as a fragment; lws_hdr_copy would run them
+	 * together, so they are joined with '&' here. */
+	x->query[0] = '\0';
+	for (int i = 0, used = 0; used < (int)sizeof(x->query) - 1; i++) {
+		int n = lws_hdr_copy_fragment(wsi, x->query + used + (used > 0),
+		                              (int)sizeof(x->query) - used - (used > 0),
+		                              WSI_TOKEN_HTTP_URI_ARGS, i);
+		if (n < 0)
+			break;
+		if (used)
+			x->query[used] = '&';
+		used += n + (used > 0);
+	}
+	copy_hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, x->authorization, sizeof(x->authorization));
+	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, x->content_type, sizeof(x->content_type));
+	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl));
+	x->content_length = cl[0] ? strtol(cl, NULL, 10) : -1;
+	buf_init(&x->body);
+	(*slot) = x;
+	return x;
+}
+
+static int http_write(struct lws *wsi, struct gate_exchange *x);
+
+/* Links an exchange waiting for an asynchronous answer to its wsi. If lws drops the exchange
+ * first, the link is orphaned and the late answer is discarded. */
+struct http_wait {
+	struct lws *wsi;
+	struct gate_exchange *x;
+	bool orphan;
+};
+
+static void on_http_complete(void *ctx, int status, const char *json)
+{
+	struct http_wait *w = ctx;
+
+	if (!w->orphan) {
+		w->x->wait = NULL;
+		w->x->resp.status = status;
+		w->x->resp.content_type = "application/json";
+		buf_puts(&w->x->resp.body, json);
+		lws_callback_on_writable(w->wsi);
+	}
+	free(w);
+}
+
+static void http_free(struct gate_exchange *x)
+{
+	if (x->wait)
+		x->wait->orphan = true;
+	buf_free(&x->body);
+	http_response_free(&x->resp);
+	free(x);
+}
+
+static void http_end(struct gate_exchange **slot)
+{
+	if (!(*slot))
+		return;
+	http_free((*slot));
+	(*slot) = NULL;
+}
+
+/* Writes the response and frees the exchange. It is detached from its slot first: completing a
+ * keep-alive transaction makes lws drop the protocol and free the per-wsi storage holding the
+ * slot before http_write returns, so the slot must not be touched afterwards. */
+static int http_finish(struct lws *wsi, struct gate_exchange **slot)
+{
+	struct gate_exchange *x = (*slot);
+	int rc;
+
+	(*slot) = NULL;
+	rc = http_write(wsi, x);
+	http_free(x);
+	return rc;
+}
+
+static void fill_request(struct gate_exchange *x, struct http_request *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->method = x->method;
+	req->path = x->path;
+	req->query = x->query;
+	req->authorization = x->authorization[0] ? x->authorization : NULL;
+	req->content_type = x->content_type[0] ? x->content_type : NULL;
+	req->content_length = x->content_length;
+	req->peer = x->peer;
+	req->body = x->body.data ? x->body.data : "";
+	req->body_len = x->body.len;
+}
+
+/* Writes the prepared response from the HTTP writeable callback: head and body in one write,
+ * so one send() per response (HTTP/1.1 only; lws 4.1.6 does not track the body's bytes). */
+static int http_write(struct lws *wsi, struct gate_exchange *x)
+{
+	struct http_response *r = &x->resp;
+	size_t len = strcmp(x->method, "HEAD") ? r->body.len : 0;
+	size_t hdr_max = 1024 + (r->extra_headers ? strlen(r->extra_headers) : 0);
+	unsigned char *buf = malloc(LWS_PRE + hdr_max + len), *start = buf + LWS_PRE, *p = start,
+	              *end = start + hdr_max - 1;
+	int n, rc = -1;
+
+	if (!buf)
+		return -1;
+	metrics.http_requests[r->status / 100]++;
+	if (lws_add_http_common_headers(wsi, (unsigned)r->status, r->content_type, r->body.len, &p,
+	                                end) ||
+	    lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
+	                                (const unsigned char *)"nosniff", 7, &p, end) ||
+	    lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+	                                (const unsigned char *)"no-store", 8, &p, end))
+		goto out;
+	if (r->extra_headers) {
+		n = (int)strlen(r->extra_headers);
+		if (p + n >= end)
+			goto out;
+		memcpy(p, r->extra_headers, (size_t)n);
+		p += n;
+	}
+	if (lws_finalize_http_header(wsi, &p, end))
+		goto out;
+	if (len) {
+		memcpy(p, r->body.data, len);
+		p += len;
+	}
+	n = (int)(p - start);
+	if (lws_write(wsi, start, (size_t)n, LWS_WRITE_HTTP_HEADERS) < n)
+		goto out;
+	/* A request refused before its body leaves unread bytes: close instead of reusing. */
+	if (!x->refused) {
+		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
+		rc = lws_http_transaction_completed(wsi) ? -1 : 0;
+		/* Kept alive: the next complete head is due within HTTP_IDLE_TIMEOUT_S. */
+		if (!rc && t)
+			gate_ticket_phase(t, GATE_IDLE, g_cfg->http_idle_timeout_s * 1000);
+	}
+out:
+	free(buf);
+	return rc;
+}
+
+static void respond(struct lws *wsi, struct gate_exchange *x)
+{
+	struct http_request req;
+	if (!x->resp.status) {
+		fill_request(x, &req);
+		/* A GET may be answered later too (history reads PostgreSQL, the server API asks
+		 * the other replicas): on_http_complete asks for the writeable callback then. */
+		x->wait = calloc(1, sizeof(*x->wait));
+		if (x->wait) {
+			x->wait->wsi = wsi;
+			x->wait->x = x;
+			req.complete = on_http_complete;
+			req.ctx = x->wait;
+		}
+		http_handle(&req, &x->resp);
+		if (!x->resp.status && x->wait)
+			return;
+		free(x->wait);
+		x->wait = NULL;
+	}
+	lws_callback_on_writable(wsi);
+}
+
+int gate_http(struct lws *wsi, enum lws_callback_reasons reason, struct gate_exchange **slot,
+              void *in, size_t len)
+{
+	switch (reason) {
+	case LWS_CALLBACK_HTTP: {
+		struct gate_exchange *x;
+		struct http_request req;
+		http_end(slot);
+		x = http_begin(wsi, slot, in);
+		if (!x)
+			return -1;
+		/* The head is complete: the body and the answer are due within
+		 * HTTP_BODY_TIMEOUT_S, however slowly the bytes come. */
+		if (lws_get_opaque_user_data(wsi))
+			gate_ticket_phase(lws_get_opaque_user_data(wsi), GATE_HTTP,
+			                  g_cfg->http_body_timeout_s * 1000);
+		fill_request(x, &req);
+		if (http_wants_body(&req, &x->resp))
+			return 0; /* the body follows in LWS_CALLBACK_HTTP_BODY */
+		if (x->resp.status && strcmp(x->method, "GET") && strcmp(x->method, "HEAD")) {
+			/* Refused, and a body may follow: answer now and close, leaving it unread
+			 * (lws would otherwise run the body callbacks for it). */
+			x->refused = true;
+			http_finish(wsi, slot);
+			return -1;
+		}
+		respond(wsi, x);
+		return 0;
+	}
+	case LWS_CALLBACK_HTTP_BODY:
+		if (!(*slot))
+			return -1;
+		if ((*slot)->body.len + len > (size_t)g_cfg->notify_max_bytes) {
+			/* Refuse as soon as the limit is crossed, without buffering the rest. */
+			(*slot)->resp.status = 413;
+			(*slot)->resp.content_type = "application/json";
+			buf_puts(&(*slot)->resp.body, "{\"error\":\"body too large\"}");
+			(*slot)->refused = true;
+			http_finish(wsi, slot);
+			return -1;
+		}
+		buf_put(&(*slot)->body, in, len);
+		return 0;
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
+		/* lws 4.1.6 keeps a POST in its body state, calling this again on every service,
+		 * until the transaction completes: the answer is written here, as lws's own
+		 * form examples do, not from a later writeable callback. */
+		struct http_request req;
+		struct gate_exchange *x = (*slot);
+		if (!x)
+			return -1;
+		if (x->wait)
+			return 0; /* already being answered */
+		if (x->resp.status)
+			return http_finish(wsi, slot); /* decided before the body */
+		fill_request(x, &req);
+		x->wait = calloc(1, sizeof(*x->wait));
+		if (!x->wait)
+			return -1;
+		x->wait->wsi = wsi;
+		x->wait->x = x;
+		req.complete = on_http_complete;
+		req.ctx = x->wait;
+		http_handle(&req, &x->resp);
+		if (!x->resp.status)
+			return 0; /* on_http_complete asks for a writeable callback */
+		free(x->wait);
+		x->wait = NULL;
+		return http_finish(wsi, slot);
+	}
+	case LWS_CALLBACK_HTTP_WRITEABLE: {
+		if (!(*slot) || !(*slot)->resp.status)
+			return 0;
+		return http_finish(wsi, slot);
+	}
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+		http_end(slot);
+		return 0;
+	default:
+		return 0;
+	}
+}
+
+void gate_http_end(struct gate_exchange **slot)
+{
+	http_end(slot);
+}

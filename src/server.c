@@ -36,24 +36,7 @@
 /* Per-wsi storage lws allocates for us. */
 struct pss {
 	struct conn *conn;
-	struct http_x *http;
-};
-
-/* One HTTP exchange on a wsi (keep-alive reuses the wsi for the next one). */
-struct http_wait;
-
-struct http_x {
-	char method[8];
-	char path[128];
-	char query[512];
-	char authorization[4096];
-	char content_type[128];
-	long content_length;
-	const char *peer;       /* the connection's address (its gate ticket's copy) */
-	bool refused;           /* answered before reading the body */
-	struct http_wait *wait; /* an answer is being computed elsewhere (PostgreSQL) */
-	struct buf body;
-	struct http_response resp;
+	struct gate_exchange *http;
 };
 
 enum server_state { SRV_STARTING = 0, SRV_RUNNING, SRV_DRAINING, SRV_STOPPING };
@@ -75,204 +58,6 @@ static void set_state(enum server_state s)
 	static const char *names[] = {"starting", "running", "draining", "stopping"};
 	log_info("server state", "from", names[g_state], "to", names[s]);
 	g_state = s;
-}
-
-/* ---- HTTP ---- */
-
-static void copy_hdr(struct lws *wsi, enum lws_token_indexes t, char *dst, size_t cap)
-{
-	dst[0] = '\0';
-	if (lws_hdr_total_length(wsi, t) > 0 && lws_hdr_copy(wsi, dst, (int)cap, t) < 0)
-		dst[0] = '\0';
-}
-
-static struct http_x *http_begin(struct lws *wsi, struct pss *pss, const char *uri)
-{
-	static const struct {
-		enum lws_token_indexes tok;
-		const char *name;
-	} methods[] = {
-	    {WSI_TOKEN_GET_URI, "GET"},     {WSI_TOKEN_POST_URI, "POST"},
-	    {WSI_TOKEN_PUT_URI, "PUT"},     {WSI_TOKEN_DELETE_URI, "DELETE"},
-	    {WSI_TOKEN_PATCH_URI, "PATCH"}, {WSI_TOKEN_OPTIONS_URI, "OPTIONS"},
-	    {WSI_TOKEN_HEAD_URI, "HEAD"},
-	};
-	struct http_x *x = calloc(1, sizeof(*x));
-	struct gate_ticket *t = lws_get_opaque_user_data(wsi);
-	char cl[32];
-
-	if (!x)
-		return NULL;
-	x->peer = t ? t->ip : NULL;
-	snprintf(x->method, sizeof(x->method), "OTHER");
-	for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++)
-		if (lws_hdr_total_length(wsi, methods[i].tok) > 0) {
-			snprintf(x->method, sizeof(x->method), "%s", methods[i].name);
-			break;
-		}
-	snprintf(x->path, sizeof(x->path), "%s", uri ? uri : "/");
-	/* lws keeps each name=value of the query as a fragment; lws_hdr_copy would run them
-	 * together, so they are joined with '&' here. */
-	x->query[0] = '\0';
-	for (int i = 0, used = 0; used < (int)sizeof(x->query) - 1; i++) {
-		int n = lws_hdr_copy_fragment(wsi, x->query + used + (used > 0),
-		                              (int)sizeof(x->query) - used - (used > 0),
-		                              WSI_TOKEN_HTTP_URI_ARGS, i);
-		if (n < 0)
-			break;
-		if (used)
-			x->query[used] = '&';
-		used += n + (used > 0);
-	}
-	copy_hdr(wsi, WSI_TOKEN_HTTP_AUTHORIZATION, x->authorization, sizeof(x->authorization));
-	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, x->content_type, sizeof(x->content_type));
-	copy_hdr(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, cl, sizeof(cl));
-	x->content_length = cl[0] ? strtol(cl, NULL, 10) : -1;
-	buf_init(&x->body);
-	pss->http = x;
-	return x;
-}
-
-static int http_write(struct lws *wsi, struct http_x *x);
-
-/* Links an exchange waiting for an asynchronous answer to its wsi. If lws drops the exchange
- * first, the link is orphaned and the late answer is discarded. */
-struct http_wait {
-	struct lws *wsi;
-	struct http_x *x;
-	bool orphan;
-};
-
-static void on_http_complete(void *ctx, int status, const char *json)
-{
-	struct http_wait *w = ctx;
-
-	if (!w->orphan) {
-		w->x->wait = NULL;
-		w->x->resp.status = status;
-		w->x->resp.content_type = "application/json";
-		buf_puts(&w->x->resp.body, json);
-		lws_callback_on_writable(w->wsi);
-	}
-	free(w);
-}
-
-static void http_free(struct http_x *x)
-{
-	if (x->wait)
-		x->wait->orphan = true;
-	buf_free(&x->body);
-	http_response_free(&x->resp);
-	free(x);
-}
-
-static void http_end(struct pss *pss)
-{
-	if (!pss->http)
-		return;
-	http_free(pss->http);
-	pss->http = NULL;
-}
-
-/* Writes the response and frees the exchange. It is detached from pss first: completing a
- * keep-alive transaction makes lws drop the protocol and free pss before http_write returns,
- * so pss must not be touched afterwards. */
-static int http_finish(struct lws *wsi, struct pss *pss)
-{
-	struct http_x *x = pss->http;
-	int rc;
-
-	pss->http = NULL;
-	rc = http_write(wsi, x);
-	http_free(x);
-	return rc;
-}
-
-static void fill_request(struct http_x *x, struct http_request *req)
-{
-	memset(req, 0, sizeof(*req));
-	req->method = x->method;
-	req->path = x->path;
-	req->query = x->query;
-	req->authorization = x->authorization[0] ? x->authorization : NULL;
-	req->content_type = x->content_type[0] ? x->content_type : NULL;
-	req->content_length = x->content_length;
-	req->peer = x->peer;
-	req->body = x->body.data ? x->body.data : "";
-	req->body_len = x->body.len;
-}
-
-/* Writes the prepared response from the HTTP writeable callback: head and body in one write,
- * so one send() per response (HTTP/1.1 only; lws 4.1.6 does not track the body's bytes). */
-static int http_write(struct lws *wsi, struct http_x *x)
-{
-	struct http_response *r = &x->resp;
-	size_t len = strcmp(x->method, "HEAD") ? r->body.len : 0;
-	size_t hdr_max = 1024 + (r->extra_headers ? strlen(r->extra_headers) : 0);
-	unsigned char *buf = malloc(LWS_PRE + hdr_max + len), *start = buf + LWS_PRE, *p = start,
-	              *end = start + hdr_max - 1;
-	int n, rc = -1;
-
-	if (!buf)
-		return -1;
-	metrics.http_requests[r->status / 100]++;
-	if (lws_add_http_common_headers(wsi, (unsigned)r->status, r->content_type, r->body.len, &p,
-	                                end) ||
-	    lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
-	                                (const unsigned char *)"nosniff", 7, &p, end) ||
-	    lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
-	                                (const unsigned char *)"no-store", 8, &p, end))
-		goto out;
-	if (r->extra_headers) {
-		n = (int)strlen(r->extra_headers);
-		if (p + n >= end)
-			goto out;
-		memcpy(p, r->extra_headers, (size_t)n);
-		p += n;
-	}
-	if (lws_finalize_http_header(wsi, &p, end))
-		goto out;
-	if (len) {
-		memcpy(p, r->body.data, len);
-		p += len;
-	}
-	n = (int)(p - start);
-	if (lws_write(wsi, start, (size_t)n, LWS_WRITE_HTTP_HEADERS) < n)
-		goto out;
-	/* A request refused before its body leaves unread bytes: close instead of reusing. */
-	if (!x->refused) {
-		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
-		rc = lws_http_transaction_completed(wsi) ? -1 : 0;
-		/* Kept alive: the next complete head is due within HTTP_IDLE_TIMEOUT_S. */
-		if (!rc && t)
-			gate_ticket_phase(t, GATE_IDLE, g_cfg->http_idle_timeout_s * 1000);
-	}
-out:
-	free(buf);
-	return rc;
-}
-
-static void respond(struct lws *wsi, struct http_x *x)
-{
-	struct http_request req;
-	if (!x->resp.status) {
-		fill_request(x, &req);
-		/* A GET may be answered later too (history reads PostgreSQL, the server API asks
-		 * the other replicas): on_http_complete asks for the writeable callback then. */
-		x->wait = calloc(1, sizeof(*x->wait));
-		if (x->wait) {
-			x->wait->wsi = wsi;
-			x->wait->x = x;
-			req.complete = on_http_complete;
-			req.ctx = x->wait;
-		}
-		http_handle(&req, &x->resp);
-		if (!x->resp.status && x->wait)
-			return;
-		free(x->wait);
-		x->wait = NULL;
-	}
-	lws_callback_on_writable(wsi);
 }
 
 /* pgl's outbox events go down the one routing path. */
@@ -435,87 +220,19 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 	case LWS_CALLBACK_CLOSED:
 		detach(pss);
 		return 0;
-	case LWS_CALLBACK_HTTP: {
-		struct http_x *x;
-		struct http_request req;
-		http_end(pss);
-		x = http_begin(wsi, pss, in);
-		if (!x)
-			return -1;
-		/* The head is complete: the body and the answer are due within
-		 * HTTP_BODY_TIMEOUT_S, however slowly the bytes come. */
-		if (lws_get_opaque_user_data(wsi))
-			gate_ticket_phase(lws_get_opaque_user_data(wsi), GATE_HTTP,
-			                  g_cfg->http_body_timeout_s * 1000);
-		fill_request(x, &req);
-		if (http_wants_body(&req, &x->resp))
-			return 0; /* the body follows in LWS_CALLBACK_HTTP_BODY */
-		if (x->resp.status && strcmp(x->method, "GET") && strcmp(x->method, "HEAD")) {
-			/* Refused, and a body may follow: answer now and close, leaving it unread
-			 * (lws would otherwise run the body callbacks for it). */
-			x->refused = true;
-			http_finish(wsi, pss);
-			return -1;
-		}
-		respond(wsi, x);
-		return 0;
-	}
+	case LWS_CALLBACK_HTTP:
 	case LWS_CALLBACK_HTTP_BODY:
-		if (!pss->http)
-			return -1;
-		if (pss->http->body.len + len > (size_t)g_cfg->notify_max_bytes) {
-			/* Refuse as soon as the limit is crossed, without buffering the rest. */
-			pss->http->resp.status = 413;
-			pss->http->resp.content_type = "application/json";
-			buf_puts(&pss->http->resp.body, "{\"error\":\"body too large\"}");
-			pss->http->refused = true;
-			http_finish(wsi, pss);
-			return -1;
-		}
-		buf_put(&pss->http->body, in, len);
-		return 0;
-	case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
-		/* lws 4.1.6 keeps a POST in its body state, calling this again on every service,
-		 * until the transaction completes: the answer is written here, as lws's own
-		 * form examples do, not from a later writeable callback. */
-		struct http_request req;
-		struct http_x *x = pss->http;
-		if (!x)
-			return -1;
-		if (x->wait)
-			return 0; /* already being answered */
-		if (x->resp.status)
-			return http_finish(wsi, pss); /* decided before the body */
-		fill_request(x, &req);
-		x->wait = calloc(1, sizeof(*x->wait));
-		if (!x->wait)
-			return -1;
-		x->wait->wsi = wsi;
-		x->wait->x = x;
-		req.complete = on_http_complete;
-		req.ctx = x->wait;
-		http_handle(&req, &x->resp);
-		if (!x->resp.status)
-			return 0; /* on_http_complete asks for a writeable callback */
-		free(x->wait);
-		x->wait = NULL;
-		return http_finish(wsi, pss);
-	}
-	case LWS_CALLBACK_HTTP_WRITEABLE: {
-		if (!pss->http || !pss->http->resp.status)
-			return 0;
-		return http_finish(wsi, pss);
-	}
+	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+	case LWS_CALLBACK_HTTP_WRITEABLE:
 	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-		http_end(pss);
-		return 0;
+		return gate_http(wsi, reason, &pss->http, in, len);
 	case LWS_CALLBACK_WSI_DESTROY: {
 		/* Every wsi ends here, whatever phase it died in (a reset while waiting for a
 		 * header slot included): its ticket releases its budget slots. */
 		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
 		if (pss) {
 			detach(pss);
-			http_end(pss);
+			gate_http_end(&pss->http);
 		}
 		if (t) {
 			lws_set_opaque_user_data(wsi, NULL);
