@@ -238,7 +238,9 @@ static void mark_dirty(struct rsub *r)
 		r->next_dirty = g.dirty;
 		g.dirty = r;
 	}
-	if (g.state == RB_STOPPING || uv_is_active((uv_handle_t *)&g.flush))
+	/* Without a link nothing can be sent: maybe_up flushes what piled up (and a long outage
+	 * does not rescan a growing list every loop pass). */
+	if (g.state != RB_UP || uv_is_active((uv_handle_t *)&g.flush))
 		return;
 	now = uv_now(g.loop);
 	if (g.flushed_at && now - g.flushed_at < SUB_INTERVAL_MS)
@@ -351,7 +353,6 @@ static void on_flush(uv_timer_t *t)
 	struct rsub *r, *keep = NULL;
 	const char *cmd[2] = {"SUBSCRIBE", "UNSUBSCRIBE"};
 	struct rsub *batch[2] = {NULL, NULL}; /* rooms of each batch, linked by next_dirty */
-	int n[2] = {0, 0};
 
 	while ((r = g.dirty)) {
 		g.dirty = r->next_dirty;
@@ -374,7 +375,6 @@ static void on_flush(uv_timer_t *t)
 			r->busy = true;
 			r->next_dirty = batch[k];
 			batch[k] = r;
-			n[k]++;
 			continue;
 		}
 		maybe_free(r);
