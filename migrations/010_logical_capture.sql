@@ -125,14 +125,12 @@ REVOKE ALL ON FUNCTION realtime.capture_sync(text, text) FROM PUBLIC;
 
 -- attach_triggers (007) keeps its behaviour; in mode 'logical' the triggers it attached are
 -- disabled and their tables published in the same transaction, so a table the REST service
--- creates again never runs a trigger. The 007 function is kept as realtime.attach_triggers_007.
+-- creates again never runs a trigger. The 007 function is kept as realtime.attach_triggers_007
+-- (its body names no parameter by the function's name, so the rename keeps it working).
 DO $$
 BEGIN
     IF to_regprocedure('realtime.attach_triggers_007()') IS NULL THEN
         ALTER FUNCTION realtime.attach_triggers() RENAME TO attach_triggers_007;
-    END IF;
-    IF to_regprocedure('realtime.watch_007(regclass,text,text[])') IS NULL THEN
-        ALTER FUNCTION realtime.watch(regclass, text, text[]) RENAME TO watch_007;
     END IF;
 END
 $$;
@@ -160,8 +158,9 @@ $$;
 REVOKE ALL ON FUNCTION realtime.attach_triggers() FROM PUBLIC;
 REVOKE ALL ON FUNCTION realtime.attach_triggers_007() FROM PUBLIC;
 
--- realtime.watch (007) plus, in mode 'logical', the table into the publication (and its new
--- trigger disabled).
+-- realtime.watch (007's body, which names its parameters by the function's name, so it is
+-- repeated here rather than renamed) plus, in mode 'logical', the table into the publication and
+-- its new trigger disabled.
 CREATE OR REPLACE FUNCTION realtime.watch(tbl regclass, name text, extra_rooms text[] DEFAULT '{}')
 RETURNS void
 LANGUAGE plpgsql VOLATILE
@@ -169,14 +168,19 @@ SET client_min_messages = warning
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM realtime.watch_007(tbl, name, extra_rooms);
+    PERFORM realtime.watch_attach(tbl, name, extra_rooms);
+    INSERT INTO realtime.watched AS w (schema_name, table_name, name, extra_rooms)
+    SELECT n.nspname, c.relname, watch.name, coalesce(watch.extra_rooms, '{}')
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = tbl
+    ON CONFLICT ON CONSTRAINT watched_pkey
+    DO UPDATE SET name = EXCLUDED.name, extra_rooms = EXCLUDED.extra_rooms, registered_at = now();
     IF (SELECT mode FROM realtime.capture_state) = 'logical' THEN
         PERFORM realtime.capture_sync('logical');
     END IF;
 END
 $$;
 REVOKE ALL ON FUNCTION realtime.watch(regclass, text, text[]) FROM PUBLIC;
-REVOKE ALL ON FUNCTION realtime.watch_007(regclass, text, text[]) FROM PUBLIC;
 
 -- A decoded row (column name -> value as pgoutput's text, json columns as JSON) as to_jsonb of
 -- the table's row type would give it: each value goes through its type's input function.

@@ -289,3 +289,34 @@ def test_two_replicas_elect_one_holder_and_fail_over(cluster, db, pgserver):
     got = run(go())
     assert [m["data"]["stock"] for m in got] == [77, 66]
     assert sql(cluster, db, "SELECT count(*) FROM realtime.events")[0][0] == 2
+
+
+def coupon_writes(dsn):
+    c = psycopg2.connect(dsn)
+    with c, c.cursor() as cur:
+        cur.execute("INSERT INTO coupons (code, order_id) VALUES ('C1', 5), ('C2', NULL)")
+    with c, c.cursor() as cur:
+        cur.execute("UPDATE coupons SET order_id = 6, is_active = false WHERE code = 'C1'")
+    with c, c.cursor() as cur:
+        cur.execute("DELETE FROM coupons WHERE code = 'C2'")
+    c.close()
+
+
+def test_a_watched_table_is_captured_like_its_trigger_publishes_it(cluster, db, pgserver):
+    watch = "SELECT realtime.watch('public.coupons', 'coupon', ARRAY['order-{order_id}'])"
+    ref = db + "_ref"
+    cluster.create_database(ref, template="tmpl")
+    sql(cluster, ref, watch)
+    coupon_writes(cluster.dsn_for(ref))
+    expected = outbox(cluster, ref)
+    assert [e[1] for e in expected] == ["coupon_created", "coupon_created", "coupon_updated",
+                                        "coupon_deleted"]
+    logical_server(pgserver, db)
+    sql(cluster, db, watch)  # added to the publication, its trigger disabled, while capturing
+    assert sql(cluster, db, """SELECT count(*) FROM pg_publication_tables
+                               WHERE pubname = 'realtime_capture' AND tablename = 'coupons'""")[0][0] == 1
+    coupon_writes(cluster.dsn_for(db))
+    wait_count(cluster, db, len(expected))
+    got = outbox(cluster, db)
+    assert [(e[1], e[2], norm(e[3]), norm(e[4])) for e in got] == \
+        [(e[1], e[2], norm(e[3]), norm(e[4])) for e in expected]
