@@ -261,3 +261,40 @@ def test_app_channels_and_live_rooms_once_per_member_across_workers(pgserver, re
             await c.ws.close()
     run(go())
     assert server.stop(signal.SIGTERM, timeout=10) == 0
+
+
+def test_feed_listener_killed_while_events_commit_loses_nothing(pgserver, redis_addr, cluster,
+                                                                db):
+    """The feed's one listener session is terminated in the middle of a burst: every worker
+    sees its listener go down and up, LISTENs again and catches up, so members on every worker
+    get all 20 events once."""
+    import threading
+    import time
+    server = start(pgserver, redis_addr)
+    workers = [p for p in children(server.proc.pid) if not is_feed(p)]
+
+    def listener_pid():
+        rows = sql(cluster, db, "SELECT pid FROM pg_stat_activity WHERE datname = "
+                                "current_database() AND application_name = 'roomcast-listener'")
+        return rows[0][0] if rows else None
+
+    async def go():
+        held = await spread(server, "wl-1", workers)
+
+        def writer():
+            for i in range(20):
+                sql(cluster, db, "SELECT realtime.publish('e', ARRAY['wl-1'], "
+                                 "jsonb_build_object('i', %s))", (i,))
+                if i == 5:
+                    sql(cluster, db, "SELECT pg_terminate_backend(%s)", (listener_pid(),))
+                time.sleep(0.02)
+        t = threading.Thread(target=writer)
+        t.start()
+        results = await asyncio.gather(*(collect(ws, 20, timeout=20) for ws in held.values()))
+        t.join()
+        for got in results:
+            assert sorted(m["data"]["i"] for m in got) == list(range(20))
+        await asyncio.gather(*(quiet(ws, 1.0) for ws in held.values()))
+    run(go())
+    wait_until(lambda: listener_pid(), 10, what="the feed's listener back")
+    assert server.stop(signal.SIGTERM, timeout=10) == 0
