@@ -23,7 +23,8 @@ struct room_sub {
 struct room_member {
 	struct room_sub *subs;
 	uint32_t nsubs, capsubs;
-	uint64_t seen_gen; /* last delivery generation that reached this member (dedupe) */
+	uint64_t seen_gen;   /* last delivery generation that reached this member (dedupe) */
+	struct room_sub one; /* subs while capsubs is 1 */
 };
 
 const char *room_name(const struct room *r);

@@ -11,7 +11,8 @@
 /* Most rooms are a user's own (user-<id>), with one member: the name lives in the same
  * allocation and the member array starts at one slot, so such a room costs two allocations. */
 struct room {
-	struct room_member **members;
+	struct room_member **members; /* &one while cap is 1: most rooms have one member */
+	struct room_member *one;
 	uint32_t count, cap;
 	UT_hash_handle hh;
 	char name[];
@@ -112,10 +113,16 @@ int room_join(const char *name, struct room_member *m)
 	if (r && sub_index(m, r) >= 0)
 		return 1;
 	if (m->nsubs == m->capsubs) {
-		/* Two fit the automatic rooms of most connections (user-<id>, and admins or
-		 * seller-<id>). */
-		uint32_t ncap = m->capsubs ? m->capsubs * 2 : 2;
-		struct room_sub *ns = realloc(m->subs, sizeof(*ns) * ncap);
+		/* The first membership (an idle client's user-<id>) fits inline; from the second
+		 * on they live in an array. */
+		uint32_t ncap = m->capsubs ? m->capsubs * 2 : 1;
+		struct room_sub *ns;
+		if (ncap == 1)
+			ns = &m->one;
+		else if (m->subs == &m->one && (ns = malloc(sizeof(*ns) * ncap)))
+			ns[0] = m->one;
+		else
+			ns = m->subs == &m->one ? NULL : realloc(m->subs, sizeof(*ns) * ncap);
 		if (!ns)
 			return -1;
 		m->subs = ns;
@@ -131,7 +138,13 @@ int room_join(const char *name, struct room_member *m)
 	}
 	if (r->count == r->cap) {
 		uint32_t ncap = r->cap ? r->cap * 2 : 1;
-		struct room_member **nm = realloc(r->members, sizeof(*nm) * ncap);
+		struct room_member **nm;
+		if (ncap == 1)
+			nm = &r->one;
+		else if (r->members == &r->one && (nm = malloc(sizeof(*nm) * ncap)))
+			nm[0] = r->one;
+		else
+			nm = r->members == &r->one ? NULL : realloc(r->members, sizeof(*nm) * ncap);
 		if (!nm) {
 			if (!r->count) {
 				HASH_DEL(g_rooms, r);
@@ -163,7 +176,8 @@ static void free_room(struct room *r)
 	if (g_life)
 		g_life(r->name, false);
 	HASH_DEL(g_rooms, r);
-	free(r->members);
+	if (r->members != &r->one)
+		free(r->members);
 	free(r);
 }
 
@@ -185,6 +199,11 @@ static void unlink_sub(struct room_member *m, uint32_t si)
 	r->count--;
 	m->subs[si] = m->subs[m->nsubs - 1];
 	m->nsubs--;
+	if (!m->nsubs && m->subs == &m->one) {
+		/* In no room, the member holds no pointer into itself (it may move again). */
+		m->subs = NULL;
+		m->capsubs = 0;
+	}
 	if (r->count == 0)
 		free_room(r);
 }
@@ -204,7 +223,8 @@ void room_leave_all(struct room_member *m)
 {
 	while (m->nsubs)
 		unlink_sub(m, m->nsubs - 1);
-	free(m->subs);
+	if (m->subs != &m->one)
+		free(m->subs);
 	m->subs = NULL;
 	m->capsubs = 0;
 }
