@@ -179,7 +179,8 @@ BENCH_CFLAGS := -O2 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow \
 		-Wno-unused-parameter -Wno-missing-field-initializers \
 		$(shell pkg-config --cflags libpq 2>/dev/null)
 BENCH_LIBS   := $(shell pkg-config --libs libpq 2>/dev/null)
-BENCH_TOOLS  := $(BENCH_BUILD)/loadgen $(BENCH_BUILD)/pglisten $(BENCH_BUILD)/sendfloor
+BENCH_TOOLS  := $(BENCH_BUILD)/loadgen $(BENCH_BUILD)/pglisten $(BENCH_BUILD)/sendfloor \
+		$(BENCH_BUILD)/httpfloor
 
 .PHONY: bench-tools bench-smoke
 

@@ -1,6 +1,7 @@
 /* The listening socket, first-request-head reading with deadline and size limit, early refusals
  * with exact HTTP answers, per-address and total accounting of every connection from accept to
- * close, the absolute deadlines of each phase, and the hand-off of accepted sockets to lws.
+ * close, the absolute deadlines of each phase, POST /api/notify answered on kept-alive
+ * connections (the notify fast path), and the hand-off of accepted sockets to lws.
  * lws never sees a token or an h2c upgrade. */
 #include "gate.h"
 #include "http.h"
