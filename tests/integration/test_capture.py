@@ -320,3 +320,34 @@ def test_a_watched_table_is_captured_like_its_trigger_publishes_it(cluster, db, 
     got = outbox(cluster, db)
     assert [(e[1], e[2], norm(e[3]), norm(e[4])) for e in got] == \
         [(e[1], e[2], norm(e[3]), norm(e[4])) for e in expected]
+
+
+def test_a_slot_lost_past_max_slot_wal_keep_size_is_reported(cluster, db, pgserver):
+    s = logical_server(pgserver, db)
+    dsn = cluster.dsn_for(db)
+    market.update_product(dsn, 1, stock=500)
+    wait_count(cluster, db, 1)
+    sql(cluster, db, "ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    sql(cluster, db, "SELECT pg_reload_conf()")
+    try:
+        s.proc.send_signal(signal.SIGSTOP)  # the slot stops advancing
+        try:
+            for i in range(3):
+                sql(cluster, db, "CREATE TABLE junk%d AS SELECT g, repeat('x', 100) AS pad "
+                                 "FROM generate_series(1, 100000) g" % i)
+                sql(cluster, db, "SELECT pg_switch_wal()")
+            sql(cluster, db, "CHECKPOINT")
+            wait_until(lambda: sql(cluster, db, "SELECT wal_status FROM pg_replication_slots "
+                                                "WHERE slot_name = %s", (db,))[0][0] == "lost",
+                       15, what="slot lost")
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: s.json("/health")[1]["capture"]["gaps"] == 1, 20, what="gap reported")
+        assert "lost" in s.json("/health")[1]["capture"]["last_gap"]
+        wait_until(lambda: s.json("/health")[1]["capture"]["stream"] == "streaming", 15,
+                   what="streaming again")
+        market.update_product(dsn, 1, stock=400)
+        wait_count(cluster, db, 2)
+    finally:
+        sql(cluster, db, "ALTER SYSTEM RESET max_slot_wal_keep_size")
+        sql(cluster, db, "SELECT pg_reload_conf()")
