@@ -6,19 +6,84 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
 
-/* Most rooms are a user's own (user-<id>), with one member: the name lives in the same
- * allocation and the member array starts at one slot, so such a room costs two allocations. */
+/* Most rooms are a user's own (user-<id>), with one member: the name and that member live in
+ * the room's one allocation. */
 struct room {
-	struct room_member **members; /* &one while cap is 1: most rooms have one member */
+	struct room_member **members; /* &one while cap is 1 */
 	struct room_member *one;
 	uint32_t count, cap;
-	UT_hash_handle hh;
+	uint32_t hash; /* of name */
 	char name[];
 };
 
-static struct room *g_rooms;
+/* The registry: open addressing over room pointers with linear probing, at most 3/4 full (a
+ * pointer or two per room, where a chained hash handle took 56 bytes). A removal shifts the
+ * rest of its run back, so there are no tombstones. */
+static struct room **g_tab;
+static size_t g_cap, g_n; /* g_cap: a power of two, 0 while empty */
+
+static uint32_t name_hash(const char *s)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+/* The slot holding name, or the empty one where it would go (g_cap > 0). */
+static struct room **tab_slot(const char *name, uint32_t h)
+{
+	size_t mask = g_cap - 1, i = h & mask;
+	while (g_tab[i] && (g_tab[i]->hash != h || strcmp(g_tab[i]->name, name)))
+		i = (i + 1) & mask;
+	return &g_tab[i];
+}
+
+static struct room *tab_find(const char *name)
+{
+	return g_n ? *tab_slot(name, name_hash(name)) : NULL;
+}
+
+/* Adds r (not present, r->hash set); -1 when the table cannot grow. */
+static int tab_add(struct room *r)
+{
+	if ((g_n + 1) * 4 > g_cap * 3) {
+		size_t ocap = g_cap, ncap = g_cap ? g_cap * 2 : 16;
+		struct room **old = g_tab, **nt = calloc(ncap, sizeof(*nt));
+		if (!nt)
+			return -1;
+		g_tab = nt;
+		g_cap = ncap;
+		for (size_t i = 0; i < ocap; i++)
+			if (old[i])
+				*tab_slot(old[i]->name, old[i]->hash) = old[i];
+		free(old);
+	}
+	*tab_slot(r->name, r->hash) = r;
+	g_n++;
+	return 0;
+}
+
+static void tab_del(struct room *r)
+{
+	size_t mask = g_cap - 1, i = r->hash & mask;
+
+	while (g_tab[i] != r)
+		i = (i + 1) & mask;
+	g_tab[i] = NULL;
+	/* An entry after the hole moves into it when the hole lies between its home slot and
+	 * where it sits (cyclically). */
+	for (size_t j = (i + 1) & mask; g_tab[j]; j = (j + 1) & mask) {
+		size_t home = g_tab[j]->hash & mask;
+		if (((j - home) & mask) >= ((j - i) & mask)) {
+			g_tab[i] = g_tab[j];
+			g_tab[j] = NULL;
+			i = j;
+		}
+	}
+	g_n--;
+}
 
 static bool name_char(unsigned char c)
 {
@@ -62,9 +127,7 @@ bool room_pattern_match(const char *p, const char *s)
 
 struct room *room_find(const char *name)
 {
-	struct room *r;
-	HASH_FIND_STR(g_rooms, name, r);
-	return r;
+	return tab_find(name);
 }
 
 static int sub_index(const struct room_member *m, const struct room *r)
@@ -109,7 +172,7 @@ int room_join(const char *name, struct room_member *m)
 {
 	struct room *r;
 
-	HASH_FIND_STR(g_rooms, name, r);
+	r = tab_find(name);
 	if (r && sub_index(m, r) >= 0)
 		return 1;
 	if (m->nsubs == m->capsubs) {
@@ -134,7 +197,11 @@ int room_join(const char *name, struct room_member *m)
 		if (!r)
 			return -1;
 		memcpy(r->name, name, len + 1);
-		HASH_ADD_KEYPTR(hh, g_rooms, r->name, len, r);
+		r->hash = name_hash(name);
+		if (tab_add(r) < 0) {
+			free(r);
+			return -1;
+		}
 	}
 	if (r->count == r->cap) {
 		uint32_t ncap = r->cap ? r->cap * 2 : 1;
@@ -147,7 +214,7 @@ int room_join(const char *name, struct room_member *m)
 			nm = r->members == &r->one ? NULL : realloc(r->members, sizeof(*nm) * ncap);
 		if (!nm) {
 			if (!r->count) {
-				HASH_DEL(g_rooms, r);
+				tab_del(r);
 				free(r);
 			}
 			return -1;
@@ -175,7 +242,7 @@ static void free_room(struct room *r)
 {
 	if (g_life)
 		g_life(r->name, false);
-	HASH_DEL(g_rooms, r);
+	tab_del(r);
 	if (r->members != &r->one)
 		free(r->members);
 	free(r);
@@ -242,31 +309,37 @@ struct room_member *const *room_members(const struct room *r, uint32_t *count)
 
 size_t room_count(void)
 {
-	return HASH_COUNT(g_rooms);
+	return g_n;
 }
 
 void room_foreach(void (*fn)(const struct room *r, void *arg), void *arg)
 {
-	struct room *r, *tmp;
-	HASH_ITER(hh, g_rooms, r, tmp)
-	{
-		fn(r, arg);
-	}
+	for (size_t i = 0; i < g_cap; i++)
+		if (g_tab[i])
+			fn(g_tab[i], arg);
 }
 
 void room_reset(void)
 {
-	struct room *r, *tmp;
-	HASH_ITER(hh, g_rooms, r, tmp)
-	{
-		for (uint32_t i = 0; i < r->count; i++) {
-			struct room_member *m = r->members[i];
+	/* Slot i is looked at again after a removal: the rest of its run may shift into it.
+	 * Slots before i are empty by then, so nothing shifts behind the walk. */
+	for (size_t i = 0; i < g_cap;) {
+		struct room *r = g_tab[i];
+		if (!r) {
+			i++;
+			continue;
+		}
+		for (uint32_t k = 0; k < r->count; k++) {
+			struct room_member *m = r->members[k];
 			int si = sub_index(m, r);
 			m->subs[si] = m->subs[m->nsubs - 1];
 			m->nsubs--;
 		}
 		free_room(r);
 	}
+	free(g_tab);
+	g_tab = NULL;
+	g_cap = g_n = 0;
 }
 
 static void put_count(const struct room *r, void *arg)
