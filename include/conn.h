@@ -29,7 +29,7 @@ struct conn {
 	void *owner;     /* the layer above's object (a session), set right after conn_new */
 	enum conn_state state;
 	unsigned refs;  /* pending async operations that will come back to it */
-	char id[24];    /* "conn-<n>" unique within this node */
+	uint64_t seq;   /* unique within this node: conn_id() is "conn-<seq>" */
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	uint16_t close_code;
 	bool batch : 1; /* ?batch=1: several room messages per frame as an array */
@@ -41,14 +41,16 @@ struct conn {
 	bool close_sent : 1;    /* our close frame is written; waiting for the peer's */
 	bool ping_due : 1;      /* a ping waits for the writeable callback */
 	bool expiring_sent : 1; /* the owner was told of CONN_DUE_EXPIRING */
+	/* Token bucket for client messages: tokens, refilled up to tokens_at_ms (milliseconds of
+	 * util_now_ns, wrapping; only differences are used). */
+	uint32_t tokens_at_ms;
+	float tokens;
+	uint32_t strikes;
 	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
 	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
 	long long exp;
 	struct frame_queue q;
 	const char *close_reason; /* a string literal: conn_close's reason */
-	/* Token bucket for client messages. */
-	double tokens;
-	uint64_t tokens_at_ns;
 	uint64_t last_limited_ns;
 	struct buf *rx; /* a message being assembled from fragments; NULL when none */
 	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
@@ -56,7 +58,6 @@ struct conn {
 	uint32_t rx_at;          /* last frame from the peer, pongs included */
 	uint32_t ping_at;        /* last ping asked for */
 	uint32_t deadline;       /* await_auth: auth timeout; closing: when the socket goes */
-	uint32_t strikes;
 	/* Bytes of a binary message so far (counted, not kept; never past MAX_MESSAGE_SIZE plus
 	 * one read). */
 	uint32_t rx_skipped;
@@ -66,6 +67,10 @@ struct conn {
 	struct conn *prev, *next; /* all live connections */
 	struct conn *next_dead;
 };
+
+/* "conn-<n>", unique within this node, formatted into one of a few static buffers: valid until
+ * the fourth call after (use it at once, as log calls and envelopes do). */
+const char *conn_id(const struct conn *c);
 
 /* Module setup: the config outlives every connection; ctx is the lws context. */
 void conn_setup(const struct config *cfg, struct lws_context *ctx);

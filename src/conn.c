@@ -71,6 +71,16 @@ static long long sat_sub(long long a, long long b)
 #define WRITEV_FRAMES 64
 #define WRITEV_BYTES  65536
 
+const char *conn_id(const struct conn *c)
+{
+	static char bufs[4][24];
+	static unsigned next;
+	char *b = bufs[next++ % 4];
+
+	snprintf(b, sizeof(bufs[0]), "conn-%llu", (unsigned long long)c->seq);
+	return b;
+}
+
 void conn_setup(const struct config *cfg, struct lws_context *ctx)
 {
 	g_cfg = cfg;
@@ -99,12 +109,12 @@ struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
 		return NULL;
 	c->wsi = wsi;
 	c->state = CONN_AWAIT_AUTH;
-	snprintf(c->id, sizeof(c->id), "conn-%llu", (unsigned long long)++g_seq);
+	c->seq = ++g_seq;
 	c->ip = ip;
 	c->batch = batch;
 	frame_queue_init(&c->q);
-	c->tokens = g_cfg->rate_burst;
-	c->tokens_at_ns = util_now_ns();
+	c->tokens = (float)g_cfg->rate_burst;
+	c->tokens_at_ms = (uint32_t)(util_now_ns() / 1000000);
 	/* "At least N seconds": a tick stamp may be up to a second older than the moment it
 	 * records, so deadlines are one tick further than the number of seconds they allow. */
 	c->rx_at = now_tick();
@@ -125,7 +135,7 @@ static void set_state(struct conn *c, enum conn_state s)
 	static const char *names[] = {"await_auth", "open", "closing", "dead"};
 	if (c->state == s)
 		return;
-	log_debug("connection state", "conn", c->id, "from", names[c->state], "to", names[s]);
+	log_debug("connection state", "conn", conn_id(c), "from", names[c->state], "to", names[s]);
 	c->state = s;
 }
 
@@ -243,7 +253,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 	set_state(c, CONN_CLOSING);
 	c->close_code = code;
 	c->close_reason = reason;
-	log_info("closing connection", "conn", c->id, "reason", reason);
+	log_info("closing connection", "conn", conn_id(c), "reason", reason);
 	/* The connection stays in its rooms until lws detaches it, so a fan-out in progress never
 	 * sees a room array change under it; conn_send refuses frames from now on. */
 	if (!flush)
@@ -272,7 +282,7 @@ static void sent_one(struct frame *f)
  * writeable callback (or the timer drops it at the closing deadline). */
 static void write_failed(struct conn *c, const char *call, int err)
 {
-	log_info("write failed", "conn", c->id, "call", call, "reason", strerror(err));
+	log_info("write failed", "conn", conn_id(c), "call", call, "reason", strerror(err));
 	c->direct = false;
 	c->write_failed = true;
 	if (conn_alive(c)) {
@@ -617,7 +627,7 @@ static void drop_socket(struct conn *c, const char *why)
 {
 	if (!c->wsi)
 		return;
-	log_info("dropping connection", "conn", c->id, "reason", why);
+	log_info("dropping connection", "conn", conn_id(c), "reason", why);
 	if (lws_partial_buffered(c->wsi)) {
 		lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 		g_kill_pending = true;
@@ -745,15 +755,16 @@ void conn_timers_stop(void)
 
 bool conn_rate_take(struct conn *c)
 {
-	uint64_t now = util_now_ns();
-	double elapsed = (double)(now - c->tokens_at_ns) / 1e9;
+	uint32_t now = (uint32_t)(util_now_ns() / 1000000);
+	/* Stamps truncated to milliseconds lose nothing over time: the differences add up. */
+	double t = c->tokens + (double)(uint32_t)(now - c->tokens_at_ms) / 1e3 * g_cfg->rate_per_s;
 
-	c->tokens += elapsed * g_cfg->rate_per_s;
-	if (c->tokens > g_cfg->rate_burst)
-		c->tokens = g_cfg->rate_burst;
-	c->tokens_at_ns = now;
-	if (c->tokens >= 1.0) {
-		c->tokens -= 1.0;
+	if (t > g_cfg->rate_burst)
+		t = g_cfg->rate_burst;
+	c->tokens = (float)t;
+	c->tokens_at_ms = now;
+	if (c->tokens >= 1.0f) {
+		c->tokens -= 1.0f;
 		c->strikes = 0;
 		return true;
 	}

@@ -102,12 +102,12 @@ static void join_auto(struct conn *c, const char *prefix, const char *id)
 	int n = snprintf(room, sizeof(room), "%s%s", prefix, id);
 
 	if (n <= 0 || !room_name_valid(room, (size_t)n)) {
-		log_warn("automatic room skipped", "conn", c->id, "reason",
+		log_warn("automatic room skipped", "conn", conn_id(c), "reason",
 		         "id is not a valid room");
 		return;
 	}
 	if (room_join(room, &session_of(c)->member) < 0)
-		log_error("room_join failed", "conn", c->id, "room", room, "reason",
+		log_error("room_join failed", "conn", conn_id(c), "room", room, "reason",
 		          "out of memory");
 }
 
@@ -155,7 +155,7 @@ static void apply_dbident(struct conn *c)
 	struct dbident *d = session_of(c)->dbident;
 
 	if (auth_identity_fill_ids(&session_of(c)->ident, d->seller_id, d->client_id) < 0)
-		log_error("auth_identity_fill_ids failed", "conn", c->id, "reason",
+		log_error("auth_identity_fill_ids failed", "conn", conn_id(c), "reason",
 		          "out of memory");
 }
 
@@ -193,14 +193,14 @@ static void on_dbident(void *arg, bool ok, const char *seller_id, const char *cl
 		d->state = DBID_FAILED;
 		log_warn(
 		    "identity lookup failed: no seller/client rooms until the next auth refresh",
-		    "conn", c->id, "user", session_of(c)->ident.user_id, "reason", why);
+		    "conn", conn_id(c), "user", session_of(c)->ident.user_id, "reason", why);
 	} else {
 		d->state = DBID_DONE;
 		snprintf(d->seller_id, sizeof(d->seller_id), "%s", seller_id);
 		snprintf(d->client_id, sizeof(d->client_id), "%s", client_id);
 		apply_dbident(c);
 		log_write(seller_id[0] || client_id[0] ? LOG_INFO : LOG_DEBUG,
-		          "identity resolved from the database", "conn", c->id, "user",
+		          "identity resolved from the database", "conn", conn_id(c), "user",
 		          session_of(c)->ident.user_id, "seller", seller_id[0] ? seller_id : NULL,
 		          "client", client_id[0] ? client_id : NULL, (const char *)0);
 		join_seller_room(c);
@@ -226,7 +226,7 @@ static void resolve_identity(struct conn *c)
 	if (session_of(c)->ident.seller_id[0] || session_of(c)->ident.client_id[0])
 		return; /* the token says who it is */
 	if (!d && !(d = session_of(c)->dbident = calloc(1, sizeof(*d)))) {
-		log_error("identity lookup failed", "conn", c->id, "reason", "out of memory");
+		log_error("identity lookup failed", "conn", conn_id(c), "reason", "out of memory");
 		return;
 	}
 	d->state = DBID_PENDING;
@@ -237,7 +237,7 @@ static void resolve_identity(struct conn *c)
 		d->state = DBID_FAILED;
 		log_warn(
 		    "identity lookup failed: no seller/client rooms until the next auth refresh",
-		    "conn", c->id, "user", session_of(c)->ident.user_id, "reason",
+		    "conn", conn_id(c), "user", session_of(c)->ident.user_id, "reason",
 		    "postgres is down");
 	}
 }
@@ -290,7 +290,7 @@ static void become_open(struct conn *c)
 		join_auto(c, "", "admins");
 	if (!strcmp(session_of(c)->ident.role, "seller") && session_of(c)->ident.seller_id[0])
 		join_auto(c, "seller-", session_of(c)->ident.seller_id);
-	log_info("client authenticated", "conn", c->id, "user", session_of(c)->ident.user_id,
+	log_info("client authenticated", "conn", conn_id(c), "user", session_of(c)->ident.user_id,
 	         "role", session_of(c)->ident.role[0] ? session_of(c)->ident.role : NULL);
 	resolve_identity(c);
 }
@@ -470,7 +470,7 @@ static void replay_done(struct conn *c, struct pending_join *pj)
 	char count[24];
 
 	snprintf(count, sizeof(count), "%zu", pj->nsent);
-	log_debug("replayed", "conn", c->id, "room", pj->room, "events", count, "recovered",
+	log_debug("replayed", "conn", conn_id(c), "room", pj->room, "events", count, "recovered",
 	          pj->lost ? "false" : "true");
 	if (pending_find(c, pj->room, &link) == pj)
 		pending_end(c, link, true);
@@ -763,8 +763,8 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 	/* Ephemeral ids are strings, unique across replicas by the node prefix. */
 	snprintf(id, sizeof(id), "%s-%llu", g_cfg->node_id, (unsigned long long)++g_broadcast_seq);
 	util_timestamp(ts);
-	f = proto_broadcast_envelope(id, c->id, session_of(c)->ident.user_id, m->room, ts, m->body,
-	                             m->body_len);
+	f = proto_broadcast_envelope(id, conn_id(c), session_of(c)->ident.user_id, m->room, ts,
+	                             m->body, m->body_len);
 	if (!f) {
 		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
 		return;
@@ -781,7 +781,7 @@ int session_server_join(struct conn *c, const char *room)
 	if (!conn_alive(c) || c->state != CONN_OPEN)
 		return 0;
 	if (room_join(room, &session_of(c)->member) < 0) {
-		log_error("room_join failed", "conn", c->id, "room", room, "reason",
+		log_error("room_join failed", "conn", conn_id(c), "room", room, "reason",
 		          "out of memory");
 		return 0;
 	}
@@ -909,7 +909,8 @@ static void do_auth(struct conn *c, struct proto_msg *m)
 
 	if (why != AUTH_OK) {
 		metrics.auth_failures[why]++;
-		log_info("authentication failed", "conn", c->id, "reason", auth_reason_name(why));
+		log_info("authentication failed", "conn", conn_id(c), "reason",
+		         auth_reason_name(why));
 		reply_error(c, PROTO_UNAUTHENTICATED, "invalid token", NULL);
 		if (c->state == CONN_AWAIT_AUTH)
 			conn_close(c, 4001, "invalid token", true);
