@@ -3,7 +3,7 @@
  * constant 200 the size of roomcast's notify answer (one send): no parsing, no allocation, no
  * timer. Drive it with `loadgen notify --port P --pid <its pid>`: the server CPU per request
  * loadgen reports is the floor no notify path can go below. --peek reads with MSG_PEEK first and
- * then discards with MSG_TRUNC, as roomcast's gate does.
+ * then reads the same bytes again, as roomcast's gate does.
  * Usage: httpfloor [--port P] [--peek] */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -64,7 +64,7 @@ int main(int argc, char **argv)
 			}
 			r = recv(fd, buf, sizeof(buf), peek ? MSG_PEEK : 0);
 			if (peek && r > 0)
-				r = recv(fd, NULL, (size_t)r, MSG_TRUNC);
+				r = recv(fd, buf, (size_t)r, 0);
 			if (r <= 0 || send(fd, answer, sizeof(answer) - 1, MSG_NOSIGNAL) < 0)
 				close(fd);
 		}
