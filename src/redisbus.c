@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <uthash.h>
 
 /* Both contexts form one link: it is up when the publisher answered and all subscriptions are
  * acknowledged, and either one failing takes the whole link down and reconnects both. */
@@ -84,21 +83,26 @@ struct waiter {
 	void *arg;
 };
 
+/* What only a room in transition has: messages held and joins waiting for its confirmation. */
+struct rsub_extra {
+	struct held_msg *held, *held_tail;
+	struct waiter *waiters;
+};
+
 /* One room's subscription: what the room registry wants (want: the room has local members)
  * against what we last asked Redis for (asked) and whether Redis has confirmed it (busy until
  * the confirmation). One command per room at a time: hiredis 0.14 forgets a channel's callback
  * when the UNSUBSCRIBE confirmation arrives, even with a SUBSCRIBE for it still in flight,
  * after which that channel's messages would be silently dropped. Kept while any of its
- * fields matters; see maybe_free. */
+ * fields matters; see maybe_free. Every room with local members has one (an idle client's
+ * user room too), so it is small: 24 bytes and the name, in an open-addressing table. */
 struct rsub {
-	UT_hash_handle hh; /* keyed by the room name (chan + ROOM_PREFIX_LEN) */
-	bool want, asked, busy;
-	bool dirty; /* on g.dirty */
 	struct rsub *next_dirty;
 	uint32_t own; /* our tracked publishes on the channel not yet received back */
-	struct held_msg *held, *held_tail;
-	struct waiter *waiters;
-	char chan[]; /* "ws:room:<room>" */
+	uint8_t want : 1, asked : 1, busy : 1;
+	uint8_t dirty : 1;    /* on g.dirty */
+	struct rsub_extra *x; /* NULL while nothing is held or waiting */
+	char room[];
 };
 
 static redisbus_deliver_fn g_deliver; /* the router, given at start */
@@ -131,7 +135,8 @@ static struct {
 	uint64_t pub_seq, pub_acked;
 	redisbus_ctl_fn ctl;
 	void (*ctl_up)(void);
-	struct rsub *rooms; /* uthash */
+	struct rsub **slots; /* the rooms' table: linear probing, at most 3/4 full */
+	uint32_t nslots, nrooms;
 	struct rsub *dirty; /* rooms whose subscription may need a command */
 	size_t held_bytes;
 	uint32_t resub_left; /* rooms resubscribed by connect_both not yet confirmed */
@@ -203,20 +208,92 @@ static void on_sub(redisAsyncContext *ac, void *r, void *privdata);
 static void lose(const char *what, const char *detail);
 static void maybe_up(void);
 
-/* Argument vectors of one (UN)SUBSCRIBE batch; never used by two batches at once. */
+/* Argument vectors of one (UN)SUBSCRIBE batch and its channel names; never used by two
+ * batches at once. */
 static const char *g_argv[SUB_BATCH + 1];
 static size_t g_lens[SUB_BATCH + 1];
+static char g_chans[SUB_BATCH][ROOM_PREFIX_LEN + ROOM_NAME_MAX + 1];
+
+/* FNV-1a. */
+static uint32_t name_hash(const char *s, size_t len)
+{
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ (unsigned char)s[i]) * 16777619u;
+	return h;
+}
+
+/* The slot holding room, or the empty slot where it would go. Needs g.nslots > 0. */
+static uint32_t slot_of(const char *room, size_t len)
+{
+	uint32_t mask = g.nslots - 1, i = name_hash(room, len) & mask;
+	struct rsub *r;
+
+	while ((r = g.slots[i]) && (strncmp(r->room, room, len) || r->room[len]))
+		i = (i + 1) & mask;
+	return i;
+}
 
 static struct rsub *rsub_find(const char *room, size_t len)
 {
-	struct rsub *r;
-	HASH_FIND(hh, g.rooms, room, len, r);
-	return r;
+	return g.nslots ? g.slots[slot_of(room, len)] : NULL;
+}
+
+/* Adds r (not in the table); -1 when the table could not grow. */
+static int rsub_add(struct rsub *r)
+{
+	if ((g.nrooms + 1) * 4 > g.nslots * 3) {
+		uint32_t ncap = g.nslots ? g.nslots * 2 : 64, old = g.nslots;
+		struct rsub **ns = calloc(ncap, sizeof(*ns)), **os = g.slots;
+		if (!ns)
+			return -1;
+		g.slots = ns;
+		g.nslots = ncap;
+		for (uint32_t i = 0; i < old; i++)
+			if (os[i])
+				g.slots[slot_of(os[i]->room, strlen(os[i]->room))] = os[i];
+		free(os);
+	}
+	g.slots[slot_of(r->room, strlen(r->room))] = r;
+	g.nrooms++;
+	return 0;
+}
+
+/* Removes r from the table, moving back the entries after it that probed past its slot. */
+static void rsub_del(struct rsub *r)
+{
+	uint32_t mask = g.nslots - 1, i = slot_of(r->room, strlen(r->room)), j = i, k;
+
+	g.slots[i] = NULL;
+	g.nrooms--;
+	for (;;) {
+		j = (j + 1) & mask;
+		if (!g.slots[j])
+			return;
+		k = name_hash(g.slots[j]->room, strlen(g.slots[j]->room)) & mask;
+		/* Stays when its home k lies cyclically in (i, j]. */
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		g.slots[i] = g.slots[j];
+		g.slots[j] = NULL;
+		i = j;
+	}
 }
 
 static const char *rsub_room(const struct rsub *r)
 {
-	return r->chan + ROOM_PREFIX_LEN;
+	return r->room;
+}
+
+/* Puts ws:room:<room> in batch position i of g_argv. */
+static void batch_put(int i, const struct rsub *r)
+{
+	size_t len = strlen(r->room);
+
+	memcpy(g_chans[i - 1], ROOM_PREFIX, ROOM_PREFIX_LEN);
+	memcpy(g_chans[i - 1] + ROOM_PREFIX_LEN, r->room, len + 1);
+	g_argv[i] = g_chans[i - 1];
+	g_lens[i] = ROOM_PREFIX_LEN + len;
 }
 
 /* Redis confirmed the subscription and no UNSUBSCRIBE has been sent since: everything
@@ -248,21 +325,35 @@ static void mark_dirty(struct rsub *r)
 	uv_timer_start(&g.flush, on_flush, delay, 0);
 }
 
+/* Frees r's extra part once nothing is held or waiting. */
+static void drop_extra(struct rsub *r)
+{
+	if (r->x && !r->x->held && !r->x->waiters) {
+		free(r->x);
+		r->x = NULL;
+	}
+}
+
 /* Frees r once nothing refers to it: no local members, no subscription asked for or being
  * confirmed, no tracked publish in flight, nothing held or waiting, not on the dirty list. */
 static void maybe_free(struct rsub *r)
 {
-	if (r->want || r->asked || r->busy || r->dirty || r->own || r->held || r->waiters)
+	drop_extra(r);
+	if (r->want || r->asked || r->busy || r->dirty || r->own || r->x)
 		return;
-	HASH_DEL(g.rooms, r);
+	rsub_del(r);
 	free(r);
 }
 
 static void run_waiters(struct rsub *r)
 {
-	struct waiter *w = r->waiters, *next;
+	struct waiter *w, *next;
 
-	r->waiters = NULL;
+	if (!r->x)
+		return;
+	w = r->x->waiters;
+	r->x->waiters = NULL;
+	drop_extra(r);
 	for (; w; w = next) {
 		next = w->next;
 		w->fn(w->arg);
@@ -278,17 +369,18 @@ static void release_held(struct rsub *r)
 	struct held_msg *h;
 	int rc;
 
-	while ((h = r->held)) {
+	while (r->x && (h = r->x->held)) {
 		/* h stays first until it is sent: a link lost inside publish() delivers it and
 		 * the rest here, in order (reset_rooms), and leaves nothing held. */
 		rc = g.state != RB_UP ? -1
 		                      : publish(rsub_room(r), h->payload, h->len, h->src,
 		                                h->born_ns, r->want && confirmed(r) ? r : NULL);
-		if (r->held != h)
+		if (!r->x || r->x->held != h)
 			continue;
-		r->held = h->next;
-		if (!r->held)
-			r->held_tail = NULL;
+		r->x->held = h->next;
+		if (!r->x->held)
+			r->x->held_tail = NULL;
+		drop_extra(r);
 		g.held_bytes -= h->len;
 		if (rc < 0) {
 			metrics.redis_publish_failures++;
@@ -313,22 +405,24 @@ static void own_done(const char *room)
  * are freed by the next flush (not here: lose() runs inside loops that hold pointers). */
 static void reset_rooms(void)
 {
-	struct rsub *r, *tmp;
+	struct rsub *r;
 	struct held_msg *h;
 
 	metrics.bus_channels = 0;
-	HASH_ITER(hh, g.rooms, r, tmp)
-	{
+	for (uint32_t i = 0; i < g.nslots; i++) {
+		if (!(r = g.slots[i]))
+			continue;
 		r->asked = r->busy = false;
 		r->own = 0;
-		while ((h = r->held)) {
-			r->held = h->next;
+		while (r->x && (h = r->x->held)) {
+			r->x->held = h->next;
 			metrics.redis_publish_failures++;
 			g_deliver(rsub_room(r), h->payload, h->len, h->src, h->born_ns);
 			free(h);
 		}
-		r->held_tail = NULL;
-		run_waiters(r);
+		if (r->x)
+			r->x->held_tail = NULL;
+		run_waiters(r); /* frees r->x */
 		if (!r->want)
 			mark_dirty(r);
 	}
@@ -387,8 +481,7 @@ static void on_flush(uv_timer_t *t)
 		g_argv[0] = cmd[k];
 		g_lens[0] = strlen(cmd[k]);
 		for (r = batch[k]; r && g.state == RB_UP; r = r->next_dirty) {
-			g_argv[argc] = r->chan;
-			g_lens[argc] = strlen(r->chan);
+			batch_put(argc, r);
 			if (++argc == SUB_BATCH + 1) {
 				if (!send_batch(argc))
 					return;
@@ -403,19 +496,17 @@ static void on_flush(uv_timer_t *t)
 /* Every room with local members, after the fixed subscriptions of a new link. */
 static bool resubscribe_all(void)
 {
-	struct rsub *r, *tmp;
+	struct rsub *r;
 	int argc = 1;
 
 	g_argv[0] = "SUBSCRIBE";
 	g_lens[0] = 9;
-	HASH_ITER(hh, g.rooms, r, tmp)
-	{
-		if (!r->want)
+	for (uint32_t i = 0; i < g.nslots; i++) {
+		if (!(r = g.slots[i]) || !r->want)
 			continue;
 		r->asked = r->busy = true;
 		g.resub_left++;
-		g_argv[argc] = r->chan;
-		g_lens[argc] = strlen(r->chan);
+		batch_put(argc, r);
 		if (++argc == SUB_BATCH + 1) {
 			if (!send_batch(argc))
 				return false;
@@ -465,15 +556,15 @@ static void on_room_life(const char *room, bool exists)
 	if (!r) {
 		if (!exists)
 			return;
-		r = calloc(1, sizeof(*r) + ROOM_PREFIX_LEN + len + 1);
-		if (!r) {
+		r = calloc(1, sizeof(*r) + len + 1);
+		if (r)
+			memcpy(r->room, room, len + 1);
+		if (!r || rsub_add(r) < 0) {
+			free(r);
 			log_error("redis subscription skipped", "room", room, "reason",
 			          "out of memory");
 			return;
 		}
-		memcpy(r->chan, ROOM_PREFIX, ROOM_PREFIX_LEN);
-		memcpy(r->chan + ROOM_PREFIX_LEN, room, len + 1);
-		HASH_ADD_KEYPTR(hh, g.rooms, rsub_room(r), len, r);
 	}
 	r->want = exists;
 	mark_dirty(r);
@@ -1091,7 +1182,15 @@ static int publish(const char *room, const char *payload, size_t len, enum metri
 	return 0;
 }
 
-/* Keeps a message for a room whose subscription is not confirmed yet; see struct held_msg. */
+static struct rsub_extra *ensure_extra(struct rsub *r)
+{
+	if (!r->x)
+		r->x = calloc(1, sizeof(*r->x));
+	return r->x;
+}
+
+/* Keeps a message for a room whose subscription is not confirmed yet; see struct held_msg.
+ * On failure nothing is kept (an empty extra part is freed with the room or its next use). */
 static int hold(struct rsub *r, const char *payload, size_t len, enum metrics_source src,
                 uint64_t born_ns)
 {
@@ -1101,19 +1200,18 @@ static int hold(struct rsub *r, const char *payload, size_t len, enum metrics_so
 		lose("PUBLISH failed", "64 MiB published and not yet received back");
 		return -1;
 	}
-	h = malloc(sizeof(*h) + len);
-	if (!h)
+	if (!ensure_extra(r) || !(h = malloc(sizeof(*h) + len)))
 		return -1;
 	h->next = NULL;
 	h->born_ns = born_ns;
 	h->src = src;
 	h->len = len;
 	memcpy(h->payload, payload, len);
-	if (r->held_tail)
-		r->held_tail->next = h;
+	if (r->x->held_tail)
+		r->x->held_tail->next = h;
 	else
-		r->held = h;
-	r->held_tail = h;
+		r->x->held = h;
+	r->x->held_tail = h;
 	g.held_bytes += len;
 	return 0;
 }
@@ -1152,12 +1250,12 @@ int redisbus_when_subscribed(const char *room, void (*fn)(void *arg), void *arg)
 	if (g.state != RB_UP)
 		return 0;
 	r = rsub_find(room, strlen(room));
-	if (!r || !r->want || confirmed(r) || !(w = malloc(sizeof(*w))))
+	if (!r || !r->want || confirmed(r) || !ensure_extra(r) || !(w = malloc(sizeof(*w))))
 		return 0;
 	w->fn = fn;
 	w->arg = arg;
-	w->next = r->waiters;
-	r->waiters = w;
+	w->next = r->x->waiters;
+	r->x->waiters = w;
 	return 1;
 }
 
@@ -1256,19 +1354,22 @@ int redisbus_start(const struct config *cfg, uv_loop_t *loop, redisbus_deliver_f
  * in-flight ones. */
 static void free_rooms(void)
 {
-	struct rsub *r, *tmp;
+	struct rsub *r;
 	struct held_msg *h;
 
-	HASH_ITER(hh, g.rooms, r, tmp)
-	{
-		run_waiters(r);
-		while ((h = r->held)) {
-			r->held = h->next;
+	for (uint32_t i = 0; i < g.nslots; i++) {
+		if (!(r = g.slots[i]))
+			continue;
+		while (r->x && (h = r->x->held)) {
+			r->x->held = h->next;
 			free(h);
 		}
-		HASH_DEL(g.rooms, r);
+		run_waiters(r); /* frees r->x */
 		free(r);
 	}
+	free(g.slots);
+	g.slots = NULL;
+	g.nslots = g.nrooms = 0;
 	g.dirty = NULL;
 	g.held_bytes = 0;
 	metrics.bus_channels = 0;

@@ -193,6 +193,18 @@ def test_a_burst_of_1000_room_joins_costs_a_few_subscribe_commands(redis_server,
         # pass was 280); a slower build (valgrind) takes longer to read the joins.
         assert calls <= min(100, 3 + elapsed / 0.020), (calls, elapsed)
         assert metric(n1, "roomcast_bus_channels_subscribed") >= 1000
+        # Every other room left: exactly the rest stays subscribed (rooms looked up and
+        # removed by the hundred in between).
+        for ws, part in clients:
+            for r in part[1::2]:
+                await send(ws, "leave", room=r)
+        for ws, part in clients:
+            for _ in part[1::2]:
+                assert (await recv_json(ws, 20))["type"] == "left"
+        kept = {f"ws:room:{r}" for ws, part in clients for r in part[0::2]}
+        wait_until(lambda: {c for c in room_channels(redis_server)
+                            if c.startswith("ws:room:burst-")} == kept,
+                   timeout=10, what="only the rooms still joined subscribed")
         for ws, _ in clients:
             await ws.close()
     run(go())
