@@ -5,13 +5,14 @@ recipient of a fan-out getting the same bytes. Frames are parsed here by hand (R
 by a library that would forgive a malformed header."""
 
 import json
+import socket
 import struct
 import threading
 import time
 
 import pytest
 
-from rc import Notifier, RawClient, make_token
+from rc import Notifier, RawClient, make_token, wait_until
 
 ROOM = "product-1"
 
@@ -169,3 +170,27 @@ def test_fanout_every_member_gets_the_same_bytes(server_factory):
             body = raw[10:]
         m = json.loads(body)
         assert m["data"] == {"i": i, "pad": "x" * pads[i]}
+
+
+def test_reset_member_is_dropped_and_the_others_served(server_factory):
+    """Members that reset their connection (RST, no close frame) while messages flow: the
+    server drops them, whether a read or a direct send meets the reset first, and the member
+    that stays gets every message."""
+    server = server_factory({"NOTIFY_TOKEN": "notify-secret"})
+    good = _member(server)
+    gone = [_member(server) for _ in range(5)]
+    try:
+        _push(server, [10, 20])
+        for c in gone:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        _push(server, [30] * 50, start=2)
+        got = []
+        while len(got) < 52:
+            fin, op, data, _ = _next_frame(good, 10)
+            if op == 1:
+                got += [m["data"]["i"] for m in _messages(data)]
+        assert got == list(range(52))
+        wait_until(lambda: server.admin()["clients"] == 1, timeout=10, what="reset members gone")
+    finally:
+        good.close()
