@@ -35,13 +35,30 @@ const char *pgl_state(void);
 
 struct frame;
 
+/* An event a replay page carried that this process had not delivered live yet when the page
+ * was read (its notification still on the way): its live copy is still to come, to the asker
+ * too, and must not be sent again. xid is its transaction (UINT64_MAX when unknown). */
+struct pgl_owed {
+	long long id;
+	uint64_t xid;
+};
+
 /* What a replay page says about the whole replay. */
 struct pgl_replay_page {
 	long long top;   /* the highest id the replay covers (later ids arrive live) */
 	long long total; /* events to replay (first page only) */
 	long long last;  /* the last id this page read (0: none) */
 	bool more;       /* another page may follow: ask with after = last */
+	/* The page's events not delivered live yet, in id order; valid during the callback. */
+	const struct pgl_owed *owed;
+	size_t nowed;
 };
+/* Whether outbox event id (of transaction xid) has been handed to the router by this process;
+ * once true it never is again (each event is delivered once). */
+bool pgl_delivered(long long id, uint64_t xid);
+/* Whether every committed outbox event of a transaction at most xid has been delivered (the
+ * watermark passed it and nothing waits in the inbound queue). */
+bool pgl_caught_up(uint64_t xid);
 /* One page of replayed events in id order: their outbox ids and room-message frames for the
  * room asked about (the callback takes over the frame references). ok is false when the outbox
  * could not be read; recovered is false when events after since (or after `after`, on later

@@ -41,6 +41,7 @@
 struct seen {
 	long long id;
 	uint64_t xid;
+	bool delivered; /* handed to the router (else claimed, or waiting in the inbound queue) */
 	UT_hash_handle hh;
 };
 
@@ -90,7 +91,7 @@ struct rquery {
 	long long *ids;
 	struct frame **frames;
 	size_t n;
-	struct pgl_replay_page page;
+	struct pgl_replay_page page; /* page.owed: owned here */
 };
 
 static struct rquery *g_open, *g_waiting, *g_cached;
@@ -268,6 +269,12 @@ static void deliver_json(const char *text, uint64_t nonlive_xmax)
 	ev.data_raw = raw_field(o, "data");
 	ev.meta_raw = raw_field(o, "meta");
 	ev.born_ns = util_now_ns();
+	{
+		struct seen *s;
+		HASH_FIND(hh, g_seen, &ev.id_num, sizeof(ev.id_num), s);
+		if (s)
+			s->delivered = true;
+	}
 	g_deliver(&ev);
 	g_deliver_seq++;
 	if (g_cached)
@@ -790,6 +797,7 @@ static void cache_free(struct rquery *q)
 		frame_unref(q->frames[i]);
 	free(q->ids);
 	free(q->frames);
+	free((void *)q->page.owed);
 	free(q);
 }
 
@@ -805,6 +813,79 @@ static void cache_expire(bool all)
 		if (all || now - q->answered_ns >= (uint64_t)REPLAY_CACHE_MS * 1000000ull)
 			cache_free(q);
 	}
+}
+
+bool pgl_delivered(long long id, uint64_t xid)
+{
+	struct seen *s;
+
+	HASH_FIND(hh, g_seen, &id, sizeof(id), s);
+	if (s)
+		return s->delivered;
+	/* Forgotten: below W, so delivered, unless it still waits in the inbound queue (a sweep
+	 * skips events already seen there and may move W past them). */
+	if (!g_have_w || xid >= g_w)
+		return false;
+	for (struct inbound *in = g_in_head; in; in = in->next)
+		if (in->id == id)
+			return false;
+	return true;
+}
+
+bool pgl_caught_up(uint64_t xid)
+{
+	return g_have_w && xid < g_w && !g_in_head;
+}
+
+/* The transaction of an event from its realtime.event_json text, which starts
+ * {"id":N,"xid":"X" (UINT64_MAX when it does not). */
+static uint64_t event_xid(const char *json)
+{
+	const char *p = strncmp(json, "{\"id\":", 6) ? NULL : json + 6;
+	char *end;
+	unsigned long long x;
+
+	if (!p)
+		return UINT64_MAX;
+	while (*p >= '0' && *p <= '9')
+		p++;
+	if (strncmp(p, ",\"xid\":\"", 8))
+		return UINT64_MAX;
+	x = strtoull(p + 8, &end, 10);
+	return end == p + 8 || *end != '"' ? UINT64_MAX : (uint64_t)x;
+}
+
+/* Sets page->owed to the events of the replay rows (ids[0..n), ids ascending) this process has
+ * not delivered yet: the replay query saw them committed, their live copies are still to come
+ * (session.c drops those for the asker). The answer holds while no event is delivered, which
+ * is as long as a page is shared (see replay_ask). False when out of memory. */
+static bool find_owed(const PGresult *res, const long long *ids, size_t n,
+                      struct pgl_replay_page *page)
+{
+	struct pgl_owed *owed = NULL;
+	size_t k = 0, j = 0;
+
+	for (int i = 0; i < PQntuples(res) && j < n; i++) {
+		long long id;
+		uint64_t xid;
+		if (PQgetisnull(res, i, 1))
+			continue;
+		id = strtoll(PQgetvalue(res, i, 1), NULL, 10);
+		if (id != ids[j])
+			continue; /* its frame could not be built: not replayed */
+		j++;
+		xid = event_xid(PQgetvalue(res, i, 2));
+		if (pgl_delivered(id, xid))
+			continue;
+		if (!owed && !(owed = malloc((n - j + 1) * sizeof(*owed))))
+			return false;
+		owed[k].id = id;
+		owed[k].xid = xid;
+		k++;
+	}
+	page->owed = owed;
+	page->nowed = k;
+	return true;
 }
 
 static void on_replay(void *arg, const PGresult *res, const char *err)
@@ -847,6 +928,12 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	/* A full page may have a successor, which starts after the last row read (kept or not). */
 	page.more = rows == (size_t)q->limit;
 	ok = ids && frames;
+	if (ok && !q->history && !find_owed(res, ids, n, &page)) {
+		for (size_t i = 0; i < n; i++)
+			frame_unref(frames[i]);
+		n = 0;
+		ok = false;
+	}
 	if (ok && !q->history && !q->top && q->sent_seq == g_deliver_seq &&
 	    g_ncached < REPLAY_CACHE_MAX) {
 		q->answered = true;
@@ -868,6 +955,7 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 		frame_unref(frames[i]);
 	free(ids);
 	free(frames);
+	free((void *)page.owed);
 	free(q);
 }
 

@@ -321,8 +321,21 @@ struct pending_join {
 	long long *sent; /* ids of replayed events queued so far, ascending */
 	size_t nsent, capsent;
 	bool fetching, more, answered, lost;
+	/* Replayed events this process had not delivered live when their page was read (see
+	 * struct pgl_owed): their live copies are dropped. Once the replay is out the join stays
+	 * here, draining (live frames pass straight through), until each has come or pgl says it
+	 * was delivered. More than OWED_MAX: overflow, the whole `sent` set is kept instead and
+	 * the drain ends once pgl has delivered everything up to owed_xmax. */
+	struct pgl_owed *owed; /* ascending ids */
+	size_t nowed, capowed;
+	uint64_t owed_xmax;
+	bool overflow, draining;
 	struct pending_join *next;
 };
+
+/* Owed ids kept per join; a replay owing more (this process far behind its notifications, e.g.
+ * a listener reconnect catching up) drains by its whole replayed set. */
+#define OWED_MAX 1024
 
 struct join_args {
 	struct conn *c;
@@ -336,7 +349,7 @@ static struct pending_join *pending_find(struct conn *c, const char *room,
 {
 	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
 	for (; *pp; pp = &(*pp)->next)
-		if (!strcmp((*pp)->room, room)) {
+		if (!(*pp)->draining && !strcmp((*pp)->room, room)) {
 			if (link)
 				*link = pp;
 			return *pp;
@@ -359,16 +372,46 @@ static bool replay_sent(const struct pending_join *pj, long long id)
 	return lo < pj->nsent && pj->sent[lo] == id;
 }
 
+/* Removes id from pj's owed events; true when it was one. */
+static bool owed_take(struct pending_join *pj, long long id)
+{
+	for (size_t i = 0; i < pj->nowed; i++)
+		if (pj->owed[i].id == id) {
+			memmove(pj->owed + i, pj->owed + i + 1,
+			        (pj->nowed - i - 1) * sizeof(*pj->owed));
+			pj->nowed--;
+			return true;
+		}
+	return false;
+}
+
+/* Whether a drain may end: every owed event delivered (its live copy came, or pgl delivered it
+ * through another of its rooms). */
+static bool drain_over(struct pending_join *pj)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < pj->nowed; i++)
+		if (!pgl_delivered(pj->owed[i].id, pj->owed[i].xid))
+			pj->owed[k++] = pj->owed[i];
+	pj->nowed = k;
+	return !k && (!pj->overflow || pgl_caught_up(pj->owed_xmax));
+}
+
 /* Unlinks and frees a pending join; its held frames are sent first when flush is set, except
- * those the replay already carried. */
+ * those the replay already carried. With flush, a join still owed live copies of replayed
+ * events stays linked, draining. */
 static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 {
 	struct pending_join *pj = *link;
 
-	*link = pj->next;
+	flush = flush && conn_alive(c);
 	for (size_t i = 0; i < pj->n; i++) {
-		if (flush && conn_alive(c) && !(pj->ids[i] && replay_sent(pj, pj->ids[i])))
-			session_send(session_of(c), pj->frames[i]);
+		if (!(pj->ids[i] && replay_sent(pj, pj->ids[i])))
+			if (flush)
+				session_send(session_of(c), pj->frames[i]);
+		if (pj->ids[i])
+			owed_take(pj, pj->ids[i]);
 		frame_unref(pj->frames[i]);
 	}
 	for (size_t i = pj->page_pos; i < pj->page_n; i++)
@@ -377,8 +420,36 @@ static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 	free(pj->page_ids);
 	free(pj->frames);
 	free(pj->ids);
+	pj->page = NULL;
+	pj->page_ids = NULL;
+	pj->frames = NULL;
+	pj->ids = NULL;
+	pj->n = pj->cap = pj->page_n = pj->page_pos = 0;
+	if (flush && !pj->draining && !drain_over(pj)) {
+		pj->draining = true;
+		if (!pj->overflow) {
+			free(pj->sent);
+			pj->sent = NULL;
+			pj->nsent = pj->capsent = 0;
+		}
+		return;
+	}
+	*link = pj->next;
 	free(pj->sent);
+	free(pj->owed);
 	free(pj);
+}
+
+/* Ends the draining joins of room (a leave). */
+static void drains_end(struct conn *c, const char *room)
+{
+	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
+
+	while (*pp)
+		if ((*pp)->draining && !strcmp((*pp)->room, room))
+			pending_end(c, pp, false);
+		else
+			pp = &(*pp)->next;
 }
 
 /* The connection is gone: its rooms, joins still waiting for replay and messages waiting for
@@ -420,12 +491,38 @@ static void on_deadline(struct conn *c, unsigned due)
 		conn_close(c, 4001, "token expired", true);
 }
 
+/* A live outbox event (id) for a connection with draining joins: true when a replay already
+ * carried it (its copy is dropped), whichever room it comes through. Drains that are over end. */
+static bool drain_drops(struct conn *c, long long id)
+{
+	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
+	bool drop = false;
+
+	while (*pp) {
+		struct pending_join *pj = *pp;
+		if (!pj->draining) {
+			pp = &pj->next;
+			continue;
+		}
+		if (owed_take(pj, id) || (pj->overflow && replay_sent(pj, id)))
+			drop = true;
+		if (drain_over(pj))
+			pending_end(c, pp, false);
+		else
+			pp = &pj->next;
+	}
+	return drop;
+}
+
 void session_deliver(struct room_member *m, struct frame *f, const char *room, long long id_num)
 {
 	struct session *s = session_of_member(m);
 	struct conn *c = s->conn;
-	struct pending_join *pj = s->pending ? pending_find(c, room, NULL) : NULL;
+	struct pending_join *pj;
 
+	if (s->pending && id_num && drain_drops(c, id_num))
+		return;
+	pj = s->pending ? pending_find(c, room, NULL) : NULL;
 	if (!pj) {
 		session_send(s, f);
 		return;
@@ -580,6 +677,26 @@ static void on_replayed(void *arg, const char *room, bool ok, bool recovered, co
 	if (!ok) {
 		replay_done(c, pj);
 		return;
+	}
+	for (size_t i = 0; i < page->nowed; i++) {
+		if (page->owed[i].xid > pj->owed_xmax)
+			pj->owed_xmax = page->owed[i].xid;
+		if (pj->overflow)
+			continue;
+		if (pj->nowed == pj->capowed) {
+			size_t ncap = pj->capowed ? pj->capowed * 2 : 8;
+			struct pgl_owed *no =
+			    ncap <= OWED_MAX ? realloc(pj->owed, ncap * sizeof(*no)) : NULL;
+			if (!no) {
+				/* Past the bound (or out of memory): still exact, by the
+				 * whole replayed set. */
+				pj->overflow = true;
+				continue;
+			}
+			pj->owed = no;
+			pj->capowed = ncap;
+		}
+		pj->owed[pj->nowed++] = page->owed[i];
 	}
 	pj->more = page->more && page->last > pj->after;
 	if (page->last)
@@ -740,6 +857,7 @@ static void do_leave(struct conn *c, struct proto_msg *m)
 
 	if (pending_find(c, m->room, &link))
 		pending_end(c, link, false);
+	drains_end(c, m->room);
 	if (room_leave(m->room, &session_of(c)->member) != 0) {
 		reply_error(c, PROTO_NOT_MEMBER, "not a member of this room", m->room);
 		return;
@@ -797,6 +915,7 @@ int session_server_leave(struct conn *c, const char *room)
 		return 0;
 	if (pending_find(c, room, &link))
 		pending_end(c, link, false);
+	drains_end(c, room);
 	if (room_leave(room, &session_of(c)->member) != 0)
 		return 0;
 	conn_reply(c, proto_left(room));
