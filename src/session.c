@@ -564,11 +564,13 @@ static int replay_ask(struct conn *c, const char *room, long long since, long lo
 static void replay_done(struct conn *c, struct pending_join *pj)
 {
 	struct pending_join **link;
-	char count[24];
+	char count[24], owed[24];
 
 	snprintf(count, sizeof(count), "%zu", pj->nsent);
+	snprintf(owed, sizeof(owed), "%zu", pj->nowed);
 	log_debug("replayed", "conn", conn_id(c), "room", pj->room, "events", count, "recovered",
-	          pj->lost ? "false" : "true");
+	          pj->lost ? "false" : "true", "owed", owed, "owed_overflow",
+	          pj->overflow ? "true" : NULL);
 	if (pending_find(c, pj->room, &link) == pj)
 		pending_end(c, link, true);
 }
