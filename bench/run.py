@@ -898,6 +898,40 @@ def metric_sums(port, prefixes):
     return out
 
 
+def worker_metric_sums(port, prefixes, workers):
+    """metric_sums over every worker sharing the port: each new connection lands on some
+    worker (SO_REUSEPORT), /health names it and /metrics on the same keep-alive connection is
+    its own; tried until every worker was read (bounded). Returns (sums, workers read)."""
+    import http.client
+    seen = {}
+    for _ in range(60 * workers):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            c.request("GET", "/health")
+            node = json.loads(c.getresponse().read()).get("node")
+            if node in seen:
+                continue
+            c.request("GET", "/metrics")
+            text = c.getresponse().read().decode()
+        except (OSError, ValueError):
+            continue
+        finally:
+            c.close()
+        seen[node] = {}
+        for line in text.splitlines():
+            if line.startswith(tuple(prefixes)):
+                k, v = line.rsplit(" ", 1)
+                name = k.split("{", 1)[0]
+                seen[node][name] = seen[node].get(name, 0) + float(v)
+        if len(seen) >= workers:
+            break
+    sums = {}
+    for m in seen.values():
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0) + v
+    return sums, len(seen)
+
+
 def pg_queries(pg):
     """roomcast's statements so far, from pg_stat_statements: (all, those reading the outbox).
     The load generator's publish calls and this bookkeeping are left out."""
@@ -947,6 +981,7 @@ def sc_storm(ctx):
     with Server("roomcast", env) as s:
         wait_pg_up(s)
         pg.psql("SELECT pg_stat_statements_reset()")
+        m0, _ = worker_metric_sums(s.port, ["roomcast_replay"], w)
         cpu0 = proc_cpu(s.pids())
         r = loadgen("latency", s, [
             "--conns", m, "--room-size", room, "--room-prefix", "storm", "--events",
@@ -955,8 +990,13 @@ def sc_storm(ctx):
             "--connect-timeout", PARAMS["connect_timeout"], "--inflight", 32],
             timeout=1800, on_stderr=on_line)
         r["server_cpu_total_s"] = round(proc_cpu(s.pids()) - cpu0, 2)
-        m1 = metric_sums(s.port, ["roomcast_replay"]) if w == 1 else {}
+        m1, read = worker_metric_sums(s.port, ["roomcast_replay"], w)
+        r["replay_metric_workers_read"] = read
     end = pg_queries(pg)
+    # What they were (whole run): the five most called.
+    r["pg_top"] = [[q[:160], c] for q, c in pg.psql(
+        "SELECT query, calls FROM pg_stat_statements WHERE query !~ "
+        "'realtime\\.publish|pg_stat_|application_name' ORDER BY calls DESC LIMIT 5")]
     if "start" in marks:
         t0, p0, ms0 = marks["start"]
         r["pg_queries"] = end[0] - t0
@@ -964,7 +1004,7 @@ def sc_storm(ctx):
         r["pg_exec_ms"] = round(end[2] - ms0, 1)
     r["rooms"] = rooms
     r["workers"] = w
-    r["replay_metric"] = m1
+    r["replay_metric"] = {k: v - m0.get(k, 0) for k, v in m1.items()}
     return {"roomcast": r}
 
 
@@ -1246,6 +1286,13 @@ def issue14_rows(res, row):
             verdict(q <= r["rooms"] if q is not None else None))
         row("", "their execution time in PostgreSQL (ms)", fmt(r.get("pg_exec_ms"), "%.0f"),
             "", "", "", "")
+        rq = r.get("replay_metric", {}).get("roomcast_replay_queries_total")
+        if rq is not None:
+            row("", "roomcast_replay_queries_total, %d/%d workers (whole run)" % (
+                r.get("replay_metric_workers_read", 0), r["workers"]), fmt(rq), "", "", "",
+                "<= %d (rooms)" % r["rooms"], verdict(
+                    rq <= r["rooms"] if r.get("replay_metric_workers_read") == r["workers"]
+                    else None))
         row("", "server CPU, whole run (s)", fmt(r.get("server_cpu_total_s"), "%.2f"), "", "",
             "", "")
     rp = res.get("replicas")
