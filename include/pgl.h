@@ -53,8 +53,9 @@ struct pgl_replay_page {
 	const struct pgl_owed *owed;
 	size_t nowed;
 };
-/* Whether outbox event id (of transaction xid) has been handed to the router by this process;
- * once true it never is again (each event is delivered once). */
+/* Whether outbox event id (of transaction xid) has been handed to the router by this process,
+ * or never will be (below the watermark W and not waiting in the inbound queue: delivered, or
+ * committed before this process first read the outbox). Once true it stays true. */
 bool pgl_delivered(long long id, uint64_t xid);
 /* Whether every committed outbox event of a transaction at most xid has been delivered (the
  * watermark passed it and nothing waits in the inbound queue). */
