@@ -34,7 +34,9 @@ enum gate_phase { GATE_HEAD = 0, GATE_HTTP, GATE_IDLE, GATE_UPGRADE, GATE_WS, GA
  * WebSocket one (MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP). The gate owns it while it reads the
  * head; from the hand-off it belongs to the lws connection (its opaque user data, never a
  * descriptor number, which lws clears before its last callback and the kernel reuses) and is
- * freed with gate_ticket_close from LWS_CALLBACK_WSI_DESTROY.
+ * freed with gate_ticket_close from LWS_CALLBACK_WSI_DESTROY, or, once it is an established
+ * WebSocket, with gate_ticket_upgraded: its WebSocket slot is then held by the connection's
+ * address alone (gate_ws_release gives it back), so an idle client keeps no ticket.
  */
 struct gate_ticket {
 	enum gate_phase phase;
@@ -51,6 +53,8 @@ struct gate_ticket {
 	uint64_t opened_ms;
 	struct gate_ticket *dprev, *dnext; /* the deadline list (tickets in lws) */
 	void *ipe;                         /* the per-address entry */
+	struct gate_exchange *http;        /* the HTTP exchange on this wsi (see gate_http) */
+	void *conn; /* the WebSocket connection, from admission to gate_ticket_upgraded */
 };
 
 /* What the admission checks need from a WebSocket upgrade request (pointers into the
@@ -96,6 +100,11 @@ void gate_ticket_bind(struct gate_ticket *t, struct lws *wsi);
 void gate_ticket_phase(struct gate_ticket *t, enum gate_phase phase, long ms);
 /* The connection is gone: releases its budget slots and frees t. */
 void gate_ticket_close(struct gate_ticket *t);
+/* The WebSocket handshake of t is done: frees t but keeps its WebSocket slot, which is then
+ * released with gate_ws_release(ip) where ip is t->ip (the per-address entry's copy, valid
+ * until then). */
+void gate_ticket_upgraded(struct gate_ticket *t);
+void gate_ws_release(const char *ip);
 
 /* The lws HTTP plumbing: the protocol callback hands every HTTP reason (LWS_CALLBACK_HTTP,
  * _HTTP_BODY, _HTTP_BODY_COMPLETION, _HTTP_WRITEABLE, _HTTP_DROP_PROTOCOL) here with the wsi's

@@ -11,6 +11,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -168,15 +169,10 @@ struct gate_ticket *gate_ticket_open(const char *ip, struct gate_refusal *ref)
 	return t;
 }
 
-void gate_ticket_close(struct gate_ticket *t)
+/* Gives back one slot of e in the WebSocket or the HTTP budget; frees e when it holds none. */
+static void slot_release(struct ip_entry *e, bool ws)
 {
-	struct ip_entry *e;
-
-	if (!t)
-		return;
-	e = t->ipe;
-	dl_unlink(t);
-	if (t->ws) {
+	if (ws) {
 		e->ws--;
 		g_nws--;
 	} else {
@@ -188,9 +184,30 @@ void gate_ticket_close(struct gate_ticket *t)
 		free(e);
 		g_nips--;
 	}
+	publish_counts();
+}
+
+void gate_ticket_close(struct gate_ticket *t)
+{
+	if (!t)
+		return;
+	dl_unlink(t);
+	slot_release(t->ipe, t->ws);
 	auth_identity_clear(&t->ident);
 	free(t);
-	publish_counts();
+}
+
+void gate_ticket_upgraded(struct gate_ticket *t)
+{
+	dl_unlink(t);
+	auth_identity_clear(&t->ident);
+	free(t);
+}
+
+void gate_ws_release(const char *ip)
+{
+	/* ip is the entry's own copy (t->ip = e->ip). */
+	slot_release((struct ip_entry *)(void *)(ip - offsetof(struct ip_entry, ip)), true);
 }
 
 struct gate_ticket *gate_ticket_claim(void)

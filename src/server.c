@@ -33,12 +33,6 @@
 #include <unistd.h>
 #include <uv.h>
 
-/* Per-wsi storage lws allocates for us. */
-struct pss {
-	struct conn *conn;
-	struct gate_exchange *http;
-};
-
 enum server_state { SRV_STARTING = 0, SRV_RUNNING, SRV_DRAINING, SRV_STOPPING };
 
 static struct config *g_cfg;
@@ -80,9 +74,25 @@ static void deliver_db_event(const struct pgl_event *e)
 
 static bool g_tls;
 
-/* Creates the connection for an admitted upgrade; takes the ticket's identity (the ticket
- * itself stays with the wsi until LWS_CALLBACK_WSI_DESTROY). */
-static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
+/* Where a wsi's objects are: lws allocates no per-session data for us (per_session_data_size
+ * 0). The gate ticket is the wsi's opaque user data from LWS_CALLBACK_SERVER_NEW_CLIENT_
+ * INSTANTIATED (it holds the HTTP exchange slot, and the connection from admission on) until
+ * the WebSocket is established; from then the ticket is freed and the connection is the
+ * wsi's user pointer (lws_set_wsi_user: lws neither allocates nor frees it), so an idle client
+ * costs no ticket and no per-session block. */
+static struct conn *conn_of(struct lws *wsi, void *user)
+{
+	struct gate_ticket *t;
+
+	if (user || !wsi)
+		return user;
+	t = lws_get_opaque_user_data(wsi);
+	return t ? t->conn : NULL;
+}
+
+/* Creates the connection for an admitted upgrade; takes the ticket's identity. The ticket
+ * keeps the connection until LWS_CALLBACK_ESTABLISHED. */
+static int attach_conn(struct lws *wsi, struct gate_ticket *t)
 {
 	struct conn *c = conn_new(wsi, t->ip, t->batch);
 
@@ -97,17 +107,30 @@ static int attach_conn(struct lws *wsi, struct pss *pss, struct gate_ticket *t)
 	}
 	if (t->authenticated)
 		c->state = CONN_OPEN; /* session_open finishes the transition */
-	pss->conn = c;
+	t->conn = c;
 	return 0;
 }
 
-static void detach(struct pss *pss)
+/* The wsi's connection goes: detached, and its WebSocket slot given back unless a ticket
+ * still holds it (the handshake did not finish; the ticket releases it). */
+static void detach(struct lws *wsi, void *user)
 {
-	if (!pss || !pss->conn)
+	struct gate_ticket *t = lws_get_opaque_user_data(wsi);
+	struct conn *c = conn_of(wsi, user);
+	const char *ip;
+
+	if (!c)
 		return;
-	pss->conn->ip = NULL; /* the ticket's copy goes with the wsi */
-	conn_detach(pss->conn);
-	pss->conn = NULL;
+	ip = c->ip;
+	c->ip = NULL;
+	conn_detach(c);
+	if (t)
+		t->conn = NULL;
+	else {
+		lws_set_wsi_user(wsi, NULL);
+		if (ip)
+			gate_ws_release(ip);
+	}
 }
 
 static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t len)
@@ -156,7 +179,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len)
 {
-	struct pss *pss = user;
+	struct conn *c = conn_of(wsi, user);
 
 	switch (reason) {
 	case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED: {
@@ -176,26 +199,30 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 			return 1;
 		/* With TLS, lws read the head itself and the admission checks run here. */
 		if (g_tls && !t->ws)
-			return gate_admit_lws(wsi, t) ? 1 : attach_conn(wsi, pss, t);
+			return gate_admit_lws(wsi, t) ? 1 : attach_conn(wsi, t);
 		/* Plain HTTP: only upgrades the gate admitted; one arriving later on a kept-alive
 		 * connection bypassed the gate and is refused. */
 		if (!t->ws || t->phase != GATE_UPGRADE)
 			return 1;
-		return attach_conn(wsi, pss, t);
+		return attach_conn(wsi, t);
 	}
 	case LWS_CALLBACK_ESTABLISHED: {
 		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
-		if (!pss->conn)
+		if (!c || !t)
 			return -1;
-		/* From here the connection's own timers (auth, ping, silence) bound it. */
-		if (t)
-			gate_ticket_phase(t, GATE_WS, 0);
-		conn_established(pss->conn);
-		session_open(pss->conn, pss->conn->state == CONN_OPEN);
+		/* From here the connection's own timers (auth, ping, silence) bound it, and it
+		 * holds its WebSocket slot itself (c->ip): the ticket goes. */
+		t->phase = GATE_WS;
+		t->conn = NULL;
+		lws_set_opaque_user_data(wsi, NULL);
+		gate_http_end(&t->http);
+		gate_ticket_upgraded(t);
+		lws_set_wsi_user(wsi, c);
+		conn_established(c);
+		session_open(c, c->state == CONN_OPEN);
 		return 0;
 	}
 	case LWS_CALLBACK_RECEIVE: {
-		struct conn *c = pss->conn;
 		int rc;
 		if (!c)
 			return -1;
@@ -206,35 +233,39 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		return rc;
 	}
 	case LWS_CALLBACK_RECEIVE_PONG:
-		if (pss->conn)
-			conn_touch(pss->conn);
+		if (c)
+			conn_touch(c);
 		return 0;
 	case LWS_CALLBACK_SERVER_WRITEABLE:
-		return pss->conn ? conn_on_writeable(pss->conn) : -1;
+		return c ? conn_on_writeable(c) : -1;
 	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-		if (pss->conn && conn_alive(pss->conn))
+		if (c && conn_alive(c))
 			metrics.closes[CLOSE_PEER]++;
-		if (pss->conn)
-			conn_peer_closing(pss->conn);
+		if (c)
+			conn_peer_closing(c);
 		return 0;
 	case LWS_CALLBACK_CLOSED:
-		detach(pss);
+		detach(wsi, user);
 		return 0;
 	case LWS_CALLBACK_HTTP:
 	case LWS_CALLBACK_HTTP_BODY:
 	case LWS_CALLBACK_HTTP_BODY_COMPLETION:
 	case LWS_CALLBACK_HTTP_WRITEABLE:
-	case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
-		return gate_http(wsi, reason, &pss->http, in, len);
+	case LWS_CALLBACK_HTTP_DROP_PROTOCOL: {
+		/* HTTP runs only while the wsi has its ticket (before any WebSocket). */
+		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
+		if (!t)
+			return reason == LWS_CALLBACK_HTTP_DROP_PROTOCOL ? 0 : -1;
+		return gate_http(wsi, reason, &t->http, in, len);
+	}
 	case LWS_CALLBACK_WSI_DESTROY: {
 		/* Every wsi ends here, whatever phase it died in (a reset while waiting for a
-		 * header slot included): its ticket releases its budget slots. */
+		 * header slot included): its ticket, or past the handshake its connection,
+		 * releases its budget slots. */
 		struct gate_ticket *t = lws_get_opaque_user_data(wsi);
-		if (pss) {
-			detach(pss);
-			gate_http_end(&pss->http);
-		}
+		detach(wsi, user);
 		if (t) {
+			gate_http_end(&t->http);
 			lws_set_opaque_user_data(wsi, NULL);
 			gate_ticket_close(t);
 		}
@@ -251,7 +282,7 @@ static const struct lws_protocols protocols[] = {
      * roomcast reassembles longer messages itself (up to MAX_MESSAGE_SIZE). tx_packet_size:
      * left at 0, lws 4.1.6 would cut every send to rx_buffer_size + 20 bytes and copy the
      * rest aside (lws_issue_raw), so it is set above any frame roomcast writes. */
-    {"roomcast", callback, sizeof(struct pss), 128, 0, NULL, 1 << 20},
+    {"roomcast", callback, 0, 128, 0, NULL, 1 << 20},
     {NULL, NULL, 0, 0, 0, NULL, 0},
 };
 
