@@ -2,7 +2,8 @@
  * deadline, reconnect with jittered exponential backoff, a FIFO of queries each with its own
  * deadline, notifications, and a heartbeat that detects half-open connections. Never blocks.
  * In a --workers worker, the connections named "listener", "query" and "live" are relayed
- * through the feed process (pgrelay.h) behind this same interface. */
+ * through the feed process behind this same interface: the relay (pgrelay.c, a layer above)
+ * plugs itself in with pgc_use_relay, so pgc does not include it. */
 #ifndef ROOMCAST_PGC_H
 #define ROOMCAST_PGC_H
 
@@ -24,6 +25,24 @@ struct pgc_hooks {
 	void (*notify)(struct pgc *pc, const PGnotify *n, void *arg);
 	void *arg;
 };
+
+/* A relay serving some pgc names through another process: covers says which; the others
+ * mirror pgc's functions for one relayed connection (rl, from start; hooks run with pc). */
+struct pgc_relay {
+	bool (*covers)(const char *name);
+	void *(*start)(struct pgc *pc, uv_loop_t *loop, const char *name,
+	               const struct pgc_hooks *hooks);
+	void (*stop)(void *rl); /* no hook runs after it */
+	bool (*is_up)(const void *rl);
+	uint64_t (*reconnects)(const void *rl);
+	void (*reconnect)(void *rl, const char *why);
+	int (*query)(void *rl, bool urgent, const char *sql, int nparams, const char *const *params,
+	             uint32_t timeout_ms, pgc_result_fn cb, void *arg);
+};
+
+/* Set before the first pgc_start (NULL: every pgc connects directly); relay is kept, not
+ * copied, and must outlive every pgc. */
+void pgc_use_relay(const struct pgc_relay *relay);
 
 /* Starts connecting at once. conninfo is copied. name labels logs ("listener", "query"). */
 struct pgc *pgc_start(uv_loop_t *loop, const char *conninfo, const char *name,

@@ -4,7 +4,6 @@
 #include "pgc.h"
 #include "log.h"
 #include "metrics.h"
-#include "pgrelay.h"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -47,7 +46,7 @@ struct pgc {
 	uint64_t reconnects;
 	int closing;
 	struct resolve *resolving; /* host names being looked up before PQconnectStartParams */
-	struct pgrelay *relay;     /* set: a --workers worker's pgc, served by the feed process */
+	void *relay;               /* set: a --workers worker's pgc, served by the feed process */
 };
 
 /* Host names of the conninfo looked up one after the other on libuv's thread pool, so libpq
@@ -720,13 +719,20 @@ static void on_io(uv_poll_t *h, int status, int events)
 	pump(pc);
 }
 
+static const struct pgc_relay *g_relay;
+
+void pgc_use_relay(const struct pgc_relay *relay)
+{
+	g_relay = relay;
+}
+
 struct pgc *pgc_start(uv_loop_t *loop, const char *conninfo, const char *name,
                       const struct pgc_hooks *hooks)
 {
 	struct pgc *pc = calloc(1, sizeof(*pc));
 
-	if (pc && pgrelay_covers(name)) {
-		if (!(pc->relay = pgrelay_start(pc, loop, name, hooks))) {
+	if (pc && g_relay && g_relay->covers(name)) {
+		if (!(pc->relay = g_relay->start(pc, loop, name, hooks))) {
 			free(pc);
 			return NULL;
 		}
@@ -759,7 +765,7 @@ void pgc_stop(struct pgc *pc)
 {
 	if (pc && pc->relay) {
 		/* No hook runs after this, so pc is not needed past it. */
-		pgrelay_stop(pc->relay);
+		g_relay->stop(pc->relay);
 		free(pc);
 		return;
 	}
@@ -776,7 +782,7 @@ void pgc_stop(struct pgc *pc)
 void pgc_reconnect(struct pgc *pc, const char *why)
 {
 	if (pc && pc->relay) {
-		pgrelay_reconnect(pc->relay, why);
+		g_relay->reconnect(pc->relay, why);
 		return;
 	}
 	if (pc && pc->state == PGC_UP)
@@ -786,14 +792,14 @@ void pgc_reconnect(struct pgc *pc, const char *why)
 bool pgc_is_up(const struct pgc *pc)
 {
 	if (pc && pc->relay)
-		return pgrelay_is_up(pc->relay);
+		return g_relay->is_up(pc->relay);
 	return pc && pc->state == PGC_UP;
 }
 
 uint64_t pgc_reconnects(const struct pgc *pc)
 {
 	if (pc && pc->relay)
-		return pgrelay_reconnects(pc->relay);
+		return g_relay->reconnects(pc->relay);
 	return pc ? pc->reconnects : 0;
 }
 
@@ -805,7 +811,7 @@ static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams
 	struct pgc_query *q, *prev;
 
 	if (pc && pc->relay)
-		return pgrelay_query(pc->relay, urgent, sql, nparams, params, timeout_ms, cb, arg);
+		return g_relay->query(pc->relay, urgent, sql, nparams, params, timeout_ms, cb, arg);
 	if (!pc || pc->state != PGC_UP)
 		return -1;
 	q = calloc(1, sizeof(*q));

@@ -5,6 +5,7 @@
 #include "feedlink.h"
 #include "log.h"
 #include "metrics.h"
+#include "pgc.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -52,12 +53,19 @@ struct pgrelay {
 
 static char g_addr[FEED_ADDR_MAX];
 
+static const struct pgc_relay g_relay;
+
 void pgrelay_use(const char *addr)
 {
 	snprintf(g_addr, sizeof(g_addr), "%s", addr ? addr : "");
+	pgc_use_relay(g_addr[0] ? &g_relay : NULL);
 }
 
-bool pgrelay_covers(const char *name)
+static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
+                         const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
+                         void *arg);
+
+static bool pgrelay_covers(const char *name)
 {
 	return g_addr[0] &&
 	       (!strcmp(name, "listener") || !strcmp(name, "query") || !strcmp(name, "live"));
@@ -276,8 +284,8 @@ static void start_connect(struct pgrelay *rl)
 	feed_link_send(&rl->link, &b);
 }
 
-struct pgrelay *pgrelay_start(struct pgc *pc, uv_loop_t *loop, const char *name,
-                              const struct pgc_hooks *hooks)
+static struct pgrelay *pgrelay_start(struct pgc *pc, uv_loop_t *loop, const char *name,
+                                     const struct pgc_hooks *hooks)
 {
 	struct pgrelay *rl = calloc(1, sizeof(*rl));
 
@@ -304,7 +312,7 @@ static void on_timer_closed(uv_handle_t *h)
 	maybe_free(rl);
 }
 
-void pgrelay_stop(struct pgrelay *rl)
+static void pgrelay_stop(struct pgrelay *rl)
 {
 	if (!rl || rl->stopping)
 		return;
@@ -316,17 +324,17 @@ void pgrelay_stop(struct pgrelay *rl)
 	feed_link_close(&rl->link);
 }
 
-bool pgrelay_is_up(const struct pgrelay *rl)
+static bool pgrelay_is_up(const struct pgrelay *rl)
 {
 	return rl && rl->up;
 }
 
-uint64_t pgrelay_reconnects(const struct pgrelay *rl)
+static uint64_t pgrelay_reconnects(const struct pgrelay *rl)
 {
 	return rl && rl->ups > 1 ? rl->ups - 1 : 0;
 }
 
-void pgrelay_reconnect(struct pgrelay *rl, const char *why)
+static void pgrelay_reconnect(struct pgrelay *rl, const char *why)
 {
 	struct buf b;
 	if (!rl || !rl->up)
@@ -336,8 +344,9 @@ void pgrelay_reconnect(struct pgrelay *rl, const char *why)
 	feed_link_send(&rl->link, &b);
 }
 
-int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
-                  const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
+                         const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
+                         void *arg)
 {
 	struct pending *p;
 	struct buf b;
@@ -367,3 +376,46 @@ int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
 	HASH_ADD(hh, rl->pending, id, sizeof(p->id), p);
 	return 0;
 }
+
+/* pgc's view of the relay (struct pgc_relay: pgc reaches it only through these). */
+static void *relay_start(struct pgc *pc, uv_loop_t *loop, const char *name,
+                         const struct pgc_hooks *hooks)
+{
+	return pgrelay_start(pc, loop, name, hooks);
+}
+
+static void relay_stop(void *rl)
+{
+	pgrelay_stop(rl);
+}
+
+static bool relay_is_up(const void *rl)
+{
+	return pgrelay_is_up(rl);
+}
+
+static uint64_t relay_reconnects(const void *rl)
+{
+	return pgrelay_reconnects(rl);
+}
+
+static void relay_reconnect(void *rl, const char *why)
+{
+	pgrelay_reconnect(rl, why);
+}
+
+static int relay_query(void *rl, bool urgent, const char *sql, int nparams,
+                       const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+{
+	return pgrelay_query(rl, urgent, sql, nparams, params, timeout_ms, cb, arg);
+}
+
+static const struct pgc_relay g_relay = {
+    .covers = pgrelay_covers,
+    .start = relay_start,
+    .stop = relay_stop,
+    .is_up = relay_is_up,
+    .reconnects = relay_reconnects,
+    .reconnect = relay_reconnect,
+    .query = relay_query,
+};
