@@ -29,7 +29,7 @@ enum lane { LANE_NONE = 0, LANE_LISTENER, LANE_QUERY, LANE_LIVE };
 
 /* One worker pgc's link. Freed once its link closed and no query of its is outstanding. */
 struct client {
-	struct feed_link link;
+	struct feedlink link;
 	enum lane lane;
 	bool gone;
 	unsigned outstanding;
@@ -82,9 +82,9 @@ static bool lane_up(enum lane ln)
 static void send_state(struct client *c)
 {
 	struct buf b;
-	feed_frame_begin(&b, FEED_STATE);
-	feed_put_u32(&b, g_lane_up[c->lane]);
-	feed_link_send(&c->link, &b);
+	feedlink_frame_begin(&b, FEEDLINK_STATE);
+	feedlink_put_u32(&b, g_lane_up[c->lane]);
+	feedlink_send(&c->link, &b);
 }
 
 /* Tells the lane's workers when its up/down state changed. */
@@ -114,11 +114,11 @@ static void answer_err(struct client *c, uint32_t id, const char *err)
 	struct buf b;
 	if (c->gone)
 		return;
-	feed_frame_begin(&b, FEED_ANSWER);
-	feed_put_u32(&b, id);
-	feed_put_u32(&b, 0);
-	feed_put_str(&b, err ? err : "query failed");
-	feed_link_send(&c->link, &b);
+	feedlink_frame_begin(&b, FEEDLINK_ANSWER);
+	feedlink_put_u32(&b, id);
+	feedlink_put_u32(&b, 0);
+	feedlink_put_str(&b, err ? err : "query failed");
+	feedlink_send(&c->link, &b);
 }
 
 static void answer_res(struct client *c, uint32_t id, const PGresult *res)
@@ -128,24 +128,24 @@ static void answer_res(struct client *c, uint32_t id, const PGresult *res)
 
 	if (c->gone)
 		return;
-	feed_frame_begin(&b, FEED_ANSWER);
-	feed_put_u32(&b, id);
-	feed_put_u32(&b, 1);
-	feed_put_u32(&b, (uint32_t)PQresultStatus(res));
-	feed_put_u32(&b, (uint32_t)nf);
+	feedlink_frame_begin(&b, FEEDLINK_ANSWER);
+	feedlink_put_u32(&b, id);
+	feedlink_put_u32(&b, 1);
+	feedlink_put_u32(&b, (uint32_t)PQresultStatus(res));
+	feedlink_put_u32(&b, (uint32_t)nf);
 	for (int f = 0; f < nf; f++) {
-		feed_put_str(&b, PQfname(res, f));
-		feed_put_u32(&b, (uint32_t)PQftype(res, f));
+		feedlink_put_str(&b, PQfname(res, f));
+		feedlink_put_u32(&b, (uint32_t)PQftype(res, f));
 	}
-	feed_put_u32(&b, (uint32_t)nt);
+	feedlink_put_u32(&b, (uint32_t)nt);
 	for (int t = 0; t < nt; t++)
 		for (int f = 0; f < nf; f++)
 			if (PQgetisnull(res, t, f))
-				feed_put_u32(&b, ~0u);
+				feedlink_put_u32(&b, ~0u);
 			else
-				feed_put_bytes(&b, PQgetvalue(res, t, f),
-				               (uint32_t)PQgetlength(res, t, f));
-	feed_link_send(&c->link, &b);
+				feedlink_put_bytes(&b, PQgetvalue(res, t, f),
+				                   (uint32_t)PQgetlength(res, t, f));
+	feedlink_send(&c->link, &b);
 }
 
 /* An answer the feed gives itself: a command done, or one boolean row. */
@@ -154,22 +154,22 @@ static void answer_made(struct client *c, uint32_t id, const char *bool_col, boo
 	struct buf b;
 	if (c->gone)
 		return;
-	feed_frame_begin(&b, FEED_ANSWER);
-	feed_put_u32(&b, id);
-	feed_put_u32(&b, 1);
+	feedlink_frame_begin(&b, FEEDLINK_ANSWER);
+	feedlink_put_u32(&b, id);
+	feedlink_put_u32(&b, 1);
 	if (!bool_col) {
-		feed_put_u32(&b, PGRES_COMMAND_OK);
-		feed_put_u32(&b, 0);
-		feed_put_u32(&b, 0);
+		feedlink_put_u32(&b, PGRES_COMMAND_OK);
+		feedlink_put_u32(&b, 0);
+		feedlink_put_u32(&b, 0);
 	} else {
-		feed_put_u32(&b, PGRES_TUPLES_OK);
-		feed_put_u32(&b, 1);
-		feed_put_str(&b, bool_col);
-		feed_put_u32(&b, 16); /* bool */
-		feed_put_u32(&b, 1);
-		feed_put_str(&b, val ? "t" : "f");
+		feedlink_put_u32(&b, PGRES_TUPLES_OK);
+		feedlink_put_u32(&b, 1);
+		feedlink_put_str(&b, bool_col);
+		feedlink_put_u32(&b, 16); /* bool */
+		feedlink_put_u32(&b, 1);
+		feedlink_put_str(&b, val ? "t" : "f");
 	}
-	feed_link_send(&c->link, &b);
+	feedlink_send(&c->link, &b);
 }
 
 static struct lock *lock_find(const char *key)
@@ -387,12 +387,12 @@ static void run(struct client *c, uint32_t id, bool urgent, const char *sql, int
 		g_pool_load[pool]++;
 }
 
-static void on_client_frame(struct feed_link *l, char type, struct feed_rd *r)
+static void on_client_frame(struct feedlink *l, char type, struct feedlink_rd *r)
 {
 	struct client *c = l->owner;
 
-	if (type == FEED_HELLO && c->lane == LANE_NONE) {
-		const char *name = feed_get_str(r, NULL);
+	if (type == FEEDLINK_HELLO && c->lane == LANE_NONE) {
+		const char *name = feedlink_get_str(r, NULL);
 		c->lane = !name                       ? LANE_NONE
 		          : !strcmp(name, "listener") ? LANE_LISTENER
 		          : !strcmp(name, "live")     ? LANE_LIVE
@@ -400,27 +400,28 @@ static void on_client_frame(struct feed_link *l, char type, struct feed_rd *r)
 		                                      : LANE_NONE;
 		if (c->lane == LANE_NONE) {
 			log_warn("feed client refused", "reason", "unknown connection name");
-			feed_link_close(l);
+			feedlink_close(l);
 			return;
 		}
 		send_state(c);
-	} else if (type == FEED_QUERY && c->lane != LANE_NONE) {
-		uint32_t id = feed_get_u32(r), urgent = feed_get_u32(r), tmo = feed_get_u32(r);
-		const char *sql = feed_get_str(r, NULL);
-		uint32_t np = feed_get_u32(r);
+	} else if (type == FEEDLINK_QUERY && c->lane != LANE_NONE) {
+		uint32_t id = feedlink_get_u32(r), urgent = feedlink_get_u32(r),
+		         tmo = feedlink_get_u32(r);
+		const char *sql = feedlink_get_str(r, NULL);
+		uint32_t np = feedlink_get_u32(r);
 		const char *params[64];
 		if (np > 64 || !sql)
 			r->bad = true;
 		for (uint32_t i = 0; i < np && !r->bad; i++)
-			params[i] = feed_get_str(r, NULL);
+			params[i] = feedlink_get_str(r, NULL);
 		if (r->bad) {
 			log_warn("feed client dropped", "reason", "bad query frame");
-			feed_link_close(l);
+			feedlink_close(l);
 			return;
 		}
 		run(c, id, urgent != 0, sql, (int)np, params, tmo);
-	} else if (type == FEED_RECONNECT && c->lane != LANE_NONE) {
-		const char *why = feed_get_str(r, NULL);
+	} else if (type == FEEDLINK_RECONNECT && c->lane != LANE_NONE) {
+		const char *why = feedlink_get_str(r, NULL);
 		struct pgc *pc = c->lane == LANE_LISTENER ? g_listener
 		                 : c->lane == LANE_LIVE   ? g_live
 		                                          : NULL;
@@ -429,12 +430,12 @@ static void on_client_frame(struct feed_link *l, char type, struct feed_rd *r)
 			pgc_reconnect(pc, why ? why : "a worker asked");
 	} else {
 		log_warn("feed client dropped", "reason", "unexpected frame");
-		feed_link_close(l);
+		feedlink_close(l);
 	}
 }
 
 /* A worker's link closed: what the feed holds on its behalf is given back. */
-static void on_client_closed(struct feed_link *l)
+static void on_client_closed(struct feedlink *l)
 {
 	struct client *c = l->owner;
 	struct lock *k, *tmp;
@@ -480,8 +481,7 @@ static void on_connection(uv_stream_t *server, int status)
 	if (g_clients)
 		g_clients->prev = c;
 	g_clients = c;
-	switch (
-	    feed_link_open(&c->link, g_loop, -1, server, on_client_frame, on_client_closed, c)) {
+	switch (feedlink_open(&c->link, g_loop, -1, server, on_client_frame, on_client_closed, c)) {
 	case 0:
 		break;
 	case -1:
@@ -495,7 +495,7 @@ static void on_connection(uv_stream_t *server, int status)
 	if (uv_fileno((uv_handle_t *)&c->link.pipe, &fd) < 0 ||
 	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || cred.uid != geteuid()) {
 		log_warn("feed client refused", "reason", "not this user's process");
-		feed_link_close(&c->link);
+		feedlink_close(&c->link);
 	}
 }
 
@@ -533,11 +533,11 @@ static void pgc_notified(struct pgc *pc, const PGnotify *n, void *arg)
 		struct buf b;
 		if (c->gone || c->lane != LANE_LISTENER || !client_has(c, n->relname))
 			continue;
-		feed_frame_begin(&b, FEED_NOTIFY);
-		feed_put_u32(&b, (uint32_t)n->be_pid);
-		feed_put_str(&b, n->relname);
-		feed_put_str(&b, n->extra);
-		feed_link_send(&c->link, &b);
+		feedlink_frame_begin(&b, FEEDLINK_NOTIFY);
+		feedlink_put_u32(&b, (uint32_t)n->be_pid);
+		feedlink_put_str(&b, n->relname);
+		feedlink_put_str(&b, n->extra);
+		feedlink_send(&c->link, &b);
 	}
 }
 
@@ -554,7 +554,7 @@ static void on_stop_signal(uv_signal_t *s, int sig)
 	uv_close((uv_handle_t *)&g_server, NULL);
 	for (c = g_clients; c; c = next) {
 		next = c->next;
-		feed_link_close(&c->link);
+		feedlink_close(&c->link);
 	}
 	pgc_stop(g_listener);
 	pgc_stop(g_live);

@@ -9,12 +9,12 @@
 #include <string.h>
 #include <unistd.h>
 
-void feed_addr(char *out, size_t cap, int supervisor_pid)
+void feedlink_addr(char *out, size_t cap, int supervisor_pid)
 {
 	snprintf(out, cap, "roomcast-feed-%d", supervisor_pid);
 }
 
-uint32_t feed_get_u32(struct feed_rd *r)
+uint32_t feedlink_get_u32(struct feedlink_rd *r)
 {
 	uint32_t v;
 	if (r->bad || r->left < 4) {
@@ -27,9 +27,9 @@ uint32_t feed_get_u32(struct feed_rd *r)
 	return v;
 }
 
-const char *feed_get_str(struct feed_rd *r, uint32_t *len)
+const char *feedlink_get_str(struct feedlink_rd *r, uint32_t *len)
 {
-	uint32_t n = feed_get_u32(r);
+	uint32_t n = feedlink_get_u32(r);
 	const char *s;
 
 	if (len)
@@ -48,7 +48,7 @@ const char *feed_get_str(struct feed_rd *r, uint32_t *len)
 	return s;
 }
 
-void feed_frame_begin(struct buf *b, char type)
+void feedlink_frame_begin(struct buf *b, char type)
 {
 	uint32_t zero = 0;
 	buf_init(b);
@@ -56,24 +56,24 @@ void feed_frame_begin(struct buf *b, char type)
 	buf_put(b, &type, 1);
 }
 
-void feed_put_u32(struct buf *b, uint32_t v)
+void feedlink_put_u32(struct buf *b, uint32_t v)
 {
 	buf_put(b, &v, 4);
 }
 
-void feed_put_bytes(struct buf *b, const char *s, uint32_t len)
+void feedlink_put_bytes(struct buf *b, const char *s, uint32_t len)
 {
-	feed_put_u32(b, len + 1);
+	feedlink_put_u32(b, len + 1);
 	buf_put(b, s, len);
 	buf_put(b, "", 1);
 }
 
-void feed_put_str(struct buf *b, const char *s)
+void feedlink_put_str(struct buf *b, const char *s)
 {
 	if (!s)
-		feed_put_u32(b, ~0u);
+		feedlink_put_u32(b, ~0u);
 	else
-		feed_put_bytes(b, s, (uint32_t)strlen(s));
+		feedlink_put_bytes(b, s, (uint32_t)strlen(s));
 }
 
 struct wreq {
@@ -90,14 +90,14 @@ static void on_written(uv_write_t *req, int status)
 
 static void link_handle_closed(uv_handle_t *h)
 {
-	struct feed_link *l = h->data;
+	struct feedlink *l = h->data;
 	buf_free(&l->in);
 	l->open = false;
 	if (l->on_closed)
 		l->on_closed(l);
 }
 
-void feed_link_close(struct feed_link *l)
+void feedlink_close(struct feedlink *l)
 {
 	if (!l->open || l->closing)
 		return;
@@ -106,18 +106,18 @@ void feed_link_close(struct feed_link *l)
 	uv_close((uv_handle_t *)&l->pipe, link_handle_closed);
 }
 
-int feed_link_send(struct feed_link *l, struct buf *b)
+int feedlink_send(struct feedlink *l, struct buf *b)
 {
 	struct wreq *w;
 	uv_buf_t ub;
 	uint32_t len;
 
 	if (b->failed || !l->open || l->closing ||
-	    uv_stream_get_write_queue_size((uv_stream_t *)&l->pipe) > FEED_WQ_MAX) {
+	    uv_stream_get_write_queue_size((uv_stream_t *)&l->pipe) > FEEDLINK_WQ_MAX) {
 		if (l->open && !l->closing && !b->failed)
 			log_warn("feed link dropped", "reason", "peer does not read");
 		buf_free(b);
-		feed_link_close(l);
+		feedlink_close(l);
 		return -1;
 	}
 	len = (uint32_t)(b->len - 4);
@@ -125,7 +125,7 @@ int feed_link_send(struct feed_link *l, struct buf *b)
 	w = malloc(sizeof(*w));
 	if (!w) {
 		buf_free(b);
-		feed_link_close(l);
+		feedlink_close(l);
 		return -1;
 	}
 	w->data = b->data;
@@ -134,7 +134,7 @@ int feed_link_send(struct feed_link *l, struct buf *b)
 	if (uv_write(&w->req, (uv_stream_t *)&l->pipe, &ub, 1, on_written) < 0) {
 		free(w->data);
 		free(w);
-		feed_link_close(l);
+		feedlink_close(l);
 		return -1;
 	}
 	return 0;
@@ -142,7 +142,7 @@ int feed_link_send(struct feed_link *l, struct buf *b)
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 {
-	struct feed_link *l = h->data;
+	struct feedlink *l = h->data;
 	size_t want = 65536;
 
 	/* Read straight into the frame buffer's free tail. */
@@ -160,21 +160,21 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *out)
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
-	struct feed_link *l = s->data;
+	struct feedlink *l = s->data;
 
 	if (n < 0) {
-		feed_link_close(l);
+		feedlink_close(l);
 		return;
 	}
 	l->in.len += (size_t)n;
 	while (!l->closing && l->in.len - l->in_off >= 4) {
 		uint32_t len;
-		struct feed_rd r;
+		struct feedlink_rd r;
 		char type;
 		memcpy(&len, l->in.data + l->in_off, 4);
-		if (len < 1 || len > FEED_FRAME_MAX) {
+		if (len < 1 || len > FEEDLINK_FRAME_MAX) {
 			log_warn("feed link dropped", "reason", "bad frame length");
-			feed_link_close(l);
+			feedlink_close(l);
 			return;
 		}
 		if (l->in.len - l->in_off - 4 < len)
@@ -196,8 +196,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 	}
 }
 
-int feed_link_open(struct feed_link *l, uv_loop_t *loop, int fd, uv_stream_t *server,
-                   feed_frame_fn on_frame, feed_closed_fn on_closed, void *owner)
+int feedlink_open(struct feedlink *l, uv_loop_t *loop, int fd, uv_stream_t *server,
+                  feedlink_frame_fn on_frame, feedlink_closed_fn on_closed, void *owner)
 {
 	memset(l, 0, sizeof(*l));
 	buf_init(&l->in);

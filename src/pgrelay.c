@@ -38,7 +38,7 @@ struct pgrelay {
 	uv_loop_t *loop;
 	char name[32];
 	struct pgc_hooks hooks;
-	struct feed_link link;
+	struct feedlink link;
 	uv_timer_t retry;
 	uv_timer_t tick; /* deadlines; for the listener, pg_notification_queue_usage() too */
 	unsigned ticks;
@@ -51,7 +51,7 @@ struct pgrelay {
 	struct pending *pending;
 };
 
-static char g_addr[FEED_ADDR_MAX];
+static char g_addr[FEEDLINK_ADDR_MAX];
 
 static const struct pgc_relay g_relay;
 
@@ -113,7 +113,7 @@ static void on_tick(uv_timer_t *t)
 		if (now > p->deadline_ms) {
 			log_warn("postgres connection failed", "conn", rl->name, "reason",
 			         "the feed did not answer in time");
-			feed_link_close(&rl->link);
+			feedlink_close(&rl->link);
 			return;
 		}
 	}
@@ -131,9 +131,9 @@ static void maybe_free(struct pgrelay *rl)
 
 /* Rebuilds the feed's answer as a PGresult (text values, as pgc asks for). NULL when the frame
  * is bad or memory ran out. */
-static PGresult *rebuild(struct feed_rd *r, ExecStatusType st)
+static PGresult *rebuild(struct feedlink_rd *r, ExecStatusType st)
 {
-	uint32_t nf = feed_get_u32(r), nt;
+	uint32_t nf = feedlink_get_u32(r), nt;
 	PGresult *res = PQmakeEmptyPGresult(NULL, st);
 	PGresAttDesc *att;
 
@@ -143,8 +143,8 @@ static PGresult *rebuild(struct feed_rd *r, ExecStatusType st)
 	if (nf && !att)
 		goto bad;
 	for (uint32_t f = 0; f < nf; f++) {
-		att[f].name = (char *)feed_get_str(r, NULL);
-		att[f].typid = feed_get_u32(r);
+		att[f].name = (char *)feedlink_get_str(r, NULL);
+		att[f].typid = feedlink_get_u32(r);
 		att[f].typlen = -1;
 		att[f].atttypmod = -1;
 		att[f].format = 0;
@@ -156,11 +156,11 @@ static PGresult *rebuild(struct feed_rd *r, ExecStatusType st)
 		goto bad;
 	}
 	free(att);
-	nt = feed_get_u32(r);
+	nt = feedlink_get_u32(r);
 	for (uint32_t t = 0; t < nt && !r->bad; t++)
 		for (uint32_t f = 0; f < nf && !r->bad; f++) {
 			uint32_t len;
-			const char *v = feed_get_str(r, &len);
+			const char *v = feedlink_get_str(r, &len);
 			if (r->bad ||
 			    !PQsetvalue(res, (int)t, (int)f, (char *)v, v ? (int)len : -1))
 				goto bad;
@@ -173,9 +173,9 @@ bad:
 	return NULL;
 }
 
-static void on_answer(struct pgrelay *rl, struct feed_rd *r)
+static void on_answer(struct pgrelay *rl, struct feedlink_rd *r)
 {
-	uint32_t id = feed_get_u32(r), ok = feed_get_u32(r);
+	uint32_t id = feedlink_get_u32(r), ok = feedlink_get_u32(r);
 	struct pending *p;
 	PGresult *res = NULL;
 	const char *err = NULL;
@@ -185,8 +185,8 @@ static void on_answer(struct pgrelay *rl, struct feed_rd *r)
 		return; /* failed already (the link went down and came back) */
 	HASH_DEL(rl->pending, p);
 	if (!ok)
-		err = feed_get_str(r, NULL);
-	else if (!(res = rebuild(r, (ExecStatusType)feed_get_u32(r))))
+		err = feedlink_get_str(r, NULL);
+	else if (!(res = rebuild(r, (ExecStatusType)feedlink_get_u32(r))))
 		err = "feed answer unreadable";
 	if (p->cb)
 		p->cb(p->arg, res, res ? NULL : err ? err : "query failed");
@@ -194,14 +194,14 @@ static void on_answer(struct pgrelay *rl, struct feed_rd *r)
 	free(p);
 }
 
-static void on_frame(struct feed_link *l, char type, struct feed_rd *r)
+static void on_frame(struct feedlink *l, char type, struct feedlink_rd *r)
 {
 	struct pgrelay *rl = l->owner;
 
 	if (rl->stopping)
 		return;
-	if (type == FEED_STATE) {
-		bool up = feed_get_u32(r) != 0;
+	if (type == FEEDLINK_STATE) {
+		bool up = feedlink_get_u32(r) != 0;
 		if (up && !rl->up) {
 			rl->up = true;
 			rl->ups++;
@@ -213,14 +213,14 @@ static void on_frame(struct feed_link *l, char type, struct feed_rd *r)
 		} else if (!up) {
 			go_down(rl, "the feed's connection is down");
 		}
-	} else if (type == FEED_ANSWER) {
+	} else if (type == FEEDLINK_ANSWER) {
 		on_answer(rl, r);
-	} else if (type == FEED_NOTIFY && rl->up) {
+	} else if (type == FEEDLINK_NOTIFY && rl->up) {
 		PGnotify n;
 		memset(&n, 0, sizeof(n));
-		n.be_pid = (int)feed_get_u32(r);
-		n.relname = (char *)feed_get_str(r, NULL);
-		n.extra = (char *)feed_get_str(r, NULL);
+		n.be_pid = (int)feedlink_get_u32(r);
+		n.relname = (char *)feedlink_get_str(r, NULL);
+		n.extra = (char *)feedlink_get_str(r, NULL);
 		if (!r->bad && n.relname && n.extra && rl->hooks.notify)
 			rl->hooks.notify(rl->pc, &n, rl->hooks.arg);
 	}
@@ -241,7 +241,7 @@ static void schedule_retry(struct pgrelay *rl)
 	rl->retry_ms = rl->retry_ms * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : rl->retry_ms * 2;
 }
 
-static void on_link_closed(struct feed_link *l)
+static void on_link_closed(struct feedlink *l)
 {
 	struct pgrelay *rl = l->owner;
 	rl->handles--;
@@ -271,7 +271,7 @@ static void start_connect(struct pgrelay *rl)
 		schedule_retry(rl);
 		return;
 	}
-	rc = feed_link_open(&rl->link, rl->loop, fd, NULL, on_frame, on_link_closed, rl);
+	rc = feedlink_open(&rl->link, rl->loop, fd, NULL, on_frame, on_link_closed, rl);
 	if (rc == -2) {
 		schedule_retry(rl);
 		return;
@@ -279,9 +279,9 @@ static void start_connect(struct pgrelay *rl)
 	rl->handles++;
 	if (rc < 0)
 		return; /* on_link_closed retries */
-	feed_frame_begin(&b, FEED_HELLO);
-	feed_put_str(&b, rl->name);
-	feed_link_send(&rl->link, &b);
+	feedlink_frame_begin(&b, FEEDLINK_HELLO);
+	feedlink_put_str(&b, rl->name);
+	feedlink_send(&rl->link, &b);
 }
 
 static struct pgrelay *pgrelay_start(struct pgc *pc, uv_loop_t *loop, const char *name,
@@ -321,7 +321,7 @@ static void pgrelay_stop(struct pgrelay *rl)
 	fail_pending(rl, "shutting down");
 	uv_close((uv_handle_t *)&rl->retry, on_timer_closed);
 	uv_close((uv_handle_t *)&rl->tick, on_timer_closed);
-	feed_link_close(&rl->link);
+	feedlink_close(&rl->link);
 }
 
 static bool pgrelay_is_up(const struct pgrelay *rl)
@@ -339,9 +339,9 @@ static void pgrelay_reconnect(struct pgrelay *rl, const char *why)
 	struct buf b;
 	if (!rl || !rl->up)
 		return;
-	feed_frame_begin(&b, FEED_RECONNECT);
-	feed_put_str(&b, why);
-	feed_link_send(&rl->link, &b);
+	feedlink_frame_begin(&b, FEEDLINK_RECONNECT);
+	feedlink_put_str(&b, why);
+	feedlink_send(&rl->link, &b);
 }
 
 static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
@@ -356,20 +356,20 @@ static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int n
 	p = calloc(1, sizeof(*p));
 	if (!p)
 		return -1;
-	feed_frame_begin(&b, FEED_QUERY);
+	feedlink_frame_begin(&b, FEEDLINK_QUERY);
 	p->id = ++rl->next_id;
 	p->cb = cb;
 	p->arg = arg;
 	/* The feed may queue it behind others before its deadline starts: generous slack. */
 	p->deadline_ms = uv_now(rl->loop) + timeout_ms + FEED_SLACK_MS;
-	feed_put_u32(&b, p->id);
-	feed_put_u32(&b, urgent);
-	feed_put_u32(&b, timeout_ms);
-	feed_put_str(&b, sql);
-	feed_put_u32(&b, (uint32_t)nparams);
+	feedlink_put_u32(&b, p->id);
+	feedlink_put_u32(&b, urgent);
+	feedlink_put_u32(&b, timeout_ms);
+	feedlink_put_str(&b, sql);
+	feedlink_put_u32(&b, (uint32_t)nparams);
 	for (int i = 0; i < nparams; i++)
-		feed_put_str(&b, params[i]);
-	if (feed_link_send(&rl->link, &b) < 0) {
+		feedlink_put_str(&b, params[i]);
+	if (feedlink_send(&rl->link, &b) < 0) {
 		free(p);
 		return -1;
 	}

@@ -41,7 +41,7 @@ struct worker {
 static struct worker g_w[WORKERS_MAX + 1];
 static int g_n;     /* workers */
 static int g_total; /* workers, and the feed (index g_n) when there is a database */
-static char g_feed_addr[FEED_ADDR_MAX];
+static char g_feed_addr[FEEDLINK_ADDR_MAX];
 static pid_t g_supervisor;
 static sigset_t g_oldmask;
 
@@ -156,7 +156,7 @@ int workers_run(struct config *cfg, workers_serve_fn serve)
 	g_supervisor = getpid();
 	/* One set of PostgreSQL connections per host, whatever the worker count. */
 	g_total = g_n + (cfg->database_url && *cfg->database_url ? 1 : 0);
-	feed_addr(g_feed_addr, sizeof(g_feed_addr), (int)g_supervisor);
+	feedlink_addr(g_feed_addr, sizeof(g_feed_addr), (int)g_supervisor);
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_sigchld;
 	sa.sa_flags = SA_NOCLDSTOP;

@@ -1,6 +1,6 @@
 /* Unit tests for src/feedlink.c: the frame reader refuses short frames, strings without their
  * NUL and lengths past the end; SQL NULL round-trips; over a socketpair, frames written in
- * pieces arrive whole and in order, and a frame announcing more than FEED_FRAME_MAX closes the
+ * pieces arrive whole and in order, and a frame announcing more than FEEDLINK_FRAME_MAX closes the
  * link. */
 #include "feedlink.h"
 
@@ -9,37 +9,37 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static struct feed_rd body_of(struct buf *b)
+static struct feedlink_rd body_of(struct buf *b)
 {
 	/* Skips the length and the type byte, as the link does. */
-	struct feed_rd r = {b->data + 5, b->len - 5, false};
+	struct feedlink_rd r = {b->data + 5, b->len - 5, false};
 	return r;
 }
 
 START_TEST(reader_round_trip)
 {
 	struct buf b;
-	struct feed_rd r;
+	struct feedlink_rd r;
 	uint32_t len;
 	const char *s;
 
-	feed_frame_begin(&b, 'Q');
-	feed_put_u32(&b, 42);
-	feed_put_str(&b, "SELECT 1");
-	feed_put_str(&b, NULL);
-	feed_put_bytes(&b, "ab\0c", 4);
+	feedlink_frame_begin(&b, 'Q');
+	feedlink_put_u32(&b, 42);
+	feedlink_put_str(&b, "SELECT 1");
+	feedlink_put_str(&b, NULL);
+	feedlink_put_bytes(&b, "ab\0c", 4);
 	r = body_of(&b);
-	ck_assert_uint_eq(feed_get_u32(&r), 42);
-	s = feed_get_str(&r, &len);
+	ck_assert_uint_eq(feedlink_get_u32(&r), 42);
+	s = feedlink_get_str(&r, &len);
 	ck_assert_str_eq(s, "SELECT 1");
 	ck_assert_uint_eq(len, 8);
-	ck_assert_ptr_null(feed_get_str(&r, NULL));
+	ck_assert_ptr_null(feedlink_get_str(&r, NULL));
 	ck_assert(!r.bad); /* NULL, not a bad frame */
-	s = feed_get_str(&r, &len);
+	s = feedlink_get_str(&r, &len);
 	ck_assert_uint_eq(len, 4);
 	ck_assert(!memcmp(s, "ab\0c", 4));
 	ck_assert_uint_eq(r.left, 0);
-	feed_get_u32(&r);
+	feedlink_get_u32(&r);
 	ck_assert(r.bad); /* past the end */
 	buf_free(&b);
 }
@@ -48,31 +48,31 @@ END_TEST
 START_TEST(reader_refuses_bad_strings)
 {
 	struct buf b;
-	struct feed_rd r;
+	struct feedlink_rd r;
 
 	/* A string whose length runs past the frame. */
-	feed_frame_begin(&b, 'Q');
-	feed_put_u32(&b, 100);
+	feedlink_frame_begin(&b, 'Q');
+	feedlink_put_u32(&b, 100);
 	buf_put(&b, "abc", 4);
 	r = body_of(&b);
-	ck_assert_ptr_null(feed_get_str(&r, NULL));
+	ck_assert_ptr_null(feedlink_get_str(&r, NULL));
 	ck_assert(r.bad);
 	buf_free(&b);
 
 	/* One without its NUL. */
-	feed_frame_begin(&b, 'Q');
-	feed_put_u32(&b, 3);
+	feedlink_frame_begin(&b, 'Q');
+	feedlink_put_u32(&b, 3);
 	buf_put(&b, "abc", 3);
 	r = body_of(&b);
-	ck_assert_ptr_null(feed_get_str(&r, NULL));
+	ck_assert_ptr_null(feedlink_get_str(&r, NULL));
 	ck_assert(r.bad);
 	buf_free(&b);
 
 	/* A zero length (not even the NUL). */
-	feed_frame_begin(&b, 'Q');
-	feed_put_u32(&b, 0);
+	feedlink_frame_begin(&b, 'Q');
+	feedlink_put_u32(&b, 0);
 	r = body_of(&b);
-	ck_assert_ptr_null(feed_get_str(&r, NULL));
+	ck_assert_ptr_null(feedlink_get_str(&r, NULL));
 	ck_assert(r.bad);
 	buf_free(&b);
 }
@@ -81,17 +81,17 @@ END_TEST
 static int g_frames, g_closed;
 static uint32_t g_last;
 
-static void on_frame(struct feed_link *l, char type, struct feed_rd *r)
+static void on_frame(struct feedlink *l, char type, struct feedlink_rd *r)
 {
 	ck_assert_int_eq(type, 'N');
-	g_last = feed_get_u32(r);
+	g_last = feedlink_get_u32(r);
 	ck_assert_uint_eq(g_last, (uint32_t)g_frames);
-	ck_assert_str_eq(feed_get_str(r, NULL), "payload");
+	ck_assert_str_eq(feedlink_get_str(r, NULL), "payload");
 	ck_assert(!r->bad);
 	g_frames++;
 }
 
-static void on_closed(struct feed_link *l)
+static void on_closed(struct feedlink *l)
 {
 	g_closed++;
 }
@@ -99,23 +99,23 @@ static void on_closed(struct feed_link *l)
 START_TEST(link_reassembles_frames_and_drops_oversized)
 {
 	uv_loop_t loop;
-	struct feed_link l;
+	struct feedlink l;
 	int sv[2];
 	struct buf all;
-	uint32_t huge = FEED_FRAME_MAX + 1;
+	uint32_t huge = FEEDLINK_FRAME_MAX + 1;
 
 	g_frames = g_closed = 0;
 	ck_assert_int_eq(uv_loop_init(&loop), 0);
 	ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-	ck_assert_int_eq(feed_link_open(&l, &loop, sv[0], NULL, on_frame, on_closed, NULL), 0);
+	ck_assert_int_eq(feedlink_open(&l, &loop, sv[0], NULL, on_frame, on_closed, NULL), 0);
 	/* 50 frames written one byte at a time. */
 	buf_init(&all);
 	for (uint32_t i = 0; i < 50; i++) {
 		struct buf b;
 		uint32_t len;
-		feed_frame_begin(&b, 'N');
-		feed_put_u32(&b, i);
-		feed_put_str(&b, "payload");
+		feedlink_frame_begin(&b, 'N');
+		feedlink_put_u32(&b, i);
+		feedlink_put_str(&b, "payload");
 		len = (uint32_t)(b.len - 4);
 		memcpy(b.data, &len, 4);
 		buf_put(&all, b.data, b.len);
