@@ -67,19 +67,19 @@ $(BIN): $(BUILD)/main.o $(BUILD)/libroomcast.a
 UNIT_LINK_test_cidr          := cidr
 UNIT_LINK_test_frame         := frame
 UNIT_LINK_test_frame_wire    := frame
-UNIT_LINK_test_log           := log util
-UNIT_LINK_test_room          := room util
-UNIT_LINK_test_auth          := auth log util
-UNIT_LINK_test_config        := config auth cidr log util
-UNIT_LINK_test_proto         := proto room frame util
-UNIT_LINK_test_recent        := recent frame log util
-UNIT_LINK_test_authz         := authz auth httpc room log util
-UNIT_LINK_test_timers        := conn wheel frame metrics log util
-UNIT_LINK_test_token_times   := conn wheel frame metrics log util
-UNIT_LINK_test_pgc_conninfo  := pgc feedlink pgrelay metrics log util
-UNIT_LINK_test_feedlink      := feedlink log util
+UNIT_LINK_test_log           := log buf util
+UNIT_LINK_test_room          := room buf util
+UNIT_LINK_test_auth          := auth log buf util
+UNIT_LINK_test_config        := config auth cidr log buf util
+UNIT_LINK_test_proto         := proto room frame buf util
+UNIT_LINK_test_recent        := recent frame log buf util
+UNIT_LINK_test_authz         := authz auth httpc room log buf util
+UNIT_LINK_test_timers        := conn wheel frame metrics log buf util
+UNIT_LINK_test_token_times   := conn wheel frame metrics log buf util
+UNIT_LINK_test_pgc_conninfo  := pgc feedlink pgrelay metrics log buf util
+UNIT_LINK_test_feedlink      := feedlink log buf util
 UNIT_LINK_test_session_size  := session authz auth httpc presence redisbus router room proto \
-	conn wheel frame pgl pgc recent pglisten pgwatch feedlink pgrelay bus metrics log util
+	conn wheel frame pgl pgc recent pglisten pgwatch feedlink pgrelay bus metrics log buf util
 unit_objs = $(filter $(OBJS),$(patsubst %,$(BUILD)/%.o,$(UNIT_LINK_$(1))))
 
 $(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libroomcast.a | $(BUILD)

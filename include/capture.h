@@ -4,8 +4,8 @@
 #ifndef ROOMCAST_CAPTURE_H
 #define ROOMCAST_CAPTURE_H
 
+#include "buf.h"
 #include "config.h"
-#include "util.h"
 
 #include <stdbool.h>
 #include <stdio.h>

@@ -4,8 +4,8 @@
 #ifndef ROOMCAST_CLUSTER_H
 #define ROOMCAST_CLUSTER_H
 
+#include "buf.h"
 #include "config.h"
-#include "util.h"
 
 #include <uv.h>
 

@@ -6,9 +6,9 @@
 #ifndef ROOMCAST_CONN_H
 #define ROOMCAST_CONN_H
 
+#include "buf.h"
 #include "config.h"
 #include "frame.h"
-#include "util.h"
 #include "wheel.h"
 
 #include <libwebsockets.h>

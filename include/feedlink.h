@@ -3,7 +3,7 @@
 #ifndef ROOMCAST_FEEDLINK_H
 #define ROOMCAST_FEEDLINK_H
 
-#include "util.h"
+#include "buf.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -4,8 +4,8 @@
 #define ROOMCAST_HTTP_H
 
 #include "auth.h"
+#include "buf.h"
 #include "config.h"
-#include "util.h"
 
 #include <stdbool.h>
 #include <stddef.h>

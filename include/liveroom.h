@@ -4,8 +4,8 @@
 #ifndef ROOMCAST_LIVEROOM_H
 #define ROOMCAST_LIVEROOM_H
 
+#include "buf.h"
 #include "config.h"
-#include "util.h"
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -5,6 +5,7 @@
 #ifndef ROOMCAST_PGL_H
 #define ROOMCAST_PGL_H
 
+#include "buf.h"
 #include "config.h"
 
 #include <stdbool.h>

@@ -4,8 +4,8 @@
 #ifndef ROOMCAST_PGLISTEN_H
 #define ROOMCAST_PGLISTEN_H
 
+#include "buf.h"
 #include "config.h"
-#include "util.h"
 
 #include <libpq-fe.h>
 #include <stdbool.h>

@@ -4,9 +4,9 @@
 #ifndef ROOMCAST_PGWATCH_H
 #define ROOMCAST_PGWATCH_H
 
+#include "buf.h"
 #include "config.h"
 #include "pgc.h"
-#include "util.h"
 
 #include <libpq-fe.h>
 #include <stdbool.h>

@@ -5,8 +5,8 @@
 #ifndef ROOMCAST_PRESENCE_H
 #define ROOMCAST_PRESENCE_H
 
+#include "buf.h"
 #include "config.h"
-#include "util.h"
 
 #include <stdbool.h>
 #include <uv.h>

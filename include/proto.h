@@ -3,6 +3,7 @@
 #ifndef ROOMCAST_PROTO_H
 #define ROOMCAST_PROTO_H
 
+#include "buf.h"
 #include "frame.h"
 #include "room.h"
 

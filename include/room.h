@@ -4,6 +4,8 @@
 #ifndef ROOMCAST_ROOM_H
 #define ROOMCAST_ROOM_H
 
+#include "buf.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

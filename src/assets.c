@@ -1,6 +1,7 @@
 /* Serves the embedded dashboard files: exact paths only (so /admin/clients and the rest of the
  * API are never shadowed), GET and HEAD, with a CSP that allows no inline script or style. */
 #include "assets.h"
+#include "buf.h"
 
 #include <string.h>
 

@@ -3,8 +3,10 @@
  * and stores them in batches with realtime.capture_store on its own connection; the position is
  * confirmed to the slot only after that committed. See docs/database.md#logical-capture. */
 #include "capture.h"
+#include "buf.h"
 #include "log.h"
 #include "pgc.h"
+#include "util.h"
 
 #include <libpq-fe.h>
 #include <stdint.h>

@@ -4,6 +4,7 @@
  * replica answered or CLUSTER_WAIT_MS passed. Replicas announce themselves every 2 s, so the asker
  * knows whom to wait for. Without Redis (or while its link is down) only this replica answers. */
 #include "cluster.h"
+#include "buf.h"
 #include "bus.h"
 #include "conn.h"
 #include "log.h"

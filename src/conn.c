@@ -2,8 +2,10 @@
  * callback, closes with codes, the per-connection token bucket, and the connection timer: one
  * uv_timer and a one-second wheel that run every connection's pings and deadlines. */
 #include "conn.h"
+#include "buf.h"
 #include "log.h"
 #include "metrics.h"
+#include "util.h"
 
 #include <errno.h>
 #include <limits.h>

@@ -4,6 +4,7 @@
  * that asked for it, runs their queries on the pool, and keeps the session state a pool would
  * otherwise break (LISTEN registrations, live-room advisory locks) per worker. */
 #include "feed.h"
+#include "buf.h"
 #include "feedlink.h"
 #include "log.h"
 #include "pgc.h"

@@ -2,6 +2,7 @@
  * length-prefixed frames, non-blocking reads into one growing buffer, writes queued with a
  * bound. Both ends use it: pgrelay in the workers, feed in the feed process. */
 #include "feedlink.h"
+#include "buf.h"
 #include "log.h"
 
 #include <stdio.h>

@@ -4,6 +4,7 @@
  * connections (the notify fast path), and the hand-off of accepted sockets to lws.
  * lws never sees a token or an h2c upgrade. */
 #include "gate.h"
+#include "buf.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"

@@ -1,6 +1,7 @@
 /* HTTP endpoint logic: health and readiness, admin views, Prometheus metrics, and the notify
  * door for backend services. Every refusal is a JSON {"error": ...} with the right status. */
 #include "http.h"
+#include "buf.h"
 #include "bus.h"
 #include "capture.h"
 #include "cidr.h"
@@ -15,6 +16,7 @@
 #include "presence.h"
 #include "proto.h"
 #include "room.h"
+#include "util.h"
 
 #include <json-c/json.h>
 #include <stdint.h>

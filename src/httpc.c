@@ -1,7 +1,7 @@
 /* Asynchronous HTTP GET over libuv: resolve, connect, send, read to end of response, each step
  * under one deadline. The request owns its handles; it is freed from the last close callback. */
 #include "httpc.h"
-#include "util.h"
+#include "buf.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,6 +6,7 @@
  * through the bus to every replica's members; the others try the lock once per interval and
  * answer their own newcomers with one query each. */
 #include "liveroom.h"
+#include "buf.h"
 #include "bus.h"
 #include "log.h"
 #include "metrics.h"
@@ -15,6 +16,7 @@
 #include "room.h"
 #include "router.h"
 #include "session.h"
+#include "util.h"
 
 #include <stdio.h>
 #include <stdlib.h>

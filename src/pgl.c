@@ -4,6 +4,7 @@
  * reconnect, and a periodic sweep advances W to the snapshot xmin, so neither a lost listener
  * nor transactions committing out of id order can lose an event. */
 #include "pgl.h"
+#include "buf.h"
 #include "frame.h"
 #include "log.h"
 #include "metrics.h"

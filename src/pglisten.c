@@ -3,12 +3,14 @@
  * routed to the local members of the room its template names. Every replica LISTENs and hears
  * each notification itself, so delivery is local only (the bus would deliver it twice). */
 #include "pglisten.h"
+#include "buf.h"
 #include "log.h"
 #include "metrics.h"
 #include "pgc.h"
 #include "proto.h"
 #include "room.h"
 #include "router.h"
+#include "util.h"
 
 #include <json-c/json.h>
 #include <stdio.h>

@@ -2,6 +2,7 @@
  * travel over a local socket to the feed process, which holds the PostgreSQL connections.
  * Results are rebuilt as PGresults so callers cannot tell the two transports apart. */
 #include "pgrelay.h"
+#include "buf.h"
 #include "feedlink.h"
 #include "log.h"
 #include "metrics.h"

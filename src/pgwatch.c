@@ -2,6 +2,7 @@
  * nothing is reconnected and reported), and a periodic realtime.attach_triggers() +
  * realtime.trigger_status() whose result /health, /ready and /metrics show. */
 #include "pgwatch.h"
+#include "buf.h"
 #include "log.h"
 
 #include <stdio.h>

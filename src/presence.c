@@ -4,11 +4,13 @@
  * connection count in a room on a replica: the Redis cost follows changes, never queries), the
  * liveness sweep that drops a silent replica's members, and the presence_join/leave events. */
 #include "presence.h"
+#include "buf.h"
 #include "frame.h"
 #include "log.h"
 #include "proto.h"
 #include "redisbus.h"
 #include "room.h"
+#include "util.h"
 
 #include <json-c/json.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* Client message parsing and reply/envelope building. Parsing is strict: one JSON object of the
  * exact frame length, nesting at most PROTO_MAX_DEPTH, nothing but whitespace after it. */
 #include "proto.h"
-#include "util.h"
+#include "buf.h"
 
 #include <ctype.h>
 #include <json-c/json.h>

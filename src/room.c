@@ -2,7 +2,7 @@
  * keeps (room, index) pairs, so leaving swaps the last member into the hole in O(1) and fan-out
  * is a linear walk with no allocation. */
 #include "room.h"
-#include "util.h"
+#include "buf.h"
 
 #include <stdlib.h>
 #include <string.h>

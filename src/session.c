@@ -3,6 +3,7 @@
  * abuse (rate, size, expired token) closes it. Deadlines are run by the connection timer. */
 #include "session.h"
 #include "authz.h"
+#include "buf.h"
 #include "bus.h"
 #include "conn.h"
 #include "log.h"

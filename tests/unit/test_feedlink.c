@@ -2,6 +2,7 @@
  * NUL and lengths past the end; SQL NULL round-trips; over a socketpair, frames written in
  * pieces arrive whole and in order, and a frame announcing more than FEEDLINK_FRAME_MAX closes the
  * link. */
+#include "buf.h"
 #include "feedlink.h"
 
 #include <check.h>
