@@ -6,7 +6,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 
-enum authz_mode { AUTHZ_CLAIMS = 0, AUTHZ_SQL, AUTHZ_HTTP };
+enum config_authz_mode { CONFIG_AUTHZ_CLAIMS = 0, CONFIG_AUTHZ_SQL, CONFIG_AUTHZ_HTTP };
 
 struct config {
 	long port;
@@ -62,7 +62,7 @@ struct config {
 	char *tls_cert_file;
 	char *tls_key_file;
 	char *authz;
-	enum authz_mode authz_mode; /* derived from authz and the URLs */
+	enum config_authz_mode authz_mode; /* derived from authz and the URLs */
 	long header_timeout_s;
 	long max_header_bytes;
 	long shutdown_grace_ms;

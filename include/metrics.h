@@ -5,38 +5,39 @@
 
 #include <stdint.h>
 
-/* SRC_LISTEN: application NOTIFY channels (realtime.listen); SRC_LIVE: live SQL rooms. */
+/* METRICS_SRC_LISTEN: application NOTIFY channels (realtime.listen); METRICS_SRC_LIVE: live SQL
+ * rooms. */
 enum metrics_source {
-	SRC_DB = 0,
-	SRC_NOTIFY,
-	SRC_BROADCAST,
-	SRC_REDIS,
-	SRC_LISTEN,
-	SRC_LIVE,
-	SRC_COUNT
+	METRICS_SRC_DB = 0,
+	METRICS_SRC_NOTIFY,
+	METRICS_SRC_BROADCAST,
+	METRICS_SRC_REDIS,
+	METRICS_SRC_LISTEN,
+	METRICS_SRC_LIVE,
+	METRICS_SRC_COUNT
 };
 enum metrics_close {
-	CLOSE_NORMAL = 0,
-	CLOSE_SHUTDOWN,
-	CLOSE_POLICY,
-	CLOSE_TOO_BIG,
-	CLOSE_TOKEN,
-	CLOSE_FORBIDDEN,
-	CLOSE_SLOW,
-	CLOSE_RATE,
-	CLOSE_PEER,
-	CLOSE_TIMEOUT, /* silent past PONG_TIMEOUT_S */
-	CLOSE_COUNT
+	METRICS_CLOSE_NORMAL = 0,
+	METRICS_CLOSE_SHUTDOWN,
+	METRICS_CLOSE_POLICY,
+	METRICS_CLOSE_TOO_BIG,
+	METRICS_CLOSE_TOKEN,
+	METRICS_CLOSE_FORBIDDEN,
+	METRICS_CLOSE_SLOW,
+	METRICS_CLOSE_RATE,
+	METRICS_CLOSE_PEER,
+	METRICS_CLOSE_TIMEOUT, /* silent past PONG_TIMEOUT_S */
+	METRICS_CLOSE_COUNT
 };
 enum metrics_refuse {
-	REFUSE_UNAUTHORIZED = 0,
-	REFUSE_ORIGIN,
-	REFUSE_CAPACITY,
-	REFUSE_PER_IP,
-	REFUSE_NOT_FOUND,
-	REFUSE_BAD_REQUEST,
-	REFUSE_HEADER_TIMEOUT,
-	REFUSE_COUNT
+	METRICS_REFUSE_UNAUTHORIZED = 0,
+	METRICS_REFUSE_ORIGIN,
+	METRICS_REFUSE_CAPACITY,
+	METRICS_REFUSE_PER_IP,
+	METRICS_REFUSE_NOT_FOUND,
+	METRICS_REFUSE_BAD_REQUEST,
+	METRICS_REFUSE_HEADER_TIMEOUT,
+	METRICS_REFUSE_COUNT
 };
 
 #define METRICS_LAT_BUCKETS 14
@@ -45,12 +46,12 @@ struct metrics {
 	int64_t connections;
 	uint64_t connections_total;
 	uint64_t messages_in;
-	uint64_t messages_routed[SRC_COUNT];
+	uint64_t messages_routed[METRICS_SRC_COUNT];
 	uint64_t deliveries;
 	uint64_t bytes_out;
 	uint64_t drops_slow;
-	uint64_t closes[CLOSE_COUNT];
-	uint64_t refused[REFUSE_COUNT];
+	uint64_t closes[METRICS_CLOSE_COUNT];
+	uint64_t refused[METRICS_REFUSE_COUNT];
 	uint64_t auth_failures[16]; /* by enum auth_reason */
 	uint64_t client_errors;
 	uint64_t pg_reconnects, pg_catchup_rows;
@@ -72,9 +73,9 @@ struct metrics {
 
 extern struct metrics metrics;
 extern const double metrics_lat_bounds[METRICS_LAT_BUCKETS];
-extern const char *const metrics_source_names[SRC_COUNT];
-extern const char *const metrics_close_names[CLOSE_COUNT];
-extern const char *const metrics_refuse_names[REFUSE_COUNT];
+extern const char *const metrics_source_names[METRICS_SRC_COUNT];
+extern const char *const metrics_close_names[METRICS_CLOSE_COUNT];
+extern const char *const metrics_refuse_names[METRICS_REFUSE_COUNT];
 
 void metrics_observe_latency(double seconds);
 

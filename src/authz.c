@@ -151,7 +151,7 @@ enum authz_result authz_check(const struct auth_identity *id, void **cache, cons
 
 	if (r != AUTHZ_ASK)
 		return r;
-	if (g_cfg->authz_mode == AUTHZ_CLAIMS)
+	if (g_cfg->authz_mode == CONFIG_AUTHZ_CLAIMS)
 		return AUTHZ_DENY;
 	if ((v = cache_find(*cache, room)) && util_now_ns() < v->expires_ns)
 		return v->allowed ? AUTHZ_ALLOW : v->failed ? AUTHZ_UNAVAILABLE : AUTHZ_DENY;
@@ -160,7 +160,7 @@ enum authz_result authz_check(const struct auth_identity *id, void **cache, cons
 	a->cb = cb;
 	a->arg = arg;
 	a->cache = cache;
-	if (g_cfg->authz_mode == AUTHZ_HTTP) {
+	if (g_cfg->authz_mode == CONFIG_AUTHZ_HTTP) {
 		if (ask_backend(id, room, a) < 0) {
 			free(a);
 			log_warn("backend policy unavailable", "user", id->user_id, "room", room,

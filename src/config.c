@@ -351,15 +351,15 @@ static int validate(struct config *cfg, FILE *err)
 		return -1;
 	}
 	if (!is_set(cfg->authz))
-		cfg->authz_mode = is_set(cfg->backend_url)    ? AUTHZ_HTTP
-		                  : is_set(cfg->database_url) ? AUTHZ_SQL
-		                                              : AUTHZ_CLAIMS;
+		cfg->authz_mode = is_set(cfg->backend_url)    ? CONFIG_AUTHZ_HTTP
+		                  : is_set(cfg->database_url) ? CONFIG_AUTHZ_SQL
+		                                              : CONFIG_AUTHZ_CLAIMS;
 	else if (!strcasecmp(cfg->authz, "claims"))
-		cfg->authz_mode = AUTHZ_CLAIMS;
+		cfg->authz_mode = CONFIG_AUTHZ_CLAIMS;
 	else if (!strcasecmp(cfg->authz, "sql") && is_set(cfg->database_url))
-		cfg->authz_mode = AUTHZ_SQL;
+		cfg->authz_mode = CONFIG_AUTHZ_SQL;
 	else if (!strcasecmp(cfg->authz, "http") && is_set(cfg->backend_url))
-		cfg->authz_mode = AUTHZ_HTTP;
+		cfg->authz_mode = CONFIG_AUTHZ_HTTP;
 	else {
 		fprintf(err,
 		        "roomcast: invalid AUTHZ=%s: expected claims, sql (needs DATABASE_URL) or "

@@ -228,28 +228,28 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 		return;
 	switch (code) {
 	case 1000:
-		why = CLOSE_NORMAL;
+		why = METRICS_CLOSE_NORMAL;
 		break;
 	case 1001:
-		why = CLOSE_SHUTDOWN;
+		why = METRICS_CLOSE_SHUTDOWN;
 		break;
 	case 1009:
-		why = CLOSE_TOO_BIG;
+		why = METRICS_CLOSE_TOO_BIG;
 		break;
 	case 4001:
-		why = CLOSE_TOKEN;
+		why = METRICS_CLOSE_TOKEN;
 		break;
 	case 4003:
-		why = CLOSE_FORBIDDEN;
+		why = METRICS_CLOSE_FORBIDDEN;
 		break;
 	case 4008:
-		why = CLOSE_SLOW;
+		why = METRICS_CLOSE_SLOW;
 		break;
 	case 4029:
-		why = CLOSE_RATE;
+		why = METRICS_CLOSE_RATE;
 		break;
 	default:
-		why = CLOSE_POLICY;
+		why = METRICS_CLOSE_POLICY;
 	}
 	metrics.closes[why]++;
 	set_state(c, CONN_CLOSING);
@@ -653,7 +653,7 @@ static void run_timers(struct conn *c, uint32_t now, bool may_kill)
 		if (due & CONN_DUE_SILENT) {
 			/* No close frame for a peer that stopped answering: the socket just goes.
 			 */
-			metrics.closes[CLOSE_TIMEOUT]++;
+			metrics.closes[METRICS_CLOSE_TIMEOUT]++;
 			set_state(c, CONN_CLOSING);
 			c->close_sent = true;
 			c->deadline = now + 1;

@@ -139,14 +139,14 @@ struct gate_ticket *gate_ticket_open(const char *ip, struct gate_refusal *ref)
 	struct gate_ticket *t;
 
 	if (e && e->http >= http_cap_per_ip()) {
-		*ref =
-		    (struct gate_refusal){429, "Too Many Requests",
-		                          "too many connections from this address", REFUSE_PER_IP};
+		*ref = (struct gate_refusal){429, "Too Many Requests",
+		                             "too many connections from this address",
+		                             METRICS_REFUSE_PER_IP};
 		return NULL;
 	}
 	if (g_nhttp >= g_cfg->max_http_connections) {
 		*ref = (struct gate_refusal){503, "Service Unavailable", "too many connections",
-		                             REFUSE_CAPACITY};
+		                             METRICS_REFUSE_CAPACITY};
 		return NULL;
 	}
 	t = calloc(1, sizeof(*t));
@@ -158,7 +158,7 @@ struct gate_ticket *gate_ticket_open(const char *ip, struct gate_refusal *ref)
 	if (!t || !e) {
 		free(t);
 		*ref = (struct gate_refusal){503, "Service Unavailable", "out of memory",
-		                             REFUSE_CAPACITY};
+		                             METRICS_REFUSE_CAPACITY};
 		return NULL;
 	}
 	e->http++;
@@ -387,7 +387,7 @@ static void on_deadline(uv_timer_t *t)
 		metrics.deadline_closes[p->t ? p->t->phase : GATE_IDLE]++;
 		log_debug("connection deadline passed", "ip", p->ip);
 	} else if (p->state == PEND_READING) {
-		metrics.refused[REFUSE_HEADER_TIMEOUT]++;
+		metrics.refused[METRICS_REFUSE_HEADER_TIMEOUT]++;
 		metrics.deadline_closes[GATE_HEAD]++;
 		log_debug("request head timeout", "ip", p->ip);
 	}
@@ -686,18 +686,19 @@ int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_
 		return -1;                                                                         \
 	} while (0)
 	if (t->ws)
-		REFUSE(400, "Bad Request", "bad request", REFUSE_BAD_REQUEST); /* admitted twice */
+		REFUSE(400, "Bad Request", "bad request",
+		       METRICS_REFUSE_BAD_REQUEST); /* admitted twice */
 	if (!path_is(u, "/ws"))
-		REFUSE(404, "Not Found", "not found", REFUSE_NOT_FOUND);
+		REFUSE(404, "Not Found", "not found", METRICS_REFUSE_NOT_FOUND);
 	if (!u->has_key)
-		REFUSE(400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
+		REFUSE(400, "Bad Request", "bad request", METRICS_REFUSE_BAD_REQUEST);
 	if (!origin_allowed(u))
-		REFUSE(403, "Forbidden", "origin not allowed", REFUSE_ORIGIN);
+		REFUSE(403, "Forbidden", "origin not allowed", METRICS_REFUSE_ORIGIN);
 	if (g_nws >= g_cfg->max_connections)
-		REFUSE(503, "Service Unavailable", "too many connections", REFUSE_CAPACITY);
+		REFUSE(503, "Service Unavailable", "too many connections", METRICS_REFUSE_CAPACITY);
 	if (ie->ws >= g_cfg->max_connections_per_ip)
 		REFUSE(429, "Too Many Requests", "too many connections from this address",
-		       REFUSE_PER_IP);
+		       METRICS_REFUSE_PER_IP);
 	token = find_token(u);
 	if (token) {
 		enum auth_reason why =
@@ -707,7 +708,7 @@ int gate_admit(struct gate_ticket *t, const struct gate_upgrade *u, struct gate_
 			metrics.auth_failures[why]++;
 			log_info("handshake refused", "ip", u->ip, "reason", auth_reason_name(why));
 			auth_identity_clear(&t->ident);
-			REFUSE(401, "Unauthorized", "unauthorized", REFUSE_UNAUTHORIZED);
+			REFUSE(401, "Unauthorized", "unauthorized", METRICS_REFUSE_UNAUTHORIZED);
 		}
 		t->authenticated = true;
 	}
@@ -801,7 +802,7 @@ static bool refuse_notify(struct pending *p, const struct head *h)
 	if (refused)
 		refuse(p, resp.status, resp.status == 401 ? "Unauthorized" : "Forbidden",
 		       resp.body.data ? resp.body.data : "{\"error\":\"unauthorized\"}",
-		       REFUSE_UNAUTHORIZED);
+		       METRICS_REFUSE_UNAUTHORIZED);
 	http_response_free(&resp);
 	return refused;
 }
@@ -1018,7 +1019,7 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 	if (rc == 0) {
 		if (p->len == cap) {
 			refuse(p, 431, "Request Header Fields Too Large", "request head too large",
-			       REFUSE_BAD_REQUEST);
+			       METRICS_REFUSE_BAD_REQUEST);
 			return;
 		}
 		uv_poll_stop(&p->poll);
@@ -1026,7 +1027,7 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		return;
 	}
 	if (rc < 0) {
-		refuse(p, 400, "Bad Request", "bad request", REFUSE_BAD_REQUEST);
+		refuse(p, 400, "Bad Request", "bad request", METRICS_REFUSE_BAD_REQUEST);
 		return;
 	}
 	if (h.upgrade && contains_token(h.upgrade, h.upgrade_len, "websocket")) {
@@ -1039,14 +1040,14 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 		/* lws 4.1.6 does not decode chunked request bodies; every client of ours can send
 		 * a Content-Length, so ask for one (RFC 9110 §15.5.12). */
 		refuse(p, 411, "Length Required", "{\"error\":\"length required\"}",
-		       REFUSE_BAD_REQUEST);
+		       METRICS_REFUSE_BAD_REQUEST);
 		return;
 	}
 	if (h.content_length > g_cfg->notify_max_bytes) {
 		/* Refused here rather than by lws: the gate drains what the client still sends,
 		 * so the client reads the 413 instead of a reset. */
 		refuse(p, 413, "Content Too Large", "{\"error\":\"body too large\"}",
-		       REFUSE_BAD_REQUEST);
+		       METRICS_REFUSE_BAD_REQUEST);
 		return;
 	}
 	if (refuse_notify(p, &h) || serve_notify(p, &h))
@@ -1058,7 +1059,7 @@ static void on_readable(uv_poll_t *handle, int status, int events)
 	/* Upgrade: h2c (or anything else): strip it so lws serves plain HTTP/1.1. */
 	if (h.content_length > 0 || h.chunked) {
 		refuse(p, 400, "Bad Request", "upgrade with a body is not supported",
-		       REFUSE_BAD_REQUEST);
+		       METRICS_REFUSE_BAD_REQUEST);
 		return;
 	}
 	p->len = h.head_len;
@@ -1083,7 +1084,7 @@ static bool evict_oldest_head(void)
 		p = p->next;
 	for (; p; p = p->prev)
 		if (p->state == PEND_READING && p->t && !p->served) {
-			metrics.refused[REFUSE_HEADER_TIMEOUT]++;
+			metrics.refused[METRICS_REFUSE_HEADER_TIMEOUT]++;
 			pend_close(p);
 			return true;
 		}
@@ -1192,7 +1193,7 @@ static void on_accept(uv_poll_t *handle, int status, int events)
 				/* Out of descriptors: the level-triggered listener would spin. Use
 				 * the spare descriptor to accept and close at once, so the client
 				 * gets a prompt close instead of hanging in the backlog. */
-				metrics.refused[REFUSE_CAPACITY]++;
+				metrics.refused[METRICS_REFUSE_CAPACITY]++;
 				if (g_spare_fd >= 0) {
 					close(g_spare_fd);
 					fd = accept(g_listen_fd, NULL, NULL);

@@ -243,7 +243,7 @@ static void render_metrics(struct http_response *resp)
 	buf_printf(b, "roomcast_rooms %zu\n", room_count());
 	counter(b, "roomcast_messages_in_total", "Client messages received.", metrics.messages_in);
 	labelled(b, "roomcast_messages_routed_total", "Messages routed to rooms, by source.",
-	         "source", metrics_source_names, metrics.messages_routed, 0, SRC_COUNT);
+	         "source", metrics_source_names, metrics.messages_routed, 0, METRICS_SRC_COUNT);
 	counter(b, "roomcast_messages_out_total", "Room messages written to clients.",
 	        metrics.deliveries);
 	counter(b, "roomcast_bytes_out_total", "Bytes of WebSocket payload written.",
@@ -251,10 +251,10 @@ static void render_metrics(struct http_response *resp)
 	counter(b, "roomcast_client_errors_total", "Error replies sent to clients.",
 	        metrics.client_errors);
 	labelled(b, "roomcast_closes_total", "Connections closed by the server, by reason.",
-	         "reason", metrics_close_names, metrics.closes, 0, CLOSE_COUNT);
+	         "reason", metrics_close_names, metrics.closes, 0, METRICS_CLOSE_COUNT);
 	labelled(b, "roomcast_handshakes_refused_total",
 	         "Connections refused before the upgrade, by reason.", "reason",
-	         metrics_refuse_names, metrics.refused, 0, REFUSE_COUNT);
+	         metrics_refuse_names, metrics.refused, 0, METRICS_REFUSE_COUNT);
 	/* Reason 0 is AUTH_OK, which is not a failure. */
 	for (int i = 0; i < AUTH_REASON_COUNT; i++)
 		auth_names[i] = auth_reason_name((enum auth_reason)i);
@@ -555,7 +555,8 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	f = proto_event_envelope(id_raw, json_object_get_string(event), room_name_buf, ts, data_raw,
 	                         "{\"source\":\"notify\"}");
 	json_object_put(root);
-	if (!f || bus_publish(room_name_buf, (const char *)frame_data(f), f->len, SRC_NOTIFY) < 0) {
+	if (!f || bus_publish(room_name_buf, (const char *)frame_data(f), f->len,
+	                      METRICS_SRC_NOTIFY) < 0) {
 		frame_unref(f);
 		json_error(resp, 503, "notification could not be published");
 		return;

@@ -186,7 +186,8 @@ static void push(struct live *l, const struct def *d, const char *row)
 	if (coordinated()) {
 		/* Every replica's members, this one's included, get it back from Redis. */
 		struct frame *f = row_frame(l, d, l->last, l->last_id, l->last_ts);
-		if (!f || bus_publish(l->room, (const char *)frame_data(f), f->len, SRC_LIVE) < 0)
+		if (!f ||
+		    bus_publish(l->room, (const char *)frame_data(f), f->len, METRICS_SRC_LIVE) < 0)
 			log_warn("live room push not published", "room", l->room, "reason",
 			         f ? "bus unavailable" : "out of memory");
 		frame_unref(f);
@@ -202,7 +203,7 @@ static void push(struct live *l, const struct def *d, const char *row)
 	ev.data_raw = l->last;
 	ev.meta_raw = "{\"source\":\"live\"}";
 	ev.born_ns = util_now_ns();
-	ev.src = SRC_LIVE;
+	ev.src = METRICS_SRC_LIVE;
 	router_event(&ev);
 }
 

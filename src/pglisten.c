@@ -266,7 +266,7 @@ static void deliver(const struct listen *l, const char *payload)
 	ev.data_raw = data_raw;
 	ev.meta_raw = "{\"source\":\"listen\"}";
 	ev.born_ns = util_now_ns();
-	ev.src = SRC_LISTEN;
+	ev.src = METRICS_SRC_LISTEN;
 	router_event(&ev);
 	buf_free(&text);
 	json_object_put(o);

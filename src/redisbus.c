@@ -865,7 +865,7 @@ static void on_room_message(const redisReply *chan, const redisReply *payload)
 		log_warn("redis message dropped", "room", room, "reason", "payload is not UTF-8");
 		return;
 	}
-	g_deliver(room, payload->str, (size_t)payload->len, SRC_REDIS, util_now_ns());
+	g_deliver(room, payload->str, (size_t)payload->len, METRICS_SRC_REDIS, util_now_ns());
 }
 
 static bool seller_id_of(struct json_object *o, char *out, size_t n)
@@ -905,7 +905,7 @@ static void on_stats_event(const char *payload, size_t len)
 	}
 	t = json_object_get_string(type);
 	if (!strcmp(t, "ADMIN_STATS_UPDATED")) {
-		g_deliver("admins", payload, len, SRC_REDIS, util_now_ns());
+		g_deliver("admins", payload, len, METRICS_SRC_REDIS, util_now_ns());
 	} else if (!strcmp(t, "SELLER_STATS_UPDATED")) {
 		if (!seller_id_of(root, id, sizeof(id)) &&
 		    !(json_object_object_get_ex(root, "data", &inner) &&
@@ -920,7 +920,7 @@ static void on_stats_event(const char *payload, size_t len)
 			log_warn("redis event ignored", "type", t, "reason", "invalid seller_id");
 			goto out;
 		}
-		g_deliver(room, payload, len, SRC_REDIS, util_now_ns());
+		g_deliver(room, payload, len, METRICS_SRC_REDIS, util_now_ns());
 	} else {
 		log_debug("redis event ignored", "type", t, "reason", "unknown type");
 	}

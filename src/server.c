@@ -66,7 +66,7 @@ static void deliver_db_event(const struct pgl_event *e)
 	                          .data_raw = e->data_raw,
 	                          .meta_raw = e->meta_raw,
 	                          .born_ns = e->born_ns,
-	                          .src = SRC_DB};
+	                          .src = METRICS_SRC_DB};
 	router_event(&ev);
 }
 
@@ -140,7 +140,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 	if (!conn_alive(c))
 		return 0;
 	if (conn_rx_len(c) + len > (size_t)g_cfg->max_message_size) {
-		metrics.closes[CLOSE_TOO_BIG]++;
+		metrics.closes[METRICS_CLOSE_TOO_BIG]++;
 		lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
 		                 (unsigned char *)"message too big", 15);
 		return -1;
@@ -149,7 +149,7 @@ static int on_receive(struct lws *wsi, struct conn *c, const char *in, size_t le
 		/* Not buffered, but counted: the size limit holds for binary messages too. */
 		c->rx_skipped += len;
 		if (c->rx_skipped > (size_t)g_cfg->max_message_size) {
-			metrics.closes[CLOSE_TOO_BIG]++;
+			metrics.closes[METRICS_CLOSE_TOO_BIG]++;
 			lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE,
 			                 (unsigned char *)"message too big", 15);
 			return -1;
@@ -240,7 +240,7 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
 		return c ? conn_on_writeable(c) : -1;
 	case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
 		if (c && conn_alive(c))
-			metrics.closes[CLOSE_PEER]++;
+			metrics.closes[METRICS_CLOSE_PEER]++;
 		if (c)
 			conn_peer_closing(c);
 		return 0;
@@ -454,7 +454,7 @@ int server_run(struct config *cfg)
 	ac.audience = cfg->jwt_audience;
 	ac.leeway_s = (int)cfg->jwt_leeway_s;
 	/* Only the SQL policy reads the claims; every connection would otherwise keep a copy. */
-	ac.drop_claims_json = cfg->authz_mode != AUTHZ_SQL;
+	ac.drop_claims_json = cfg->authz_mode != CONFIG_AUTHZ_SQL;
 	g_auth = auth_new(&ac, err, sizeof(err));
 	free(pem);
 	if (!g_auth) {
@@ -550,9 +550,9 @@ int server_run(struct config *cfg)
 		snprintf(port, sizeof(port), "%ld", cfg->port);
 		log_info("roomcast ready", "host", cfg->host, "port", port, "version",
 		         ROOMCAST_VERSION, "authz",
-		         cfg->authz_mode == AUTHZ_SQL    ? "sql"
-		         : cfg->authz_mode == AUTHZ_HTTP ? "http"
-		                                         : "claims");
+		         cfg->authz_mode == CONFIG_AUTHZ_SQL    ? "sql"
+		         : cfg->authz_mode == CONFIG_AUTHZ_HTTP ? "http"
+		                                                : "claims");
 	}
 	uv_run(&g_loop, UV_RUN_DEFAULT);
 	/* lws has closed its handles; close anything left and let the close callbacks run. */

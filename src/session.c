@@ -890,7 +890,7 @@ static void do_broadcast(struct conn *c, struct proto_msg *m)
 		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
 		return;
 	}
-	if (bus_publish(m->room, (const char *)frame_data(f), f->len, SRC_BROADCAST) < 0)
+	if (bus_publish(m->room, (const char *)frame_data(f), f->len, METRICS_SRC_BROADCAST) < 0)
 		reply_error(c, PROTO_SERVER_ERROR, "broadcast could not be published", m->room);
 	frame_unref(f);
 }

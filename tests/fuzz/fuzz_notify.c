@@ -30,7 +30,7 @@ int __wrap_bus_publish(const char *room, const char *payload, size_t len, enum m
 
 int __wrap_bus_publish(const char *room, const char *payload, size_t len, enum metrics_source src)
 {
-	FUZZ_CHECK(src == SRC_NOTIFY, "notify published as source %d", (int)src);
+	FUZZ_CHECK(src == METRICS_SRC_NOTIFY, "notify published as source %d", (int)src);
 	FUZZ_CHECK(g_pub.count == 0, "published twice");
 	g_pub.count++;
 	snprintf(g_pub.room, sizeof(g_pub.room), "%s", room);

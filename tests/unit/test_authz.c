@@ -25,7 +25,7 @@ static void never_called(void *arg, const char *room, enum authz_result r)
 static void make_conn(struct asker *c, struct auth_identity *id, const char *role)
 {
 	memset(&g_cfg, 0, sizeof(g_cfg));
-	g_cfg.authz_mode = AUTHZ_SQL;
+	g_cfg.authz_mode = CONFIG_AUTHZ_SQL;
 	authz_setup(&g_cfg, NULL, NULL);
 	memset(c, 0, sizeof(*c));
 	memset(id, 0, sizeof(*id));

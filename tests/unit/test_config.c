@@ -254,7 +254,7 @@ START_TEST(test_defaults)
 	ck_assert_str_eq(g_cfg.environment, "development");
 	ck_assert(!g_cfg.production);
 	ck_assert_int_eq(g_cfg.workers, 1);
-	ck_assert_int_eq(g_cfg.authz_mode, AUTHZ_CLAIMS);
+	ck_assert_int_eq(g_cfg.authz_mode, CONFIG_AUTHZ_CLAIMS);
 	ck_assert_ptr_nonnull(g_cfg.node_id);
 	ck_assert_uint_gt(strlen(g_cfg.node_id), 0);
 }
@@ -275,7 +275,7 @@ START_TEST(test_env_applied)
 	ck_assert_int_eq(g_cfg.outbox_retention_s, 7 * 86400);
 	ck_assert_double_eq_tol(g_cfg.rate_per_s, 2.0, 1e-9);
 	ck_assert_str_eq(g_cfg.node_id, "n1");
-	ck_assert_int_eq(g_cfg.authz_mode, AUTHZ_SQL);
+	ck_assert_int_eq(g_cfg.authz_mode, CONFIG_AUTHZ_SQL);
 }
 END_TEST
 

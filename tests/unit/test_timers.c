@@ -332,7 +332,7 @@ END_TEST
 START_TEST(test_timer_pings_silent_peer_then_drops_it)
 {
 	struct conn *c = conn_new(NULL, "192.0.2.1", false);
-	uint64_t timeouts = metrics.closes[CLOSE_TIMEOUT];
+	uint64_t timeouts = metrics.closes[METRICS_CLOSE_TIMEOUT];
 
 	c->state = CONN_OPEN; /* no token expiry: exp 0 */
 	conn_timers_update(c);
@@ -351,13 +351,13 @@ START_TEST(test_timer_pings_silent_peer_then_drops_it)
 	conn_timers_run(66);
 	ck_assert(c->ping_due);
 	conn_timers_run(100);
-	ck_assert_uint_eq(metrics.closes[CLOSE_TIMEOUT], timeouts);
+	ck_assert_uint_eq(metrics.closes[METRICS_CLOSE_TIMEOUT], timeouts);
 	conn_timers_run(101);
-	ck_assert_uint_eq(metrics.closes[CLOSE_TIMEOUT], timeouts + 1);
+	ck_assert_uint_eq(metrics.closes[METRICS_CLOSE_TIMEOUT], timeouts + 1);
 	ck_assert_int_eq(c->state, CONN_CLOSING);
 	/* The socket is still there (none here): dropped again, counted once. */
 	conn_timers_run(105);
-	ck_assert_uint_eq(metrics.closes[CLOSE_TIMEOUT], timeouts + 1);
+	ck_assert_uint_eq(metrics.closes[METRICS_CLOSE_TIMEOUT], timeouts + 1);
 	ck_assert(wheel_filed(&c->timer));
 }
 END_TEST
