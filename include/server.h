@@ -6,7 +6,7 @@
 
 #include "config.h"
 
-#define ROOMCAST_VERSION "0.1.0"
+#define SERVER_VERSION "0.1.0"
 
 /* Runs until SIGTERM/SIGINT and a graceful shutdown; returns the process exit code. */
 int server_run(struct config *cfg);

@@ -195,7 +195,7 @@ int main(int argc, char **argv)
 	if (!strcmp(argv[1], "token"))
 		return cmd_token(argc - 1, argv + 1);
 	if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
-		printf("roomcast %s\n", ROOMCAST_VERSION);
+		printf("roomcast %s\n", SERVER_VERSION);
 		return 0;
 	}
 	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {

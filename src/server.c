@@ -524,11 +524,11 @@ int server_run(struct config *cfg)
 	conn_setup(cfg, g_ctx);
 	session_setup(cfg, g_auth);
 	authz_setup(cfg, &g_loop, pgl_can_join);
-	http_setup(cfg, g_auth, ROOMCAST_VERSION);
+	http_setup(cfg, g_auth, SERVER_VERSION);
 	http_set_static(assets_serve);
 	if (gate_setup(cfg, g_auth, &g_loop) < 0 || bus_start(cfg, &g_loop) < 0 ||
 	    pgl_start(cfg, &g_loop, deliver_db_event) < 0 || capture_start(cfg, &g_loop) < 0 ||
-	    liveroom_start(cfg, &g_loop) < 0 || cluster_start(cfg, &g_loop, ROOMCAST_VERSION) < 0 ||
+	    liveroom_start(cfg, &g_loop) < 0 || cluster_start(cfg, &g_loop, SERVER_VERSION) < 0 ||
 	    presence_start(cfg, &g_loop) < 0 || (!g_tls && gate_start(g_vhost) < 0)) {
 		lws_context_destroy(g_ctx);
 		auth_free(g_auth);
@@ -549,7 +549,7 @@ int server_run(struct config *cfg)
 		char port[12];
 		snprintf(port, sizeof(port), "%ld", cfg->port);
 		log_info("roomcast ready", "host", cfg->host, "port", port, "version",
-		         ROOMCAST_VERSION, "authz",
+		         SERVER_VERSION, "authz",
 		         cfg->authz_mode == CONFIG_AUTHZ_SQL    ? "sql"
 		         : cfg->authz_mode == CONFIG_AUTHZ_HTTP ? "http"
 		                                                : "claims");
