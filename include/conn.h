@@ -26,7 +26,6 @@ enum conn_state {
 /* Fields are ordered so the struct has no holes: it is held once per connection. */
 struct conn {
 	struct lws *wsi; /* NULL once lws destroyed the wsi */
-	void *owner;     /* the layer above's object (a session), set right after conn_new */
 	enum conn_state state;
 	unsigned refs;  /* pending async operations that will come back to it */
 	uint64_t seq;   /* unique within this node: conn_id() is "conn-<seq>" */
@@ -51,8 +50,7 @@ struct conn {
 	long long exp;
 	struct frame_queue q;
 	const char *close_reason; /* a string literal: conn_close's reason */
-	uint64_t last_limited_ns;
-	struct buf *rx; /* a message being assembled from fragments; NULL when none */
+	struct buf *rx;           /* a message being assembled from fragments; NULL when none */
 	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
 	struct wheel_node timer; /* filed under its next deadline while not dead */
 	uint32_t rx_at;          /* last frame from the peer, pongs included */
@@ -64,8 +62,12 @@ struct conn {
 	/* > 0: run the drain hook once the queue is down to this many bytes (at most
 	 * SEND_QUEUE_MAX_BYTES). */
 	uint32_t drain_below;
+	uint32_t last_limited_ms; /* the last rate_limited error sent (ms stamp, wrapping) */
 	struct conn *prev, *next; /* all live connections */
 	struct conn *next_dead;
+	/* The owner's object, conn_hooks.owner_size bytes allocated with the connection and
+	 * zeroed (one allocation per client instead of two); 8-byte aligned. */
+	uint64_t owner_area[];
 };
 
 /* "conn-<n>", unique within this node, formatted into one of a few static buffers: valid until
@@ -87,6 +89,7 @@ struct conn_hooks {
 	 * The hook may queue frames. */
 	void (*drained)(struct conn *c);
 	void (*freed)(struct conn *c); /* just before c's memory is freed: free the owner */
+	size_t owner_size;             /* bytes of c->owner_area */
 };
 /* Copies hooks; set once at start-up, before the first connection. */
 void conn_set_hooks(const struct conn_hooks *hooks);

@@ -16,11 +16,11 @@
 struct frame;
 
 /* What a client is above its transport: who it is, its rooms, the verdicts and replays it waits
- * for. One per connection, created by session_new right after conn_new and freed with the
- * connection (the conn's freed hook), so it lives as long as any hold on the connection. */
+ * for. One per connection, created by session_new right after conn_new in the connection's
+ * owner area (one allocation) and gone with the connection (the conn's freed hook releases
+ * what it holds), so it lives as long as any hold on the connection. */
 struct session {
 	struct room_member member;  /* the rooms hold this (session_of_member maps back) */
-	struct conn *conn;          /* the transport; c->owner points back here */
 	struct auth_identity ident; /* zeroed until authenticated */
 	void *authz_cache;          /* owned by the authz module */
 	void *pending;              /* joins waiting for replay (session.c) */
@@ -33,17 +33,23 @@ struct session {
 
 static inline struct session *session_of(const struct conn *c)
 {
-	return (struct session *)c->owner;
+	return (struct session *)(void *)c->owner_area; /* see session_new */
 }
 static inline struct session *session_of_member(const struct room_member *m)
 {
 	return (struct session *)m; /* member is the first field */
 }
+/* The transport: s is its owner area. */
+static inline struct conn *session_conn(const struct session *s)
+{
+	return (struct conn *)(void *)((char *)(uintptr_t)s - offsetof(struct conn, owner_area));
+}
 
 /* Registers the connection hooks (closed, deadline, drained, freed): call before conn_new. */
 void session_setup(const struct config *cfg, const struct auth *auth);
 /* Makes c's session; takes *ident (zeroed afterwards) when it is not NULL. format: 0 (decided
- * by the first message), 1 typed, 2 envelope. NULL on allocation failure (c untouched). */
+ * by the first message), 1 typed, 2 envelope. Never NULL: the session is c's owner area, which
+ * session_setup sized (c made before session_setup has none: do not call it then). */
 struct session *session_new(struct conn *c, struct auth_identity *ident, int format);
 /* The connection finished its upgrade; the session's identity is set when it presented a
  * valid token. */

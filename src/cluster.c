@@ -118,7 +118,7 @@ static struct conn **user_conns(const char *user_id, uint32_t *n)
 		return NULL;
 	}
 	for (uint32_t i = 0; i < *n; i++) {
-		out[i] = session_of_member(m[i])->conn;
+		out[i] = session_conn(session_of_member(m[i]));
 		conn_hold(out[i]);
 	}
 	return out;

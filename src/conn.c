@@ -106,7 +106,7 @@ static uint32_t now_tick(void)
 
 struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
 {
-	struct conn *c = calloc(1, sizeof(*c));
+	struct conn *c = calloc(1, sizeof(*c) + g_hooks.owner_size);
 	if (!c)
 		return NULL;
 	c->wsi = wsi;

@@ -500,7 +500,7 @@ static void on_join(const char *name, struct room_member *m)
 	/* Alone, the first member gets the first push; with Redis another replica may be
 	 * running the room already, so every newcomer waits for a row. */
 	if (m && (l->last || coordinated()) && (nc = calloc(1, sizeof(*nc)))) {
-		nc->c = session_of_member(m)->conn;
+		nc->c = session_conn(session_of_member(m));
 		conn_hold(nc->c);
 		snprintf(nc->room, sizeof(nc->room), "%s", name);
 		nc->next = g_new;

@@ -39,7 +39,7 @@ static const char *member_user(const struct room_member *m)
 
 static void member_send(struct room_member *m, struct frame *f)
 {
-	conn_send(session_of_member(m)->conn, f);
+	conn_send(session_conn(session_of_member(m)), f);
 }
 
 /* The lower layers that deliver to members (router, presence) get the session's ways. */
@@ -52,17 +52,16 @@ void session_setup(const struct config *cfg, const struct auth *auth)
 	conn_set_hooks(&(struct conn_hooks){.closed = on_closed,
 	                                    .deadline = on_deadline,
 	                                    .drained = on_drained,
-	                                    .freed = on_freed});
+	                                    .freed = on_freed,
+	                                    .owner_size = sizeof(struct session)});
 }
 
-/* The session is freed by on_freed, with its connection. */
+/* The session lives in c's owner area; on_freed releases what it holds. */
 struct session *session_new(struct conn *c, struct auth_identity *ident, int format)
 {
-	struct session *s = calloc(1, sizeof(*s));
+	/* The connection's owner area (session_setup sized it), zeroed by conn_new. */
+	struct session *s = (struct session *)(void *)c->owner_area;
 
-	if (!s)
-		return NULL;
-	s->conn = c;
 	/* A format asked for in the URL is kept whatever the first message looks like. */
 	s->typed = format == 1;
 	s->spoke = format != 0;
@@ -71,7 +70,6 @@ struct session *session_new(struct conn *c, struct auth_identity *ident, int for
 		c->exp = s->ident.exp;
 		memset(ident, 0, sizeof(*ident));
 	}
-	c->owner = s;
 	return s;
 }
 
@@ -79,7 +77,7 @@ int session_send(struct session *s, struct frame *f)
 {
 	if (s->typed)
 		f = proto_typed(f); /* shared: serialized once per message, not per recipient */
-	return conn_send(s->conn, f);
+	return conn_send(session_conn(s), f);
 }
 
 static void reply_error(struct conn *c, enum proto_code code, const char *msg, const char *room)
@@ -471,12 +469,9 @@ static void on_freed(struct conn *c)
 {
 	struct session *s = session_of(c);
 
-	if (!s)
-		return;
+	/* s itself is freed with c (its owner area). */
 	auth_identity_clear(&s->ident);
 	authz_cache_free(&s->authz_cache);
-	free(s);
-	c->owner = NULL;
 }
 
 /* Auth timeout, token expiring, token expired: the connection timer found them due. */
@@ -518,7 +513,7 @@ static bool drain_drops(struct conn *c, long long id)
 void session_deliver(struct room_member *m, struct frame *f, const char *room, long long id_num)
 {
 	struct session *s = session_of_member(m);
-	struct conn *c = s->conn;
+	struct conn *c = session_conn(s);
 	struct pending_join *pj;
 
 	if (s->pending && id_num && drain_drops(c, id_num))
@@ -1065,7 +1060,7 @@ static void do_auth(struct conn *c, struct proto_msg *m)
  * when the client keeps going for twice its burst without slowing down. */
 static bool rate_ok(struct conn *c)
 {
-	uint64_t now;
+	uint32_t now;
 
 	if (conn_rate_take(c))
 		return true;
@@ -1074,9 +1069,10 @@ static bool rate_ok(struct conn *c)
 		conn_close(c, 4029, "rate limit abused", false);
 		return false;
 	}
-	now = util_now_ns();
-	if (now - c->last_limited_ns > 100000000ull) {
-		c->last_limited_ns = now;
+	/* Milliseconds, wrapping: only the difference is used. */
+	now = (uint32_t)(util_now_ns() / 1000000);
+	if ((uint32_t)(now - c->last_limited_ms) > 100) {
+		c->last_limited_ms = now;
 		reply_error(c, PROTO_RATE_LIMITED, "rate limit exceeded", NULL);
 	}
 	return false;

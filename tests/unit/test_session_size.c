@@ -14,10 +14,10 @@
 #include <time.h>
 
 /* The bytes an idle client may cost, allocator overhead included. Issue 13 asks for 300; the
- * structures are not there yet: 484 measured (struct conn 192 with its allocation, struct
- * session 176, the identity's strings, the user room), so this holds what was reached and
- * fails on growth. */
-#define IDLE_CLIENT_MAX_BYTES 500
+ * structures are not there yet: 452 measured (struct conn 168 and struct session 160 in one
+ * allocation of 336, the identity's strings, the user room and its registry slot), so this
+ * holds what was reached and fails on growth. */
+#define IDLE_CLIENT_MAX_BYTES 465
 
 START_TEST(test_idle_client_bytes)
 {
