@@ -68,8 +68,8 @@ struct replay {
  * with the same query and the same `recovered` rule; asks with the same room, since, after, top
  * and limit get the same rows, so a later ask joins a query already asked for (coalescing). It
  * may join only while the query's snapshot is provably not older than its membership: before
- * the query was handed to the query connection, or when no outbox event was delivered since
- * (an event committed after the snapshot and delivered before the join would be in neither
+ * the query was handed to the query connection, or when no outbox event of its room was delivered
+ * since (an event committed after the snapshot and delivered before the join would be in neither
  * the replay nor the asker's held live frames). */
 struct rquery {
 	UT_hash_handle hh; /* in g_open until answered */
@@ -78,13 +78,13 @@ struct rquery {
 	long long since, after, top; /* top 0: the first page */
 	int limit;                   /* rows per page */
 	bool history, sent;
-	uint64_t sent_seq;      /* g_deliver_seq when handed to the query connection */
+	uint64_t sent_seq;      /* room_seq(room) when handed to the query connection */
 	uint64_t wait_until_ns; /* while waiting for the query connection */
 	struct replay *waiters; /* in ask order */
 	struct replay **tail;
 	struct rquery *next; /* g_waiting, or g_cached once answered */
 	/* A first page answered while no event was delivered since it was sent is kept (in
-	 * g_open and g_cached) for asks of the same page, until the next delivery or for
+	 * g_open and g_cached) for asks of the same page, until the room's next delivery or for
 	 * REPLAY_CACHE_MS: the rows are what a new query would read, except events committed
 	 * after its snapshot, which are not delivered yet and so reach the asker live. */
 	bool answered, recovered;
@@ -99,7 +99,22 @@ static struct rquery *g_open, *g_waiting, *g_cached;
 static size_t g_ncached;
 #define REPLAY_CACHE_MS  1000
 #define REPLAY_CACHE_MAX 1024
-static uint64_t g_deliver_seq; /* outbox events delivered */
+/* Outbox deliveries per room, folded into buckets by the room name's hash: a query may be joined
+ * (or its answer reused) while no event of its room was delivered since it was sent. Events of
+ * other rooms cannot be missing from its asker's view, so a storm of rejoins in many rooms is
+ * not split into one query per join by the other rooms' traffic. Two rooms sharing a bucket
+ * only make a join start a query of its own, never reuse a stale one. */
+#define ROOM_SEQ_BUCKETS 16384u
+static uint64_t g_room_seq[ROOM_SEQ_BUCKETS];
+
+static uint64_t *room_seq(const char *room)
+{
+	uint32_t h = 2166136261u;
+
+	for (const unsigned char *p = (const unsigned char *)room; *p; p++)
+		h = (h ^ *p) * 16777619u;
+	return &g_room_seq[h & (ROOM_SEQ_BUCKETS - 1)];
+}
 /* Replay (join) pages asked, by how they were served; queries sent for them. */
 static uint64_t g_replays_query, g_replays_coalesced, g_replays_memory, g_replay_queries;
 /* For the recent memory: the xmax of the snapshot of the last catch-up or sweep that
@@ -277,9 +292,13 @@ static void deliver_json(const char *text, uint64_t nonlive_xmax)
 			s->delivered = true;
 	}
 	g_deliver(&ev);
-	g_deliver_seq++;
+	for (size_t i = 0; i < json_object_array_length(rooms_o); i++) {
+		const char *rn = json_object_get_string(json_object_array_get_idx(rooms_o, i));
+		if (rn)
+			(*room_seq(rn))++;
+	}
 	if (g_cached)
-		cache_expire(true);
+		cache_expire(false);
 	if (nonlive_xmax) {
 		if (nonlive_xmax > g_unsettled_xid)
 			g_unsettled_xid = nonlive_xmax;
@@ -935,7 +954,7 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 		n = 0;
 		ok = false;
 	}
-	if (ok && !q->history && !q->top && q->sent_seq == g_deliver_seq &&
+	if (ok && !q->history && !q->top && q->sent_seq == *room_seq(q->room) &&
 	    g_ncached < REPLAY_CACHE_MAX) {
 		q->answered = true;
 		q->answered_ns = util_now_ns();
@@ -1009,7 +1028,7 @@ static int send_replay(struct rquery *q)
 		               5, p, QUERY_TIMEOUT_MS, on_replay, q);
 	if (rc == 0) {
 		q->sent = true;
-		q->sent_seq = g_deliver_seq;
+		q->sent_seq = *room_seq(q->room);
 		if (!q->history)
 			g_replay_queries++;
 	}
@@ -1072,7 +1091,7 @@ static int replay_ask(const char *room, long long since, long long after, long l
 	if (kl <= 0 || (size_t)kl >= sizeof(key))
 		return -1;
 	HASH_FIND(hh, g_open, key, (size_t)kl, q);
-	if (q && q->answered && q->sent_seq == g_deliver_seq &&
+	if (q && q->answered && q->sent_seq == *room_seq(q->room) &&
 	    util_now_ns() - q->answered_ns < (uint64_t)REPLAY_CACHE_MS * 1000000ull) {
 		g_replays_coalesced++;
 		replay_give(q, rp, true, q->recovered, q->ids, q->frames, q->n, &q->page);
@@ -1082,7 +1101,7 @@ static int replay_ask(const char *room, long long since, long long after, long l
 		cache_free(q);
 		q = NULL;
 	}
-	if (q && (!q->sent || q->sent_seq == g_deliver_seq)) {
+	if (q && (!q->sent || q->sent_seq == *room_seq(q->room))) {
 		*q->tail = rp;
 		q->tail = &rp->next;
 		if (!history)
