@@ -112,8 +112,10 @@ def test_join_subscribes_only_that_replica_and_leave_or_disconnect_unsubscribes(
         # Two members; the room's subscription stays until the last one disconnects.
         b = await member(n1, "2", "product-92")
         c = await member(n1, "3", "product-92")
+        conns = metric(n1, "roomcast_connections")
         await b.close()
-        time.sleep(0.3)
+        wait_until(lambda: metric(n1, "roomcast_connections") == conns - 1, timeout=5,
+                   what="the server saw the first member disconnect")
         assert numsub(redis_server, "product-92") == 1
         await c.close()
         wait_until(lambda: numsub(redis_server, "product-92") == 0, timeout=5,
