@@ -708,8 +708,10 @@ static void on_replayed(void *arg, const char *room, bool ok, bool recovered, co
 		conn_close(c, 1011, "out of memory", false);
 		return; /* pending_end frees the arrays when the connection goes */
 	}
-	memcpy(pj->page, frames, n * sizeof(*frames));
-	memcpy(pj->page_ids, ids, n * sizeof(*ids));
+	if (n) { /* an empty answer (from the recent memory) may come with NULL arrays */
+		memcpy(pj->page, frames, n * sizeof(*frames));
+		memcpy(pj->page_ids, ids, n * sizeof(*ids));
+	}
 	pj->page_n = n;
 	pj->page_pos = 0;
 	replay_pump(c, pj);
