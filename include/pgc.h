@@ -85,4 +85,16 @@ void pgc_free_names(char **names, size_t n);
 char *pgc_conninfo_with_addrs(const char *conninfo, char *const *names, char *const *addrs,
                               size_t n);
 
+/* conninfo is what to hand PQconnectStartParams (only valid during the call: it may hold a
+ * password and is wiped after), or NULL with why saying what failed. */
+typedef void (*pgc_lookup_fn)(void *arg, const char *conninfo, const char *why);
+struct pgc_lookup;
+/* Looks up conninfo's host names with the two functions above and calls cb once with the
+ * rewritten conninfo. Returns the running lookup, or NULL when cb has already been called
+ * (nothing to look up, or every lookup failed to start). conninfo is copied; the lookup frees
+ * itself after cb. For connections pgc does not manage (capture's replication connection). */
+struct pgc_lookup *pgc_lookup(uv_loop_t *loop, const char *conninfo, pgc_lookup_fn cb, void *arg);
+/* cb will not be called; the lookup frees itself once libuv is done with it. NULL is a no-op. */
+void pgc_lookup_cancel(struct pgc_lookup *lk);
+
 #endif

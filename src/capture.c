@@ -50,6 +50,7 @@ static struct {
 	bool busy; /* a setup / lock / slot query in flight */
 
 	PGconn *rconn;
+	struct pgc_lookup *rlookup; /* the replication connection's host names being looked up */
 	uv_poll_t *rpoll;
 	int rfd;
 	int rpoll_events;
@@ -618,6 +619,8 @@ static void repl_close(const char *why)
 		set_problem(why);
 		g.restarts++;
 	}
+	pgc_lookup_cancel(g.rlookup);
+	g.rlookup = NULL;
 	if (g.rpoll) {
 		uv_close((uv_handle_t *)g.rpoll, (uv_close_cb)free);
 		g.rpoll = NULL;
@@ -747,25 +750,45 @@ static void on_repl_io(uv_poll_t *h, int status, int events)
 		poll_update();
 }
 
-/* Connects with replication=database (walsender with SQL), as the slot's holder. */
-static void repl_open(void)
+/* Starts the replication connection to conninfo (DATABASE_URL with numeric host addresses). */
+static void on_repl_looked_up(void *arg, const char *conninfo, const char *why)
 {
 	const char *const keys[] = {"dbname", "replication", "application_name", "connect_timeout",
 	                            NULL};
-	const char *const vals[] = {g.cfg->database_url, "database", "roomcast-capture", "10",
-	                            NULL};
+	const char *const vals[] = {conninfo, "database", "roomcast-capture", "10", NULL};
+	char reason[320];
 
-	if (g.repl != REPL_OFF || g.role != ROLE_HOLDER)
+	(void)arg;
+	g.rlookup = NULL;
+	if (!conninfo) {
+		snprintf(reason, sizeof(reason), "replication connection failed: %s", why);
+		repl_close(reason);
 		return;
-	g.received_lsn = g.confirmed_lsn = g.stored_lsn;
+	}
 	g.rconn = PQconnectStartParams(keys, vals, 1);
 	if (!g.rconn || PQstatus(g.rconn) == CONNECTION_BAD) {
 		repl_close("replication connection could not start");
 		return;
 	}
+	poll_set(PQsocket(g.rconn), UV_WRITABLE);
+}
+
+/* Connects with replication=database (walsender with SQL), as the slot's holder. The host
+ * names are looked up off the loop first: PQconnectStartParams would resolve them on it,
+ * synchronously. The connect deadline (on_tick) covers the lookup too. */
+static void repl_open(void)
+{
+	struct pgc_lookup *lk;
+
+	if (g.repl != REPL_OFF || g.role != ROLE_HOLDER)
+		return;
+	g.received_lsn = g.confirmed_lsn = g.stored_lsn;
 	g.repl = REPL_CONNECTING;
 	g.repl_since_ns = util_now_ns();
-	poll_set(PQsocket(g.rconn), UV_WRITABLE);
+	lk = pgc_lookup(g.loop, g.cfg->database_url, on_repl_looked_up, NULL);
+	/* NULL: on_repl_looked_up already ran (nothing to look up) and cleared g.rlookup. */
+	if (lk)
+		g.rlookup = lk;
 }
 
 /* ---- storing ---- */

@@ -23,8 +23,6 @@ struct pgc_query {
 	struct pgc_query *next;
 };
 
-struct resolve;
-
 struct pgc {
 	uv_loop_t *loop;
 	char *conninfo;
@@ -45,14 +43,17 @@ struct pgc {
 	uint32_t attempts;
 	uint64_t reconnects;
 	int closing;
-	struct resolve *resolving; /* host names being looked up before PQconnectStartParams */
-	void *relay;               /* set: a --workers worker's pgc, served by the feed process */
+	struct pgc_lookup *resolving; /* host names being looked up before PQconnectStartParams */
+	void *relay; /* set: a --workers worker's pgc, served by the feed process */
 };
 
-/* Host names of the conninfo looked up one after the other on libuv's thread pool, so libpq
+/* Host names of a conninfo looked up one after the other on libuv's thread pool, so libpq
  * never resolves a name on the loop (PQconnectStartParams would, synchronously). */
-struct resolve {
-	struct pgc *pc; /* NULL once abandoned (connect deadline, stop): the callback only frees */
+struct pgc_lookup {
+	uv_loop_t *loop;
+	char *conninfo;
+	pgc_lookup_fn cb; /* NULL once cancelled: the lookup's callback then only frees */
+	void *arg;
 	uv_getaddrinfo_t req;
 	char **names; /* per host of the list: the name to look up, or NULL */
 	char **addrs; /* per host: its numeric addresses, comma-separated ("" when none) */
@@ -148,9 +149,7 @@ static void abandon_resolve(struct pgc *pc)
 {
 	if (!pc->resolving)
 		return;
-	pc->resolving->pc = NULL;
-	/* Fails when the lookup already runs; its callback then sees pc == NULL and frees. */
-	uv_cancel((uv_req_t *)&pc->resolving->req);
+	pgc_lookup_cancel(pc->resolving);
 	pc->resolving = NULL;
 }
 
@@ -492,30 +491,30 @@ static void connect_with(struct pgc *pc, const char *conninfo)
 	connect_step(pc);
 }
 
-static void resolve_free(struct resolve *rs)
+static void lookup_free(struct pgc_lookup *lk)
 {
-	pgc_free_names(rs->names, rs->n);
-	pgc_free_names(rs->addrs, rs->n);
-	free(rs);
+	pgc_free_names(lk->names, lk->n);
+	pgc_free_names(lk->addrs, lk->n);
+	free(lk->conninfo);
+	free(lk);
 }
 
-static void resolve_next(struct resolve *rs);
+static bool lookup_next(struct pgc_lookup *lk);
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
-	struct resolve *rs = req->data;
-	struct pgc *pc = rs->pc;
+	struct pgc_lookup *lk = req->data;
 	char list[RESOLVE_MAX_ADDRS * (INET6_ADDRSTRLEN + 1)] = "";
 	size_t len = 0, count = 0;
 
-	if (!pc) {
+	if (!lk->cb) {
 		uv_freeaddrinfo(res);
-		resolve_free(rs);
+		lookup_free(lk);
 		return;
 	}
 	if (status < 0)
-		snprintf(rs->failed, sizeof(rs->failed), "could not resolve %s: %s",
-		         rs->names[rs->next], uv_strerror(status));
+		snprintf(lk->failed, sizeof(lk->failed), "could not resolve %s: %s",
+		         lk->names[lk->next], uv_strerror(status));
 	for (struct addrinfo *ai = res; ai && count < RESOLVE_MAX_ADDRS; ai = ai->ai_next) {
 		char a[INET6_ADDRSTRLEN];
 		const void *src =
@@ -530,61 +529,109 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 		count++;
 	}
 	uv_freeaddrinfo(res);
-	rs->addrs[rs->next] = strdup(list);
-	if (!rs->addrs[rs->next]) {
-		pc->resolving = NULL;
-		resolve_free(rs);
-		lose(pc, "out of memory");
+	lk->addrs[lk->next] = strdup(list);
+	if (!lk->addrs[lk->next]) {
+		lk->cb(lk->arg, NULL, "out of memory");
+		lookup_free(lk);
 		return;
 	}
-	rs->next++;
-	resolve_next(rs);
+	lk->next++;
+	(void)lookup_next(lk);
 }
 
-/* Looks up the next name, or connects once all are done. */
-static void resolve_next(struct resolve *rs)
+/* Looks up the next name (true: a lookup is running), or hands the rewritten conninfo to the
+ * callback once all are done and frees lk (false). */
+static bool lookup_next(struct pgc_lookup *lk)
 {
-	struct pgc *pc = rs->pc;
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
 	char *ci;
 	int rc;
 
-	while (rs->next < rs->n && !rs->names[rs->next])
-		rs->next++;
-	if (rs->next < rs->n) {
-		rs->req.data = rs;
-		rc = uv_getaddrinfo(pc->loop, &rs->req, on_resolved, rs->names[rs->next], NULL,
+	while (lk->next < lk->n && !lk->names[lk->next])
+		lk->next++;
+	if (lk->next < lk->n) {
+		lk->req.data = lk;
+		rc = uv_getaddrinfo(lk->loop, &lk->req, on_resolved, lk->names[lk->next], NULL,
 		                    &hints);
 		if (rc == 0)
-			return;
-		snprintf(rs->failed, sizeof(rs->failed), "could not resolve %s: %s",
-		         rs->names[rs->next], uv_strerror(rc));
-		rs->addrs[rs->next] = strdup("");
-		rs->next++;
-		resolve_next(rs);
-		return;
+			return true;
+		snprintf(lk->failed, sizeof(lk->failed), "could not resolve %s: %s",
+		         lk->names[lk->next], uv_strerror(rc));
+		lk->addrs[lk->next] = strdup("");
+		lk->next++;
+		return lookup_next(lk);
 	}
-	pc->resolving = NULL;
-	ci = pgc_conninfo_with_addrs(pc->conninfo, rs->names, rs->addrs, rs->n);
+	ci = pgc_conninfo_with_addrs(lk->conninfo, lk->names, lk->addrs, lk->n);
 	if (!ci) {
 		char why[300];
-		snprintf(why, sizeof(why), "%s", rs->failed[0] ? rs->failed : "no usable host");
-		resolve_free(rs);
+		snprintf(why, sizeof(why), "%s", lk->failed[0] ? lk->failed : "no usable host");
+		lk->cb(lk->arg, NULL, why);
+		lookup_free(lk);
+		return false;
+	}
+	lk->cb(lk->arg, ci, NULL);
+	/* The callback copied what it needs; the string may hold a password. */
+	memset(ci, 0, strlen(ci));
+	free(ci);
+	lookup_free(lk);
+	return false;
+}
+
+struct pgc_lookup *pgc_lookup(uv_loop_t *loop, const char *conninfo, pgc_lookup_fn cb, void *arg)
+{
+	struct pgc_lookup *lk;
+	char **names;
+	size_t n;
+
+	if (pgc_conninfo_hosts(conninfo, &names, &n) < 0 || !names) {
+		/* Nothing to look up (or a conninfo libpq will refuse with a better message). */
+		cb(arg, conninfo, NULL);
+		return NULL;
+	}
+	lk = calloc(1, sizeof(*lk));
+	if (!lk || !(lk->addrs = calloc(n, sizeof(*lk->addrs))) ||
+	    !(lk->conninfo = strdup(conninfo))) {
+		if (lk)
+			free(lk->addrs);
+		free(lk);
+		pgc_free_names(names, n);
+		cb(arg, NULL, "out of memory");
+		return NULL;
+	}
+	lk->loop = loop;
+	lk->cb = cb;
+	lk->arg = arg;
+	lk->names = names;
+	lk->n = n;
+	/* Finished at once (every lookup failed to start): lk is already freed. */
+	return lookup_next(lk) ? lk : NULL;
+}
+
+void pgc_lookup_cancel(struct pgc_lookup *lk)
+{
+	if (!lk)
+		return;
+	lk->cb = NULL;
+	/* Either way on_resolved still runs (with UV_EAI_CANCELED when the lookup had not
+	 * started), sees cb NULL and frees lk. */
+	(void)uv_cancel((uv_req_t *)&lk->req);
+}
+
+static void on_looked_up(void *arg, const char *conninfo, const char *why)
+{
+	struct pgc *pc = arg;
+
+	pc->resolving = NULL;
+	if (!conninfo) {
 		lose(pc, why);
 		return;
 	}
-	resolve_free(rs);
-	connect_with(pc, ci);
-	/* libpq copied what it needs; the string may hold a password. */
-	memset(ci, 0, strlen(ci));
-	free(ci);
+	connect_with(pc, conninfo);
 }
 
 static void start_connect(struct pgc *pc)
 {
-	struct resolve *rs;
-	char **names;
-	size_t n;
+	struct pgc_lookup *lk;
 
 	if (pc->state == PGC_STOPPING)
 		return;
@@ -593,23 +640,10 @@ static void start_connect(struct pgc *pc)
 	set_state(pc, PGC_CONNECTING);
 	/* The deadline covers the lookups too. */
 	uv_timer_start(&pc->timer, on_connect_deadline, CONNECT_TIMEOUT_MS, 0);
-	if (pgc_conninfo_hosts(pc->conninfo, &names, &n) < 0 || !names) {
-		/* Nothing to look up (or a conninfo libpq will refuse with a better message). */
-		connect_with(pc, pc->conninfo);
-		return;
-	}
-	rs = calloc(1, sizeof(*rs));
-	if (!rs || !(rs->addrs = calloc(n, sizeof(*rs->addrs)))) {
-		free(rs);
-		pgc_free_names(names, n);
-		lose(pc, "out of memory");
-		return;
-	}
-	rs->pc = pc;
-	rs->names = names;
-	rs->n = n;
-	pc->resolving = rs;
-	resolve_next(rs);
+	lk = pgc_lookup(pc->loop, pc->conninfo, on_looked_up, pc);
+	/* NULL when on_looked_up already ran; it cleared pc->resolving itself. */
+	if (lk)
+		pc->resolving = lk;
 }
 
 static void on_query_deadline(uv_timer_t *t)

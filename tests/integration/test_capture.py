@@ -115,7 +115,10 @@ def test_logical_events_equal_the_trigger_paths_and_reach_the_rooms(cluster, db,
     expected = outbox(cluster, ref)
     assert len(expected) >= 10
 
-    s = logical_server(pgserver, db)
+    # A host name, not an address: the replication connection looks it up off the loop first
+    # (libpq would resolve it synchronously on the loop), and must still come up.
+    s = logical_server(pgserver, db,
+                       DATABASE_URL=cluster.dsn_for(db).replace("127.0.0.1", "localhost"))
     dsn = cluster.dsn_for(db)
     order_room = "order-%d" % expected[[e[1] for e in expected].index("order_created")][3]["id_order"]
 
