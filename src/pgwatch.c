@@ -19,6 +19,9 @@ enum trig_state {
 	TRIG_ERROR,         /* the check failed for another reason */
 	TRIG_OK,
 	TRIG_MISSING, /* at least one table is missing or lacks its trigger */
+	/* CAPTURE=triggers here, but the database was switched to logical capture: its triggers
+	 * are attached and disabled, so only a CAPTURE=logical replica produces events. */
+	TRIG_DISABLED,
 };
 
 struct watched {
@@ -196,8 +199,25 @@ static void log_change(void)
 	else if (g_trig == TRIG_NO_MIGRATION)
 		log_warn("trigger check unavailable: migrations not applied (run roomcast migrate)",
 		         "reason", g_trig_reason);
+	else if (g_trig == TRIG_DISABLED)
+		log_warn(
+		    "watched tables' triggers are disabled: the database is in logical capture "
+		    "mode but this replica runs CAPTURE=triggers",
+		    "reason",
+		    "events come only while a CAPTURE=logical replica streams; set CAPTURE=logical "
+		    "here too, or switch the database back with CAPTURE=triggers roomcast migrate");
 	else
 		log_warn("trigger check failed", "reason", g_trig_reason);
+}
+
+static void on_mode(void *arg, const PGresult *res, const char *err)
+{
+	g_trig_in_flight = false;
+	/* No capture_state (before migration 010) or no row: the database has only ever run
+	 * triggers. Another failure leaves the trigger verdict as it was. */
+	if (res && PQntuples(res) == 1 && !strcmp(PQgetvalue(res, 0, 0), "logical"))
+		g_trig = TRIG_DISABLED;
+	log_change();
 }
 
 static void on_status(void *arg, const PGresult *res, const char *err)
@@ -221,6 +241,14 @@ static void on_status(void *arg, const PGresult *res, const char *err)
 			g_trig = TRIG_MISSING;
 	}
 	g_trig_reason[0] = '\0';
+	/* Present is not enough: logical capture (migration 010) keeps the triggers attached but
+	 * disabled, which trigger_status() cannot tell. A logical replica expects exactly that. */
+	if (g_trig == TRIG_OK && !g_cfg->capture_logical &&
+	    pgc_query(g_query, "SELECT mode FROM realtime.capture_state", 0, NULL, QUERY_TIMEOUT_MS,
+	              on_mode, NULL) == 0) {
+		g_trig_in_flight = true;
+		return;
+	}
 	log_change();
 }
 
@@ -296,12 +324,13 @@ void pgwatch_stop(void)
 
 bool pgwatch_degraded(void)
 {
-	return g_started && (g_deaf || g_trig == TRIG_MISSING || g_trig == TRIG_NO_MIGRATION);
+	return g_started && (g_deaf || g_trig == TRIG_MISSING || g_trig == TRIG_NO_MIGRATION ||
+	                     g_trig == TRIG_DISABLED);
 }
 
 void pgwatch_health_json(struct buf *b)
 {
-	static const char *names[] = {"unknown", "unknown", "unknown", "ok", "missing"};
+	static const char *names[] = {"unknown", "unknown", "unknown", "ok", "missing", "disabled"};
 	bool first = true;
 
 	if (!g_started)
@@ -319,6 +348,9 @@ void pgwatch_health_json(struct buf *b)
 		buf_puts(b, ",\"reason\":\"not checked yet\"");
 	else if (g_trig == TRIG_ERROR)
 		buf_puts(b, ",\"reason\":\"check failed\"");
+	else if (g_trig == TRIG_DISABLED)
+		buf_puts(b, ",\"reason\":\"the database is in logical capture mode (triggers "
+		            "disabled) but this replica runs CAPTURE=triggers\"");
 	if (g_trig == TRIG_OK || g_trig == TRIG_MISSING) {
 		buf_puts(b, ",\"missing\":[");
 		for (int i = 0; i < g_ntables; i++) {

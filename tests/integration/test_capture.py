@@ -354,3 +354,19 @@ def test_a_slot_lost_past_max_slot_wal_keep_size_is_reported(cluster, db, pgserv
     finally:
         sql(cluster, db, "ALTER SYSTEM RESET max_slot_wal_keep_size")
         sql(cluster, db, "SELECT pg_reload_conf()")
+
+
+def test_a_triggers_replica_on_a_database_in_logical_mode_reports_it(cluster, db, pgserver):
+    """Logical mode keeps the triggers attached but disabled, so a CAPTURE=triggers replica on
+    such a database would otherwise report its triggers ok while nothing publishes."""
+    sql(cluster, db, "SELECT realtime.capture_sync('logical', 'realtime_capture')")
+    s = pgserver(TRIGGER_CHECK_S="1")
+    wait_until(lambda: s.json("/health")[1].get("triggers", {}).get("state") == "disabled", 10,
+               what="triggers reported disabled")
+    health = s.json("/health")[1]
+    assert health["status"] == "degraded"
+    assert "logical capture mode" in health["triggers"]["reason"]
+    out = migrate(cluster.dsn_for(db), CAPTURE="triggers")
+    assert out.returncode == 0, out.stderr
+    wait_until(lambda: s.json("/health")[1]["triggers"]["state"] == "ok", 10,
+               what="triggers ok after switching back")
