@@ -2,7 +2,10 @@
  * fixed-size WebSocket-sized messages round robin over N loopback TCP connections, one send()
  * each, the way a fan-out does, while a forked reader drains them; prints the writer's CPU
  * (utime+stime) per send(). No server can deliver one message per write below this figure.
- * Usage: sendfloor [--conns N] [--msgs M] [--size BYTES] */
+ * Back to back by default; with --burst B --rate R the sends come in bursts of B, R bursts a
+ * second, as a room of B members gets R messages a second: between bursts the reader sleeps, so
+ * each burst pays the wakeups a paced fan-out pays.
+ * Usage: sendfloor [--conns N] [--msgs M] [--size BYTES] [--burst B --rate R] */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -60,7 +63,8 @@ static void reader(int *fds, int n)
 
 int main(int argc, char **argv)
 {
-	int n = 1000, size = 260, lfd, one = 1;
+	int n = 1000, size = 260, lfd, one = 1, burst = 0;
+	double rate = 0;
 	long msgs = 200000;
 	struct sockaddr_in a;
 	socklen_t al = sizeof(a);
@@ -76,6 +80,10 @@ int main(int argc, char **argv)
 			msgs = atol(argv[i + 1]);
 		else if (!strcmp(argv[i], "--size"))
 			size = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--burst"))
+			burst = atoi(argv[i + 1]);
+		else if (!strcmp(argv[i], "--rate"))
+			rate = atof(argv[i + 1]);
 	}
 	srv = calloc((size_t)n, sizeof(int));
 	cli = calloc((size_t)n, sizeof(int));
@@ -110,18 +118,30 @@ int main(int argc, char **argv)
 		close(cli[i]);
 	c0 = cpu_s();
 	t0 = now_s();
-	for (long m = 0; m < msgs; m++)
+	for (long m = 0; m < msgs; m++) {
+		if (burst > 0 && rate > 0 && m && m % burst == 0) {
+			/* Sleep until the next burst is due (absolute schedule, as a paced sender).
+			 */
+			double due = t0 + (double)(m / burst) / rate, now = now_s();
+			if (due > now) {
+				struct timespec ts = {
+				    (time_t)(due - now),
+				    (long)(((due - now) - (double)(time_t)(due - now)) * 1e9)};
+				nanosleep(&ts, NULL);
+			}
+		}
 		if (send(srv[m % n], msg, (size_t)size, 0) != size) {
 			perror("send");
 			return 1;
 		}
+	}
 	c1 = cpu_s();
 	t1 = now_s();
 	for (int i = 0; i < n; i++)
 		close(srv[i]);
 	waitpid(pid, NULL, 0);
-	printf(
-	    "{\"conns\":%d,\"size\":%d,\"sends\":%ld,\"seconds\":%.3f,\"cpu_us_per_send\":%.3f}\n",
-	    n, size, msgs, t1 - t0, (c1 - c0) * 1e6 / (double)msgs);
+	printf("{\"conns\":%d,\"size\":%d,\"burst\":%d,\"rate\":%g,\"sends\":%ld,\"seconds\":%.3f,"
+	       "\"cpu_us_per_send\":%.3f}\n",
+	       n, size, burst, rate, msgs, t1 - t0, (c1 - c0) * 1e6 / (double)msgs);
 	return 0;
 }
