@@ -37,6 +37,13 @@ static struct conn_hooks g_hooks;
 static uv_loop_t *g_loop;
 static uv_timer_t g_tick;
 static uint64_t g_tick_origin_ms;
+/* The server's own stalls (a process starved of CPU, stopped, or a paused VM): loop time in
+ * which nothing here ran is left out of the ticks, so a peer's silence never counts time in
+ * which its pongs sat unread, or its pings unsent. The loop looks at its clock at least once a
+ * second while it runs (g_tick); a longer gap between two looks counts as one second. */
+static uint64_t g_seen_ms;    /* the loop clock at the last look */
+static uint64_t g_stalled_ms; /* loop time left out of the ticks */
+#define CONN_STALL_MS 2000
 static struct wheel g_wheel;
 static bool g_kill_pending; /* lws must run its timers to drop a socket (see drop_socket) */
 
@@ -96,12 +103,24 @@ void conn_set_hooks(const struct conn_hooks *hooks)
 }
 
 /* The current tick: from the loop's cached clock while the timer runs (cheap enough for every
- * frame), else the wheel's own (unit tests drive it by hand). */
+ * frame), else the wheel's own (unit tests drive it by hand). Seconds the server stalled are
+ * left out (see g_stalled_ms): the first look after a stall, an I/O callback's or the timer's,
+ * moves the tick one second on, whatever the stall's length. */
 static uint32_t now_tick(void)
 {
+	uint64_t ms;
+
 	if (!g_loop)
 		return g_wheel.now;
-	return (uint32_t)((uv_now(g_loop) - g_tick_origin_ms) / 1000) + 1;
+	ms = uv_now(g_loop);
+	if (ms - g_seen_ms > CONN_STALL_MS) {
+		char took[24];
+		snprintf(took, sizeof(took), "%llu", (unsigned long long)(ms - g_seen_ms));
+		log_warn("event loop stalled; not counted as peer silence", "ms", took);
+		g_stalled_ms += ms - g_seen_ms - 1000;
+	}
+	g_seen_ms = ms;
+	return (uint32_t)((ms - g_tick_origin_ms - g_stalled_ms) / 1000) + 1;
 }
 
 struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
@@ -740,6 +759,8 @@ void conn_timers_start(uv_loop_t *loop)
 {
 	g_loop = loop;
 	g_tick_origin_ms = uv_now(loop);
+	g_seen_ms = g_tick_origin_ms;
+	g_stalled_ms = 0;
 	wheel_init(&g_wheel, 1);
 	uv_timer_init(loop, &g_tick);
 	uv_timer_start(&g_tick, on_tick, 1000, 1000);
