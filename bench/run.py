@@ -1057,6 +1057,19 @@ def sc_replicas(ctx):
     return {"roomcast": r}
 
 
+def loop_stalls(server):
+    """The server's "event loop stalled" warnings (a worker that did not run for more than 2 s,
+    e.g. starved of CPU; the stall is not counted as its peers' silence): count and longest."""
+    n, longest = 0, 0
+    with open(server.log.name, errors="replace") as f:
+        for line in f:
+            if "event loop stalled" in line:
+                n += 1
+                m = re.search(r'"ms":"(\d+)"', line)
+                longest = max(longest, int(m.group(1)) if m else 0)
+    return {"count": n, "longest_ms": longest}
+
+
 def sc_million(ctx):
     """Issue 14: million_conns WebSocket clients on this machine, over million_workers roomcast
     workers and million_procs load-generator processes (a process may hold 20 000 files),
@@ -1081,6 +1094,7 @@ def sc_million(ctx):
             timeout=2400, mem_guard_gb=PARAMS["million_min_free_gb"])
         r["workers"] = w
         r["worker_pids"] = len(s.pids())
+        r["loop_stalls"] = loop_stalls(s)
     r["mem_available_before"] = avail0
     r["machine_bytes_per_conn"] = round(
         (avail0 - r["mem_guard"]["min_available"]) / max(1, r["connected"]))
@@ -1333,6 +1347,10 @@ def issue14_rows(res, row):
         row("", "first / last delivery after send (ms)", "%s / %s" % (
             fmt(r["latency"].get("min_us", 0) / 1e3), fmt(r["latency"].get("max_us", 0) / 1e3)),
             "", "", "", "")
+        st = r.get("loop_stalls") or {}
+        row("", "closed by the server / worker loop stalls > 2 s (longest ms)", "%s / %s (%s)" % (
+            r.get("closed"), st.get("count"), st.get("longest_ms")), "", "", "", "0 / -",
+            verdict(r.get("closed") == 0 if r.get("closed") is not None else None))
 
 
 def table(res):
