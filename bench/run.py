@@ -1073,6 +1073,36 @@ def sc_replicas(ctx):
     return {"roomcast": r}
 
 
+def loop_stalls(server):
+    """The server's "event loop stalled" warnings (a worker that did not run for more than 2 s,
+    e.g. starved of CPU; the stall is not counted as its peers' silence): count and longest."""
+    n, longest = 0, 0
+    with open(server.log.name, errors="replace") as f:
+        for line in f:
+            if "event loop stalled" in line:
+                n += 1
+                m = re.search(r'"ms":"(\d+)"', line)
+                longest = max(longest, int(m.group(1)) if m else 0)
+    return {"count": n, "longest_ms": longest}
+
+
+TCP_EXT = ("ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDrop", "TCPSynRetrans",
+           "TCPTimeouts", "TCPMemoryPressures", "TCPAbortOnMemory", "PruneCalled", "TCPRcvQDrop",
+           "TCPBacklogDrop")
+
+
+def tcp_ext():
+    """The kernel's TcpExt counters that say why connects or pings were slow: listen queue
+    overflows, SYN retransmissions, retransmission timeouts, TCP memory pressure and drops."""
+    with open("/proc/net/netstat") as f:
+        lines = f.read().splitlines()
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            d = dict(zip(names.split()[1:], (int(v) for v in values.split()[1:])))
+            return {k: d.get(k, 0) for k in TCP_EXT}
+    return {}
+
+
 def sc_million(ctx):
     """Issue 14: million_conns WebSocket clients on this machine, over million_workers roomcast
     workers and million_procs load-generator processes (a process may hold 20 000 files),
@@ -1083,7 +1113,7 @@ def sc_million(ctx):
         say("million: redis-server not found; skipped")
         return None
     n, w, procs = PARAMS["million_conns"], PARAMS["million_workers"], PARAMS["million_procs"]
-    avail0 = mem_available()
+    avail0, tcp0 = mem_available(), tcp_ext()
     say("million: %d clients over %d workers and %d load-generator processes; %.1f GB "
         "available" % (n, w, procs, avail0 / 2**30))
     env = {"WORKERS": w, "REDIS_ADDR": ctx["redis"], "MAX_CONNECTIONS": 19500}
@@ -1097,6 +1127,9 @@ def sc_million(ctx):
             timeout=2400, mem_guard_gb=PARAMS["million_min_free_gb"])
         r["workers"] = w
         r["worker_pids"] = len(s.pids())
+        r["loop_stalls"] = loop_stalls(s)
+    tcp1 = tcp_ext()
+    r["tcp_ext"] = {k: tcp1[k] - tcp0.get(k, 0) for k in tcp1 if tcp1[k] != tcp0.get(k, 0)}
     r["mem_available_before"] = avail0
     r["machine_bytes_per_conn"] = round(
         (avail0 - r["mem_guard"]["min_available"]) / max(1, r["connected"]))
@@ -1348,6 +1381,13 @@ def issue14_rows(res, row):
             "0 / 0", verdict(no_loss(r)))
         row("", "first / last delivery after send (ms)", "%s / %s" % (
             fmt(r["latency"].get("min_us", 0) / 1e3), fmt(r["latency"].get("max_us", 0) / 1e3)),
+            "", "", "", "")
+        st = r.get("loop_stalls") or {}
+        row("", "closed by the server / worker loop stalls > 2 s (longest ms)", "%s / %s (%s)" % (
+            r.get("closed"), st.get("count"), st.get("longest_ms")), "", "", "", "0 / -",
+            verdict(r.get("closed") == 0 if r.get("closed") is not None else None))
+        row("", "kernel TcpExt counters during the run",
+            " ".join("%s=%d" % kv for kv in sorted((r.get("tcp_ext") or {}).items())) or "-",
             "", "", "", "")
 
 

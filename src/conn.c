@@ -37,6 +37,16 @@ static struct conn_hooks g_hooks;
 static uv_loop_t *g_loop;
 static uv_timer_t g_tick;
 static uint64_t g_tick_origin_ms;
+/* The server's own stalls (a process starved of CPU, stopped, or a paused VM): a peer is not
+ * judged silent for time in which its frames sat unread in the socket or its pings went
+ * unsent. The loop looks at its clock at least once a second while it runs (g_tick), so a
+ * longer gap between two looks is a stall; every connection's silence (and a pending auth
+ * deadline) then counts from the tick the server resumed. That is applied to each connection
+ * when its timer next looks at it (run_timers), so there is no walk over the connections, and
+ * the ticks stay real time for every other deadline (token expiry, closes). */
+static uint64_t g_seen_ms; /* the loop clock at the last look */
+static uint32_t g_resumed; /* the tick at which the server last resumed from a stall (0: none) */
+#define CONN_STALL_MS 2000
 static struct wheel g_wheel;
 static bool g_kill_pending; /* lws must run its timers to drop a socket (see drop_socket) */
 
@@ -96,12 +106,25 @@ void conn_set_hooks(const struct conn_hooks *hooks)
 }
 
 /* The current tick: from the loop's cached clock while the timer runs (cheap enough for every
- * frame), else the wheel's own (unit tests drive it by hand). */
+ * frame), else the wheel's own (unit tests drive it by hand). The first look after a stall, an
+ * I/O callback's or the timer's, records the resume (see g_resumed). */
 static uint32_t now_tick(void)
 {
+	uint64_t ms;
+	uint32_t tick;
+
 	if (!g_loop)
 		return g_wheel.now;
-	return (uint32_t)((uv_now(g_loop) - g_tick_origin_ms) / 1000) + 1;
+	ms = uv_now(g_loop);
+	tick = (uint32_t)((ms - g_tick_origin_ms) / 1000) + 1;
+	if (ms - g_seen_ms > CONN_STALL_MS) {
+		char took[24];
+		snprintf(took, sizeof(took), "%llu", (unsigned long long)(ms - g_seen_ms));
+		log_warn("event loop stalled; not counted as peer silence", "ms", took);
+		g_resumed = tick;
+	}
+	g_seen_ms = ms;
+	return tick;
 }
 
 struct conn *conn_new(struct lws *wsi, const char *ip, bool batch)
@@ -643,7 +666,15 @@ static void drop_socket(struct conn *c, const char *why)
 static void run_timers(struct conn *c, uint32_t now, bool may_kill)
 {
 	long long wall = (long long)time(NULL);
-	unsigned due = conn_due(c, g_cfg, now, wall);
+	unsigned due;
+
+	/* The server stalled since c was last heard from: c's silence counts from the resume, and
+	 * a client still owing its auth gets a tick to have its frame read. */
+	if (c->rx_at < g_resumed)
+		c->rx_at = g_resumed;
+	if (c->state == CONN_AWAIT_AUTH && c->deadline <= g_resumed + 1)
+		c->deadline = g_resumed + 2;
+	due = conn_due(c, g_cfg, now, wall);
 
 	if (due & (CONN_DUE_SILENT | CONN_DUE_STUCK)) {
 		if (!may_kill) {
@@ -740,6 +771,8 @@ void conn_timers_start(uv_loop_t *loop)
 {
 	g_loop = loop;
 	g_tick_origin_ms = uv_now(loop);
+	g_seen_ms = g_tick_origin_ms;
+	g_resumed = 0;
 	wheel_init(&g_wheel, 1);
 	uv_timer_init(loop, &g_tick);
 	uv_timer_start(&g_tick, on_tick, 1000, 1000);

@@ -1,0 +1,67 @@
+"""Dead-peer detection against a server that itself stopped running for a while (SIGSTOP here;
+in production a worker starved of CPU, a long loop turn or a paused VM): the time the server
+was not reading does not count as its peers' silence, while a truly silent peer is still
+dropped."""
+
+import asyncio
+import os
+import signal
+import time
+
+from rc import RawClient, connect, make_token, recv_json, run, send, settle, wait_server_close
+
+
+def metric(server, line_prefix):
+    for line in server.metrics().splitlines():
+        if line.startswith(line_prefix + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+LIVE = 100
+
+
+def test_live_peers_outlive_a_server_stall_longer_than_the_pong_timeout(server_factory):
+    server = server_factory({"PING_INTERVAL_S": "1", "PONG_TIMEOUT_S": "3"})
+
+    async def go():
+        # No client-side pings: only the automatic answers to the server's pings keep them.
+        live = [await connect(server, make_token(f"live{i}"), ping_interval=None)
+                for i in range(LIVE)]
+        silent = RawClient(server, make_token("silent"))  # never answers anything
+        assert silent.status == 101
+        for ws in live:
+            await send(ws, "ping")
+            assert await recv_json(ws) == {"type": "pong"}
+        await asyncio.sleep(1.5)  # a ping round or two: the live ones answer
+        # Stopped for more than PONG_TIMEOUT_S plus a tick: pings that fell due meanwhile
+        # were not sent, so the live peers had nothing to answer. (Before the fix the server
+        # woke up, ran its timers first and dropped every one of them.)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(5)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        loop = asyncio.get_running_loop()
+        t0 = time.monotonic()
+        # The silent peer is still dropped, without a close frame, within the timeout of
+        # time the server was running (read in a thread: the live ones keep answering).
+        waiting = loop.run_in_executor(None, wait_server_close, silent, 10)
+        try:
+            code, _ = await waiting
+        finally:
+            await settle(waiting)
+            silent.close()
+        assert code is None, code
+        assert time.monotonic() - t0 <= 8
+        # Past another PONG_TIMEOUT_S of running time every live peer is still there.
+        await asyncio.sleep(3)
+        closed = [ws for ws in live if ws.closed]
+        assert not closed, f"{len(closed)} of {LIVE} live peers dropped after the stall"
+        for ws in live:
+            await send(ws, "ping")
+            assert await recv_json(ws) == {"type": "pong"}
+        assert metric(server, 'roomcast_closes_total{reason="timeout"}') == 1
+        for ws in live:
+            await ws.close()
+    run(go())
