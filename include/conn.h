@@ -26,10 +26,9 @@ enum conn_state {
 /* Fields are ordered so the struct has no holes: it is held once per connection. */
 struct conn {
 	struct lws *wsi; /* NULL once lws destroyed the wsi */
-	enum conn_state state;
-	unsigned refs;  /* pending async operations that will come back to it */
-	uint64_t seq;   /* unique within this node: conn_id() is "conn-<seq>" */
-	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
+	unsigned refs;   /* pending async operations that will come back to it */
+	uint64_t seq;    /* unique within this node: conn_id() is "conn-<seq>" */
+	const char *ip;  /* the gate's per-address slot key; NULL once the slot is released */
 	uint16_t close_code;
 	bool batch : 1; /* ?batch=1: several room messages per frame as an array */
 	/* Frames go straight to the socket (plain TCP, handshake done, peer not closing); TLS
@@ -40,6 +39,7 @@ struct conn {
 	bool close_sent : 1;    /* our close frame is written; waiting for the peer's */
 	bool ping_due : 1;      /* a ping waits for the writeable callback */
 	bool expiring_sent : 1; /* the owner was told of CONN_DUE_EXPIRING */
+	uint8_t state;          /* an enum conn_state, one byte in what was a hole */
 	/* Token bucket for client messages: tokens, refilled up to tokens_at_ms (milliseconds of
 	 * util_now_ns, wrapping; only differences are used). */
 	uint32_t tokens_at_ms;
@@ -63,8 +63,8 @@ struct conn {
 	 * SEND_QUEUE_MAX_BYTES). */
 	uint32_t drain_below;
 	uint32_t last_limited_ms; /* the last rate_limited error sent (ms stamp, wrapping) */
-	struct conn *prev, *next; /* all live connections */
-	struct conn *next_dead;
+	/* All live connections; once dead, next links the reaper's list (prev unused). */
+	struct conn *prev, *next;
 	/* The owner's object, conn_hooks.owner_size bytes allocated with the connection and
 	 * zeroed (one allocation per client instead of two); 8-byte aligned. */
 	uint64_t owner_area[];

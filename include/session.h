@@ -28,7 +28,7 @@ struct session {
 	/* Room messages in the typed form (proto_typed): asked with ?format=typed, or the first
 	 * message was written in another server's dialect. spoke: the form is decided (a first
 	 * message was seen, or ?format= chose it). */
-	bool typed, spoke;
+	bool typed : 1, spoke : 1;
 };
 
 static inline struct session *session_of(const struct conn *c)

@@ -473,7 +473,8 @@ static enum auth_reason check_audience(const struct auth *a, struct json_object 
 	return AUTH_BAD_AUDIENCE;
 }
 
-/* Points the four identity strings of out into one allocation holding exactly their bytes. */
+/* Points the four identity strings of out into one allocation holding exactly their bytes
+ * (user_id is its start). On failure out is unchanged. */
 static int pack_strings(struct auth_identity *out, const char *const vals[4])
 {
 	size_t len[4], total = 0;
@@ -483,7 +484,7 @@ static int pack_strings(struct auth_identity *out, const char *const vals[4])
 		len[i] = strlen(vals[i]) + 1;
 		total += len[i];
 	}
-	p = out->strings = malloc(total);
+	p = malloc(total);
 	if (!p)
 		return -1;
 	for (int i = 0; i < 4; i++) {
@@ -498,7 +499,7 @@ static int pack_strings(struct auth_identity *out, const char *const vals[4])
 	return 0;
 }
 
-/* Fills the identity fields of out from a verified payload. Allocates out->strings, out->rooms
+/* Fills the identity fields of out from a verified payload. Allocates the strings, out->rooms
  * and out->claims_json (the caller clears out on failure). Out of memory is reported as
  * AUTH_MALFORMED: the enum has no internal-error reason and the token is refused either way. */
 static enum auth_reason extract_identity(const struct auth *a, struct json_object *payload,
@@ -552,7 +553,7 @@ static enum auth_reason extract_identity(const struct auth *a, struct json_objec
 			return AUTH_MALFORMED;
 		n = json_object_array_length(v);
 		if (n) {
-			out->rooms = calloc(n, sizeof(*out->rooms));
+			out->rooms = calloc(n + 1, sizeof(*out->rooms)); /* NULL-terminated */
 			if (!out->rooms)
 				return AUTH_MALFORMED;
 		}
@@ -567,7 +568,6 @@ static enum auth_reason extract_identity(const struct auth *a, struct json_objec
 			out->rooms[i] = strdup(json_object_get_string(e));
 			if (!out->rooms[i])
 				return AUTH_MALFORMED;
-			out->n_rooms = i + 1;
 		}
 	}
 
@@ -667,7 +667,7 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
                                      struct auth_identity *out)
 {
 	struct json_object *iss;
-	long long t = (long long)now;
+	long long t = (long long)now, nbf = 0, iat = 0;
 	enum auth_reason r;
 
 	switch (claim_time(payload, "exp", false, &out->exp)) {
@@ -676,16 +676,17 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
 	default:
 		return AUTH_MISSING_EXP;
 	}
-	if (claim_time(payload, "nbf", true, &out->nbf) < 0 ||
-	    claim_time(payload, "iat", true, &out->iat) < 0)
+	/* nbf and iat are checked here and not kept: nothing after verification reads them. */
+	if (claim_time(payload, "nbf", true, &nbf) < 0 ||
+	    claim_time(payload, "iat", true, &iat) < 0)
 		return AUTH_MALFORMED;
 	/* Every sum saturates: exp, nbf and iat are whatever the token says, and now is whatever
 	 * the caller passes. */
 	if (auth_time_add(t, -(long long)a->leeway_s) > out->exp)
 		return AUTH_EXPIRED;
-	if (out->nbf && auth_time_add(t, a->leeway_s) < out->nbf)
+	if (nbf && auth_time_add(t, a->leeway_s) < nbf)
 		return AUTH_NOT_YET_VALID;
-	if (out->iat && auth_time_add(t, a->leeway_s) < out->iat)
+	if (iat && auth_time_add(t, a->leeway_s) < iat)
 		return AUTH_ISSUED_FUTURE;
 	if (a->issuer) {
 		iss = get_claim(payload, "iss");
@@ -770,11 +771,11 @@ void auth_identity_clear(struct auth_identity *id)
 {
 	if (!id)
 		return;
-	for (size_t i = 0; i < id->n_rooms; i++)
-		free(id->rooms[i]);
+	for (char **r = id->rooms; r && *r; r++)
+		free(*r);
 	free(id->rooms);
 	free(id->claims_json);
-	free(id->strings);
+	free((char *)(uintptr_t)id->user_id); /* the strings' allocation */
 	memset(id, 0, sizeof(*id));
 }
 
@@ -786,24 +787,22 @@ int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *sr
 		return -1;
 	*dst = *src;
 	dst->user_id = dst->role = dst->seller_id = dst->client_id = NULL;
-	dst->strings = NULL;
 	dst->rooms = NULL;
-	dst->n_rooms = 0;
 	dst->claims_json = NULL;
-	if (src->strings) {
+	if (src->user_id) {
 		const char *vals[4] = {src->user_id, src->role, src->seller_id, src->client_id};
 		if (pack_strings(dst, vals) < 0)
 			goto fail;
 	}
-	if (src->n_rooms) {
-		dst->rooms = calloc(src->n_rooms, sizeof(*dst->rooms));
+	if (src->rooms && src->rooms[0]) {
+		size_t n = auth_room_count(src);
+		dst->rooms = calloc(n + 1, sizeof(*dst->rooms)); /* NULL-terminated */
 		if (!dst->rooms)
 			goto fail;
-		for (size_t i = 0; i < src->n_rooms; i++) {
+		for (size_t i = 0; i < n; i++) {
 			dst->rooms[i] = strdup(src->rooms[i]);
 			if (!dst->rooms[i])
 				goto fail;
-			dst->n_rooms = i + 1;
 		}
 	}
 	if (src->claims_json) {
@@ -823,9 +822,9 @@ fail:
 int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, const char *client_id)
 {
 	const char *vals[4];
-	char *old = id->strings;
+	char *old = (char *)(uintptr_t)id->user_id; /* the strings' allocation */
 
-	if (!id->strings)
+	if (!old)
 		return -1;
 	vals[0] = id->user_id;
 	vals[1] = id->role;
@@ -833,11 +832,8 @@ int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, cons
 	vals[3] = id->client_id[0] || !client_id ? id->client_id : client_id;
 	if (vals[2] == id->seller_id && vals[3] == id->client_id)
 		return 0;
-	if (pack_strings(id, vals) < 0) {
-		/* pack_strings left the fields pointing into the old allocation. */
-		id->strings = old;
-		return -1;
-	}
+	if (pack_strings(id, vals) < 0)
+		return -1; /* the fields still point into the old allocation */
 	free(old);
 	if (id->claims_json) {
 		struct json_object *o = json_tokener_parse(id->claims_json);

@@ -138,7 +138,7 @@ static void set_state(struct conn *c, enum conn_state s)
 	if (c->state == s)
 		return;
 	log_debug("connection state", "conn", conn_id(c), "from", names[c->state], "to", names[s]);
-	c->state = s;
+	c->state = (uint8_t)s;
 }
 
 void conn_detach(struct conn *c)
@@ -161,7 +161,7 @@ void conn_detach(struct conn *c)
 	c->prev = c->next = NULL;
 	g_count--;
 	metrics.connections = g_count;
-	c->next_dead = g_dead;
+	c->next = g_dead;
 	g_dead = c;
 }
 
@@ -185,10 +185,10 @@ void conn_reap(void)
 	while (*pp) {
 		struct conn *c = *pp;
 		if (c->refs) {
-			pp = &c->next_dead;
+			pp = &c->next;
 			continue;
 		}
-		*pp = c->next_dead;
+		*pp = c->next;
 		conn_free(c);
 	}
 }
