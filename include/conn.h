@@ -27,9 +27,14 @@ enum conn_state {
 struct conn {
 	struct lws *wsi; /* NULL once lws destroyed the wsi */
 	unsigned refs;   /* pending async operations that will come back to it */
-	uint64_t seq;    /* unique within this node: conn_id() is "conn-<seq>" */
-	const char *ip;  /* the gate's per-address slot key; NULL once the slot is released */
+	uint32_t strikes;
+	uint64_t seq;   /* unique within this node: conn_id() is "conn-<seq>" */
+	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	uint16_t close_code;
+	uint8_t close_reason; /* conn_close's reason, as an index into a table of the literals */
+	/* Bits the owner may keep here (the owner area would otherwise grow by 8 bytes for them);
+	 * this module never reads them. */
+	uint8_t owner_bits;
 	bool batch : 1; /* ?batch=1: several room messages per frame as an array */
 	/* Frames go straight to the socket (plain TCP, handshake done, peer not closing); TLS
 	 * connections write through lws. */
@@ -44,13 +49,11 @@ struct conn {
 	 * util_now_ns, wrapping; only differences are used). */
 	uint32_t tokens_at_ms;
 	float tokens;
-	uint32_t strikes;
 	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
 	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
 	long long exp;
 	struct frame_queue q;
-	const char *close_reason; /* a string literal: conn_close's reason */
-	struct buf *rx;           /* a message being assembled from fragments; NULL when none */
+	struct buf *rx; /* a message being assembled from fragments; NULL when none */
 	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
 	struct wheel_node timer; /* filed under its next deadline while not dead */
 	uint32_t rx_at;          /* last frame from the peer, pongs included */

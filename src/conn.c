@@ -27,6 +27,22 @@ static int64_t g_count;
 static uint64_t g_seq;
 static struct conn_hooks g_hooks;
 
+/* conn_close's reasons are string literals, a few dozen in the source: a connection keeps a
+ * byte indexing this table (filled as reasons first appear) instead of an 8-byte pointer. */
+static const char *g_reasons[256] = {""};
+static unsigned g_nreasons = 1;
+
+static uint8_t reason_index(const char *reason)
+{
+	for (unsigned i = 0; i < g_nreasons; i++)
+		if (g_reasons[i] == reason || !strcmp(g_reasons[i], reason))
+			return (uint8_t)i;
+	if (g_nreasons == 256)
+		return 0; /* more distinct literals than the source has: the frame carries none */
+	g_reasons[g_nreasons] = reason;
+	return (uint8_t)g_nreasons++;
+}
+
 /*
  * The connection timer. lws 4.1.6 keeps every timer of a thread (lws_sul, lws_set_timeout, the
  * ping/hangup of a retry policy) in one list sorted by deadline and inserts by walking it, so a
@@ -254,7 +270,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 	metrics.closes[why]++;
 	set_state(c, CONN_CLOSING);
 	c->close_code = code;
-	c->close_reason = reason;
+	c->close_reason = reason_index(reason);
 	log_info("closing connection", "conn", conn_id(c), "reason", reason);
 	/* The connection stays in its rooms until lws detaches it, so a fan-out in progress never
 	 * sees a room array change under it; conn_send refuses frames from now on. */
@@ -535,10 +551,11 @@ int conn_on_writeable(struct conn *c)
 		 * the timeout passes: closing at once would reset a peer with frames in flight, and
 		 * the reset would destroy the close code before the peer read it. */
 		unsigned char frame[LWS_PRE + 2 + 123];
-		size_t rlen = strnlen(c->close_reason, 123); /* a control frame holds 125 bytes */
+		const char *reason = g_reasons[c->close_reason];
+		size_t rlen = strnlen(reason, 123); /* a control frame holds 125 bytes */
 		frame[LWS_PRE] = (unsigned char)(c->close_code >> 8);
 		frame[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
-		memcpy(frame + LWS_PRE + 2, c->close_reason, rlen);
+		memcpy(frame + LWS_PRE + 2, reason, rlen);
 		if (lws_write(c->wsi, frame + LWS_PRE, 2 + rlen, CONN_LWS_WRITE_CLOSE) < 0)
 			return -1;
 		c->close_sent = true;

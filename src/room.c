@@ -10,12 +10,20 @@
 /* Most rooms are a user's own (user-<id>), with one member: the name and that member live in
  * the room's one allocation. */
 struct room {
-	struct room_member **members; /* &one while cap is 1 */
-	struct room_member *one;
+	union {
+		struct room_member *one;   /* while cap is 1 */
+		struct room_member **many; /* cap > 1 */
+	} m;
 	uint32_t count, cap;
 	uint32_t hash; /* of name */
-	char name[];
+	char name[];   /* allocated from offsetof(name): no tail padding */
 };
+
+/* The member array (see room_members). */
+static struct room_member **mems(struct room *r)
+{
+	return r->cap == 1 ? &r->m.one : r->m.many;
+}
 
 /* The registry: open addressing over room pointers with linear probing, at most 3/4 full (a
  * pointer or two per room, where a chained hash handle took 56 bytes). A removal shifts the
@@ -193,7 +201,7 @@ int room_join(const char *name, struct room_member *m)
 	}
 	if (!r) {
 		size_t len = strlen(name);
-		r = calloc(1, sizeof(struct room) + len + 1);
+		r = calloc(1, offsetof(struct room, name) + len + 1);
 		if (!r)
 			return -1;
 		memcpy(r->name, name, len + 1);
@@ -203,26 +211,21 @@ int room_join(const char *name, struct room_member *m)
 			return -1;
 		}
 	}
-	if (r->count == r->cap) {
-		uint32_t ncap = r->cap ? r->cap * 2 : 1;
+	if (!r->cap) {
+		r->cap = 1; /* a new room: its one member is inline */
+	} else if (r->count == r->cap) {
+		uint32_t ncap = r->cap * 2;
 		struct room_member **nm;
-		if (ncap == 1)
-			nm = &r->one;
-		else if (r->members == &r->one && (nm = malloc(sizeof(*nm) * ncap)))
-			nm[0] = r->one;
+		if (r->cap == 1 && (nm = malloc(sizeof(*nm) * ncap)))
+			nm[0] = r->m.one;
 		else
-			nm = r->members == &r->one ? NULL : realloc(r->members, sizeof(*nm) * ncap);
-		if (!nm) {
-			if (!r->count) {
-				tab_del(r);
-				free(r);
-			}
-			return -1;
-		}
-		r->members = nm;
+			nm = r->cap == 1 ? NULL : realloc(r->m.many, sizeof(*nm) * ncap);
+		if (!nm)
+			return -1; /* r has members: it stays */
+		r->m.many = nm;
 		r->cap = ncap;
 	}
-	r->members[r->count] = m;
+	mems(r)[r->count] = m;
 	m->subs[m->nsubs].room = r;
 	m->subs[m->nsubs].pos = r->count;
 	m->nsubs++;
@@ -243,8 +246,8 @@ static void free_room(struct room *r)
 	if (g_life)
 		g_life(r->name, false);
 	tab_del(r);
-	if (r->members != &r->one)
-		free(r->members);
+	if (r->cap > 1)
+		free(r->m.many);
 	free(r);
 }
 
@@ -258,9 +261,9 @@ static void unlink_sub(struct room_member *m, uint32_t si)
 	if (g_pres_leave)
 		g_pres_leave(r->name, m);
 	if (pos != last) {
-		struct room_member *moved = r->members[last];
+		struct room_member **ms = mems(r), *moved = ms[last];
 		int msi = sub_index(moved, r);
-		r->members[pos] = moved;
+		ms[pos] = moved;
 		moved->subs[msi].pos = pos;
 	}
 	r->count--;
@@ -304,7 +307,7 @@ const char *room_name(const struct room *r)
 struct room_member *const *room_members(const struct room *r, uint32_t *count)
 {
 	*count = r->count;
-	return r->members;
+	return r->cap == 1 ? &r->m.one : r->m.many;
 }
 
 size_t room_count(void)
@@ -330,7 +333,7 @@ void room_reset(void)
 			continue;
 		}
 		for (uint32_t k = 0; k < r->count; k++) {
-			struct room_member *m = r->members[k];
+			struct room_member *m = mems(r)[k];
 			int si = sub_index(m, r);
 			m->subs[si] = m->subs[m->nsubs - 1];
 			m->nsubs--;

@@ -63,8 +63,7 @@ struct session *session_new(struct conn *c, struct auth_identity *ident, int for
 	struct session *s = (struct session *)(void *)c->owner_area;
 
 	/* A format asked for in the URL is kept whatever the first message looks like. */
-	s->typed = format == 1;
-	s->spoke = format != 0;
+	c->owner_bits = (uint8_t)((format == 1 ? SESSION_TYPED : 0) | (format ? SESSION_SPOKE : 0));
 	if (ident) {
 		s->ident = *ident;
 		c->exp = s->ident.exp;
@@ -75,7 +74,7 @@ struct session *session_new(struct conn *c, struct auth_identity *ident, int for
 
 int session_send(struct session *s, struct frame *f)
 {
-	if (s->typed)
+	if (session_conn(s)->owner_bits & SESSION_TYPED)
 		f = proto_typed(f); /* shared: serialized once per message, not per recipient */
 	return conn_send(session_conn(s), f);
 }
@@ -1120,10 +1119,8 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 	}
 	/* A client written for another server says so in its first message: from then on it
 	 * gets room messages in the typed form it dispatches on. */
-	if (!session_of(c)->spoke) {
-		session_of(c)->spoke = true;
-		session_of(c)->typed = session_of(c)->typed || m.dialect;
-	}
+	if (!(c->owner_bits & SESSION_SPOKE))
+		c->owner_bits |= SESSION_SPOKE | (m.dialect ? SESSION_TYPED : 0);
 	if (c->state == CONN_AWAIT_AUTH && m.type != PROTO_AUTH && m.type != PROTO_PING) {
 		reply_error(c, PROTO_UNAUTHENTICATED, "authenticate first", m.room);
 		proto_msg_clear(&m);
