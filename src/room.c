@@ -141,9 +141,34 @@ struct room *room_find(const char *name)
 static int sub_index(const struct room_member *m, const struct room *r)
 {
 	for (uint32_t i = 0; i < m->nsubs; i++)
-		if (m->subs[i].room == r)
+		if (room_member_room(m, i) == r)
 			return (int)i;
 	return -1;
+}
+
+static void sub_set(struct room_member *m, uint32_t i, struct room *r, uint32_t pos)
+{
+	if (m->capsubs == 1) {
+		m->subs.one = r;
+		m->one_pos = pos;
+	} else {
+		m->subs.many[i].room = r;
+		m->subs.many[i].pos = pos;
+	}
+}
+
+/* Drops m's membership i (the member side only): the last one moves into its place. */
+static void sub_remove(struct room_member *m, uint32_t i)
+{
+	uint32_t last = m->nsubs - 1u;
+
+	if (i != last)
+		sub_set(m, i, room_member_room(m, last), room_member_pos(m, last));
+	m->nsubs--;
+	if (!m->nsubs && m->capsubs == 1) {
+		m->subs.one = NULL;
+		m->capsubs = 0;
+	}
 }
 
 bool room_is_member(const struct room_member *m, const char *name)
@@ -186,18 +211,26 @@ int room_join(const char *name, struct room_member *m)
 	if (m->nsubs == m->capsubs) {
 		/* The first membership (an idle client's user-<id>) fits inline; from the second
 		 * on they live in an array. */
-		uint32_t ncap = m->capsubs ? m->capsubs * 2 : 1;
-		struct room_sub *ns;
-		if (ncap == 1)
-			ns = &m->one;
-		else if (m->subs == &m->one && (ns = malloc(sizeof(*ns) * ncap)))
-			ns[0] = m->one;
-		else
-			ns = m->subs == &m->one ? NULL : realloc(m->subs, sizeof(*ns) * ncap);
-		if (!ns)
+		if (m->capsubs == ROOM_MEMBER_MAX_SUBS)
 			return -1;
-		m->subs = ns;
-		m->capsubs = ncap;
+		if (!m->capsubs) {
+			m->capsubs = 1;
+		} else {
+			uint32_t ncap = m->capsubs * 2u;
+			struct room_sub *ns;
+			if (m->capsubs == 1 && (ns = malloc(sizeof(*ns) * ncap))) {
+				ns[0].room = m->subs.one;
+				ns[0].pos = m->one_pos;
+			} else if (m->capsubs == 1) {
+				ns = NULL;
+			} else {
+				ns = realloc(m->subs.many, sizeof(*ns) * ncap);
+			}
+			if (!ns)
+				return -1;
+			m->subs.many = ns;
+			m->capsubs = (uint16_t)ncap;
+		}
 	}
 	if (!r) {
 		size_t len = strlen(name);
@@ -226,8 +259,7 @@ int room_join(const char *name, struct room_member *m)
 		r->cap = ncap;
 	}
 	mems(r)[r->count] = m;
-	m->subs[m->nsubs].room = r;
-	m->subs[m->nsubs].pos = r->count;
+	sub_set(m, m->nsubs, r, r->count);
 	m->nsubs++;
 	r->count++;
 	if (g_join_hook)
@@ -254,8 +286,8 @@ static void free_room(struct room *r)
 /* Removes subscription si of m: swap-remove on both sides. */
 static void unlink_sub(struct room_member *m, uint32_t si)
 {
-	struct room *r = m->subs[si].room;
-	uint32_t pos = m->subs[si].pos;
+	struct room *r = room_member_room(m, si);
+	uint32_t pos = room_member_pos(m, si);
 	uint32_t last = r->count - 1;
 
 	if (g_pres_leave)
@@ -264,16 +296,10 @@ static void unlink_sub(struct room_member *m, uint32_t si)
 		struct room_member **ms = mems(r), *moved = ms[last];
 		int msi = sub_index(moved, r);
 		ms[pos] = moved;
-		moved->subs[msi].pos = pos;
+		sub_set(moved, (uint32_t)msi, r, pos);
 	}
 	r->count--;
-	m->subs[si] = m->subs[m->nsubs - 1];
-	m->nsubs--;
-	if (!m->nsubs && m->subs == &m->one) {
-		/* In no room, the member holds no pointer into itself (it may move again). */
-		m->subs = NULL;
-		m->capsubs = 0;
-	}
+	sub_remove(m, si);
 	if (r->count == 0)
 		free_room(r);
 }
@@ -292,10 +318,10 @@ int room_leave(const char *name, struct room_member *m)
 void room_leave_all(struct room_member *m)
 {
 	while (m->nsubs)
-		unlink_sub(m, m->nsubs - 1);
-	if (m->subs != &m->one)
-		free(m->subs);
-	m->subs = NULL;
+		unlink_sub(m, m->nsubs - 1u);
+	if (m->capsubs > 1)
+		free(m->subs.many);
+	m->subs.many = NULL;
 	m->capsubs = 0;
 }
 
@@ -334,9 +360,7 @@ void room_reset(void)
 		}
 		for (uint32_t k = 0; k < r->count; k++) {
 			struct room_member *m = mems(r)[k];
-			int si = sub_index(m, r);
-			m->subs[si] = m->subs[m->nsubs - 1];
-			m->nsubs--;
+			sub_remove(m, (uint32_t)sub_index(m, r));
 		}
 		free_room(r);
 	}

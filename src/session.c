@@ -1059,7 +1059,7 @@ static void do_history(struct conn *c, struct proto_msg *m)
 static void recheck_rooms(struct conn *c)
 {
 	for (uint32_t i = session_of(c)->member.nsubs; i-- > 0;) {
-		const char *room = room_name(session_of(c)->member.subs[i].room);
+		const char *room = room_name(room_member_room(&session_of(c)->member, i));
 		char name[ROOM_NAME_MAX + 1];
 		if (authz_still_allowed(&session_of(c)->ident,
 		                        more_of(c) ? more_of(c)->authz_cache : NULL, room))
