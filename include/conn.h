@@ -52,8 +52,8 @@ struct conn {
 	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
 	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
 	long long exp;
-	struct frame_queue q;
-	struct buf *rx; /* a message being assembled from fragments; NULL when none */
+	struct frame_queue q; /* one pointer: its ring and counters are allocated on first use */
+	struct buf *rx;       /* a message being assembled from fragments; NULL when none */
 	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
 	struct wheel_node timer; /* filed under its next deadline while not dead */
 	uint32_t rx_at;          /* last frame from the peer, pongs included */

@@ -363,12 +363,12 @@ int conn_send(struct conn *c, struct frame *f)
 	 * and the pong must go out before the answer (they stay in order through the queue).
 	 * Not for ?batch=1 clients either: they asked for messages to wait for the writeable
 	 * callback, where those queued meanwhile leave as one array (fewer frames under load). */
-	if (c->direct && !c->batch && !c->in_rx && !c->q.count) {
+	if (c->direct && !c->batch && !c->in_rx && !frame_queue_count(&c->q)) {
 		int r = send_now(c, f);
 		if (r <= 0)
 			return r;
 	}
-	if ((size_t)c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
+	if ((size_t)frame_queue_bytes(&c->q) + f->len > (size_t)g_cfg->send_queue_max_bytes) {
 		metrics.drops_slow++;
 		conn_close(c, 4008, "slow consumer", false);
 		return -1;
@@ -377,7 +377,7 @@ int conn_send(struct conn *c, struct frame *f)
 		conn_close(c, 1011, "out of memory", false);
 		return -1;
 	}
-	if (c->q.count == 1)
+	if (frame_queue_count(&c->q) == 1)
 		request_write(c);
 	return 0;
 }
@@ -457,7 +457,7 @@ static int write_queued(struct conn *c)
 
 	if (c->batch)
 		merge_head(c);
-	while (k < WRITEV_FRAMES && k < c->q.count && total < WRITEV_BYTES) {
+	while (k < WRITEV_FRAMES && k < frame_queue_count(&c->q) && total < WRITEV_BYTES) {
 		iov[k].iov_base = frame_wire(frame_queue_peek(&c->q, k), &lens[k]);
 		iov[k].iov_len = lens[k];
 		total += lens[k];
@@ -512,7 +512,7 @@ int conn_on_writeable(struct conn *c)
 		if (!lws_partial_buffered(c->wsi) && write_queued(c) < 0)
 			return -1;
 	}
-	while (!c->direct && c->q.count && n < WRITES_PER_CALLBACK) {
+	while (!c->direct && frame_queue_count(&c->q) && n < WRITES_PER_CALLBACK) {
 		uint32_t taken = 1;
 		struct frame *f = c->batch ? take_batch(c, &taken) : NULL;
 		if (!f)
@@ -535,12 +535,12 @@ int conn_on_writeable(struct conn *c)
 		if (lws_partial_buffered(c->wsi))
 			break;
 	}
-	if (c->drain_below && c->q.bytes <= c->drain_below && conn_alive(c)) {
+	if (c->drain_below && frame_queue_bytes(&c->q) <= c->drain_below && conn_alive(c)) {
 		c->drain_below = 0;
 		if (g_hooks.drained)
 			g_hooks.drained(c);
 	}
-	if (c->q.count) {
+	if (frame_queue_count(&c->q)) {
 		request_write(c);
 		return 0;
 	}

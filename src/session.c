@@ -639,7 +639,7 @@ static void replay_pump(struct conn *c, struct pending_join *pj)
 	while (pj->page_pos < pj->page_n) {
 		struct frame *f = pj->page[pj->page_pos];
 		/* An event bigger than the share still goes, alone, into an empty queue. */
-		if (c->q.bytes && c->q.bytes + f->len > budget) {
+		if (frame_queue_bytes(&c->q) && frame_queue_bytes(&c->q) + f->len > budget) {
 			c->drain_below = budget / 2;
 			return;
 		}

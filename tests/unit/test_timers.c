@@ -370,7 +370,7 @@ START_TEST(test_timer_expired_token_warns_then_closes)
 	c->exp = (long long)time(NULL) - g_cfg.jwt_leeway_s - 1;
 	conn_timers_update(c);
 	ck_assert(c->expiring_sent);
-	ck_assert_uint_eq(c->q.count, 1); /* token_expiring, before the close */
+	ck_assert_uint_eq(frame_queue_count(&c->q), 1); /* token_expiring, before the close */
 	ck_assert_int_eq(c->state, CONN_CLOSING);
 	ck_assert_uint_eq(c->close_code, 4001);
 }
@@ -384,7 +384,7 @@ START_TEST(test_timer_token_expiring_soon_warns_at_once)
 	c->exp = (long long)time(NULL) + 10;
 	conn_timers_update(c);
 	ck_assert(c->expiring_sent);
-	ck_assert_uint_eq(c->q.count, 1);
+	ck_assert_uint_eq(frame_queue_count(&c->q), 1);
 	ck_assert_int_eq(c->state, CONN_OPEN);
 	/* A detached connection leaves the wheel. */
 	conn_detach(c);
