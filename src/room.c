@@ -8,15 +8,16 @@
 #include <string.h>
 
 /* Most rooms are a user's own (user-<id>), with one member: the name and that member live in
- * the room's one allocation. */
+ * the room's one allocation. No hash is kept: names are short and chains are too (a header of
+ * 24 bytes keeps user-<id> rooms of names up to 16 bytes in a 48-byte chunk). */
 struct room {
 	union {
 		struct room_member *one;   /* while cap is 1 */
 		struct room_member **many; /* cap > 1 */
 	} m;
+	struct room *next; /* the registry's chain */
 	uint32_t count, cap;
-	uint32_t hash; /* of name */
-	char name[];   /* allocated from offsetof(name): no tail padding */
+	char name[]; /* allocated from offsetof(name): no tail padding */
 };
 
 /* The member array (see room_members). */
@@ -25,9 +26,9 @@ static struct room_member **mems(struct room *r)
 	return r->cap == 1 ? &r->m.one : r->m.many;
 }
 
-/* The registry: open addressing over room pointers with linear probing, at most 3/4 full (a
- * pointer or two per room, where a chained hash handle took 56 bytes). A removal shifts the
- * rest of its run back, so there are no tombstones. */
+/* The registry: chained through the rooms themselves, with at most two rooms per bucket on
+ * average (one pointer for every one to two rooms, where open addressing at 3/4 full took one
+ * to three, 16 bytes per room at 2 000). */
 static struct room **g_tab;
 static size_t g_cap, g_n; /* g_cap: a power of two, 0 while empty */
 
@@ -39,57 +40,53 @@ static uint32_t name_hash(const char *s)
 	return h;
 }
 
-/* The slot holding name, or the empty one where it would go (g_cap > 0). */
-static struct room **tab_slot(const char *name, uint32_t h)
+/* The link that points at name's room, or the NULL that ends its chain (g_cap > 0). */
+static struct room **tab_link(const char *name)
 {
-	size_t mask = g_cap - 1, i = h & mask;
-	while (g_tab[i] && (g_tab[i]->hash != h || strcmp(g_tab[i]->name, name)))
-		i = (i + 1) & mask;
-	return &g_tab[i];
+	struct room **pp = &g_tab[name_hash(name) & (g_cap - 1)];
+	while (*pp && strcmp((*pp)->name, name))
+		pp = &(*pp)->next;
+	return pp;
 }
 
 static struct room *tab_find(const char *name)
 {
-	return g_n ? *tab_slot(name, name_hash(name)) : NULL;
+	return g_n ? *tab_link(name) : NULL;
 }
 
-/* Adds r (not present, r->hash set); -1 when the table cannot grow. */
+/* Adds r (not present); -1 when the table cannot grow. */
 static int tab_add(struct room *r)
 {
-	if ((g_n + 1) * 4 > g_cap * 3) {
-		size_t ocap = g_cap, ncap = g_cap ? g_cap * 2 : 16;
-		struct room **old = g_tab, **nt = calloc(ncap, sizeof(*nt));
+	struct room **head;
+
+	if (g_n + 1 > g_cap * 2) {
+		size_t ncap = g_cap ? g_cap * 2 : 16;
+		struct room **nt = calloc(ncap, sizeof(*nt));
 		if (!nt)
 			return -1;
+		for (size_t i = 0; i < g_cap; i++)
+			for (struct room *o = g_tab[i], *next; o; o = next) {
+				next = o->next;
+				head = &nt[name_hash(o->name) & (ncap - 1)];
+				o->next = *head;
+				*head = o;
+			}
+		free(g_tab);
 		g_tab = nt;
 		g_cap = ncap;
-		for (size_t i = 0; i < ocap; i++)
-			if (old[i])
-				*tab_slot(old[i]->name, old[i]->hash) = old[i];
-		free(old);
 	}
-	*tab_slot(r->name, r->hash) = r;
+	head = &g_tab[name_hash(r->name) & (g_cap - 1)];
+	r->next = *head;
+	*head = r;
 	g_n++;
 	return 0;
 }
 
 static void tab_del(struct room *r)
 {
-	size_t mask = g_cap - 1, i = r->hash & mask;
+	struct room **pp = tab_link(r->name); /* r is registered: *pp is r */
 
-	while (g_tab[i] != r)
-		i = (i + 1) & mask;
-	g_tab[i] = NULL;
-	/* An entry after the hole moves into it when the hole lies between its home slot and
-	 * where it sits (cyclically). */
-	for (size_t j = (i + 1) & mask; g_tab[j]; j = (j + 1) & mask) {
-		size_t home = g_tab[j]->hash & mask;
-		if (((j - home) & mask) >= ((j - i) & mask)) {
-			g_tab[i] = g_tab[j];
-			g_tab[j] = NULL;
-			i = j;
-		}
-	}
+	*pp = r->next;
 	g_n--;
 }
 
@@ -238,7 +235,6 @@ int room_join(const char *name, struct room_member *m)
 		if (!r)
 			return -1;
 		memcpy(r->name, name, len + 1);
-		r->hash = name_hash(name);
 		if (tab_add(r) < 0) {
 			free(r);
 			return -1;
@@ -344,26 +340,22 @@ size_t room_count(void)
 void room_foreach(void (*fn)(const struct room *r, void *arg), void *arg)
 {
 	for (size_t i = 0; i < g_cap; i++)
-		if (g_tab[i])
-			fn(g_tab[i], arg);
+		for (const struct room *r = g_tab[i]; r; r = r->next)
+			fn(r, arg);
 }
 
 void room_reset(void)
 {
-	/* Slot i is looked at again after a removal: the rest of its run may shift into it.
-	 * Slots before i are empty by then, so nothing shifts behind the walk. */
-	for (size_t i = 0; i < g_cap;) {
-		struct room *r = g_tab[i];
-		if (!r) {
-			i++;
-			continue;
+	/* free_room unlinks the head of the chain it walks. */
+	for (size_t i = 0; i < g_cap; i++)
+		while (g_tab[i]) {
+			struct room *r = g_tab[i];
+			for (uint32_t k = 0; k < r->count; k++) {
+				struct room_member *m = mems(r)[k];
+				sub_remove(m, (uint32_t)sub_index(m, r));
+			}
+			free_room(r);
 		}
-		for (uint32_t k = 0; k < r->count; k++) {
-			struct room_member *m = mems(r)[k];
-			sub_remove(m, (uint32_t)sub_index(m, r));
-		}
-		free_room(r);
-	}
 	free(g_tab);
 	g_tab = NULL;
 	g_cap = g_n = 0;

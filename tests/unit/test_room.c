@@ -333,6 +333,50 @@ START_TEST(test_member_many_rooms)
 }
 END_TEST
 
+/* room_foreach callback: counts rooms. */
+static void count_room_once(const struct room *r, void *arg)
+{
+	(void)r;
+	++*(size_t *)arg;
+}
+
+/* The registry through several growths, with removals from the middle of its chains: every
+ * room stays findable by name, gone rooms are not found, foreach visits each once. */
+START_TEST(test_registry_many_rooms)
+{
+	enum { NR = 5000 };
+	static struct room_member m[NR];
+	char name[32];
+	size_t visits = 0;
+
+	memset(m, 0, sizeof(m));
+	for (int k = 0; k < NR; k++) {
+		snprintf(name, sizeof(name), "user-%d", k);
+		ck_assert_int_eq(room_join(name, &m[k]), 0);
+	}
+	ck_assert_uint_eq(room_count(), NR);
+	for (int k = 0; k < NR; k += 3) {
+		snprintf(name, sizeof(name), "user-%d", k);
+		ck_assert_int_eq(room_leave(name, &m[k]), 0);
+	}
+	for (int k = 0; k < NR; k++) {
+		snprintf(name, sizeof(name), "user-%d", k);
+		if (k % 3 == 0) {
+			ck_assert_ptr_null(room_find(name));
+		} else {
+			ck_assert_uint_eq(check_room_links(name), 1);
+			ck_assert(room_is_member(&m[k], name));
+		}
+	}
+	room_foreach(count_room_once, &visits);
+	ck_assert_uint_eq(visits, NR - (NR + 2) / 3);
+	ck_assert_uint_eq(room_count(), visits);
+	room_reset();
+	ck_assert_uint_eq(room_count(), 0);
+	ck_assert_ptr_null(room_find("user-1"));
+}
+END_TEST
+
 static void count_room(const struct room *r, void *arg)
 {
 	uint32_t n;
@@ -440,6 +484,7 @@ static Suite *room_suite(void)
 	tcase_add_test(m, test_empty_room_freed);
 	tcase_add_test(m, test_many_members);
 	tcase_add_test(m, test_member_many_rooms);
+	tcase_add_test(m, test_registry_many_rooms);
 	tcase_add_test(m, test_foreach);
 	tcase_add_test(m, test_reset);
 	tcase_add_test(m, test_life_hook);
