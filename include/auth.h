@@ -62,15 +62,39 @@ struct auth;
  * them is NULL ("" when the claim is absent); a zeroed identity (not authenticated) has all
  * four NULL. nbf and iat are checked by auth_verify and not kept. */
 struct auth_identity {
-	const char *user_id;   /* sub, else user_id, else id (numbers rendered in decimal) */
-	const char *role;      /* lower-cased */
-	const char *seller_id; /* seller_id, id_seller, or reference_id for role seller */
-	const char *client_id; /* client_id or id_client */
+	/* sub, else user_id, else id (numbers rendered in decimal). It starts the one allocation
+	 * that holds the four strings; the other three are offsets into it (three pointers would
+	 * take 24 bytes of every session): read them with auth_role, auth_seller_id and
+	 * auth_client_id. */
+	const char *user_id;
 	char **rooms; /* patterns of the "rooms" claim, each malloc'd, NULL-terminated; or NULL */
 	char *claims_json; /* the payload as canonical JSON, malloc'd (for SQL policy); NULL
 	                    * when the verifier was made with drop_claims_json */
 	long long exp;     /* never 0 after auth_verify */
+	/* Offsets from user_id: the strings end within 2 * AUTH_ID_MAX + AUTH_ROLE_MAX bytes of it,
+	 * the fourth starts before that. */
+	uint16_t role_off, seller_off, client_off;
 };
+
+/* The identity's other strings; NULL while it has none (zeroed, not authenticated). */
+static inline const char *auth_role(const struct auth_identity *id) /* lower-cased */
+{
+	return id->user_id ? id->user_id + id->role_off : NULL;
+}
+/* seller_id, id_seller, or reference_id for role seller; "" when none. */
+static inline const char *auth_seller_id(const struct auth_identity *id)
+{
+	return id->user_id ? id->user_id + id->seller_off : NULL;
+}
+/* client_id or id_client; "" when none. */
+static inline const char *auth_client_id(const struct auth_identity *id)
+{
+	return id->user_id ? id->user_id + id->client_off : NULL;
+}
+/* Gives id these four strings in one new allocation (the values may point into the old one,
+ * which is freed on success); 0, or -1 on allocation failure with id unchanged. */
+int auth_identity_set_strings(struct auth_identity *id, const char *user_id, const char *role,
+                              const char *seller_id, const char *client_id);
 
 /* Patterns in id->rooms (no count is kept: it would pad the identity by 8 bytes). */
 static inline size_t auth_room_count(const struct auth_identity *id)

@@ -473,30 +473,40 @@ static enum auth_reason check_audience(const struct auth *a, struct json_object 
 	return AUTH_BAD_AUDIENCE;
 }
 
-/* Points the four identity strings of out into one allocation holding exactly their bytes
- * (user_id is its start). On failure out is unchanged. */
+/* Puts the four identity strings into one allocation holding exactly their bytes (user_id is
+ * its start, the others are offsets). On failure out is unchanged; on success the old
+ * allocation is freed (vals may point into it). */
 static int pack_strings(struct auth_identity *out, const char *const vals[4])
 {
-	size_t len[4], total = 0;
-	char *p;
+	size_t len[4], total = 0, off[4];
+	char *p, *old = (char *)(uintptr_t)out->user_id;
 
 	for (int i = 0; i < 4; i++) {
 		len[i] = strlen(vals[i]) + 1;
+		off[i] = total;
 		total += len[i];
 	}
+	if (off[3] > UINT16_MAX)
+		return -1; /* longer than any identity auth_verify accepts */
 	p = malloc(total);
 	if (!p)
 		return -1;
-	for (int i = 0; i < 4; i++) {
-		const char **field = i == 0   ? &out->user_id
-		                     : i == 1 ? &out->role
-		                     : i == 2 ? &out->seller_id
-		                              : &out->client_id;
-		memcpy(p, vals[i], len[i]);
-		*field = p;
-		p += len[i];
-	}
+	for (int i = 0; i < 4; i++)
+		memcpy(p + off[i], vals[i], len[i]);
+	out->user_id = p;
+	out->role_off = (uint16_t)off[1];
+	out->seller_off = (uint16_t)off[2];
+	out->client_off = (uint16_t)off[3];
+	free(old);
 	return 0;
+}
+
+int auth_identity_set_strings(struct auth_identity *id, const char *user_id, const char *role,
+                              const char *seller_id, const char *client_id)
+{
+	const char *vals[4] = {user_id, role ? role : "", seller_id ? seller_id : "",
+	                       client_id ? client_id : ""};
+	return user_id ? pack_strings(id, vals) : -1;
 }
 
 /* Fills the identity fields of out from a verified payload. Allocates the strings, out->rooms
@@ -786,11 +796,13 @@ int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *sr
 	if (!dst || !src || dst == src)
 		return -1;
 	*dst = *src;
-	dst->user_id = dst->role = dst->seller_id = dst->client_id = NULL;
+	dst->user_id = NULL;
+	dst->role_off = dst->seller_off = dst->client_off = 0;
 	dst->rooms = NULL;
 	dst->claims_json = NULL;
 	if (src->user_id) {
-		const char *vals[4] = {src->user_id, src->role, src->seller_id, src->client_id};
+		const char *vals[4] = {src->user_id, auth_role(src), auth_seller_id(src),
+		                       auth_client_id(src)};
 		if (pack_strings(dst, vals) < 0)
 			goto fail;
 	}
@@ -822,29 +834,27 @@ fail:
 int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, const char *client_id)
 {
 	const char *vals[4];
-	char *old = (char *)(uintptr_t)id->user_id; /* the strings' allocation */
 
-	if (!old)
+	if (!id->user_id)
 		return -1;
 	vals[0] = id->user_id;
-	vals[1] = id->role;
-	vals[2] = id->seller_id[0] || !seller_id ? id->seller_id : seller_id;
-	vals[3] = id->client_id[0] || !client_id ? id->client_id : client_id;
-	if (vals[2] == id->seller_id && vals[3] == id->client_id)
+	vals[1] = auth_role(id);
+	vals[2] = auth_seller_id(id)[0] || !seller_id ? auth_seller_id(id) : seller_id;
+	vals[3] = auth_client_id(id)[0] || !client_id ? auth_client_id(id) : client_id;
+	if (vals[2] == auth_seller_id(id) && vals[3] == auth_client_id(id))
 		return 0;
 	if (pack_strings(id, vals) < 0)
-		return -1; /* the fields still point into the old allocation */
-	free(old);
+		return -1; /* the old allocation is still id's */
 	if (id->claims_json) {
 		struct json_object *o = json_tokener_parse(id->claims_json);
 		char *text = NULL;
 		if (o && json_object_is_type(o, json_type_object)) {
-			if (id->seller_id[0])
+			if (auth_seller_id(id)[0])
 				json_object_object_add(o, "seller_id",
-				                       json_object_new_string(id->seller_id));
-			if (id->client_id[0])
+				                       json_object_new_string(auth_seller_id(id)));
+			if (auth_client_id(id)[0])
 				json_object_object_add(o, "client_id",
-				                       json_object_new_string(id->client_id));
+				                       json_object_new_string(auth_client_id(id)));
 			text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 		}
 		json_object_put(o);
@@ -858,12 +868,12 @@ int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, cons
 
 bool auth_is_admin(const struct auth_identity *id)
 {
-	return id && id->role && !strcmp(id->role, "admin");
+	return id && id->user_id && !strcmp(auth_role(id), "admin");
 }
 
 bool auth_is_service(const struct auth_identity *id)
 {
-	return id && id->role && !strcmp(id->role, "service");
+	return id && id->user_id && !strcmp(auth_role(id), "service");
 }
 
 /* Adds the comma list of room patterns as a JSON array claim. libjwt 1.10 has no array setter,

@@ -58,8 +58,9 @@ enum authz_result authz_claims(const struct auth_identity *id, const char *room)
 {
 	if (auth_is_admin(id))
 		return AUTHZ_ALLOW;
-	if (is_room_of(room, "user-", id->user_id) || is_room_of(room, "seller-", id->seller_id) ||
-	    is_room_of(room, "client-", id->client_id))
+	if (is_room_of(room, "user-", id->user_id) ||
+	    is_room_of(room, "seller-", auth_seller_id(id)) ||
+	    is_room_of(room, "client-", auth_client_id(id)))
 		return AUTHZ_ALLOW;
 	if (!strncmp(room, "product-", 8) && room[8])
 		return AUTHZ_ALLOW;

@@ -177,11 +177,12 @@ static void join_seller_room(struct conn *c)
 {
 	char room[ROOM_NAME_MAX + 1];
 
-	if (strcmp(session_of(c)->ident.role, "seller") || !session_of(c)->ident.seller_id[0])
+	if (strcmp(auth_role(&session_of(c)->ident), "seller") ||
+	    !auth_seller_id(&session_of(c)->ident)[0])
 		return;
-	snprintf(room, sizeof(room), "seller-%s", session_of(c)->ident.seller_id);
+	snprintf(room, sizeof(room), "seller-%s", auth_seller_id(&session_of(c)->ident));
 	if (!room_is_member(&session_of(c)->member, room))
-		join_auto(c, "seller-", session_of(c)->ident.seller_id);
+		join_auto(c, "seller-", auth_seller_id(&session_of(c)->ident));
 }
 
 /* Applies the looked-up ids to c's identity (a refreshed token has lost them again). */
@@ -258,7 +259,7 @@ static void resolve_identity(struct conn *c)
 	}
 	if (d && d->state == DBID_PENDING)
 		return;
-	if (session_of(c)->ident.seller_id[0] || session_of(c)->ident.client_id[0])
+	if (auth_seller_id(&session_of(c)->ident)[0] || auth_client_id(&session_of(c)->ident)[0])
 		return; /* the token says who it is */
 	if (!d && !(d = more_get(c) ? more_of(c)->db = calloc(1, sizeof(*d)) : NULL)) {
 		log_error("identity lookup failed", "conn", conn_id(c), "reason", "out of memory");
@@ -267,7 +268,7 @@ static void resolve_identity(struct conn *c)
 	d->state = DBID_PENDING;
 	conn_hold(c);
 	if (pgl_identity(session_of(c)->ident.claims_json, session_of(c)->ident.user_id,
-	                 session_of(c)->ident.role, on_dbident, c) < 0) {
+	                 auth_role(&session_of(c)->ident), on_dbident, c) < 0) {
 		conn_release(c);
 		d->state = DBID_FAILED;
 		log_warn(
@@ -323,10 +324,12 @@ static void become_open(struct conn *c)
 	join_auto(c, "user-", session_of(c)->ident.user_id);
 	if (auth_is_admin(&session_of(c)->ident))
 		join_auto(c, "", "admins");
-	if (!strcmp(session_of(c)->ident.role, "seller") && session_of(c)->ident.seller_id[0])
-		join_auto(c, "seller-", session_of(c)->ident.seller_id);
+	if (!strcmp(auth_role(&session_of(c)->ident), "seller") &&
+	    auth_seller_id(&session_of(c)->ident)[0])
+		join_auto(c, "seller-", auth_seller_id(&session_of(c)->ident));
 	log_info("client authenticated", "conn", conn_id(c), "user", session_of(c)->ident.user_id,
-	         "role", session_of(c)->ident.role[0] ? session_of(c)->ident.role : NULL);
+	         "role",
+	         auth_role(&session_of(c)->ident)[0] ? auth_role(&session_of(c)->ident) : NULL);
 	resolve_identity(c);
 }
 

@@ -172,21 +172,25 @@ static enum auth_reason verify(const struct auth *a, const char *tok, size_t len
 	header_alg(tok, len, alg, sizeof(alg));
 	FUZZ_CHECK(!strncmp(alg, family, 2), "accepted alg '%s' under a %s key", alg, family);
 	/* ... and the identity is what the claims promise. */
-	FUZZ_CHECK(id.user_id && id.role && id.seller_id && id.client_id, "identity field unset");
+	FUZZ_CHECK(id.user_id && auth_role(&id) && auth_seller_id(&id) && auth_client_id(&id),
+	           "identity field unset");
 	FUZZ_CHECK(id.user_id[0] && strlen(id.user_id) < AUTH_ID_MAX, "no user id");
-	FUZZ_CHECK(strlen(id.role) < AUTH_ROLE_MAX && strlen(id.seller_id) < AUTH_ID_MAX &&
-	               strlen(id.client_id) < AUTH_ID_MAX,
+	FUZZ_CHECK(strlen(auth_role(&id)) < AUTH_ROLE_MAX &&
+	               strlen(auth_seller_id(&id)) < AUTH_ID_MAX &&
+	               strlen(auth_client_id(&id)) < AUTH_ID_MAX,
 	           "identity field too long");
-	for (const char *p = id.role; *p; p++)
-		FUZZ_CHECK(!isupper((unsigned char)*p), "role not lower-cased: %s", id.role);
+	for (const char *p = auth_role(&id); *p; p++)
+		FUZZ_CHECK(!isupper((unsigned char)*p), "role not lower-cased: %s", auth_role(&id));
 	FUZZ_CHECK(id.exp >= NOW - LEEWAY, "expired token accepted (exp %lld)", id.exp);
 	FUZZ_CHECK(!id.rooms || id.rooms[0], "empty rooms array kept");
 	for (size_t i = 0; i < auth_room_count(&id); i++)
 		FUZZ_CHECK(id.rooms[i] && id.rooms[i][0], "empty room pattern %zu", i);
 	/* Identity strings end up in JSON replies, logs and SQL: they must be proper UTF-8. */
 	FUZZ_CHECK(fuzz_utf8_valid((const unsigned char *)id.user_id, strlen(id.user_id)) &&
-	               fuzz_utf8_valid((const unsigned char *)id.seller_id, strlen(id.seller_id)) &&
-	               fuzz_utf8_valid((const unsigned char *)id.client_id, strlen(id.client_id)),
+	               fuzz_utf8_valid((const unsigned char *)auth_seller_id(&id),
+	                               strlen(auth_seller_id(&id))) &&
+	               fuzz_utf8_valid((const unsigned char *)auth_client_id(&id),
+	                               strlen(auth_client_id(&id))),
 	           "identity is not UTF-8");
 	for (size_t i = 0; i < auth_room_count(&id); i++)
 		FUZZ_CHECK(fuzz_utf8_valid((const unsigned char *)id.rooms[i], strlen(id.rooms[i])),
@@ -200,13 +204,13 @@ static enum auth_reason verify(const struct auth *a, const char *tok, size_t len
 	json_object_put(claims);
 
 	FUZZ_CHECK(auth_identity_copy(&copy, &id) == 0, "copy failed");
-	FUZZ_CHECK(!strcmp(copy.user_id, id.user_id) && !strcmp(copy.role, id.role) &&
-	               !strcmp(copy.seller_id, id.seller_id) &&
-	               !strcmp(copy.client_id, id.client_id) && copy.user_id != id.user_id &&
-	               auth_room_count(&copy) == auth_room_count(&id) && copy.exp == id.exp &&
-	               !strcmp(copy.claims_json, id.claims_json) &&
-	               copy.claims_json != id.claims_json,
-	           "copy differs");
+	FUZZ_CHECK(
+	    !strcmp(copy.user_id, id.user_id) && !strcmp(auth_role(&copy), auth_role(&id)) &&
+	        !strcmp(auth_seller_id(&copy), auth_seller_id(&id)) &&
+	        !strcmp(auth_client_id(&copy), auth_client_id(&id)) && copy.user_id != id.user_id &&
+	        auth_room_count(&copy) == auth_room_count(&id) && copy.exp == id.exp &&
+	        !strcmp(copy.claims_json, id.claims_json) && copy.claims_json != id.claims_json,
+	    "copy differs");
 	for (size_t i = 0; i < auth_room_count(&id); i++)
 		FUZZ_CHECK(!strcmp(copy.rooms[i], id.rooms[i]) && copy.rooms[i] != id.rooms[i],
 		           "room copy");

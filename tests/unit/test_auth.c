@@ -752,9 +752,9 @@ START_TEST(test_role_and_tenants)
 	struct auth_identity id;
 
 	verify_ok("{\"sub\":\"u\",\"exp\":1700003600,\"role\":\"SeLLer\",\"reference_id\":9}", &id);
-	ck_assert_str_eq(id.role, "seller");
-	ck_assert_str_eq(id.seller_id, "9");
-	ck_assert_str_eq(id.client_id, "");
+	ck_assert_str_eq(auth_role(&id), "seller");
+	ck_assert_str_eq(auth_seller_id(&id), "9");
+	ck_assert_str_eq(auth_client_id(&id), "");
 	ck_assert(!auth_is_admin(&id));
 	auth_identity_clear(&id);
 
@@ -762,23 +762,23 @@ START_TEST(test_role_and_tenants)
 	verify_ok("{\"sub\":\"u\",\"exp\":1700003600,\"role\":\"client\",\"reference_id\":9,"
 	          "\"id_client\":\"c5\"}",
 	          &id);
-	ck_assert_str_eq(id.role, "client");
-	ck_assert_str_eq(id.seller_id, "");
-	ck_assert_str_eq(id.client_id, "c5");
+	ck_assert_str_eq(auth_role(&id), "client");
+	ck_assert_str_eq(auth_seller_id(&id), "");
+	ck_assert_str_eq(auth_client_id(&id), "c5");
 	auth_identity_clear(&id);
 
 	verify_ok("{\"sub\":\"u\",\"exp\":1700003600,\"role\":\"seller\",\"id_seller\":\"s2\","
 	          "\"reference_id\":9}",
 	          &id);
-	ck_assert_str_eq(id.seller_id, "s2");
+	ck_assert_str_eq(auth_seller_id(&id), "s2");
 	auth_identity_clear(&id);
 
 	verify_ok("{\"sub\":\"u\",\"exp\":1700003600,\"seller_id\":1,\"id_seller\":2,"
 	          "\"client_id\":3,\"id_client\":4}",
 	          &id);
-	ck_assert_str_eq(id.role, "");
-	ck_assert_str_eq(id.seller_id, "1");
-	ck_assert_str_eq(id.client_id, "3");
+	ck_assert_str_eq(auth_role(&id), "");
+	ck_assert_str_eq(auth_seller_id(&id), "1");
+	ck_assert_str_eq(auth_client_id(&id), "3");
 	auth_identity_clear(&id);
 
 	verify_ok("{\"sub\":\"u\",\"exp\":1700003600,\"role\":\"ADMIN\"}", &id);
@@ -970,9 +970,9 @@ START_TEST(test_mint_round_trip)
 	ck_assert_ptr_nonnull(tok);
 	ck_assert_int_eq(auth_verify(a, tok, strlen(tok), NOW + 100, &id), AUTH_OK);
 	ck_assert_str_eq(id.user_id, "42");
-	ck_assert_str_eq(id.role, "seller");
-	ck_assert_str_eq(id.seller_id, "7");
-	ck_assert_str_eq(id.client_id, "c\"1");
+	ck_assert_str_eq(auth_role(&id), "seller");
+	ck_assert_str_eq(auth_seller_id(&id), "7");
+	ck_assert_str_eq(auth_client_id(&id), "c\"1");
 	ck_assert_uint_eq(auth_room_count(&id), 2);
 	ck_assert_str_eq(id.rooms[0], "order-*");
 	ck_assert_str_eq(id.rooms[1], "chat-9");
