@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <time.h>
 
 /* Bits of auth_config.algorithms. */
@@ -57,20 +58,52 @@ struct auth;
 #define AUTH_ROLE_MAX 32
 
 /* The identity a verified token carries. Every connection keeps one, so the four strings share
- * one allocation of their actual lengths. After auth_verify none of them is NULL ("" when the
- * claim is absent); a zeroed identity (not authenticated) has all four NULL. */
+ * one allocation of their actual lengths, user_id being its start. After auth_verify none of
+ * them is NULL ("" when the claim is absent); a zeroed identity (not authenticated) has all
+ * four NULL. nbf and iat are checked by auth_verify and not kept. */
 struct auth_identity {
-	const char *user_id;   /* sub, else user_id, else id (numbers rendered in decimal) */
-	const char *role;      /* lower-cased */
-	const char *seller_id; /* seller_id, id_seller, or reference_id for role seller */
-	const char *client_id; /* client_id or id_client */
-	char *strings;         /* the allocation the four point into */
-	char **rooms;          /* patterns of the "rooms" claim, each malloc'd */
-	size_t n_rooms;
-	long long exp, iat, nbf; /* 0 when absent (exp is never absent after auth_verify) */
-	char *claims_json;       /* the payload as canonical JSON, malloc'd (for SQL policy); NULL
-	                          * when the verifier was made with drop_claims_json */
+	/* sub, else user_id, else id (numbers rendered in decimal). It starts the one allocation
+	 * that holds the four strings; the other three are offsets into it (three pointers would
+	 * take 24 bytes of every session): read them with auth_role, auth_seller_id and
+	 * auth_client_id. */
+	const char *user_id;
+	char **rooms; /* patterns of the "rooms" claim, each malloc'd, NULL-terminated; or NULL */
+	char *claims_json; /* the payload as canonical JSON, malloc'd (for SQL policy); NULL
+	                    * when the verifier was made with drop_claims_json */
+	long long exp;     /* never 0 after auth_verify */
+	/* Offsets from user_id: the strings end within 2 * AUTH_ID_MAX + AUTH_ROLE_MAX bytes of it,
+	 * the fourth starts before that. */
+	uint16_t role_off, seller_off, client_off;
 };
+
+/* The identity's other strings; NULL while it has none (zeroed, not authenticated). */
+static inline const char *auth_role(const struct auth_identity *id) /* lower-cased */
+{
+	return id->user_id ? id->user_id + id->role_off : NULL;
+}
+/* seller_id, id_seller, or reference_id for role seller; "" when none. */
+static inline const char *auth_seller_id(const struct auth_identity *id)
+{
+	return id->user_id ? id->user_id + id->seller_off : NULL;
+}
+/* client_id or id_client; "" when none. */
+static inline const char *auth_client_id(const struct auth_identity *id)
+{
+	return id->user_id ? id->user_id + id->client_off : NULL;
+}
+/* Gives id these four strings in one new allocation (the values may point into the old one,
+ * which is freed on success); 0, or -1 on allocation failure with id unchanged. */
+int auth_identity_set_strings(struct auth_identity *id, const char *user_id, const char *role,
+                              const char *seller_id, const char *client_id);
+
+/* Patterns in id->rooms (no count is kept: it would pad the identity by 8 bytes). */
+static inline size_t auth_room_count(const struct auth_identity *id)
+{
+	size_t n = 0;
+	while (id->rooms && id->rooms[n])
+		n++;
+	return n;
+}
 
 /* Returns NULL and fills err on a bad config (e.g. no key for an allowed family, unreadable PEM).
  */

@@ -26,11 +26,15 @@ enum conn_state {
 /* Fields are ordered so the struct has no holes: it is held once per connection. */
 struct conn {
 	struct lws *wsi; /* NULL once lws destroyed the wsi */
-	enum conn_state state;
-	unsigned refs;  /* pending async operations that will come back to it */
+	unsigned refs;   /* pending async operations that will come back to it */
+	uint32_t strikes;
 	uint64_t seq;   /* unique within this node: conn_id() is "conn-<seq>" */
 	const char *ip; /* the gate's per-address slot key; NULL once the slot is released */
 	uint16_t close_code;
+	uint8_t close_reason; /* conn_close's reason, as an index into a table of the literals */
+	/* Bits the owner may keep here (the owner area would otherwise grow by 8 bytes for them);
+	 * this module never reads them. */
+	uint8_t owner_bits;
 	bool batch : 1; /* ?batch=1: several room messages per frame as an array */
 	/* Frames go straight to the socket (plain TCP, handshake done, peer not closing); TLS
 	 * connections write through lws. */
@@ -40,17 +44,16 @@ struct conn {
 	bool close_sent : 1;    /* our close frame is written; waiting for the peer's */
 	bool ping_due : 1;      /* a ping waits for the writeable callback */
 	bool expiring_sent : 1; /* the owner was told of CONN_DUE_EXPIRING */
+	uint8_t state;          /* an enum conn_state, one byte in what was a hole */
 	/* Token bucket for client messages: tokens, refilled up to tokens_at_ms (milliseconds of
 	 * util_now_ns, wrapping; only differences are used). */
 	uint32_t tokens_at_ms;
 	float tokens;
-	uint32_t strikes;
 	/* The owner's expiry, wall-clock seconds (0: none): the deadline hook gets
 	 * CONN_DUE_EXPIRING CONN_EXPIRY_WARN_S before it and CONN_DUE_EXPIRED after leeway. */
 	long long exp;
-	struct frame_queue q;
-	const char *close_reason; /* a string literal: conn_close's reason */
-	struct buf *rx;           /* a message being assembled from fragments; NULL when none */
+	struct frame_queue q; /* one pointer: its ring and counters are allocated on first use */
+	struct buf *rx;       /* a message being assembled from fragments; NULL when none */
 	/* Deadlines, in ticks (seconds) of the connection timer; see conn_due. */
 	struct wheel_node timer; /* filed under its next deadline while not dead */
 	uint32_t rx_at;          /* last frame from the peer, pongs included */
@@ -63,8 +66,8 @@ struct conn {
 	 * SEND_QUEUE_MAX_BYTES). */
 	uint32_t drain_below;
 	uint32_t last_limited_ms; /* the last rate_limited error sent (ms stamp, wrapping) */
-	struct conn *prev, *next; /* all live connections */
-	struct conn *next_dead;
+	/* All live connections; once dead, next links the reaper's list (prev unused). */
+	struct conn *prev, *next;
 	/* The owner's object, conn_hooks.owner_size bytes allocated with the connection and
 	 * zeroed (one allocation per client instead of two); 8-byte aligned. */
 	uint64_t owner_area[];

@@ -65,14 +65,27 @@ unsigned char *frame_wire(struct frame *f, size_t *len);
  * the write ended on a frame boundary). */
 uint32_t frame_sent_split(const size_t *lens, uint32_t n, size_t written, size_t *cut);
 
-/* A FIFO ring of frame references, bounded in bytes by its owner. */
-struct frame_queue {
-	struct frame **ring;
+/* A FIFO ring of frame references, bounded in bytes by its owner. Its counters live in the
+ * ring's allocation, made on the first push: an empty queue that never held a frame (an idle
+ * connection's) is one NULL pointer, not 24 bytes. */
+struct frame_ring {
 	uint32_t cap, head, count;
 	uint32_t bytes; /* owners bound it far below 4 GB (SEND_QUEUE_MAX_BYTES is at most 1 GB) */
+	struct frame *slot[];
+};
+struct frame_queue {
+	struct frame_ring *r; /* NULL until the first push, and after frame_queue_clear */
 };
 
 void frame_queue_init(struct frame_queue *q);
+static inline uint32_t frame_queue_count(const struct frame_queue *q)
+{
+	return q->r ? q->r->count : 0;
+}
+static inline uint32_t frame_queue_bytes(const struct frame_queue *q)
+{
+	return q->r ? q->r->bytes : 0;
+}
 /* Takes a new reference on f and appends it; -1 on allocation failure (f untouched). */
 int frame_queue_push(struct frame_queue *q, struct frame *f);
 /* Takes a new reference on f and puts it at the head (before every queued frame); -1 on
@@ -82,7 +95,7 @@ int frame_queue_push_front(struct frame_queue *q, struct frame *f);
 struct frame *frame_queue_pop(struct frame_queue *q);
 static inline struct frame *frame_queue_peek(const struct frame_queue *q, uint32_t i)
 {
-	return i < q->count ? q->ring[(q->head + i) & (q->cap - 1)] : NULL;
+	return i < frame_queue_count(q) ? q->r->slot[(q->r->head + i) & (q->r->cap - 1)] : NULL;
 }
 /* Drops every reference and frees the ring. */
 void frame_queue_clear(struct frame_queue *q);

@@ -20,14 +20,31 @@ struct room_sub {
 	uint32_t pos;
 };
 
-/* Embedded in whatever joins rooms (a connection). The registry keeps pointers to it, so it
- * must not move while it is in any room; room_leave_all before freeing it. */
+/* Rooms one member may be in: room_join refuses more. */
+#define ROOM_MEMBER_MAX_SUBS 32768
+
+/* Embedded in whatever joins rooms (a connection; one per client, hence 24 bytes). The
+ * registry keeps pointers to it, so it must not move while it is in any room; room_leave_all
+ * before freeing it. Read its memberships with room_member_room / room_member_pos. */
 struct room_member {
-	struct room_sub *subs;
-	uint32_t nsubs, capsubs;
-	uint64_t seen_gen;   /* last delivery generation that reached this member (dedupe) */
-	struct room_sub one; /* subs while capsubs is 1 */
+	union {
+		struct room *one;      /* while capsubs is 1 (the first membership, inline) */
+		struct room_sub *many; /* capsubs > 1 */
+	} subs;
+	uint64_t seen_gen; /* last delivery generation that reached this member (dedupe) */
+	uint32_t one_pos;  /* subs.one's pos */
+	uint16_t nsubs, capsubs;
 };
+
+/* The room of m's membership i (< m->nsubs), and m's index in that room's member array. */
+static inline struct room *room_member_room(const struct room_member *m, uint32_t i)
+{
+	return m->capsubs == 1 ? m->subs.one : m->subs.many[i].room;
+}
+static inline uint32_t room_member_pos(const struct room_member *m, uint32_t i)
+{
+	return m->capsubs == 1 ? m->one_pos : m->subs.many[i].pos;
+}
 
 const char *room_name(const struct room *r);
 /* The member array, valid until the next join or leave on this room. */
@@ -39,7 +56,7 @@ bool room_name_valid(const char *name, size_t len);
 bool room_pattern_match(const char *pattern, const char *name);
 
 /* Adds m to the room, creating it. Returns 0 when added, 1 when already a member, -1 on
- * allocation failure. */
+ * allocation failure or when m is in ROOM_MEMBER_MAX_SUBS rooms already. */
 int room_join(const char *name, struct room_member *m);
 /* Called after every join that added a member (not for repeated joins); fn must not join or
  * leave. One hook: the live rooms module's. */

@@ -22,14 +22,18 @@ struct frame;
 struct session {
 	struct room_member member;  /* the rooms hold this (session_of_member maps back) */
 	struct auth_identity ident; /* zeroed until authenticated */
-	void *authz_cache;          /* owned by the authz module */
-	void *pending;              /* joins waiting for replay (session.c) */
-	void *dbident;              /* the database identity lookup (session.c) */
-	/* Room messages in the typed form (proto_typed): asked with ?format=typed, or the first
-	 * message was written in another server's dialect. spoke: the form is decided (a first
-	 * message was seen, or ?format= chose it). */
-	bool typed, spoke;
+	/* What only some sessions need (joins waiting for replay, the database identity lookup,
+	 * the authz module's verdict cache; session.c), allocated on first use: NULL for an idle
+	 * client, which thus carries one pointer instead of three. */
+	void *more;
+	/* Its two flags (SESSION_TYPED, SESSION_SPOKE) live in the connection's owner_bits: here
+	 * they would pad the session by 8 bytes. */
 };
+
+/* Bits of conn->owner_bits. TYPED: room messages in the typed form (proto_typed), asked with
+ * ?format=typed, or the first message was written in another server's dialect. SPOKE: the
+ * form is decided (a first message was seen, or ?format= chose it). */
+enum { SESSION_TYPED = 1u << 0, SESSION_SPOKE = 1u << 1 };
 
 static inline struct session *session_of(const struct conn *c)
 {

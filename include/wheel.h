@@ -10,9 +10,10 @@
 /* Slots, one per second; a deadline further away is visited early and filed again. */
 #define WHEEL_SLOTS 64
 
+/* Two pointers: held once per connection, so the tick it is filed under is not kept (the slot
+ * says it). */
 struct wheel_node {
-	struct wheel_node *next, **pprev;
-	uint32_t at; /* the tick it is filed under; 0 when not filed */
+	struct wheel_node *next, **pprev; /* pprev NULL when not filed */
 };
 
 struct wheel {
@@ -30,7 +31,7 @@ void wheel_put(struct wheel *w, struct wheel_node *n, uint32_t at);
 void wheel_del(struct wheel *w, struct wheel_node *n);
 static inline bool wheel_filed(const struct wheel_node *n)
 {
-	return n->at != 0;
+	return n->pprev != NULL;
 }
 /* Visits every tick after w->now up to and including to, in order. Each node due at a tick is
  * unfiled and passed to due(), with w->now set to that tick; due() may file it again (always

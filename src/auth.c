@@ -473,32 +473,43 @@ static enum auth_reason check_audience(const struct auth *a, struct json_object 
 	return AUTH_BAD_AUDIENCE;
 }
 
-/* Points the four identity strings of out into one allocation holding exactly their bytes. */
+/* Puts the four identity strings into one allocation holding exactly their bytes (user_id is
+ * its start, the others are offsets). On failure out is unchanged; on success the old
+ * allocation is freed (vals may point into it). */
 static int pack_strings(struct auth_identity *out, const char *const vals[4])
 {
-	size_t len[4], total = 0;
-	char *p;
+	size_t len[4], total = 0, off[4];
+	char *p, *old = (char *)(uintptr_t)out->user_id;
 
 	for (int i = 0; i < 4; i++) {
 		len[i] = strlen(vals[i]) + 1;
+		off[i] = total;
 		total += len[i];
 	}
-	p = out->strings = malloc(total);
+	if (off[3] > UINT16_MAX)
+		return -1; /* longer than any identity auth_verify accepts */
+	p = malloc(total);
 	if (!p)
 		return -1;
-	for (int i = 0; i < 4; i++) {
-		const char **field = i == 0   ? &out->user_id
-		                     : i == 1 ? &out->role
-		                     : i == 2 ? &out->seller_id
-		                              : &out->client_id;
-		memcpy(p, vals[i], len[i]);
-		*field = p;
-		p += len[i];
-	}
+	for (int i = 0; i < 4; i++)
+		memcpy(p + off[i], vals[i], len[i]);
+	out->user_id = p;
+	out->role_off = (uint16_t)off[1];
+	out->seller_off = (uint16_t)off[2];
+	out->client_off = (uint16_t)off[3];
+	free(old);
 	return 0;
 }
 
-/* Fills the identity fields of out from a verified payload. Allocates out->strings, out->rooms
+int auth_identity_set_strings(struct auth_identity *id, const char *user_id, const char *role,
+                              const char *seller_id, const char *client_id)
+{
+	const char *vals[4] = {user_id, role ? role : "", seller_id ? seller_id : "",
+	                       client_id ? client_id : ""};
+	return user_id ? pack_strings(id, vals) : -1;
+}
+
+/* Fills the identity fields of out from a verified payload. Allocates the strings, out->rooms
  * and out->claims_json (the caller clears out on failure). Out of memory is reported as
  * AUTH_MALFORMED: the enum has no internal-error reason and the token is refused either way. */
 static enum auth_reason extract_identity(const struct auth *a, struct json_object *payload,
@@ -552,7 +563,7 @@ static enum auth_reason extract_identity(const struct auth *a, struct json_objec
 			return AUTH_MALFORMED;
 		n = json_object_array_length(v);
 		if (n) {
-			out->rooms = calloc(n, sizeof(*out->rooms));
+			out->rooms = calloc(n + 1, sizeof(*out->rooms)); /* NULL-terminated */
 			if (!out->rooms)
 				return AUTH_MALFORMED;
 		}
@@ -567,7 +578,6 @@ static enum auth_reason extract_identity(const struct auth *a, struct json_objec
 			out->rooms[i] = strdup(json_object_get_string(e));
 			if (!out->rooms[i])
 				return AUTH_MALFORMED;
-			out->n_rooms = i + 1;
 		}
 	}
 
@@ -667,7 +677,7 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
                                      struct auth_identity *out)
 {
 	struct json_object *iss;
-	long long t = (long long)now;
+	long long t = (long long)now, nbf = 0, iat = 0;
 	enum auth_reason r;
 
 	switch (claim_time(payload, "exp", false, &out->exp)) {
@@ -676,16 +686,17 @@ static enum auth_reason check_claims(const struct auth *a, struct json_object *p
 	default:
 		return AUTH_MISSING_EXP;
 	}
-	if (claim_time(payload, "nbf", true, &out->nbf) < 0 ||
-	    claim_time(payload, "iat", true, &out->iat) < 0)
+	/* nbf and iat are checked here and not kept: nothing after verification reads them. */
+	if (claim_time(payload, "nbf", true, &nbf) < 0 ||
+	    claim_time(payload, "iat", true, &iat) < 0)
 		return AUTH_MALFORMED;
 	/* Every sum saturates: exp, nbf and iat are whatever the token says, and now is whatever
 	 * the caller passes. */
 	if (auth_time_add(t, -(long long)a->leeway_s) > out->exp)
 		return AUTH_EXPIRED;
-	if (out->nbf && auth_time_add(t, a->leeway_s) < out->nbf)
+	if (nbf && auth_time_add(t, a->leeway_s) < nbf)
 		return AUTH_NOT_YET_VALID;
-	if (out->iat && auth_time_add(t, a->leeway_s) < out->iat)
+	if (iat && auth_time_add(t, a->leeway_s) < iat)
 		return AUTH_ISSUED_FUTURE;
 	if (a->issuer) {
 		iss = get_claim(payload, "iss");
@@ -770,11 +781,11 @@ void auth_identity_clear(struct auth_identity *id)
 {
 	if (!id)
 		return;
-	for (size_t i = 0; i < id->n_rooms; i++)
-		free(id->rooms[i]);
+	for (char **r = id->rooms; r && *r; r++)
+		free(*r);
 	free(id->rooms);
 	free(id->claims_json);
-	free(id->strings);
+	free((char *)(uintptr_t)id->user_id); /* the strings' allocation */
 	memset(id, 0, sizeof(*id));
 }
 
@@ -785,25 +796,25 @@ int auth_identity_copy(struct auth_identity *dst, const struct auth_identity *sr
 	if (!dst || !src || dst == src)
 		return -1;
 	*dst = *src;
-	dst->user_id = dst->role = dst->seller_id = dst->client_id = NULL;
-	dst->strings = NULL;
+	dst->user_id = NULL;
+	dst->role_off = dst->seller_off = dst->client_off = 0;
 	dst->rooms = NULL;
-	dst->n_rooms = 0;
 	dst->claims_json = NULL;
-	if (src->strings) {
-		const char *vals[4] = {src->user_id, src->role, src->seller_id, src->client_id};
+	if (src->user_id) {
+		const char *vals[4] = {src->user_id, auth_role(src), auth_seller_id(src),
+		                       auth_client_id(src)};
 		if (pack_strings(dst, vals) < 0)
 			goto fail;
 	}
-	if (src->n_rooms) {
-		dst->rooms = calloc(src->n_rooms, sizeof(*dst->rooms));
+	if (src->rooms && src->rooms[0]) {
+		size_t n = auth_room_count(src);
+		dst->rooms = calloc(n + 1, sizeof(*dst->rooms)); /* NULL-terminated */
 		if (!dst->rooms)
 			goto fail;
-		for (size_t i = 0; i < src->n_rooms; i++) {
+		for (size_t i = 0; i < n; i++) {
 			dst->rooms[i] = strdup(src->rooms[i]);
 			if (!dst->rooms[i])
 				goto fail;
-			dst->n_rooms = i + 1;
 		}
 	}
 	if (src->claims_json) {
@@ -823,32 +834,27 @@ fail:
 int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, const char *client_id)
 {
 	const char *vals[4];
-	char *old = id->strings;
 
-	if (!id->strings)
+	if (!id->user_id)
 		return -1;
 	vals[0] = id->user_id;
-	vals[1] = id->role;
-	vals[2] = id->seller_id[0] || !seller_id ? id->seller_id : seller_id;
-	vals[3] = id->client_id[0] || !client_id ? id->client_id : client_id;
-	if (vals[2] == id->seller_id && vals[3] == id->client_id)
+	vals[1] = auth_role(id);
+	vals[2] = auth_seller_id(id)[0] || !seller_id ? auth_seller_id(id) : seller_id;
+	vals[3] = auth_client_id(id)[0] || !client_id ? auth_client_id(id) : client_id;
+	if (vals[2] == auth_seller_id(id) && vals[3] == auth_client_id(id))
 		return 0;
-	if (pack_strings(id, vals) < 0) {
-		/* pack_strings left the fields pointing into the old allocation. */
-		id->strings = old;
-		return -1;
-	}
-	free(old);
+	if (pack_strings(id, vals) < 0)
+		return -1; /* the old allocation is still id's */
 	if (id->claims_json) {
 		struct json_object *o = json_tokener_parse(id->claims_json);
 		char *text = NULL;
 		if (o && json_object_is_type(o, json_type_object)) {
-			if (id->seller_id[0])
+			if (auth_seller_id(id)[0])
 				json_object_object_add(o, "seller_id",
-				                       json_object_new_string(id->seller_id));
-			if (id->client_id[0])
+				                       json_object_new_string(auth_seller_id(id)));
+			if (auth_client_id(id)[0])
 				json_object_object_add(o, "client_id",
-				                       json_object_new_string(id->client_id));
+				                       json_object_new_string(auth_client_id(id)));
 			text = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 		}
 		json_object_put(o);
@@ -862,12 +868,12 @@ int auth_identity_fill_ids(struct auth_identity *id, const char *seller_id, cons
 
 bool auth_is_admin(const struct auth_identity *id)
 {
-	return id && id->role && !strcmp(id->role, "admin");
+	return id && id->user_id && !strcmp(auth_role(id), "admin");
 }
 
 bool auth_is_service(const struct auth_identity *id)
 {
-	return id && id->role && !strcmp(id->role, "service");
+	return id && id->user_id && !strcmp(auth_role(id), "service");
 }
 
 /* Adds the comma list of room patterns as a JSON array claim. libjwt 1.10 has no array setter,

@@ -58,13 +58,14 @@ enum authz_result authz_claims(const struct auth_identity *id, const char *room)
 {
 	if (auth_is_admin(id))
 		return AUTHZ_ALLOW;
-	if (is_room_of(room, "user-", id->user_id) || is_room_of(room, "seller-", id->seller_id) ||
-	    is_room_of(room, "client-", id->client_id))
+	if (is_room_of(room, "user-", id->user_id) ||
+	    is_room_of(room, "seller-", auth_seller_id(id)) ||
+	    is_room_of(room, "client-", auth_client_id(id)))
 		return AUTHZ_ALLOW;
 	if (!strncmp(room, "product-", 8) && room[8])
 		return AUTHZ_ALLOW;
-	for (size_t i = 0; i < id->n_rooms; i++)
-		if (room_pattern_match(id->rooms[i], room))
+	for (char **p = id->rooms; p && *p; p++)
+		if (room_pattern_match(*p, room))
 			return AUTHZ_ALLOW;
 	/* Another user's room and the admins room are decided by the claims alone; a policy
 	 * must not be able to hand them out by accident. */
@@ -270,8 +271,8 @@ bool authz_may_broadcast(const struct auth_identity *id, const char *room)
 	if (!authz_room_is_public(room))
 		return true;
 	/* The token's issuer may still name such a room for this user on purpose. */
-	for (size_t i = 0; i < id->n_rooms; i++)
-		if (room_pattern_match(id->rooms[i], room))
+	for (char **p = id->rooms; p && *p; p++)
+		if (room_pattern_match(*p, room))
 			return true;
 	return false;
 }

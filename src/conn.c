@@ -27,6 +27,22 @@ static int64_t g_count;
 static uint64_t g_seq;
 static struct conn_hooks g_hooks;
 
+/* conn_close's reasons are string literals, a few dozen in the source: a connection keeps a
+ * byte indexing this table (filled as reasons first appear) instead of an 8-byte pointer. */
+static const char *g_reasons[256] = {""};
+static unsigned g_nreasons = 1;
+
+static uint8_t reason_index(const char *reason)
+{
+	for (unsigned i = 0; i < g_nreasons; i++)
+		if (g_reasons[i] == reason || !strcmp(g_reasons[i], reason))
+			return (uint8_t)i;
+	if (g_nreasons == 256)
+		return 0; /* more distinct literals than the source has: the frame carries none */
+	g_reasons[g_nreasons] = reason;
+	return (uint8_t)g_nreasons++;
+}
+
 /*
  * The connection timer. lws 4.1.6 keeps every timer of a thread (lws_sul, lws_set_timeout, the
  * ping/hangup of a retry policy) in one list sorted by deadline and inserts by walking it, so a
@@ -161,7 +177,7 @@ static void set_state(struct conn *c, enum conn_state s)
 	if (c->state == s)
 		return;
 	log_debug("connection state", "conn", conn_id(c), "from", names[c->state], "to", names[s]);
-	c->state = s;
+	c->state = (uint8_t)s;
 }
 
 void conn_detach(struct conn *c)
@@ -184,7 +200,7 @@ void conn_detach(struct conn *c)
 	c->prev = c->next = NULL;
 	g_count--;
 	metrics.connections = g_count;
-	c->next_dead = g_dead;
+	c->next = g_dead;
 	g_dead = c;
 }
 
@@ -208,10 +224,10 @@ void conn_reap(void)
 	while (*pp) {
 		struct conn *c = *pp;
 		if (c->refs) {
-			pp = &c->next_dead;
+			pp = &c->next;
 			continue;
 		}
-		*pp = c->next_dead;
+		*pp = c->next;
 		conn_free(c);
 	}
 }
@@ -277,7 +293,7 @@ void conn_close(struct conn *c, uint16_t code, const char *reason, bool flush)
 	metrics.closes[why]++;
 	set_state(c, CONN_CLOSING);
 	c->close_code = code;
-	c->close_reason = reason;
+	c->close_reason = reason_index(reason);
 	log_info("closing connection", "conn", conn_id(c), "reason", reason);
 	/* The connection stays in its rooms until lws detaches it, so a fan-out in progress never
 	 * sees a room array change under it; conn_send refuses frames from now on. */
@@ -370,12 +386,12 @@ int conn_send(struct conn *c, struct frame *f)
 	 * and the pong must go out before the answer (they stay in order through the queue).
 	 * Not for ?batch=1 clients either: they asked for messages to wait for the writeable
 	 * callback, where those queued meanwhile leave as one array (fewer frames under load). */
-	if (c->direct && !c->batch && !c->in_rx && !c->q.count) {
+	if (c->direct && !c->batch && !c->in_rx && !frame_queue_count(&c->q)) {
 		int r = send_now(c, f);
 		if (r <= 0)
 			return r;
 	}
-	if ((size_t)c->q.bytes + f->len > (size_t)g_cfg->send_queue_max_bytes) {
+	if ((size_t)frame_queue_bytes(&c->q) + f->len > (size_t)g_cfg->send_queue_max_bytes) {
 		metrics.drops_slow++;
 		conn_close(c, 4008, "slow consumer", false);
 		return -1;
@@ -384,7 +400,7 @@ int conn_send(struct conn *c, struct frame *f)
 		conn_close(c, 1011, "out of memory", false);
 		return -1;
 	}
-	if (c->q.count == 1)
+	if (frame_queue_count(&c->q) == 1)
 		request_write(c);
 	return 0;
 }
@@ -464,7 +480,7 @@ static int write_queued(struct conn *c)
 
 	if (c->batch)
 		merge_head(c);
-	while (k < WRITEV_FRAMES && k < c->q.count && total < WRITEV_BYTES) {
+	while (k < WRITEV_FRAMES && k < frame_queue_count(&c->q) && total < WRITEV_BYTES) {
 		iov[k].iov_base = frame_wire(frame_queue_peek(&c->q, k), &lens[k]);
 		iov[k].iov_len = lens[k];
 		total += lens[k];
@@ -519,7 +535,7 @@ int conn_on_writeable(struct conn *c)
 		if (!lws_partial_buffered(c->wsi) && write_queued(c) < 0)
 			return -1;
 	}
-	while (!c->direct && c->q.count && n < WRITES_PER_CALLBACK) {
+	while (!c->direct && frame_queue_count(&c->q) && n < WRITES_PER_CALLBACK) {
 		uint32_t taken = 1;
 		struct frame *f = c->batch ? take_batch(c, &taken) : NULL;
 		if (!f)
@@ -542,12 +558,12 @@ int conn_on_writeable(struct conn *c)
 		if (lws_partial_buffered(c->wsi))
 			break;
 	}
-	if (c->drain_below && c->q.bytes <= c->drain_below && conn_alive(c)) {
+	if (c->drain_below && frame_queue_bytes(&c->q) <= c->drain_below && conn_alive(c)) {
 		c->drain_below = 0;
 		if (g_hooks.drained)
 			g_hooks.drained(c);
 	}
-	if (c->q.count) {
+	if (frame_queue_count(&c->q)) {
 		request_write(c);
 		return 0;
 	}
@@ -558,10 +574,11 @@ int conn_on_writeable(struct conn *c)
 		 * the timeout passes: closing at once would reset a peer with frames in flight, and
 		 * the reset would destroy the close code before the peer read it. */
 		unsigned char frame[LWS_PRE + 2 + 123];
-		size_t rlen = strnlen(c->close_reason, 123); /* a control frame holds 125 bytes */
+		const char *reason = g_reasons[c->close_reason];
+		size_t rlen = strnlen(reason, 123); /* a control frame holds 125 bytes */
 		frame[LWS_PRE] = (unsigned char)(c->close_code >> 8);
 		frame[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
-		memcpy(frame + LWS_PRE + 2, c->close_reason, rlen);
+		memcpy(frame + LWS_PRE + 2, reason, rlen);
 		if (lws_write(c->wsi, frame + LWS_PRE, 2 + rlen, CONN_LWS_WRITE_CLOSE) < 0)
 			return -1;
 		c->close_sent = true;

@@ -91,53 +91,63 @@ void frame_queue_init(struct frame_queue *q)
 }
 
 /* Grows the ring to twice its size (4 at first), unwrapped so head is 0; cap stays a power of
- * two. */
+ * two. The counters move with the slots (they share the allocation). */
 static int queue_grow(struct frame_queue *q)
 {
-	uint32_t ncap = q->cap ? q->cap * 2 : 4;
-	struct frame **nring = malloc(sizeof(*nring) * ncap);
-	if (!nring)
+	struct frame_ring *o = q->r;
+	uint32_t ncap = o ? o->cap * 2 : 4;
+	struct frame_ring *n = malloc(sizeof(*n) + sizeof(n->slot[0]) * ncap);
+	if (!n)
 		return -1;
-	for (uint32_t i = 0; i < q->count; i++)
-		nring[i] = q->ring[(q->head + i) & (q->cap - 1)];
-	free(q->ring);
-	q->ring = nring;
-	q->cap = ncap;
-	q->head = 0;
+	n->cap = ncap;
+	n->head = 0;
+	n->count = o ? o->count : 0;
+	n->bytes = o ? o->bytes : 0;
+	for (uint32_t i = 0; i < n->count; i++)
+		n->slot[i] = o->slot[(o->head + i) & (o->cap - 1)];
+	free(o);
+	q->r = n;
 	return 0;
 }
 
 int frame_queue_push(struct frame_queue *q, struct frame *f)
 {
-	if (q->count == q->cap && queue_grow(q) < 0)
+	struct frame_ring *r;
+
+	if ((!q->r || q->r->count == q->r->cap) && queue_grow(q) < 0)
 		return -1;
-	q->ring[(q->head + q->count) & (q->cap - 1)] = frame_ref(f);
-	q->count++;
-	q->bytes += f->len;
+	r = q->r;
+	r->slot[(r->head + r->count) & (r->cap - 1)] = frame_ref(f);
+	r->count++;
+	r->bytes += f->len;
 	return 0;
 }
 
 int frame_queue_push_front(struct frame_queue *q, struct frame *f)
 {
-	if (q->count == q->cap && queue_grow(q) < 0)
+	struct frame_ring *r;
+
+	if ((!q->r || q->r->count == q->r->cap) && queue_grow(q) < 0)
 		return -1;
-	q->head = (q->head - 1) & (q->cap - 1);
-	q->ring[q->head] = frame_ref(f);
-	q->count++;
-	q->bytes += f->len;
+	r = q->r;
+	r->head = (r->head - 1) & (r->cap - 1);
+	r->slot[r->head] = frame_ref(f);
+	r->count++;
+	r->bytes += f->len;
 	return 0;
 }
 
 struct frame *frame_queue_pop(struct frame_queue *q)
 {
+	struct frame_ring *r = q->r;
 	struct frame *f;
 
-	if (!q->count)
+	if (!r || !r->count)
 		return NULL;
-	f = q->ring[q->head];
-	q->head = (q->head + 1) & (q->cap - 1);
-	q->count--;
-	q->bytes -= f->len;
+	f = r->slot[r->head];
+	r->head = (r->head + 1) & (r->cap - 1);
+	r->count--;
+	r->bytes -= f->len;
 	return f;
 }
 
@@ -146,6 +156,6 @@ void frame_queue_clear(struct frame_queue *q)
 	struct frame *f;
 	while ((f = frame_queue_pop(q)))
 		frame_unref(f);
-	free(q->ring);
+	free(q->r);
 	frame_queue_init(q);
 }

@@ -393,7 +393,9 @@ static bool notify_authorized_as(const struct http_request *req, struct http_res
 	}
 	ok = auth_is_admin(&id) || auth_is_service(&id);
 	if (as)
-		snprintf(as->who, sizeof(as->who), "%s %s", id.role, id.user_id);
+		snprintf(as->who, sizeof(as->who), "%s %s", id.user_id ? auth_role(&id) : "",
+		         id.user_id ? id.user_id
+		                    : ""); /* set on AUTH_OK; the compiler cannot tell */
 	if (ok)
 		memo_keep(req, tok, len, id.exp);
 	auth_identity_clear(&id);

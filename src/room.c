@@ -8,18 +8,27 @@
 #include <string.h>
 
 /* Most rooms are a user's own (user-<id>), with one member: the name and that member live in
- * the room's one allocation. */
+ * the room's one allocation. No hash is kept: names are short and chains are too (a header of
+ * 24 bytes keeps user-<id> rooms of names up to 16 bytes in a 48-byte chunk). */
 struct room {
-	struct room_member **members; /* &one while cap is 1 */
-	struct room_member *one;
+	union {
+		struct room_member *one;   /* while cap is 1 */
+		struct room_member **many; /* cap > 1 */
+	} m;
+	struct room *next; /* the registry's chain */
 	uint32_t count, cap;
-	uint32_t hash; /* of name */
-	char name[];
+	char name[]; /* allocated from offsetof(name): no tail padding */
 };
 
-/* The registry: open addressing over room pointers with linear probing, at most 3/4 full (a
- * pointer or two per room, where a chained hash handle took 56 bytes). A removal shifts the
- * rest of its run back, so there are no tombstones. */
+/* The member array (see room_members). */
+static struct room_member **mems(struct room *r)
+{
+	return r->cap == 1 ? &r->m.one : r->m.many;
+}
+
+/* The registry: chained through the rooms themselves, with at most two rooms per bucket on
+ * average (one pointer for every one to two rooms, where open addressing at 3/4 full took one
+ * to three, 16 bytes per room at 2 000). */
 static struct room **g_tab;
 static size_t g_cap, g_n; /* g_cap: a power of two, 0 while empty */
 
@@ -31,57 +40,53 @@ static uint32_t name_hash(const char *s)
 	return h;
 }
 
-/* The slot holding name, or the empty one where it would go (g_cap > 0). */
-static struct room **tab_slot(const char *name, uint32_t h)
+/* The link that points at name's room, or the NULL that ends its chain (g_cap > 0). */
+static struct room **tab_link(const char *name)
 {
-	size_t mask = g_cap - 1, i = h & mask;
-	while (g_tab[i] && (g_tab[i]->hash != h || strcmp(g_tab[i]->name, name)))
-		i = (i + 1) & mask;
-	return &g_tab[i];
+	struct room **pp = &g_tab[name_hash(name) & (g_cap - 1)];
+	while (*pp && strcmp((*pp)->name, name))
+		pp = &(*pp)->next;
+	return pp;
 }
 
 static struct room *tab_find(const char *name)
 {
-	return g_n ? *tab_slot(name, name_hash(name)) : NULL;
+	return g_n ? *tab_link(name) : NULL;
 }
 
-/* Adds r (not present, r->hash set); -1 when the table cannot grow. */
+/* Adds r (not present); -1 when the table cannot grow. */
 static int tab_add(struct room *r)
 {
-	if ((g_n + 1) * 4 > g_cap * 3) {
-		size_t ocap = g_cap, ncap = g_cap ? g_cap * 2 : 16;
-		struct room **old = g_tab, **nt = calloc(ncap, sizeof(*nt));
+	struct room **head;
+
+	if (g_n + 1 > g_cap * 2) {
+		size_t ncap = g_cap ? g_cap * 2 : 16;
+		struct room **nt = calloc(ncap, sizeof(*nt));
 		if (!nt)
 			return -1;
+		for (size_t i = 0; i < g_cap; i++)
+			for (struct room *o = g_tab[i], *next; o; o = next) {
+				next = o->next;
+				head = &nt[name_hash(o->name) & (ncap - 1)];
+				o->next = *head;
+				*head = o;
+			}
+		free(g_tab);
 		g_tab = nt;
 		g_cap = ncap;
-		for (size_t i = 0; i < ocap; i++)
-			if (old[i])
-				*tab_slot(old[i]->name, old[i]->hash) = old[i];
-		free(old);
 	}
-	*tab_slot(r->name, r->hash) = r;
+	head = &g_tab[name_hash(r->name) & (g_cap - 1)];
+	r->next = *head;
+	*head = r;
 	g_n++;
 	return 0;
 }
 
 static void tab_del(struct room *r)
 {
-	size_t mask = g_cap - 1, i = r->hash & mask;
+	struct room **pp = tab_link(r->name); /* r is registered: *pp is r */
 
-	while (g_tab[i] != r)
-		i = (i + 1) & mask;
-	g_tab[i] = NULL;
-	/* An entry after the hole moves into it when the hole lies between its home slot and
-	 * where it sits (cyclically). */
-	for (size_t j = (i + 1) & mask; g_tab[j]; j = (j + 1) & mask) {
-		size_t home = g_tab[j]->hash & mask;
-		if (((j - home) & mask) >= ((j - i) & mask)) {
-			g_tab[i] = g_tab[j];
-			g_tab[j] = NULL;
-			i = j;
-		}
-	}
+	*pp = r->next;
 	g_n--;
 }
 
@@ -133,9 +138,34 @@ struct room *room_find(const char *name)
 static int sub_index(const struct room_member *m, const struct room *r)
 {
 	for (uint32_t i = 0; i < m->nsubs; i++)
-		if (m->subs[i].room == r)
+		if (room_member_room(m, i) == r)
 			return (int)i;
 	return -1;
+}
+
+static void sub_set(struct room_member *m, uint32_t i, struct room *r, uint32_t pos)
+{
+	if (m->capsubs == 1) {
+		m->subs.one = r;
+		m->one_pos = pos;
+	} else {
+		m->subs.many[i].room = r;
+		m->subs.many[i].pos = pos;
+	}
+}
+
+/* Drops m's membership i (the member side only): the last one moves into its place. */
+static void sub_remove(struct room_member *m, uint32_t i)
+{
+	uint32_t last = m->nsubs - 1u;
+
+	if (i != last)
+		sub_set(m, i, room_member_room(m, last), room_member_pos(m, last));
+	m->nsubs--;
+	if (!m->nsubs && m->capsubs == 1) {
+		m->subs.one = NULL;
+		m->capsubs = 0;
+	}
 }
 
 bool room_is_member(const struct room_member *m, const char *name)
@@ -178,53 +208,54 @@ int room_join(const char *name, struct room_member *m)
 	if (m->nsubs == m->capsubs) {
 		/* The first membership (an idle client's user-<id>) fits inline; from the second
 		 * on they live in an array. */
-		uint32_t ncap = m->capsubs ? m->capsubs * 2 : 1;
-		struct room_sub *ns;
-		if (ncap == 1)
-			ns = &m->one;
-		else if (m->subs == &m->one && (ns = malloc(sizeof(*ns) * ncap)))
-			ns[0] = m->one;
-		else
-			ns = m->subs == &m->one ? NULL : realloc(m->subs, sizeof(*ns) * ncap);
-		if (!ns)
+		if (m->capsubs == ROOM_MEMBER_MAX_SUBS)
 			return -1;
-		m->subs = ns;
-		m->capsubs = ncap;
+		if (!m->capsubs) {
+			m->capsubs = 1;
+		} else {
+			uint32_t ncap = m->capsubs * 2u;
+			struct room_sub *ns;
+			if (m->capsubs == 1 && (ns = malloc(sizeof(*ns) * ncap))) {
+				ns[0].room = m->subs.one;
+				ns[0].pos = m->one_pos;
+			} else if (m->capsubs == 1) {
+				ns = NULL;
+			} else {
+				ns = realloc(m->subs.many, sizeof(*ns) * ncap);
+			}
+			if (!ns)
+				return -1;
+			m->subs.many = ns;
+			m->capsubs = (uint16_t)ncap;
+		}
 	}
 	if (!r) {
 		size_t len = strlen(name);
-		r = calloc(1, sizeof(struct room) + len + 1);
+		r = calloc(1, offsetof(struct room, name) + len + 1);
 		if (!r)
 			return -1;
 		memcpy(r->name, name, len + 1);
-		r->hash = name_hash(name);
 		if (tab_add(r) < 0) {
 			free(r);
 			return -1;
 		}
 	}
-	if (r->count == r->cap) {
-		uint32_t ncap = r->cap ? r->cap * 2 : 1;
+	if (!r->cap) {
+		r->cap = 1; /* a new room: its one member is inline */
+	} else if (r->count == r->cap) {
+		uint32_t ncap = r->cap * 2;
 		struct room_member **nm;
-		if (ncap == 1)
-			nm = &r->one;
-		else if (r->members == &r->one && (nm = malloc(sizeof(*nm) * ncap)))
-			nm[0] = r->one;
+		if (r->cap == 1 && (nm = malloc(sizeof(*nm) * ncap)))
+			nm[0] = r->m.one;
 		else
-			nm = r->members == &r->one ? NULL : realloc(r->members, sizeof(*nm) * ncap);
-		if (!nm) {
-			if (!r->count) {
-				tab_del(r);
-				free(r);
-			}
-			return -1;
-		}
-		r->members = nm;
+			nm = r->cap == 1 ? NULL : realloc(r->m.many, sizeof(*nm) * ncap);
+		if (!nm)
+			return -1; /* r has members: it stays */
+		r->m.many = nm;
 		r->cap = ncap;
 	}
-	r->members[r->count] = m;
-	m->subs[m->nsubs].room = r;
-	m->subs[m->nsubs].pos = r->count;
+	mems(r)[r->count] = m;
+	sub_set(m, m->nsubs, r, r->count);
 	m->nsubs++;
 	r->count++;
 	if (g_join_hook)
@@ -243,34 +274,28 @@ static void free_room(struct room *r)
 	if (g_life)
 		g_life(r->name, false);
 	tab_del(r);
-	if (r->members != &r->one)
-		free(r->members);
+	if (r->cap > 1)
+		free(r->m.many);
 	free(r);
 }
 
 /* Removes subscription si of m: swap-remove on both sides. */
 static void unlink_sub(struct room_member *m, uint32_t si)
 {
-	struct room *r = m->subs[si].room;
-	uint32_t pos = m->subs[si].pos;
+	struct room *r = room_member_room(m, si);
+	uint32_t pos = room_member_pos(m, si);
 	uint32_t last = r->count - 1;
 
 	if (g_pres_leave)
 		g_pres_leave(r->name, m);
 	if (pos != last) {
-		struct room_member *moved = r->members[last];
+		struct room_member **ms = mems(r), *moved = ms[last];
 		int msi = sub_index(moved, r);
-		r->members[pos] = moved;
-		moved->subs[msi].pos = pos;
+		ms[pos] = moved;
+		sub_set(moved, (uint32_t)msi, r, pos);
 	}
 	r->count--;
-	m->subs[si] = m->subs[m->nsubs - 1];
-	m->nsubs--;
-	if (!m->nsubs && m->subs == &m->one) {
-		/* In no room, the member holds no pointer into itself (it may move again). */
-		m->subs = NULL;
-		m->capsubs = 0;
-	}
+	sub_remove(m, si);
 	if (r->count == 0)
 		free_room(r);
 }
@@ -289,10 +314,10 @@ int room_leave(const char *name, struct room_member *m)
 void room_leave_all(struct room_member *m)
 {
 	while (m->nsubs)
-		unlink_sub(m, m->nsubs - 1);
-	if (m->subs != &m->one)
-		free(m->subs);
-	m->subs = NULL;
+		unlink_sub(m, m->nsubs - 1u);
+	if (m->capsubs > 1)
+		free(m->subs.many);
+	m->subs.many = NULL;
 	m->capsubs = 0;
 }
 
@@ -304,7 +329,7 @@ const char *room_name(const struct room *r)
 struct room_member *const *room_members(const struct room *r, uint32_t *count)
 {
 	*count = r->count;
-	return r->members;
+	return r->cap == 1 ? &r->m.one : r->m.many;
 }
 
 size_t room_count(void)
@@ -315,28 +340,22 @@ size_t room_count(void)
 void room_foreach(void (*fn)(const struct room *r, void *arg), void *arg)
 {
 	for (size_t i = 0; i < g_cap; i++)
-		if (g_tab[i])
-			fn(g_tab[i], arg);
+		for (const struct room *r = g_tab[i]; r; r = r->next)
+			fn(r, arg);
 }
 
 void room_reset(void)
 {
-	/* Slot i is looked at again after a removal: the rest of its run may shift into it.
-	 * Slots before i are empty by then, so nothing shifts behind the walk. */
-	for (size_t i = 0; i < g_cap;) {
-		struct room *r = g_tab[i];
-		if (!r) {
-			i++;
-			continue;
+	/* free_room unlinks the head of the chain it walks. */
+	for (size_t i = 0; i < g_cap; i++)
+		while (g_tab[i]) {
+			struct room *r = g_tab[i];
+			for (uint32_t k = 0; k < r->count; k++) {
+				struct room_member *m = mems(r)[k];
+				sub_remove(m, (uint32_t)sub_index(m, r));
+			}
+			free_room(r);
 		}
-		for (uint32_t k = 0; k < r->count; k++) {
-			struct room_member *m = r->members[k];
-			int si = sub_index(m, r);
-			m->subs[si] = m->subs[m->nsubs - 1];
-			m->nsubs--;
-		}
-		free_room(r);
-	}
 	free(g_tab);
 	g_tab = NULL;
 	g_cap = g_n = 0;

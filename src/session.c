@@ -63,8 +63,7 @@ struct session *session_new(struct conn *c, struct auth_identity *ident, int for
 	struct session *s = (struct session *)(void *)c->owner_area;
 
 	/* A format asked for in the URL is kept whatever the first message looks like. */
-	s->typed = format == 1;
-	s->spoke = format != 0;
+	c->owner_bits = (uint8_t)((format == 1 ? SESSION_TYPED : 0) | (format ? SESSION_SPOKE : 0));
 	if (ident) {
 		s->ident = *ident;
 		c->exp = s->ident.exp;
@@ -75,7 +74,7 @@ struct session *session_new(struct conn *c, struct auth_identity *ident, int for
 
 int session_send(struct session *s, struct frame *f)
 {
-	if (s->typed)
+	if (session_conn(s)->owner_bits & SESSION_TYPED)
 		f = proto_typed(f); /* shared: serialized once per message, not per recipient */
 	return conn_send(session_conn(s), f);
 }
@@ -132,6 +131,43 @@ struct dbident {
 	uint32_t held;
 };
 
+/* A session's session->more. */
+struct session_more {
+	struct pending_join *pending; /* joins waiting for replay */
+	void *authz_cache;            /* owned by the authz module */
+	struct dbident *db;           /* the database identity lookup, once started */
+};
+
+/* c's more, or NULL when it never needed one. */
+static struct session_more *more_of(const struct conn *c)
+{
+	return session_of(c)->more;
+}
+
+/* c's more, allocated on first use (freed with the session); NULL when out of memory. */
+static struct session_more *more_get(struct conn *c)
+{
+	if (!session_of(c)->more)
+		session_of(c)->more = calloc(1, sizeof(struct session_more));
+	return session_of(c)->more;
+}
+
+/* c's lookup, or NULL when none was started. */
+static struct dbident *dbident_of(const struct conn *c)
+{
+	struct session_more *mo = more_of(c);
+	return mo ? mo->db : NULL;
+}
+
+/* The head of c's pending joins. Without a more it is a NULL that is only read: joins are
+ * added through more_get. */
+static struct pending_join **pending_head(const struct conn *c)
+{
+	static struct pending_join *none;
+	struct session_more *mo = more_of(c);
+	return mo ? &mo->pending : &none;
+}
+
 /* Messages a connection may send while its lookup is pending; more get rate_limited errors. */
 #define HELD_MAX 64
 
@@ -141,17 +177,18 @@ static void join_seller_room(struct conn *c)
 {
 	char room[ROOM_NAME_MAX + 1];
 
-	if (strcmp(session_of(c)->ident.role, "seller") || !session_of(c)->ident.seller_id[0])
+	if (strcmp(auth_role(&session_of(c)->ident), "seller") ||
+	    !auth_seller_id(&session_of(c)->ident)[0])
 		return;
-	snprintf(room, sizeof(room), "seller-%s", session_of(c)->ident.seller_id);
+	snprintf(room, sizeof(room), "seller-%s", auth_seller_id(&session_of(c)->ident));
 	if (!room_is_member(&session_of(c)->member, room))
-		join_auto(c, "seller-", session_of(c)->ident.seller_id);
+		join_auto(c, "seller-", auth_seller_id(&session_of(c)->ident));
 }
 
 /* Applies the looked-up ids to c's identity (a refreshed token has lost them again). */
 static void apply_dbident(struct conn *c)
 {
-	struct dbident *d = session_of(c)->dbident;
+	struct dbident *d = dbident_of(c);
 
 	if (auth_identity_fill_ids(&session_of(c)->ident, d->seller_id, d->client_id) < 0)
 		log_error("auth_identity_fill_ids failed", "conn", conn_id(c), "reason",
@@ -161,7 +198,7 @@ static void apply_dbident(struct conn *c)
 /* Runs the messages that waited for the lookup, unless one of them started another. */
 static void release_held(struct conn *c)
 {
-	struct dbident *d = session_of(c)->dbident;
+	struct dbident *d = dbident_of(c);
 
 	while (d->head && d->state != DBID_PENDING && conn_alive(c)) {
 		struct held_msg *h = d->head;
@@ -182,7 +219,7 @@ static void on_dbident(void *arg, bool ok, const char *seller_id, const char *cl
 	struct dbident *d;
 
 	conn_release(c);
-	if (!conn_alive(c) || !(d = session_of(c)->dbident) || d->state != DBID_PENDING)
+	if (!conn_alive(c) || !(d = dbident_of(c)) || d->state != DBID_PENDING)
 		return;
 	if (!ok) {
 		char why[160];
@@ -210,7 +247,7 @@ static void on_dbident(void *arg, bool ok, const char *seller_id, const char *cl
 /* Starts (or, after a refresh, reapplies) the database identity of c when its token lacks one. */
 static void resolve_identity(struct conn *c)
 {
-	struct dbident *d = session_of(c)->dbident;
+	struct dbident *d = dbident_of(c);
 
 	if (!pgl_enabled() || auth_is_admin(&session_of(c)->ident) ||
 	    auth_is_service(&session_of(c)->ident))
@@ -222,16 +259,16 @@ static void resolve_identity(struct conn *c)
 	}
 	if (d && d->state == DBID_PENDING)
 		return;
-	if (session_of(c)->ident.seller_id[0] || session_of(c)->ident.client_id[0])
+	if (auth_seller_id(&session_of(c)->ident)[0] || auth_client_id(&session_of(c)->ident)[0])
 		return; /* the token says who it is */
-	if (!d && !(d = session_of(c)->dbident = calloc(1, sizeof(*d)))) {
+	if (!d && !(d = more_get(c) ? more_of(c)->db = calloc(1, sizeof(*d)) : NULL)) {
 		log_error("identity lookup failed", "conn", conn_id(c), "reason", "out of memory");
 		return;
 	}
 	d->state = DBID_PENDING;
 	conn_hold(c);
 	if (pgl_identity(session_of(c)->ident.claims_json, session_of(c)->ident.user_id,
-	                 session_of(c)->ident.role, on_dbident, c) < 0) {
+	                 auth_role(&session_of(c)->ident), on_dbident, c) < 0) {
 		conn_release(c);
 		d->state = DBID_FAILED;
 		log_warn(
@@ -244,7 +281,7 @@ static void resolve_identity(struct conn *c)
 /* True when msg was kept for after the lookup (or refused because too many wait). */
 static bool hold_message(struct conn *c, const char *data, size_t len)
 {
-	struct dbident *d = session_of(c)->dbident;
+	struct dbident *d = dbident_of(c);
 	struct held_msg *h;
 
 	if (!d || d->state != DBID_PENDING)
@@ -267,7 +304,7 @@ static bool hold_message(struct conn *c, const char *data, size_t len)
 
 static void dbident_free(struct conn *c)
 {
-	struct dbident *d = session_of(c)->dbident;
+	struct dbident *d = dbident_of(c);
 
 	if (!d)
 		return;
@@ -277,7 +314,7 @@ static void dbident_free(struct conn *c)
 		free(h);
 	}
 	free(d);
-	session_of(c)->dbident = NULL;
+	more_of(c)->db = NULL;
 }
 
 /* Enters the authenticated state with its automatic rooms; the caller arms the expiry. */
@@ -287,10 +324,12 @@ static void become_open(struct conn *c)
 	join_auto(c, "user-", session_of(c)->ident.user_id);
 	if (auth_is_admin(&session_of(c)->ident))
 		join_auto(c, "", "admins");
-	if (!strcmp(session_of(c)->ident.role, "seller") && session_of(c)->ident.seller_id[0])
-		join_auto(c, "seller-", session_of(c)->ident.seller_id);
+	if (!strcmp(auth_role(&session_of(c)->ident), "seller") &&
+	    auth_seller_id(&session_of(c)->ident)[0])
+		join_auto(c, "seller-", auth_seller_id(&session_of(c)->ident));
 	log_info("client authenticated", "conn", conn_id(c), "user", session_of(c)->ident.user_id,
-	         "role", session_of(c)->ident.role[0] ? session_of(c)->ident.role : NULL);
+	         "role",
+	         auth_role(&session_of(c)->ident)[0] ? auth_role(&session_of(c)->ident) : NULL);
 	resolve_identity(c);
 }
 
@@ -346,7 +385,7 @@ struct join_args {
 static struct pending_join *pending_find(struct conn *c, const char *room,
                                          struct pending_join ***link)
 {
-	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
+	struct pending_join **pp = pending_head(c);
 	for (; *pp; pp = &(*pp)->next)
 		if (!(*pp)->draining && !strcmp((*pp)->room, room)) {
 			if (link)
@@ -442,7 +481,7 @@ static void pending_end(struct conn *c, struct pending_join **link, bool flush)
 /* Ends the draining joins of room (a leave). */
 static void drains_end(struct conn *c, const char *room)
 {
-	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
+	struct pending_join **pp = pending_head(c);
 
 	while (*pp)
 		if ((*pp)->draining && !strcmp((*pp)->room, room))
@@ -460,8 +499,8 @@ static void on_closed(struct conn *c)
 	if (!s)
 		return;
 	room_leave_all(&s->member);
-	while (s->pending)
-		pending_end(c, (struct pending_join **)&s->pending, false);
+	while (*pending_head(c))
+		pending_end(c, pending_head(c), false);
 	dbident_free(c);
 }
 
@@ -471,7 +510,11 @@ static void on_freed(struct conn *c)
 
 	/* s itself is freed with c (its owner area). */
 	auth_identity_clear(&s->ident);
-	authz_cache_free(&s->authz_cache);
+	if (s->more) {
+		authz_cache_free(&((struct session_more *)s->more)->authz_cache);
+		free(s->more);
+		s->more = NULL;
+	}
 }
 
 /* Auth timeout, token expiring, token expired: the connection timer found them due. */
@@ -491,7 +534,7 @@ static void on_deadline(struct conn *c, unsigned due)
  * carried it (its copy is dropped), whichever room it comes through. Drains that are over end. */
 static bool drain_drops(struct conn *c, long long id)
 {
-	struct pending_join **pp = (struct pending_join **)&session_of(c)->pending;
+	struct pending_join **pp = pending_head(c);
 	bool drop = false;
 
 	while (*pp) {
@@ -516,9 +559,9 @@ void session_deliver(struct room_member *m, struct frame *f, const char *room, l
 	struct conn *c = session_conn(s);
 	struct pending_join *pj;
 
-	if (s->pending && id_num && drain_drops(c, id_num))
+	if (*pending_head(c) && id_num && drain_drops(c, id_num))
 		return;
-	pj = s->pending ? pending_find(c, room, NULL) : NULL;
+	pj = *pending_head(c) ? pending_find(c, room, NULL) : NULL;
 	if (!pj) {
 		session_send(s, f);
 		return;
@@ -599,7 +642,7 @@ static void replay_pump(struct conn *c, struct pending_join *pj)
 	while (pj->page_pos < pj->page_n) {
 		struct frame *f = pj->page[pj->page_pos];
 		/* An event bigger than the share still goes, alone, into an empty queue. */
-		if (c->q.bytes && c->q.bytes + f->len > budget) {
+		if (frame_queue_bytes(&c->q) && frame_queue_bytes(&c->q) + f->len > budget) {
 			c->drain_below = budget / 2;
 			return;
 		}
@@ -637,7 +680,7 @@ static void replay_pump(struct conn *c, struct pending_join *pj)
 /* The drain hook: replays waiting for room in the queue go on. */
 static void on_drained(struct conn *c)
 {
-	struct pending_join *pj = session_of(c)->pending;
+	struct pending_join *pj = *pending_head(c);
 
 	while (pj && conn_alive(c)) {
 		struct pending_join *next = pj->next; /* pj may end inside replay_pump */
@@ -766,18 +809,18 @@ static void finish_join(struct conn *c, const char *room, const struct join_args
 		return;
 	}
 	/* Without a readable outbox the gap cannot be filled: say so, the client refetches. */
-	if (!pgl_enabled() || !(pj = calloc(1, sizeof(*pj)))) {
+	if (!pgl_enabled() || !more_get(c) || !(pj = calloc(1, sizeof(*pj)))) {
 		conn_reply(c, proto_joined(room, false, 0, true));
 		return;
 	}
 	snprintf(pj->room, sizeof(pj->room), "%s", room);
 	pj->since = ja->since;
-	pj->next = session_of(c)->pending;
-	session_of(c)->pending = pj;
+	pj->next = more_of(c)->pending;
+	more_of(c)->pending = pj;
 	pj->fetching = true;
 	if (replay_ask(c, room, ja->since, 0, 0) < 0) {
 		/* pj was pushed at the head of the list just above. */
-		pending_end(c, (struct pending_join **)&session_of(c)->pending, false);
+		pending_end(c, pending_head(c), false);
 		conn_reply(c, proto_joined(room, false, 0, true));
 	}
 }
@@ -813,6 +856,7 @@ static void do_join(struct conn *c, struct proto_msg *m)
 {
 	struct join_args ja = {c, m->has_since, m->since, m->presence}, *heap;
 	enum authz_result r;
+	void *no_cache = NULL;
 
 	if (pending_find(c, m->room, NULL))
 		return; /* its joined reply is on the way */
@@ -838,9 +882,16 @@ static void do_join(struct conn *c, struct proto_msg *m)
 		return;
 	}
 	*heap = ja;
+	/* The verdict cache is only used by the SQL and HTTP policies (claims decide before any
+	 * look at it, so no_cache is never kept). */
+	if (g_cfg->authz_mode != CONFIG_AUTHZ_CLAIMS && !more_get(c)) {
+		reply_error(c, PROTO_SERVER_ERROR, "out of memory", m->room);
+		free(heap);
+		return;
+	}
 	conn_hold(c);
-	r = authz_check(&session_of(c)->ident, &session_of(c)->authz_cache, m->room, on_authz_done,
-	                heap);
+	r = authz_check(&session_of(c)->ident, more_of(c) ? &more_of(c)->authz_cache : &no_cache,
+	                m->room, on_authz_done, heap);
 	if (r == AUTHZ_ASK)
 		return; /* on_authz_done owns heap and the hold */
 	conn_release(c);
@@ -1011,9 +1062,10 @@ static void do_history(struct conn *c, struct proto_msg *m)
 static void recheck_rooms(struct conn *c)
 {
 	for (uint32_t i = session_of(c)->member.nsubs; i-- > 0;) {
-		const char *room = room_name(session_of(c)->member.subs[i].room);
+		const char *room = room_name(room_member_room(&session_of(c)->member, i));
 		char name[ROOM_NAME_MAX + 1];
-		if (authz_still_allowed(&session_of(c)->ident, session_of(c)->authz_cache, room))
+		if (authz_still_allowed(&session_of(c)->ident,
+		                        more_of(c) ? more_of(c)->authz_cache : NULL, room))
 			continue;
 		snprintf(name, sizeof(name), "%s", room);
 		room_leave(name, &session_of(c)->member);
@@ -1120,10 +1172,8 @@ static void dispatch(struct conn *c, const char *data, size_t len)
 	}
 	/* A client written for another server says so in its first message: from then on it
 	 * gets room messages in the typed form it dispatches on. */
-	if (!session_of(c)->spoke) {
-		session_of(c)->spoke = true;
-		session_of(c)->typed = session_of(c)->typed || m.dialect;
-	}
+	if (!(c->owner_bits & SESSION_SPOKE))
+		c->owner_bits |= SESSION_SPOKE | (m.dialect ? SESSION_TYPED : 0);
 	if (c->state == CONN_AWAIT_AUTH && m.type != PROTO_AUTH && m.type != PROTO_PING) {
 		reply_error(c, PROTO_UNAUTHENTICATED, "authenticate first", m.room);
 		proto_msg_clear(&m);

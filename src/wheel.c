@@ -11,14 +11,13 @@ void wheel_init(struct wheel *w, uint32_t now)
 
 void wheel_del(struct wheel *w, struct wheel_node *n)
 {
-	if (!n->at)
+	if (!n->pprev)
 		return;
 	*n->pprev = n->next;
 	if (n->next)
 		n->next->pprev = n->pprev;
 	n->next = NULL;
 	n->pprev = NULL;
-	n->at = 0;
 	w->count--;
 }
 
@@ -32,8 +31,6 @@ void wheel_put(struct wheel *w, struct wheel_node *n, uint32_t at)
 		at = w->now + 1;
 	else if (at - w->now >= WHEEL_SLOTS)
 		at = w->now + WHEEL_SLOTS - 1;
-	if (n->at == at)
-		return;
 	wheel_del(w, n);
 	head = &w->slot[at % WHEEL_SLOTS];
 	n->next = *head;
@@ -41,7 +38,6 @@ void wheel_put(struct wheel *w, struct wheel_node *n, uint32_t at)
 		n->next->pprev = &n->next;
 	n->pprev = head;
 	*head = n;
-	n->at = at;
 	w->count++;
 }
 

@@ -29,10 +29,8 @@ static void make_conn(struct asker *c, struct auth_identity *id, const char *rol
 	authz_setup(&g_cfg, NULL, NULL);
 	memset(c, 0, sizeof(*c));
 	memset(id, 0, sizeof(*id));
-	id->user_id = "u1";
-	id->role = role;
-	id->seller_id = "";
-	id->client_id = "";
+	/* c->ident shares id's strings: the test clears id alone. */
+	ck_assert_int_eq(auth_identity_set_strings(id, "u1", role, "", ""), 0);
 	c->ident = *id;
 }
 
@@ -59,6 +57,7 @@ START_TEST(test_cache_is_bounded)
 	ck_assert_int_eq(check(&c, room), AUTHZ_DENY);
 	authz_cache_free(&c.cache);
 	ck_assert_uint_eq(authz_cache_count(c.cache), 0);
+	auth_identity_clear(&id);
 }
 END_TEST
 
@@ -78,6 +77,7 @@ START_TEST(test_allowed_rooms_outlive_a_flood_of_denials)
 	ck_assert_int_eq(check(&c, "order-7"), AUTHZ_ALLOW);
 	ck_assert(authz_still_allowed(&c.ident, c.cache, "order-7"));
 	authz_cache_free(&c.cache);
+	auth_identity_clear(&id);
 }
 END_TEST
 
@@ -101,6 +101,7 @@ START_TEST(test_verdicts_answer_until_they_expire)
 	ck_assert_int_eq(check(&c, "order-3"), AUTHZ_ALLOW);
 	ck_assert_uint_eq(authz_cache_count(c.cache), 3);
 	authz_cache_free(&c.cache);
+	auth_identity_clear(&id);
 }
 END_TEST
 
@@ -108,7 +109,7 @@ START_TEST(test_receive_only_rooms)
 {
 	struct asker c;
 	struct auth_identity id;
-	char *granted[] = {"product-9", "chat-*"};
+	char *granted[] = {"product-9", "chat-*", NULL};
 
 	make_conn(&c, &id, "client");
 	/* Any user may join product rooms, but not speak in them or in the role-wide rooms. */
@@ -126,19 +127,18 @@ START_TEST(test_receive_only_rooms)
 	ck_assert(authz_may_broadcast(&id, "products"));
 	/* The token may grant one explicitly. */
 	id.rooms = granted;
-	id.n_rooms = 2;
 	ck_assert(authz_may_broadcast(&id, "product-9"));
 	ck_assert(!authz_may_broadcast(&id, "product-5"));
 	id.rooms = NULL;
-	id.n_rooms = 0;
 	/* Admins and services speak anywhere. */
-	id.role = "admin";
+	ck_assert_int_eq(auth_identity_set_strings(&id, "u1", "admin", "", ""), 0);
 	ck_assert(authz_may_broadcast(&id, "product-5"));
 	ck_assert(authz_may_broadcast(&id, "sellers"));
-	id.role = "service";
+	ck_assert_int_eq(auth_identity_set_strings(&id, "u1", "service", "", ""), 0);
 	ck_assert(authz_may_broadcast(&id, "clients"));
-	id.role = "seller";
+	ck_assert_int_eq(auth_identity_set_strings(&id, "u1", "seller", "", ""), 0);
 	ck_assert(!authz_may_broadcast(&id, "sellers"));
+	auth_identity_clear(&id);
 }
 END_TEST
 

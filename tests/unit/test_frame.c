@@ -34,7 +34,7 @@ static void expect_queue(const struct frame_queue *q, int first, int last)
 	size_t bytes = 0;
 	uint32_t n = (uint32_t)(last - first + 1);
 
-	ck_assert_uint_eq(q->count, n);
+	ck_assert_uint_eq(frame_queue_count(q), n);
 	for (uint32_t i = 0; i < n; i++) {
 		struct frame *f = frame_queue_peek(q, i);
 		ck_assert_ptr_nonnull(f);
@@ -42,7 +42,7 @@ static void expect_queue(const struct frame_queue *q, int first, int last)
 		bytes += f->len;
 	}
 	ck_assert_ptr_null(frame_queue_peek(q, n));
-	ck_assert_uint_eq(q->bytes, bytes);
+	ck_assert_uint_eq(frame_queue_bytes(q), bytes);
 }
 
 /* Pushes fresh frames first..last; the queue ends up holding the only reference. */
@@ -61,12 +61,12 @@ static void push_range(struct frame_queue *q, int first, int last)
 static void pop_range(struct frame_queue *q, int first, int n)
 {
 	for (int i = 0; i < n; i++) {
-		size_t before = q->bytes;
+		size_t before = frame_queue_bytes(q);
 		struct frame *f = frame_queue_pop(q);
 		ck_assert_ptr_nonnull(f);
 		ck_assert_int_eq(frame_id(f), first + i);
 		ck_assert_uint_eq(f->refs, 1);
-		ck_assert_uint_eq(q->bytes, before - f->len);
+		ck_assert_uint_eq(frame_queue_bytes(q), before - f->len);
 		frame_unref(f);
 	}
 }
@@ -164,7 +164,7 @@ START_TEST(test_refcount_shared)
 
 	g = frame_queue_pop(&q[2]);
 	ck_assert_ptr_eq(g, f);
-	ck_assert_uint_eq(q[2].bytes, 0);
+	ck_assert_uint_eq(frame_queue_bytes(&q[2]), 0);
 	frame_unref(g); /* last reference: freed here; ASan's leak check proves it */
 	for (int i = 0; i < 3; i++)
 		frame_queue_clear(&q[i]);
@@ -176,23 +176,25 @@ START_TEST(test_queue_order_and_bytes)
 	struct frame_queue q;
 
 	frame_queue_init(&q);
+	ck_assert_ptr_null(q.r); /* an empty queue allocates nothing until its first push */
 	ck_assert_ptr_null(frame_queue_pop(&q));
 	ck_assert_ptr_null(frame_queue_peek(&q, 0));
-	ck_assert_uint_eq(q.bytes, 0);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 0);
+	ck_assert_uint_eq(frame_queue_count(&q), 0);
 
 	push_range(&q, 0, 4);
 	expect_queue(&q, 0, 4);
-	ck_assert_uint_eq(q.bytes, 1 + 2 + 3 + 4 + 5);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 1 + 2 + 3 + 4 + 5);
 	pop_range(&q, 0, 3);
 	expect_queue(&q, 3, 4);
-	ck_assert_uint_eq(q.bytes, 4 + 5);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 4 + 5);
 	push_range(&q, 5, 14);
 	expect_queue(&q, 3, 14);
-	ck_assert_uint_eq(q.count, 12);
-	ck_assert_uint_eq(q.bytes, (4 + 15) * 12 / 2);
+	ck_assert_uint_eq(frame_queue_count(&q), 12);
+	ck_assert_uint_eq(frame_queue_bytes(&q), (4 + 15) * 12 / 2);
 	pop_range(&q, 3, 12);
-	ck_assert_uint_eq(q.count, 0);
-	ck_assert_uint_eq(q.bytes, 0);
+	ck_assert_uint_eq(frame_queue_count(&q), 0);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 0);
 	ck_assert_ptr_null(frame_queue_pop(&q));
 	frame_queue_clear(&q);
 }
@@ -205,17 +207,18 @@ START_TEST(test_queue_wraparound)
 
 	frame_queue_init(&q);
 	push_range(&q, 0, 3);
-	cap = q.cap;
-	ck_assert_uint_eq(q.count, cap); /* full: the next pushes wrap only after pops */
+	cap = q.r->cap;
+	ck_assert_uint_eq(frame_queue_count(&q),
+	                  cap); /* full: the next pushes wrap only after pops */
 	pop_range(&q, 0, 2);
 	push_range(&q, 4, 5);
-	ck_assert_uint_eq(q.cap, cap); /* wrapped in place, no growth */
-	ck_assert_uint_ne(q.head, 0);
+	ck_assert_uint_eq(q.r->cap, cap); /* wrapped in place, no growth */
+	ck_assert_uint_ne(q.r->head, 0);
 	expect_queue(&q, 2, 5);
 
 	/* Growing from a wrapped ring keeps FIFO order. */
 	push_range(&q, 6, 8);
-	ck_assert_uint_gt(q.cap, cap);
+	ck_assert_uint_gt(q.r->cap, cap);
 	expect_queue(&q, 2, 8);
 
 	/* Many cycles of push 3 / pop 3, the head running round the ring. */
@@ -240,17 +243,16 @@ START_TEST(test_queue_clear)
 		ck_assert_int_eq(frame_queue_push(&q, f), 0);
 	push_range(&q, 0, 5);
 	ck_assert_uint_eq(f->refs, 11);
-	ck_assert_uint_eq(q.count, 16);
+	ck_assert_uint_eq(frame_queue_count(&q), 16);
 	frame_queue_clear(&q);
 	ck_assert_uint_eq(f->refs, 1);
-	ck_assert_uint_eq(q.count, 0);
-	ck_assert_uint_eq(q.bytes, 0);
-	ck_assert_uint_eq(q.cap, 0);
-	ck_assert_ptr_null(q.ring);
+	ck_assert_uint_eq(frame_queue_count(&q), 0);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 0);
+	ck_assert_ptr_null(q.r); /* the ring, counters included, is freed */
 
 	/* The queue is reusable after a clear. */
 	ck_assert_int_eq(frame_queue_push(&q, f), 0);
-	ck_assert_uint_eq(q.bytes, 4);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 4);
 	ck_assert_ptr_eq(frame_queue_peek(&q, 0), f);
 	frame_queue_clear(&q);
 	frame_queue_clear(&q); /* clearing an empty queue is harmless */

@@ -116,8 +116,8 @@ START_TEST(test_push_front)
 	for (int i = 0; i < 5; i++)
 		ck_assert_int_eq(frame_queue_push(&q, ccc), 0);
 	ck_assert_int_eq(frame_queue_push_front(&q, bb), 0);
-	ck_assert_uint_eq(q.count, 9);
-	ck_assert_uint_eq(q.bytes, 2 + 1 + 2 + 3 * 6);
+	ck_assert_uint_eq(frame_queue_count(&q), 9);
+	ck_assert_uint_eq(frame_queue_bytes(&q), 2 + 1 + 2 + 3 * 6);
 	ck_assert_ptr_eq(frame_queue_peek(&q, 0), bb);
 	ck_assert_ptr_eq(frame_queue_peek(&q, 1), a);
 	ck_assert_ptr_eq(frame_queue_peek(&q, 2), bb);

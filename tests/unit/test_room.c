@@ -20,7 +20,7 @@ static void teardown(void)
 static int sub_of(const struct room_member *m, const struct room *r)
 {
 	for (uint32_t i = 0; i < m->nsubs; i++)
-		if (m->subs[i].room == r)
+		if (room_member_room(m, i) == r)
 			return (int)i;
 	return -1;
 }
@@ -39,8 +39,9 @@ static uint32_t check_room_links(const char *name)
 		int si = sub_of(mem[i], r);
 		if (si < 0)
 			ck_abort_msg("%s: member %u has no link back", name, i);
-		if (mem[i]->subs[si].pos != i)
-			ck_abort_msg("%s: member at %u has pos %u", name, i, mem[i]->subs[si].pos);
+		if (room_member_pos(mem[i], (uint32_t)si) != i)
+			ck_abort_msg("%s: member at %u has pos %u", name, i,
+			             room_member_pos(mem[i], (uint32_t)si));
 		for (uint32_t j = i + 1; j < n; j++)
 			if (mem[i] == mem[j])
 				ck_abort_msg("%s: member listed twice", name);
@@ -236,7 +237,7 @@ START_TEST(test_empty_room_freed)
 	ck_assert_int_eq(room_join("x", &a), 0);
 	ck_assert_uint_eq(check_room_links("x"), 1);
 	room_leave_all(&a);
-	ck_assert_ptr_null(a.subs);
+	ck_assert_ptr_null(a.subs.many);
 	ck_assert_uint_eq(a.nsubs, 0);
 	ck_assert_uint_eq(a.capsubs, 0);
 	ck_assert_uint_eq(room_count(), 0);
@@ -283,7 +284,7 @@ START_TEST(test_many_members)
 	/* leave_all unlinks from every room and frees the emptied ones. */
 	for (int i = 0; i < NMEMBERS; i += 3) {
 		room_leave_all(&m[i]);
-		if (m[i].nsubs != 0 || m[i].subs != NULL)
+		if (m[i].nsubs != 0 || m[i].subs.many != NULL)
 			ck_abort_msg("member %d still linked after leave_all", i);
 	}
 	for (int i = 1; i < NMEMBERS; i += 2)
@@ -329,6 +330,50 @@ START_TEST(test_member_many_rooms)
 	}
 	room_leave_all(&b);
 	ck_assert_uint_eq(room_count(), 0);
+}
+END_TEST
+
+/* room_foreach callback: counts rooms. */
+static void count_room_once(const struct room *r, void *arg)
+{
+	(void)r;
+	++*(size_t *)arg;
+}
+
+/* The registry through several growths, with removals from the middle of its chains: every
+ * room stays findable by name, gone rooms are not found, foreach visits each once. */
+START_TEST(test_registry_many_rooms)
+{
+	enum { NR = 5000 };
+	static struct room_member m[NR];
+	char name[32];
+	size_t visits = 0;
+
+	memset(m, 0, sizeof(m));
+	for (int k = 0; k < NR; k++) {
+		snprintf(name, sizeof(name), "user-%d", k);
+		ck_assert_int_eq(room_join(name, &m[k]), 0);
+	}
+	ck_assert_uint_eq(room_count(), NR);
+	for (int k = 0; k < NR; k += 3) {
+		snprintf(name, sizeof(name), "user-%d", k);
+		ck_assert_int_eq(room_leave(name, &m[k]), 0);
+	}
+	for (int k = 0; k < NR; k++) {
+		snprintf(name, sizeof(name), "user-%d", k);
+		if (k % 3 == 0) {
+			ck_assert_ptr_null(room_find(name));
+		} else {
+			ck_assert_uint_eq(check_room_links(name), 1);
+			ck_assert(room_is_member(&m[k], name));
+		}
+	}
+	room_foreach(count_room_once, &visits);
+	ck_assert_uint_eq(visits, NR - (NR + 2) / 3);
+	ck_assert_uint_eq(room_count(), visits);
+	room_reset();
+	ck_assert_uint_eq(room_count(), 0);
+	ck_assert_ptr_null(room_find("user-1"));
 }
 END_TEST
 
@@ -439,6 +484,7 @@ static Suite *room_suite(void)
 	tcase_add_test(m, test_empty_room_freed);
 	tcase_add_test(m, test_many_members);
 	tcase_add_test(m, test_member_many_rooms);
+	tcase_add_test(m, test_registry_many_rooms);
 	tcase_add_test(m, test_foreach);
 	tcase_add_test(m, test_reset);
 	tcase_add_test(m, test_life_hook);

@@ -13,11 +13,11 @@
 #include <string.h>
 #include <time.h>
 
-/* The bytes an idle client may cost, allocator overhead included. Issue 13 asks for 300; the
- * structures are not there yet: 452 measured (struct conn 168 and struct session 160 in one
- * allocation of 336, the identity's strings, the user room and its registry slot), so this
- * holds what was reached and fails on growth. */
-#define IDLE_CLIENT_MAX_BYTES 465
+/* The bytes an idle client may cost, allocator overhead included: issue 13's 300. 297 measured
+ * (struct conn 128 and struct session 72 in one chunk of 208, the identity's strings in a chunk
+ * of 32, the user room in one of 48 and its share of the registry's buckets, 4 at 2 000
+ * rooms); it fails on growth. */
+#define IDLE_CLIENT_MAX_BYTES 300
 
 START_TEST(test_idle_client_bytes)
 {
@@ -34,6 +34,7 @@ START_TEST(test_idle_client_bytes)
 	struct mallinfo2 before, after;
 	size_t per;
 	char *tok;
+	int failed = 0;
 
 	ck_assert_ptr_nonnull(a);
 	m.now = time(NULL);
@@ -46,20 +47,26 @@ START_TEST(test_idle_client_bytes)
 	conn_setup(&cfg, NULL);
 	session_setup(&cfg, a);
 
+	/* Failures are counted and asserted after the measure: check's assertions record their
+	 * location through small allocations, which the allocator's per-thread cache would show as
+	 * in use. */
 	before = mallinfo2();
 	for (int i = 0; i < N; i++) {
 		struct auth_identity id;
 		struct session *s;
-		ck_assert_int_eq(auth_verify(a, tok, strlen(tok), time(NULL), &id), AUTH_OK);
-		conns[i] = conn_new(NULL, "192.0.2.1", false);
-		ck_assert_ptr_nonnull(conns[i]);
+		if (auth_verify(a, tok, strlen(tok), time(NULL), &id) != AUTH_OK ||
+		    !(conns[i] = conn_new(NULL, "192.0.2.1", false))) {
+			failed++;
+			break;
+		}
 		s = session_new(conns[i], &id, 0);
-		ck_assert_ptr_nonnull(s);
 		/* Each idle client of its own user: its user room is its alone. */
 		snprintf(room, sizeof(room), "user-%d", i);
-		ck_assert_int_eq(room_join(room, &s->member), 0);
+		if (room_join(room, &s->member) != 0)
+			failed++;
 	}
 	after = mallinfo2();
+	ck_assert_int_eq(failed, 0);
 	per = (after.uordblks - before.uordblks) / N;
 	printf("idle client: %zu bytes (struct conn %zu, struct session %zu of which identity %zu, "
 	       "room_member %zu; the rest is the identity's strings, the user room and its arrays, "
