@@ -19,6 +19,7 @@ struct pgc_query {
 	char **params;
 	uint32_t timeout_ms;
 	pgc_result_fn cb;
+	pgc_sent_fn sent;
 	void *arg;
 	struct pgc_query *next;
 };
@@ -632,7 +633,13 @@ static void pump(struct pgc *pc)
 		return;
 	}
 	pc->in_flight = true;
+	/* The deadline counts from here, the send: waiting in the queue never fails a query. */
 	uv_timer_start(&pc->timer, on_query_deadline, q->timeout_ms, 0);
+	if (q->sent) {
+		pgc_sent_fn sent = q->sent;
+		q->sent = NULL;
+		sent(q->arg);
+	}
 	/* Flush what libpq could not write at once; readable stays watched for the answer. */
 	watch(pc, PQflush(pc->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
@@ -805,13 +812,15 @@ uint64_t pgc_reconnects(const struct pgc *pc)
 
 /* Queues a copy of the query: urgent ones go ahead of every ordinary query (behind the one
  * in flight, which cannot be recalled, and behind earlier urgent ones, which keep their order). */
-static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams,
-                       const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+static int queue_query(struct pgc *pc, unsigned flags, const char *sql, int nparams,
+                       const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
+                       pgc_sent_fn sent, void *arg)
 {
 	struct pgc_query *q, *prev;
+	bool urgent = flags & PGC_URGENT;
 
 	if (pc && pc->relay)
-		return g_relay->query(pc->relay, urgent, sql, nparams, params, timeout_ms, cb, arg);
+		return g_relay->query(pc->relay, flags, sql, nparams, params, timeout_ms, cb, arg);
 	if (!pc || pc->state != PGC_UP)
 		return -1;
 	q = calloc(1, sizeof(*q));
@@ -825,6 +834,7 @@ static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams
 			q->params[i] = strdup(params[i]);
 	q->timeout_ms = timeout_ms;
 	q->cb = cb;
+	q->sent = sent;
 	q->arg = arg;
 	prev = pc->tail;
 	if (urgent) {
@@ -847,11 +857,24 @@ static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams
 int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *params,
               uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	return queue_query(pc, false, sql, nparams, params, timeout_ms, cb, arg);
+	return queue_query(pc, 0, sql, nparams, params, timeout_ms, cb, NULL, arg);
 }
 
 int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *const *params,
                     uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	return queue_query(pc, true, sql, nparams, params, timeout_ms, cb, arg);
+	return queue_query(pc, PGC_URGENT, sql, nparams, params, timeout_ms, cb, NULL, arg);
+}
+
+int pgc_query_ex(struct pgc *pc, unsigned flags, const char *sql, int nparams,
+                 const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, pgc_sent_fn sent,
+                 void *arg)
+{
+	return queue_query(pc, flags, sql, nparams, params, timeout_ms, cb, sent, arg);
+}
+
+int pgc_query_shared(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+                     uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+{
+	return queue_query(pc, PGC_SHARED, sql, nparams, params, timeout_ms, cb, NULL, arg);
 }

@@ -993,6 +993,10 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	"WITH fl AS (SELECT id, xid, snap_xmin FROM realtime.events WHERE id >= $2::bigint "       \
 	"ORDER BY id LIMIT 1)"
 
+/* Sent as a shared read (PGC_SHARED): with --workers the feed runs an identical query of
+ * several workers (the members of one room are spread over them) once while it is still
+ * queued, which is safe for the reason a query not yet sent may be joined here; and a replay
+ * waiting behind a storm of others is not failed for the wait. */
 static int send_replay(struct rquery *q)
 {
 	char sbuf[24], limit[24], after[24], top[24];
@@ -1006,26 +1010,27 @@ static int send_replay(struct rquery *q)
 	if (!q->top)
 		/* The first page also counts the replay and fixes its top, in one snapshot:
 		 * later ids arrive live (held back until the replay is out). */
-		rc = pgc_query(g_query,
-		               REPLAY_FLOOR
-		               ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
-		               "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
-		               "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
-		               "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
-		               "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
-		               " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
-		               "ORDER BY e.id",
-		               3, p, QUERY_TIMEOUT_MS, on_replay, q);
+		rc = pgc_query_shared(
+		    g_query,
+		    REPLAY_FLOOR
+		    ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
+		    "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
+		    "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
+		    "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
+		    "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
+		    " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
+		    "ORDER BY e.id",
+		    3, p, QUERY_TIMEOUT_MS, on_replay, q);
 	else
-		rc = pgc_query(g_query,
-		               REPLAY_FLOOR
-		               " SELECT (SELECT pruned_through FROM "
-		               "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
-		               "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
-		               "realtime.events e WHERE " REPLAY_WHERE
-		               " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
-		               "LIMIT $3::int) e ON true ORDER BY e.id",
-		               5, p, QUERY_TIMEOUT_MS, on_replay, q);
+		rc = pgc_query_shared(g_query,
+		                      REPLAY_FLOOR
+		                      " SELECT (SELECT pruned_through FROM "
+		                      "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
+		                      "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
+		                      "realtime.events e WHERE " REPLAY_WHERE
+		                      " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
+		                      "LIMIT $3::int) e ON true ORDER BY e.id",
+		                      5, p, QUERY_TIMEOUT_MS, on_replay, q);
 	if (rc == 0) {
 		q->sent = true;
 		q->sent_seq = *room_seq(q->room);

@@ -22,8 +22,9 @@
 #define TICK_MS      1000
 /* The listener's queue-usage probe, as a direct listener's heartbeat reports it. */
 #define PROBE_EVERY_TICKS 5
-/* A query the feed has not answered this long after its own deadline means the feed is stuck:
- * the link is dropped, as a direct connection is dropped at its query deadline. */
+/* A query the feed has not answered this long after its own deadline, while the feed answered
+ * nothing else either, means the feed is stuck: the link is dropped, as a direct connection is
+ * dropped at its query deadline. */
 #define FEED_SLACK_MS 30000
 
 struct pending {
@@ -49,6 +50,8 @@ struct pgrelay {
 	int handles; /* open libuv handles; freed at 0 once stopping */
 	uint32_t next_id;
 	uint64_t ups;
+	uint64_t
+	    progress_ms; /* the last answer from the feed, or the ask that found none pending */
 	struct pending *pending;
 };
 
@@ -62,7 +65,7 @@ void pgrelay_use(const char *addr)
 	pgc_use_relay(g_addr[0] ? &g_relay : NULL);
 }
 
-static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
+static int pgrelay_query(struct pgrelay *rl, unsigned flags, const char *sql, int nparams,
                          const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
                          void *arg);
 
@@ -111,7 +114,10 @@ static void on_tick(uv_timer_t *t)
 
 	HASH_ITER(hh, rl->pending, p, tmp)
 	{
-		if (now > p->deadline_ms) {
+		/* A query may wait long in the feed's queue behind a storm of others (its own
+		 * deadline runs at the feed, from its send to PostgreSQL): the feed is stuck only
+		 * when it answers nothing at all meanwhile. */
+		if (now > p->deadline_ms && now > rl->progress_ms + FEED_SLACK_MS) {
 			log_warn("postgres connection failed", "conn", rl->name, "reason",
 			         "the feed did not answer in time");
 			feedlink_close(&rl->link);
@@ -119,8 +125,8 @@ static void on_tick(uv_timer_t *t)
 		}
 	}
 	if (!strcmp(rl->name, "listener") && ++rl->ticks % PROBE_EVERY_TICKS == 0 && !rl->probing &&
-	    pgrelay_query(rl, false, "SELECT pg_notification_queue_usage()", 0, NULL, 3000,
-	                  on_probed, rl) == 0)
+	    pgrelay_query(rl, 0, "SELECT pg_notification_queue_usage()", 0, NULL, 3000, on_probed,
+	                  rl) == 0)
 		rl->probing = true;
 }
 
@@ -181,6 +187,7 @@ static void on_answer(struct pgrelay *rl, struct feedlink_rd *r)
 	PGresult *res = NULL;
 	const char *err = NULL;
 
+	rl->progress_ms = uv_now(rl->loop);
 	HASH_FIND(hh, rl->pending, &id, sizeof(id), p);
 	if (!p)
 		return; /* failed already (the link went down and came back) */
@@ -345,7 +352,7 @@ static void pgrelay_reconnect(struct pgrelay *rl, const char *why)
 	feedlink_send(&rl->link, &b);
 }
 
-static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
+static int pgrelay_query(struct pgrelay *rl, unsigned flags, const char *sql, int nparams,
                          const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
                          void *arg)
 {
@@ -363,8 +370,10 @@ static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int n
 	p->arg = arg;
 	/* The feed may queue it behind others before its deadline starts: generous slack. */
 	p->deadline_ms = uv_now(rl->loop) + timeout_ms + FEED_SLACK_MS;
+	if (!rl->pending)
+		rl->progress_ms = uv_now(rl->loop);
 	feedlink_put_u32(&b, p->id);
-	feedlink_put_u32(&b, urgent);
+	feedlink_put_u32(&b, flags & (PGC_URGENT | PGC_SHARED));
 	feedlink_put_u32(&b, timeout_ms);
 	feedlink_put_str(&b, sql);
 	feedlink_put_u32(&b, (uint32_t)nparams);
@@ -405,10 +414,10 @@ static void relay_reconnect(void *rl, const char *why)
 	pgrelay_reconnect(rl, why);
 }
 
-static int relay_query(void *rl, bool urgent, const char *sql, int nparams,
+static int relay_query(void *rl, unsigned flags, const char *sql, int nparams,
                        const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	return pgrelay_query(rl, urgent, sql, nparams, params, timeout_ms, cb, arg);
+	return pgrelay_query(rl, flags, sql, nparams, params, timeout_ms, cb, arg);
 }
 
 static const struct pgc_relay g_relay = {
