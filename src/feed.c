@@ -497,8 +497,8 @@ static void run(struct client *c, uint32_t id, unsigned flags, const char *sql, 
 		q->in_table = true;
 		HASH_ADD_KEYPTR(hh, g_shared, q->skey, q->skey_len, q);
 	}
-	if (pgc_query_ex(pc, flags & PGC_URGENT, sql, np, params, timeout_ms, on_answer,
-	                 skey ? on_sent : NULL, q) < 0) {
+	if (pgc_query_ex(pc, (flags & PGC_URGENT) | (skey ? PGC_SHARED : 0u), sql, np, params,
+	                 timeout_ms, on_answer, skey ? on_sent : NULL, q) < 0) {
 		if (q->in_table)
 			HASH_DEL(g_shared, q);
 		free(q->key);

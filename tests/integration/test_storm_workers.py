@@ -59,8 +59,25 @@ def waiting_on_lock(cluster, db):
                             "AND wait_event_type = 'Lock'")[0][0]
 
 
+def query_backends(cluster, db):
+    return [r[0] for r in sql(cluster, db, "SELECT pid FROM pg_stat_activity WHERE datname = "
+                                           "current_database() AND application_name = "
+                                           "'roomcast-query' ORDER BY pid")]
+
+
 def test_storm_over_workers_is_one_query_per_room_and_all_recovered(pgserver, redis_addr,
                                                                      cluster, db):
+    storm(pgserver, redis_addr, cluster, db, kill_one=False)
+
+
+def test_queued_replays_survive_a_lost_query_connection(pgserver, redis_addr, cluster, db):
+    """One of the feed's query connections is lost while the rejoins' replays wait behind the
+    blocked ones: the replays queued on it (and the blocker running there, a read) run again on
+    its next session instead of answering recovered:false."""
+    storm(pgserver, redis_addr, cluster, db, kill_one=True)
+
+
+def storm(pgserver, redis_addr, cluster, db, kill_one):
     # Without the memory every since is answered by an outbox query.
     server = start(pgserver, redis_addr, RECENT_MAX_BYTES="0")
     workers = [p for p in children(server.proc.pid) if not is_feed(p)]
@@ -91,6 +108,12 @@ def test_storm_over_workers_is_one_query_per_room_and_all_recovered(pgserver, re
         # Every worker has asked the feed (the joins are on their way in well under this);
         # released before the blockers' 5 s query deadline, which counts from their send.
         await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - locked_at)))
+        if kill_one:
+            victim = query_backends(cluster, db)[0]
+            sql(cluster, db, "SELECT pg_terminate_backend(%s)", (victim,))
+            wait_until(lambda: len(query_backends(cluster, db)) == 2 and
+                       victim not in query_backends(cluster, db), 4,
+                       what="the lost query connection back")
         lock.commit()
         results = await asyncio.gather(*(read_events(ws, len(missed[room]))
                                          for ws, room in pairs))
@@ -98,6 +121,7 @@ def test_storm_over_workers_is_one_query_per_room_and_all_recovered(pgserver, re
             assert joined["payload"] == {"room": room, "recovered": True,
                                          "replayed": len(missed[room])}, joined
             assert [m["id"] for m in got] == missed[room]
+        # The blocker running on the lost connection is run again too (a read).
         for ws in blockers:
             joined = await recv_json(ws)
             assert joined["payload"]["recovered"] is True, joined
@@ -115,6 +139,8 @@ def test_storm_over_workers_is_one_query_per_room_and_all_recovered(pgserver, re
     assert any(len(pids) > 1 for pids in by_room.values()), by_room
     assert server.stop(signal.SIGTERM, timeout=10) == 0
     ran, coalesced = feed_counters(server.logs())
+    if kill_one:
+        assert "postgres connection failed" in server.logs()
     # One query per room, plus the two blockers; each other worker's ask of a room joined it.
     assert ran - len(BLOCKERS) <= len(ROOMS), (ran, coalesced, by_room)
     asks = sum(len(pids) for pids in by_room.values())
