@@ -248,7 +248,7 @@ static void on_answer(void *arg, const PGresult *res, const char *err)
 		answer_res(c, q->id, res);
 	else
 		answer_err(c, q->id, err);
-	c->outstanding--;
+	/* c's count drops last: c may also be among the joined, and must outlive the loop. */
 	while (q->also) {
 		struct fwait *w = q->also;
 		q->also = w->next;
@@ -261,6 +261,7 @@ static void on_answer(void *arg, const PGresult *res, const char *err)
 		client_maybe_free(w->c);
 		free(w);
 	}
+	c->outstanding--;
 	free(q->key);
 	free(q->skey);
 	free(q);
