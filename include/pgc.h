@@ -72,8 +72,10 @@ int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *co
 /* A read whose answer may be shared: an identical query (same SQL text and parameters) from
  * another process that is still queued, not yet sent to PostgreSQL, may answer it too (the
  * feed does, for its workers). Only for reads whose snapshot may be any one taken after the
- * ask (a query already running is never joined). Its deadline counts from when it is sent to
- * PostgreSQL, not from the ask: it does not fail for waiting in a queue. */
+ * ask (a query already running is never joined), and which may run twice: when the connection
+ * is lost before it is answered, it is kept once for the next connection instead of failed
+ * (unless it was the query past its own deadline). Like every query, its deadline counts from
+ * when it is sent to PostgreSQL, not from the ask: it does not fail for waiting in a queue. */
 #define PGC_SHARED 2u
 
 /* Called when the query is handed to PostgreSQL (a direct pgc only; never for a relayed one). */
