@@ -87,14 +87,19 @@ static void fail_pending(struct pgrelay *rl, const char *why)
 	}
 }
 
-static void go_down(struct pgrelay *rl, const char *why)
+/* With the link open (the feed's connections are down), the queries already asked are left to
+ * the feed, which answers each one: it fails those it cannot keep and runs the shared reads it
+ * kept for its next connection (see PGC_SHARED). Only a lost link fails them here. */
+static void go_down(struct pgrelay *rl, const char *why, bool link_lost)
 {
-	if (!rl->up)
-		return;
-	rl->up = false;
-	log_warn("postgres connection failed", "conn", rl->name, "reason", why);
-	fail_pending(rl, why);
-	if (rl->hooks.down && !rl->stopping)
+	bool was_up = rl->up;
+
+	rl->up = false; /* first: failed queries' callbacks must not be able to queue more */
+	if (was_up)
+		log_warn("postgres connection failed", "conn", rl->name, "reason", why);
+	if (link_lost)
+		fail_pending(rl, why);
+	if (was_up && rl->hooks.down && !rl->stopping)
 		rl->hooks.down(rl->pc, rl->hooks.arg);
 }
 
@@ -219,7 +224,7 @@ static void on_frame(struct feedlink *l, char type, struct feedlink_rd *r)
 			if (rl->hooks.up)
 				rl->hooks.up(rl->pc, rl->hooks.arg);
 		} else if (!up) {
-			go_down(rl, "the feed's connection is down");
+			go_down(rl, "the feed's connection is down", false);
 		}
 	} else if (type == FEEDLINK_ANSWER) {
 		on_answer(rl, r);
@@ -253,7 +258,7 @@ static void on_link_closed(struct feedlink *l)
 {
 	struct pgrelay *rl = l->owner;
 	rl->handles--;
-	go_down(rl, "feed connection lost");
+	go_down(rl, "feed connection lost", true);
 	schedule_retry(rl);
 	maybe_free(rl);
 }
