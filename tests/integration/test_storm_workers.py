@@ -3,7 +3,7 @@ rejoin at once with `since` while the feed's query pool is busy. The members of 
 several workers, each of which asks the feed for the same replay page; the feed runs identical
 shared queries still queued once (at most one outbox query per room), and a replay that waited
 in the queue is not failed for the wait: every client gets exactly what it missed,
-recovered:true."""
+recovered:true. The same holds in one process when its query connection is lost."""
 
 import asyncio
 import json
@@ -47,6 +47,8 @@ async def read_events(ws, n, timeout=20):
         if m.get("type") == "joined":
             assert joined is None, m
             joined = m
+            if m["payload"].get("recovered") is False:
+                break  # nothing follows: the caller's check says what went wrong
         elif "type" not in m:
             got.append(m)
     return joined, got
@@ -141,3 +143,50 @@ def storm(pgserver, redis_addr, cluster, db, kill_one):
     assert ran - len(BLOCKERS) <= len(ROOMS), (ran, coalesced, by_room)
     asks = sum(len(pids) for pids in by_room.values())
     assert coalesced >= asks - len(ROOMS), (ran, coalesced, by_room)
+
+
+def test_queued_replays_survive_a_lost_query_connection_without_workers(pgserver, cluster, db):
+    """The same in one process: pgl's one query connection is terminated while one replay runs
+    (blocked) and the others wait behind it; every join is answered recovered:true, the running
+    one too (a read is run again when the connection failed under it)."""
+    from rc import metric_samples
+    server = pgserver(RECENT_MAX_BYTES="0")
+    rooms = ROOMS + BLOCKERS[:1]
+    since = {room: publish(cluster, db, room, 1, "seen")[0] for room in rooms}
+    missed = {room: publish(cluster, db, room, 2, "missed") for room in rooms}
+
+    def queries():
+        return metric_samples(server.metrics())[("roomcast_replay_queries_total", ())]
+
+    lock = psycopg2.connect(cluster.dsn_for(db))
+    lock.cursor().execute("LOCK TABLE realtime.outbox_state IN ACCESS EXCLUSIVE MODE")
+
+    async def go():
+        q0 = queries()
+        first = await connect(server, ADMIN)
+        await first.send(json.dumps({"type": "join", "payload": {"room": rooms[-1],
+                                                                 "since": since[rooms[-1]]}}))
+        wait_until(lambda: waiting_on_lock(cluster, db) == 1, 3,
+                   what="the query connection waiting on the lock")
+        socks = await asyncio.gather(*(connect(server, ADMIN) for _ in range(5 * len(ROOMS))))
+        pairs = [(ws, ROOMS[i % len(ROOMS)]) for i, ws in enumerate(socks)]
+        await asyncio.gather(*(ws.send(json.dumps({"type": "join", "payload": {
+            "room": room, "since": since[room]}})) for ws, room in pairs))
+        wait_until(lambda: queries() >= q0 + len(rooms), 5, what="every replay query queued")
+        victim = query_backends(cluster, db)[0]
+        sql(cluster, db, "SELECT pg_terminate_backend(%s)", (victim,))
+        lock.commit()
+        pairs.append((first, rooms[-1]))
+        results = await asyncio.gather(*(read_events(ws, len(missed[room]))
+                                         for ws, room in pairs))
+        for (ws, room), (joined, got) in zip(pairs, results):
+            assert joined["payload"] == {"room": room, "recovered": True,
+                                         "replayed": len(missed[room])}, joined
+            assert [m["id"] for m in got] == missed[room]
+        await asyncio.gather(*(ws.close() for ws, _ in pairs))
+
+    try:
+        run(go())
+    finally:
+        lock.close()
+    assert "postgres connection failed" in server.logs()
