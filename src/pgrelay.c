@@ -50,8 +50,8 @@ struct pgrelay {
 	int handles; /* open libuv handles; freed at 0 once stopping */
 	uint32_t next_id;
 	uint64_t ups;
-	uint64_t
-	    progress_ms; /* the last answer from the feed, or the ask that found none pending */
+	/* The last answer from the feed, or the ask that found none pending. */
+	uint64_t progress_ms;
 	struct pending *pending;
 };
 
