@@ -499,6 +499,12 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		/* Notifications of transactions below W are dropped from now on, also ones that
 		 * committed after an event delivered already: remember nothing from before. */
 		recent_clear();
+		/* An empty outbox in the snapshot that set W, with nothing delivered yet: every
+		 * event committed later has a transaction at or above W, so it is delivered (and
+		 * recorded) here; a room's memory then holds its whole history (joins with since
+		 * 0). */
+		if (!g_max_id && PQgetvalue(res, 0, 6)[0] == 't')
+			recent_mark_whole();
 		sweep_done(sw, true);
 		return;
 	}
@@ -565,7 +571,8 @@ static void sweep(bool catchup)
 	        g_query,
 	        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
 	        "clock_timestamp() - e.created_at < interval '1 second', "
-	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text "
+	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text, "
+	        "$1::text::xid8 = '0'::xid8 AND NOT EXISTS (SELECT 1 FROM realtime.events) "
 	        "FROM (SELECT 1) s LEFT JOIN realtime.events e "
 	        "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
 	        "OR e.id > $2::bigint ORDER BY e.id",

@@ -212,6 +212,53 @@ START_TEST(test_several_rooms_share_an_event)
 }
 END_TEST
 
+START_TEST(test_since_zero_whole_history)
+{
+	recent_setup(2, 1 << 20);
+	/* Not marked whole: a client that saw nothing of a room is answered by a query. */
+	rec("a", 1, true, 0);
+	ck_assert_str_eq(look("a", 0, 0), "-");
+	ck_assert_str_eq(look("z", 0, 0), "-");
+	recent_clear();
+	recent_mark_whole();
+	/* Whole: a room's memory is its history (none when it has no ring), not anchors alone. */
+	ck_assert_str_eq(look("z", 0, 0), "");
+	rec("a", 2, false, 0);
+	rec("b", 3, true, 2);
+	rec("a", 4, true, 3);
+	ck_assert_str_eq(look("a", 0, 0), "2,4");
+	ck_assert_str_eq(look("a", 0, 2), "4");
+	ck_assert_str_eq(look("b", 0, 0), "3");
+	ck_assert_str_eq(look("z", 0, 0), "");
+	/* An eviction uncovers its room (per-room bound 2), the others stay whole. */
+	rec("a", 5, true, 4);
+	ck_assert_str_eq(look("a", 0, 0), "-");
+	ck_assert_str_eq(look("a", 4, 0), "5");
+	ck_assert_str_eq(look("b", 0, 0), "3");
+	ck_assert_str_eq(look("z", 0, 0), "");
+	/* A new setup (or clear) forgets the mark; an event not kept drops it for every room. */
+	recent_setup(1, 1 << 20);
+	recent_mark_whole();
+	rec("b", 6, true, 0);
+	ck_assert_str_eq(look("b", 0, 0), "6");
+	recent_setup(1, 1 << 20); /* setup forgets the mark too */
+	ck_assert_str_eq(look("z", 0, 0), "-");
+	recent_mark_whole();
+	rec("b", 7, true, 0);
+	recent_record((const char *const[]){"c"}, 1, 8, "{\"id\":8}", 8, true, 7);
+	ck_assert_str_eq(look("c", 0, 0), "8");
+	{
+		/* an event too large to keep (over half the bytes) drops the mark */
+		static char big[1 << 20];
+		memset(big, 'x', sizeof(big) - 1);
+		recent_record((const char *const[]){"d"}, 1, 9, big, sizeof(big) - 1, true, 8);
+	}
+	ck_assert_str_eq(look("z", 0, 0), "-");
+	ck_assert_str_eq(look("c", 0, 0), "-");
+	recent_shutdown();
+}
+END_TEST
+
 static Suite *recent_suite(void)
 {
 	Suite *s = suite_create("recent");
@@ -226,6 +273,7 @@ static Suite *recent_suite(void)
 	tcase_add_test(c, test_byte_bound);
 	tcase_add_test(c, test_disabled);
 	tcase_add_test(c, test_several_rooms_share_an_event);
+	tcase_add_test(c, test_since_zero_whole_history);
 	suite_add_tcase(s, c);
 	return s;
 }
