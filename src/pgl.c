@@ -135,11 +135,17 @@ struct mwait {
  * wait for the next one, whose snapshot is then taken after they joined). */
 static struct mwait *g_hz_next, **g_hz_tail = &g_hz_next;
 static bool g_hz_in_flight;
+/* Horizon reads are spaced at least this far apart: under a storm of rejoins each read then
+ * serves every ask of the interval (one read answered per round trip was ~9 joins per
+ * statement, more statements than outbox queries would have been); an ask after a quiet spell
+ * is read at once. */
+#define HZ_SPACING_MS 20
+static uint64_t g_hz_sent_ns;
 
 static const struct config *g_cfg;
 static pgl_deliver_fn g_deliver; /* the router, given at start */
 static struct pgc *g_listen, *g_query;
-static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer, g_hold_timer;
+static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer, g_hold_timer, g_hz_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
 static bool g_have_w;
 static bool g_hold_live;
@@ -689,6 +695,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop, pgl_deliver_fn deliver)
 	uv_timer_init(loop, &g_prune_timer);
 	uv_timer_init(loop, &g_wait_timer);
 	uv_timer_init(loop, &g_hold_timer);
+	uv_timer_init(loop, &g_hz_timer);
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
 	pgwatch_start(cfg, loop, g_listen, g_query);
@@ -706,6 +713,7 @@ void pgl_stop(void)
 	uv_close((uv_handle_t *)&g_prune_timer, NULL);
 	uv_close((uv_handle_t *)&g_wait_timer, NULL);
 	uv_close((uv_handle_t *)&g_hold_timer, NULL);
+	uv_close((uv_handle_t *)&g_hz_timer, NULL);
 	while (g_waiting) {
 		struct rquery *q = g_waiting;
 		g_waiting = q->next;
@@ -1215,22 +1223,35 @@ static void on_horizon(void *arg, const PGresult *res, const char *err)
 	hz_send();
 }
 
-/* Sends the horizon read for the asks waiting, unless one is in flight (they wait for the
- * next: one read serves every ask that joined before it was sent). */
+static void on_hz_timer(uv_timer_t *t)
+{
+	hz_send();
+}
+
+/* Sends the horizon read for the asks waiting, unless one is in flight or was sent less than
+ * HZ_SPACING_MS ago (they wait for the next: one read serves every ask that joined before it
+ * was sent). A shared read: with --workers the feed runs identical queued ones once. */
 static void hz_send(void)
 {
 	struct mwait *batch = g_hz_next;
+	uint64_t now = util_now_ns(), next = g_hz_sent_ns + (uint64_t)HZ_SPACING_MS * 1000000ull;
 
 	if (g_hz_in_flight || !batch)
 		return;
+	if (g_hz_sent_ns && now < next) {
+		if (!uv_is_active((uv_handle_t *)&g_hz_timer))
+			uv_timer_start(&g_hz_timer, on_hz_timer, (next - now) / 1000000ull + 1, 0);
+		return;
+	}
 	g_hz_next = NULL;
 	g_hz_tail = &g_hz_next;
-	if (pgc_query(g_query, "SELECT pruned_through::text FROM realtime.outbox_state", 0, NULL,
-	              QUERY_TIMEOUT_MS, on_horizon, batch) < 0) {
+	if (pgc_query_shared(g_query, "SELECT pruned_through::text FROM realtime.outbox_state", 0,
+	                     NULL, QUERY_TIMEOUT_MS, on_horizon, batch) < 0) {
 		on_horizon(batch, NULL, "query connection down");
 		return;
 	}
 	g_hz_in_flight = true;
+	g_hz_sent_ns = now;
 	g_horizon_reads++;
 }
 
