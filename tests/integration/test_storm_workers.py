@@ -92,14 +92,9 @@ def storm(pgserver, redis_addr, cluster, db, kill_one):
     cur.execute("LOCK TABLE realtime.outbox_state IN ACCESS EXCLUSIVE MODE")
 
     async def go():
-        blockers = []
-        for room in BLOCKERS:
-            ws = await connect(server, ADMIN)
-            await ws.send(json.dumps({"type": "join", "payload": {"room": room,
-                                                                  "since": since[room]}}))
-            blockers.append(ws)
-        wait_until(lambda: waiting_on_lock(cluster, db) == 2, 3,
-                   what="both query connections waiting on the lock")
+        # Connected (and placed) before the blockers' replays start: everything from their
+        # send to the lock's release must fit in the blockers' 5 s query deadline, or the
+        # connections are dropped and the queued reads run on the next ones without waiting.
         socks = await asyncio.gather(*(connect(server, ADMIN)
                                        for _ in range(PER_ROOM * len(ROOMS))))
         pairs = [(ws, ROOMS[i % len(ROOMS)]) for i, ws in enumerate(socks)]
@@ -108,6 +103,14 @@ def storm(pgserver, redis_addr, cluster, db, kill_one):
         for ws, room in pairs:
             by_room.setdefault(room, set()).add(server_pid_of(server, ws, workers))
         asks = sum(len(pids) for pids in by_room.values())
+        blockers = []
+        for room in BLOCKERS:
+            ws = await connect(server, ADMIN)
+            await ws.send(json.dumps({"type": "join", "payload": {"room": room,
+                                                                  "since": since[room]}}))
+            blockers.append(ws)
+        wait_until(lambda: waiting_on_lock(cluster, db) == 2, 3,
+                   what="both query connections waiting on the lock")
         await asyncio.gather(*(ws.send(json.dumps({"type": "join", "payload": {
             "room": room, "since": since[room]}})) for ws, room in pairs))
         # Every worker's ask (one per room it has members in) has reached the feed.
