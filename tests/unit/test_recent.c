@@ -1,7 +1,8 @@
 /* Unit tests for src/recent.c: when a room's recent-events memory covers a `since` (anchor
  * present, nothing newer dropped, room recorded before), what a lookup hands back (ids above
  * since plus smaller ids delivered after it, in id order, none at or below min_id), eviction
- * per room and by bytes, and events delivered out of id order. */
+ * per room and by bytes, events delivered out of id order, and since 0 while the memory holds
+ * every room's whole history (recent_mark_whole) until it loses an event. */
 #include "frame.h"
 #include "recent.h"
 
@@ -259,6 +260,29 @@ START_TEST(test_since_zero_whole_history)
 }
 END_TEST
 
+START_TEST(test_since_zero_lost_with_a_whole_room)
+{
+	size_t one;
+
+	recent_setup(8, 1 << 20);
+	recent_mark_whole();
+	rec("a", 1, true, 0);
+	one = recent_bytes(); /* a room with one event */
+	/* Room for one such room, not two: recording b trims a's only event, and a room without
+	 * memory no longer proves it had no event. */
+	recent_setup(8, one + one / 2);
+	recent_mark_whole();
+	rec("a", 1, true, 0);
+	ck_assert_str_eq(look("a", 0, 0), "1");
+	rec("b", 2, true, 1);
+	ck_assert_uint_eq(recent_rooms(), 1);
+	ck_assert_str_eq(look("a", 0, 0), "-");
+	ck_assert_str_eq(look("b", 0, 0), "-");
+	ck_assert_str_eq(look("b", 2, 0), ""); /* its anchors still answer */
+	recent_shutdown();
+}
+END_TEST
+
 static Suite *recent_suite(void)
 {
 	Suite *s = suite_create("recent");
@@ -274,6 +298,7 @@ static Suite *recent_suite(void)
 	tcase_add_test(c, test_disabled);
 	tcase_add_test(c, test_several_rooms_share_an_event);
 	tcase_add_test(c, test_since_zero_whole_history);
+	tcase_add_test(c, test_since_zero_lost_with_a_whole_room);
 	suite_add_tcase(s, c);
 	return s;
 }
