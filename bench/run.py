@@ -242,7 +242,10 @@ class Server:
             with open(self.log.name, errors="replace") as f:
                 say("%s exited %s; log tail:\n%s" % (self.kind, self.proc.returncode,
                                                       f.read()[-2000:]))
-        os.unlink(self.log.name)
+        if os.environ.get("BENCH_KEEP_LOGS"):
+            say("%s log kept: %s" % (self.kind, self.log.name))
+        else:
+            os.unlink(self.log.name)
 
     def __enter__(self):
         return self

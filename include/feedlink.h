@@ -18,8 +18,9 @@ void feedlink_addr(char *out, size_t cap, int supervisor_pid);
  * the body opens with a type byte. Strings carry their NUL; ~0u as a length is SQL NULL. */
 
 enum {
-	FEEDLINK_HELLO = 'H', /* worker: u8 type, str pgc name */
-	FEEDLINK_QUERY = 'Q', /* worker: u32 id, u32 urgent, u32 timeout_ms, str sql, u32 n, str* */
+	FEEDLINK_HELLO = 'H',     /* worker: u8 type, str pgc name */
+	FEEDLINK_QUERY = 'Q',     /* worker: u32 id, u32 flags (PGC_URGENT, PGC_SHARED), u32
+	                             timeout_ms, str sql, u32 n, str* */
 	FEEDLINK_RECONNECT = 'R', /* worker: str why */
 	FEEDLINK_STATE = 'S',     /* feed: u32 up */
 	FEEDLINK_ANSWER = 'A',    /* feed: u32 id, u32 ok, str err | u32 status, u32 nf, (str name,

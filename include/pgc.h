@@ -36,8 +36,8 @@ struct pgc_relay {
 	bool (*is_up)(const void *rl);
 	uint64_t (*reconnects)(const void *rl);
 	void (*reconnect)(void *rl, const char *why);
-	int (*query)(void *rl, bool urgent, const char *sql, int nparams, const char *const *params,
-	             uint32_t timeout_ms, pgc_result_fn cb, void *arg);
+	int (*query)(void *rl, unsigned flags, const char *sql, int nparams,
+	             const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg);
 };
 
 /* Set before the first pgc_start (NULL: every pgc connects directly); relay is kept, not
@@ -66,6 +66,29 @@ int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *p
  * keep their order): for work that others wait on. */
 int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *const *params,
                     uint32_t timeout_ms, pgc_result_fn cb, void *arg);
+
+/* Query flags (pgc_query_ex, and the relay's query). */
+#define PGC_URGENT 1u /* queued ahead of every ordinary query not yet sent (pgc_query_first) */
+/* A read whose answer may be shared: an identical query (same SQL text and parameters) from
+ * another process that is still queued, not yet sent to PostgreSQL, may answer it too (the
+ * feed does, for its workers). Only for reads whose snapshot may be any one taken after the
+ * ask (a query already running is never joined), and which may run twice: when the connection
+ * is lost before it is answered, it is kept once for the next connection instead of failed
+ * (unless it was the query past its own deadline). Like every query, its deadline counts from
+ * when it is sent to PostgreSQL, not from the ask: it does not fail for waiting in a queue. */
+#define PGC_SHARED 2u
+
+/* Called when the query is handed to PostgreSQL (a direct pgc only; never for a relayed one). */
+typedef void (*pgc_sent_fn)(void *arg);
+
+/* pgc_query with flags and, for a direct pgc, a callback when it is sent (sent may be NULL;
+ * it runs before cb, with the same arg). */
+int pgc_query_ex(struct pgc *pc, unsigned flags, const char *sql, int nparams,
+                 const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, pgc_sent_fn sent,
+                 void *arg);
+/* pgc_query with PGC_SHARED: for replay reads (see PGC_SHARED). */
+int pgc_query_shared(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+                     uint32_t timeout_ms, pgc_result_fn cb, void *arg);
 
 /* Host-name lookup off the loop. PQconnectStartParams resolves host names synchronously, so
  * pgc looks each name of the conninfo's host list up with uv_getaddrinfo first and passes the

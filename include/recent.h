@@ -21,6 +21,11 @@ void recent_shutdown(void);
 /* Forgets every event (outbox ids may be handed out again, e.g. after a PostgreSQL crash). */
 void recent_clear(void);
 bool recent_enabled(void);
+/* Called when the outbox had no event at a point from which every event committed later is
+ * delivered (and recorded) here, with nothing recorded yet: from then on, until an event is
+ * lost (evicted with its room's whole ring, not kept) or recent_clear, a join with since 0 is
+ * covered by its room's memory (no ring: the room had no event). */
+void recent_mark_whole(void);
 
 /* Records outbox event id (json: its realtime.event_json text, copied once for all rooms) as
  * delivered now to rooms, in delivery order. anchor: the event may anchor a lookup (delivered
@@ -32,7 +37,8 @@ void recent_record(const char *const *rooms, size_t nrooms, long long id, const 
 
 /* When room's memory provably holds every delivered event a client that saw since may have
  * missed (since is an anchor in it, nothing after it was dropped, nothing with a higher id was
- * dropped or delivered before the room was recorded), returns 1 and hands over, in id order,
+ * dropped or delivered before the room was recorded; or since is 0, see recent_mark_whole),
+ * returns 1 and hands over, in id order,
  * the events with id > since plus those with a smaller id delivered after since, except ids <=
  * min_id: *ids and *frames are malloc'd (the caller frees them and owns one reference per
  * frame; NULL when *n is 0). Returns 0 when not covered, -1 out of memory. */

@@ -25,8 +25,12 @@
 enum lane { LANE_NONE = 0, LANE_LISTENER, LANE_QUERY, LANE_LIVE };
 
 #define POOL_MAX 16
-/* Queries a worker may have outstanding at the feed; more are answered with an error. */
+/* Queries a worker may have outstanding at the feed; more are answered with an error. Shared
+ * (replay) queries have their own, larger bound: a storm of rejoins asks one per room a worker
+ * has members in, which may be thousands, and failing them answers recovered:false although
+ * nothing is lost. Joining a queued one costs a few bytes and is bounded by the worker's asks. */
 #define CLIENT_QUERIES_MAX 4096
+#define CLIENT_SHARED_MAX  32768
 
 /* One worker pgc's link. Freed once its link closed and no query of its is outstanding. */
 struct client {
@@ -34,7 +38,9 @@ struct client {
 	enum lane lane;
 	bool gone;
 	unsigned outstanding;
-	char **chans; /* listener lane: the channels this worker LISTENs on */
+	unsigned shared; /* of them, shared queries run for this worker */
+	unsigned joined; /* of them, asks that joined another's queued shared query */
+	char **chans;    /* listener lane: the channels this worker LISTENs on */
 	size_t nchans;
 	struct client *prev, *next;
 };
@@ -48,6 +54,14 @@ struct lock {
 
 enum fq_kind { FQ_PLAIN, FQ_LOCK, FQ_UNLOCK };
 
+/* A further asker of a shared query: another worker's identical query (or the same worker's)
+ * that joined it while it was still queued. */
+struct fwait {
+	struct client *c;
+	uint32_t id;
+	struct fwait *next;
+};
+
 /* One worker query in flight at one of the feed's connections. */
 struct fq {
 	struct client *c;
@@ -55,6 +69,13 @@ struct fq {
 	int pool; /* index into g_pool, or -1 */
 	enum fq_kind kind;
 	char *key; /* FQ_LOCK: the room */
+	/* PGC_SHARED: the SQL text and parameters (skey), in g_shared until sent to PostgreSQL;
+	 * identical shared queries asked meanwhile wait on it (also) instead of running. */
+	char *skey;
+	size_t skey_len;
+	bool in_table;
+	struct fwait *also;
+	UT_hash_handle hh;
 };
 
 static uv_loop_t *g_loop;
@@ -64,6 +85,10 @@ static int g_npool;
 static bool g_lane_up[4];
 static struct client *g_clients;
 static struct lock *g_locks;
+static struct fq *g_shared; /* shared queries queued at the pool, not yet sent */
+/* Shared queries: run on the pool, and answered by one of those instead (coalesced). */
+static uint64_t g_shared_run, g_shared_coalesced, g_logged_run, g_logged_coalesced;
+static uv_timer_t g_stats;
 static uv_pipe_t g_server;
 static uv_signal_t g_sigterm, g_sigint;
 static bool g_stopping;
@@ -215,14 +240,92 @@ static void on_answer(void *arg, const PGresult *res, const char *err)
 				lock_drop(k);
 		}
 	}
+	if (q->in_table) /* failed before it was sent (the connection dropped) */
+		HASH_DEL(g_shared, q);
+	if (q->skey)
+		c->shared--;
 	if (res)
 		answer_res(c, q->id, res);
 	else
 		answer_err(c, q->id, err);
+	/* c's count drops last: c may also be among the joined, and must outlive the loop. */
+	while (q->also) {
+		struct fwait *w = q->also;
+		q->also = w->next;
+		if (res)
+			answer_res(w->c, w->id, res);
+		else
+			answer_err(w->c, w->id, err);
+		w->c->outstanding--;
+		w->c->joined--;
+		client_maybe_free(w->c);
+		free(w);
+	}
 	c->outstanding--;
 	free(q->key);
+	free(q->skey);
 	free(q);
 	client_maybe_free(c);
+}
+
+/* A shared query reached PostgreSQL: its snapshot is taken from now on, so a later identical
+ * ask may not join it (its membership could be newer than the snapshot). */
+static void on_sent(void *arg)
+{
+	struct fq *q = arg;
+	if (q->in_table) {
+		HASH_DEL(g_shared, q);
+		q->in_table = false;
+	}
+}
+
+/* The identity of a shared query: SQL text and parameters, each with its length (a NULL
+ * parameter as ~0). Returns a malloc'd key (*len set), or NULL when out of memory. */
+static char *shared_key(const char *sql, int np, const char **params, size_t *len)
+{
+	struct buf b;
+	buf_init(&b);
+	feedlink_put_str(&b, sql);
+	for (int i = 0; i < np; i++)
+		feedlink_put_str(&b, params[i]);
+	if (b.failed) {
+		buf_free(&b);
+		return NULL;
+	}
+	*len = b.len;
+	return b.data;
+}
+
+/* Joins c's query id to an identical shared query still queued. True when it did. */
+static bool shared_join(struct client *c, uint32_t id, const char *key, size_t len)
+{
+	struct fq *q;
+	struct fwait *w;
+
+	HASH_FIND(hh, g_shared, key, len, q);
+	if (!q || !(w = calloc(1, sizeof(*w))))
+		return false;
+	w->c = c;
+	w->id = id;
+	w->next = q->also;
+	q->also = w;
+	c->outstanding++;
+	c->joined++;
+	g_shared_coalesced++;
+	return true;
+}
+
+/* Logs the coalescing counters when they changed (once a second at most). */
+static void on_stats(uv_timer_t *t)
+{
+	char run[24], co[24];
+	if (g_shared_run == g_logged_run && g_shared_coalesced == g_logged_coalesced)
+		return;
+	g_logged_run = g_shared_run;
+	g_logged_coalesced = g_shared_coalesced;
+	snprintf(run, sizeof(run), "%llu", (unsigned long long)g_shared_run);
+	snprintf(co, sizeof(co), "%llu", (unsigned long long)g_shared_coalesced);
+	log_info("feed shared queries", "run", run, "coalesced", co);
 }
 
 /* The channel of "LISTEN x" / "UNLISTEN x" as PostgreSQL reports it in notifications (an
@@ -302,15 +405,25 @@ static void unlisten_real(const char *ch)
 	buf_free(&b);
 }
 
-static void run(struct client *c, uint32_t id, bool urgent, const char *sql, int np,
+static void run(struct client *c, uint32_t id, unsigned flags, const char *sql, int np,
                 const char **params, uint32_t timeout_ms)
 {
 	struct fq *q;
 	struct pgc *pc = NULL;
 	enum fq_kind kind = FQ_PLAIN;
 	int pool = -1;
+	bool shared = (flags & PGC_SHARED) && c->lane == LANE_QUERY && !(flags & PGC_URGENT);
+	char *skey = NULL;
+	size_t skey_len = 0;
 
-	if (c->outstanding >= CLIENT_QUERIES_MAX) {
+	if (shared && (skey = shared_key(sql, np, params, &skey_len)) &&
+	    shared_join(c, id, skey, skey_len)) {
+		free(skey);
+		return;
+	}
+	if (skey ? c->shared >= CLIENT_SHARED_MAX
+	         : c->outstanding - c->shared - c->joined >= CLIENT_QUERIES_MAX) {
+		free(skey);
 		answer_err(c, id, "too many queries queued at the feed");
 		return;
 	}
@@ -364,6 +477,7 @@ static void run(struct client *c, uint32_t id, bool urgent, const char *sql, int
 		pc = pool >= 0 ? g_pool[pool] : NULL;
 	}
 	if (!pgc_is_up(pc) || !(q = calloc(1, sizeof(*q)))) {
+		free(skey);
 		answer_err(c, id, "connection down");
 		return;
 	}
@@ -373,17 +487,32 @@ static void run(struct client *c, uint32_t id, bool urgent, const char *sql, int
 	q->kind = kind;
 	if (kind == FQ_LOCK && !(q->key = strdup(params[0]))) {
 		free(q);
+		free(skey);
 		answer_err(c, id, "out of memory");
 		return;
 	}
-	if ((urgent ? pgc_query_first : pgc_query)(pc, sql, np, params, timeout_ms, on_answer, q) <
-	    0) {
+	if (skey) {
+		/* In the table before queueing: pgc may send it at once (on_sent takes it out). */
+		q->skey = skey;
+		q->skey_len = skey_len;
+		q->in_table = true;
+		HASH_ADD_KEYPTR(hh, g_shared, q->skey, q->skey_len, q);
+	}
+	if (pgc_query_ex(pc, (flags & PGC_URGENT) | (skey ? PGC_SHARED : 0u), sql, np, params,
+	                 timeout_ms, on_answer, skey ? on_sent : NULL, q) < 0) {
+		if (q->in_table)
+			HASH_DEL(g_shared, q);
 		free(q->key);
+		free(q->skey);
 		free(q);
 		answer_err(c, id, "connection down");
 		return;
 	}
 	c->outstanding++;
+	if (skey) {
+		c->shared++;
+		g_shared_run++;
+	}
 	if (pool >= 0)
 		g_pool_load[pool]++;
 }
@@ -406,7 +535,7 @@ static void on_client_frame(struct feedlink *l, char type, struct feedlink_rd *r
 		}
 		send_state(c);
 	} else if (type == FEEDLINK_QUERY && c->lane != LANE_NONE) {
-		uint32_t id = feedlink_get_u32(r), urgent = feedlink_get_u32(r),
+		uint32_t id = feedlink_get_u32(r), flags = feedlink_get_u32(r),
 		         tmo = feedlink_get_u32(r);
 		const char *sql = feedlink_get_str(r, NULL);
 		uint32_t np = feedlink_get_u32(r);
@@ -420,7 +549,7 @@ static void on_client_frame(struct feedlink *l, char type, struct feedlink_rd *r
 			feedlink_close(l);
 			return;
 		}
-		run(c, id, urgent != 0, sql, (int)np, params, tmo);
+		run(c, id, flags, sql, (int)np, params, tmo);
 	} else if (type == FEEDLINK_RECONNECT && c->lane != LANE_NONE) {
 		const char *why = feedlink_get_str(r, NULL);
 		struct pgc *pc = c->lane == LANE_LISTENER ? g_listener
@@ -553,6 +682,8 @@ static void on_stop_signal(uv_signal_t *s, int sig)
 	uv_close((uv_handle_t *)&g_sigterm, NULL);
 	uv_close((uv_handle_t *)&g_sigint, NULL);
 	uv_close((uv_handle_t *)&g_server, NULL);
+	on_stats(&g_stats);
+	uv_close((uv_handle_t *)&g_stats, NULL);
 	for (c = g_clients; c; c = next) {
 		next = c->next;
 		feedlink_close(&c->link);
@@ -613,6 +744,9 @@ int feed_run(const struct config *cfg, const char *addr)
 	uv_signal_init(g_loop, &g_sigint);
 	uv_signal_start(&g_sigterm, on_stop_signal, SIGTERM);
 	uv_signal_start(&g_sigint, on_stop_signal, SIGINT);
+	uv_timer_init(g_loop, &g_stats);
+	uv_timer_start(&g_stats, on_stats, 1000, 1000);
+	uv_unref((uv_handle_t *)&g_stats);
 	{
 		char n[16];
 		snprintf(n, sizeof(n), "%d", g_npool + 2);

@@ -19,7 +19,10 @@ struct pgc_query {
 	char **params;
 	uint32_t timeout_ms;
 	pgc_result_fn cb;
+	pgc_sent_fn sent;
 	void *arg;
+	unsigned flags;
+	bool kept; /* survived a lost connection unsent once already */
 	struct pgc_query *next;
 };
 
@@ -39,6 +42,7 @@ struct pgc {
 	struct pgc_query *head, *tail; /* head is in flight when sent */
 	struct pgc_query *urgent_tail; /* last query queued with pgc_query_first */
 	bool in_flight;
+	bool lost_by_deadline; /* while lose() runs for the query in flight's deadline */
 	bool heartbeat_in_flight;
 	uint32_t attempts;
 	uint64_t reconnects;
@@ -94,19 +98,47 @@ static void free_query(struct pgc_query *q)
 	free(q);
 }
 
-/* Fails every queued query (callbacks see NULL) and empties the queue. */
-static void fail_all(struct pgc *pc, const char *why)
+/* Fails every queued query (callbacks see NULL) and empties the queue. With keep_shared (an up
+ * connection was lost), PGC_SHARED queries are kept, in order, for the next connection: a read
+ * that waited in the queue, or was running when the connection failed under it, is not failed
+ * because the connection broke (a read runs again harmlessly; the one in flight at its own
+ * deadline is not, it would time out again). Kept once: if the connection is lost again before
+ * they are answered (a failed reconnect included), they fail, so the wait is bounded by one
+ * backoff and connect. */
+static void fail_all(struct pgc *pc, const char *why, bool keep_shared)
 {
+	struct pgc_query *keep = NULL, *klast = NULL;
+	struct pgc_query *sent = pc->in_flight && pc->lost_by_deadline ? pc->head : NULL;
+
 	while (pc->head) {
 		struct pgc_query *q = pc->head;
 		pc->head = q->next;
+		if (keep_shared && q != sent && (q->flags & PGC_SHARED) && !q->kept) {
+			q->kept = true;
+			q->next = NULL;
+			if (klast)
+				klast->next = q;
+			else
+				keep = q;
+			klast = q;
+			continue;
+		}
 		if (q->cb)
 			q->cb(q->arg, NULL, why);
 		free_query(q);
 	}
-	pc->tail = NULL;
 	pc->urgent_tail = NULL;
 	pc->in_flight = false;
+	/* A callback may have stopped pc: nothing kept is ever sent then. */
+	while (keep && pc->state == PGC_STOPPING) {
+		struct pgc_query *q = keep;
+		keep = q->next;
+		if (q->cb)
+			q->cb(q->arg, NULL, why);
+		free_query(q);
+	}
+	pc->head = keep;
+	pc->tail = keep ? klast : NULL;
 }
 
 static void free_handle(uv_handle_t *h)
@@ -207,7 +239,7 @@ static void lose(struct pgc *pc, const char *reason)
 	pc->heartbeat_in_flight = false;
 	/* Leave UP before failing queries: their callbacks must not be able to queue more. */
 	set_state(pc, PGC_BACKOFF);
-	fail_all(pc, why);
+	fail_all(pc, why, was_up);
 	if (was_up && pc->hooks.down)
 		pc->hooks.down(pc, pc->hooks.arg);
 	delay = BACKOFF_MIN_MS << (pc->attempts < 7 ? pc->attempts : 7);
@@ -649,8 +681,11 @@ static void start_connect(struct pgc *pc)
 static void on_query_deadline(uv_timer_t *t)
 {
 	struct pgc *pc = t->data;
-	if (pc->state == PGC_UP && pc->in_flight)
+	if (pc->state == PGC_UP && pc->in_flight) {
+		pc->lost_by_deadline = true; /* the query in flight is not run again */
 		lose(pc, "query timed out");
+		pc->lost_by_deadline = false;
+	}
 }
 
 /* Sends the head of the queue when nothing is in flight. */
@@ -666,7 +701,13 @@ static void pump(struct pgc *pc)
 		return;
 	}
 	pc->in_flight = true;
+	/* The deadline counts from here, the send: waiting in the queue never fails a query. */
 	uv_timer_start(&pc->timer, on_query_deadline, q->timeout_ms, 0);
+	if (q->sent) {
+		pgc_sent_fn sent = q->sent;
+		q->sent = NULL;
+		sent(q->arg);
+	}
 	/* Flush what libpq could not write at once; readable stays watched for the answer. */
 	watch(pc, PQflush(pc->conn) == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
 }
@@ -734,6 +775,17 @@ static void on_io(uv_poll_t *h, int status, int events)
 		}
 		res = pc->result;
 		pc->result = NULL;
+		if ((!res || PQresultStatus(res) == PGRES_FATAL_ERROR) &&
+		    PQstatus(pc->conn) == CONNECTION_BAD) {
+			/* The connection failed under the query (terminated, server gone): lost,
+			 * so that a shared read is run again on the next connection (fail_all). */
+			char why[256];
+			snprintf(why, sizeof(why), "%s",
+			         res ? PQresultErrorMessage(res) : PQerrorMessage(pc->conn));
+			PQclear(res);
+			lose(pc, why);
+			return;
+		}
 		if (res) {
 			finish_query(pc, res);
 			PQclear(res);
@@ -807,7 +859,7 @@ void pgc_stop(struct pgc *pc)
 		return;
 	set_state(pc, PGC_STOPPING);
 	drop_conn(pc);
-	fail_all(pc, "shutting down");
+	fail_all(pc, "shutting down", false);
 	pc->closing = 2;
 	uv_close((uv_handle_t *)&pc->timer, on_closed);
 	uv_close((uv_handle_t *)&pc->heartbeat, on_closed);
@@ -839,13 +891,15 @@ uint64_t pgc_reconnects(const struct pgc *pc)
 
 /* Queues a copy of the query: urgent ones go ahead of every ordinary query (behind the one
  * in flight, which cannot be recalled, and behind earlier urgent ones, which keep their order). */
-static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams,
-                       const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+static int queue_query(struct pgc *pc, unsigned flags, const char *sql, int nparams,
+                       const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
+                       pgc_sent_fn sent, void *arg)
 {
 	struct pgc_query *q, *prev;
+	bool urgent = flags & PGC_URGENT;
 
 	if (pc && pc->relay)
-		return g_relay->query(pc->relay, urgent, sql, nparams, params, timeout_ms, cb, arg);
+		return g_relay->query(pc->relay, flags, sql, nparams, params, timeout_ms, cb, arg);
 	if (!pc || pc->state != PGC_UP)
 		return -1;
 	q = calloc(1, sizeof(*q));
@@ -859,6 +913,8 @@ static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams
 			q->params[i] = strdup(params[i]);
 	q->timeout_ms = timeout_ms;
 	q->cb = cb;
+	q->sent = sent;
+	q->flags = flags;
 	q->arg = arg;
 	prev = pc->tail;
 	if (urgent) {
@@ -881,11 +937,24 @@ static int queue_query(struct pgc *pc, bool urgent, const char *sql, int nparams
 int pgc_query(struct pgc *pc, const char *sql, int nparams, const char *const *params,
               uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	return queue_query(pc, false, sql, nparams, params, timeout_ms, cb, arg);
+	return queue_query(pc, 0, sql, nparams, params, timeout_ms, cb, NULL, arg);
 }
 
 int pgc_query_first(struct pgc *pc, const char *sql, int nparams, const char *const *params,
                     uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	return queue_query(pc, true, sql, nparams, params, timeout_ms, cb, arg);
+	return queue_query(pc, PGC_URGENT, sql, nparams, params, timeout_ms, cb, NULL, arg);
+}
+
+int pgc_query_ex(struct pgc *pc, unsigned flags, const char *sql, int nparams,
+                 const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, pgc_sent_fn sent,
+                 void *arg)
+{
+	return queue_query(pc, flags, sql, nparams, params, timeout_ms, cb, sent, arg);
+}
+
+int pgc_query_shared(struct pgc *pc, const char *sql, int nparams, const char *const *params,
+                     uint32_t timeout_ms, pgc_result_fn cb, void *arg)
+{
+	return queue_query(pc, PGC_SHARED, sql, nparams, params, timeout_ms, cb, NULL, arg);
 }

@@ -135,11 +135,17 @@ struct mwait {
  * wait for the next one, whose snapshot is then taken after they joined). */
 static struct mwait *g_hz_next, **g_hz_tail = &g_hz_next;
 static bool g_hz_in_flight;
+/* Horizon reads are spaced at least this far apart: under a storm of rejoins each read then
+ * serves every ask of the interval (one read answered per round trip was ~9 joins per
+ * statement, more statements than outbox queries would have been); an ask after a quiet spell
+ * is read at once. */
+#define HZ_SPACING_MS 20
+static uint64_t g_hz_sent_ns;
 
 static const struct config *g_cfg;
 static pgl_deliver_fn g_deliver; /* the router, given at start */
 static struct pgc *g_listen, *g_query;
-static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer, g_hold_timer;
+static uv_timer_t g_sweep_timer, g_prune_timer, g_wait_timer, g_hold_timer, g_hz_timer;
 static bool g_enabled, g_listening, g_need_catchup, g_sweep_in_flight;
 static bool g_have_w;
 static bool g_hold_live;
@@ -499,6 +505,12 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		/* Notifications of transactions below W are dropped from now on, also ones that
 		 * committed after an event delivered already: remember nothing from before. */
 		recent_clear();
+		/* An empty outbox in the snapshot that set W, with nothing delivered yet: every
+		 * event committed later has a transaction at or above W, so it is delivered (and
+		 * recorded) here; a room's memory then holds its whole history (joins with since
+		 * 0). */
+		if (!g_max_id && PQgetvalue(res, 0, 6)[0] == 't')
+			recent_mark_whole();
 		sweep_done(sw, true);
 		return;
 	}
@@ -565,7 +577,8 @@ static void sweep(bool catchup)
 	        g_query,
 	        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
 	        "clock_timestamp() - e.created_at < interval '1 second', "
-	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text "
+	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text, "
+	        "$1::text::xid8 = '0'::xid8 AND NOT EXISTS (SELECT 1 FROM realtime.events) "
 	        "FROM (SELECT 1) s LEFT JOIN realtime.events e "
 	        "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
 	        "OR e.id > $2::bigint ORDER BY e.id",
@@ -682,6 +695,7 @@ int pgl_start(const struct config *cfg, uv_loop_t *loop, pgl_deliver_fn deliver)
 	uv_timer_init(loop, &g_prune_timer);
 	uv_timer_init(loop, &g_wait_timer);
 	uv_timer_init(loop, &g_hold_timer);
+	uv_timer_init(loop, &g_hz_timer);
 	uv_timer_start(&g_sweep_timer, on_sweep_timer, SWEEP_EVERY_MS, SWEEP_EVERY_MS);
 	uv_timer_start(&g_prune_timer, on_prune_timer, 5000, PRUNE_EVERY_MS);
 	pgwatch_start(cfg, loop, g_listen, g_query);
@@ -699,6 +713,7 @@ void pgl_stop(void)
 	uv_close((uv_handle_t *)&g_prune_timer, NULL);
 	uv_close((uv_handle_t *)&g_wait_timer, NULL);
 	uv_close((uv_handle_t *)&g_hold_timer, NULL);
+	uv_close((uv_handle_t *)&g_hz_timer, NULL);
 	while (g_waiting) {
 		struct rquery *q = g_waiting;
 		g_waiting = q->next;
@@ -993,6 +1008,10 @@ static void on_replay(void *arg, const PGresult *res, const char *err)
 	"WITH fl AS (SELECT id, xid, snap_xmin FROM realtime.events WHERE id >= $2::bigint "       \
 	"ORDER BY id LIMIT 1)"
 
+/* Sent as a shared read (PGC_SHARED): with --workers the feed runs an identical query of
+ * several workers (the members of one room are spread over them) once while it is still
+ * queued, which is safe for the reason a query not yet sent may be joined here; and a replay
+ * waiting behind a storm of others is not failed for the wait. */
 static int send_replay(struct rquery *q)
 {
 	char sbuf[24], limit[24], after[24], top[24];
@@ -1006,26 +1025,27 @@ static int send_replay(struct rquery *q)
 	if (!q->top)
 		/* The first page also counts the replay and fixes its top, in one snapshot:
 		 * later ids arrive live (held back until the replay is out). */
-		rc = pgc_query(g_query,
-		               REPLAY_FLOOR
-		               ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
-		               "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
-		               "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
-		               "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
-		               "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
-		               " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
-		               "ORDER BY e.id",
-		               3, p, QUERY_TIMEOUT_MS, on_replay, q);
+		rc = pgc_query_shared(
+		    g_query,
+		    REPLAY_FLOOR
+		    ", m AS (SELECT count(*) AS n, coalesce(max(e.id), 0) "
+		    "AS top FROM realtime.events e WHERE " REPLAY_WHERE ") "
+		    "SELECT (SELECT pruned_through FROM realtime.outbox_state)::text, "
+		    "e.id, realtime.event_json(e), m.n, m.top FROM m LEFT JOIN LATERAL ("
+		    "SELECT * FROM realtime.events e WHERE " REPLAY_WHERE
+		    " AND e.id <= m.top ORDER BY e.id LIMIT $3::int) e ON true "
+		    "ORDER BY e.id",
+		    3, p, QUERY_TIMEOUT_MS, on_replay, q);
 	else
-		rc = pgc_query(g_query,
-		               REPLAY_FLOOR
-		               " SELECT (SELECT pruned_through FROM "
-		               "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
-		               "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
-		               "realtime.events e WHERE " REPLAY_WHERE
-		               " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
-		               "LIMIT $3::int) e ON true ORDER BY e.id",
-		               5, p, QUERY_TIMEOUT_MS, on_replay, q);
+		rc = pgc_query_shared(g_query,
+		                      REPLAY_FLOOR
+		                      " SELECT (SELECT pruned_through FROM "
+		                      "realtime.outbox_state)::text, e.id, realtime.event_json(e) "
+		                      "FROM (SELECT 1) s LEFT JOIN LATERAL (SELECT * FROM "
+		                      "realtime.events e WHERE " REPLAY_WHERE
+		                      " AND e.id > $4::bigint AND e.id <= $5::bigint ORDER BY e.id "
+		                      "LIMIT $3::int) e ON true ORDER BY e.id",
+		                      5, p, QUERY_TIMEOUT_MS, on_replay, q);
 	if (rc == 0) {
 		q->sent = true;
 		q->sent_seq = *room_seq(q->room);
@@ -1203,22 +1223,35 @@ static void on_horizon(void *arg, const PGresult *res, const char *err)
 	hz_send();
 }
 
-/* Sends the horizon read for the asks waiting, unless one is in flight (they wait for the
- * next: one read serves every ask that joined before it was sent). */
+static void on_hz_timer(uv_timer_t *t)
+{
+	hz_send();
+}
+
+/* Sends the horizon read for the asks waiting, unless one is in flight or was sent less than
+ * HZ_SPACING_MS ago (they wait for the next: one read serves every ask that joined before it
+ * was sent). A shared read: with --workers the feed runs identical queued ones once. */
 static void hz_send(void)
 {
 	struct mwait *batch = g_hz_next;
+	uint64_t now = util_now_ns(), next = g_hz_sent_ns + (uint64_t)HZ_SPACING_MS * 1000000ull;
 
 	if (g_hz_in_flight || !batch)
 		return;
+	if (g_hz_sent_ns && now < next) {
+		if (!uv_is_active((uv_handle_t *)&g_hz_timer))
+			uv_timer_start(&g_hz_timer, on_hz_timer, (next - now) / 1000000ull + 1, 0);
+		return;
+	}
 	g_hz_next = NULL;
 	g_hz_tail = &g_hz_next;
-	if (pgc_query(g_query, "SELECT pruned_through::text FROM realtime.outbox_state", 0, NULL,
-	              QUERY_TIMEOUT_MS, on_horizon, batch) < 0) {
+	if (pgc_query_shared(g_query, "SELECT pruned_through::text FROM realtime.outbox_state", 0,
+	                     NULL, QUERY_TIMEOUT_MS, on_horizon, batch) < 0) {
 		on_horizon(batch, NULL, "query connection down");
 		return;
 	}
 	g_hz_in_flight = true;
+	g_hz_sent_ns = now;
 	g_horizon_reads++;
 }
 

@@ -22,8 +22,9 @@
 #define TICK_MS      1000
 /* The listener's queue-usage probe, as a direct listener's heartbeat reports it. */
 #define PROBE_EVERY_TICKS 5
-/* A query the feed has not answered this long after its own deadline means the feed is stuck:
- * the link is dropped, as a direct connection is dropped at its query deadline. */
+/* A query the feed has not answered this long after its own deadline, while the feed answered
+ * nothing else either, means the feed is stuck: the link is dropped, as a direct connection is
+ * dropped at its query deadline. */
 #define FEED_SLACK_MS 30000
 
 struct pending {
@@ -49,6 +50,8 @@ struct pgrelay {
 	int handles; /* open libuv handles; freed at 0 once stopping */
 	uint32_t next_id;
 	uint64_t ups;
+	/* The last answer from the feed, or the ask that found none pending. */
+	uint64_t progress_ms;
 	struct pending *pending;
 };
 
@@ -62,7 +65,7 @@ void pgrelay_use(const char *addr)
 	pgc_use_relay(g_addr[0] ? &g_relay : NULL);
 }
 
-static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
+static int pgrelay_query(struct pgrelay *rl, unsigned flags, const char *sql, int nparams,
                          const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
                          void *arg);
 
@@ -84,14 +87,19 @@ static void fail_pending(struct pgrelay *rl, const char *why)
 	}
 }
 
-static void go_down(struct pgrelay *rl, const char *why)
+/* With the link open (the feed's connections are down), the queries already asked are left to
+ * the feed, which answers each one: it fails those it cannot keep and runs the shared reads it
+ * kept for its next connection (see PGC_SHARED). Only a lost link fails them here. */
+static void go_down(struct pgrelay *rl, const char *why, bool link_lost)
 {
-	if (!rl->up)
-		return;
-	rl->up = false;
-	log_warn("postgres connection failed", "conn", rl->name, "reason", why);
-	fail_pending(rl, why);
-	if (rl->hooks.down && !rl->stopping)
+	bool was_up = rl->up;
+
+	rl->up = false; /* first: failed queries' callbacks must not be able to queue more */
+	if (was_up)
+		log_warn("postgres connection failed", "conn", rl->name, "reason", why);
+	if (link_lost)
+		fail_pending(rl, why);
+	if (was_up && rl->hooks.down && !rl->stopping)
 		rl->hooks.down(rl->pc, rl->hooks.arg);
 }
 
@@ -111,7 +119,10 @@ static void on_tick(uv_timer_t *t)
 
 	HASH_ITER(hh, rl->pending, p, tmp)
 	{
-		if (now > p->deadline_ms) {
+		/* A query may wait long in the feed's queue behind a storm of others (its own
+		 * deadline runs at the feed, from its send to PostgreSQL): the feed is stuck only
+		 * when it answers nothing at all meanwhile. */
+		if (now > p->deadline_ms && now > rl->progress_ms + FEED_SLACK_MS) {
 			log_warn("postgres connection failed", "conn", rl->name, "reason",
 			         "the feed did not answer in time");
 			feedlink_close(&rl->link);
@@ -119,8 +130,8 @@ static void on_tick(uv_timer_t *t)
 		}
 	}
 	if (!strcmp(rl->name, "listener") && ++rl->ticks % PROBE_EVERY_TICKS == 0 && !rl->probing &&
-	    pgrelay_query(rl, false, "SELECT pg_notification_queue_usage()", 0, NULL, 3000,
-	                  on_probed, rl) == 0)
+	    pgrelay_query(rl, 0, "SELECT pg_notification_queue_usage()", 0, NULL, 3000, on_probed,
+	                  rl) == 0)
 		rl->probing = true;
 }
 
@@ -181,6 +192,7 @@ static void on_answer(struct pgrelay *rl, struct feedlink_rd *r)
 	PGresult *res = NULL;
 	const char *err = NULL;
 
+	rl->progress_ms = uv_now(rl->loop);
 	HASH_FIND(hh, rl->pending, &id, sizeof(id), p);
 	if (!p)
 		return; /* failed already (the link went down and came back) */
@@ -212,7 +224,7 @@ static void on_frame(struct feedlink *l, char type, struct feedlink_rd *r)
 			if (rl->hooks.up)
 				rl->hooks.up(rl->pc, rl->hooks.arg);
 		} else if (!up) {
-			go_down(rl, "the feed's connection is down");
+			go_down(rl, "the feed's connection is down", false);
 		}
 	} else if (type == FEEDLINK_ANSWER) {
 		on_answer(rl, r);
@@ -246,7 +258,7 @@ static void on_link_closed(struct feedlink *l)
 {
 	struct pgrelay *rl = l->owner;
 	rl->handles--;
-	go_down(rl, "feed connection lost");
+	go_down(rl, "feed connection lost", true);
 	schedule_retry(rl);
 	maybe_free(rl);
 }
@@ -345,7 +357,7 @@ static void pgrelay_reconnect(struct pgrelay *rl, const char *why)
 	feedlink_send(&rl->link, &b);
 }
 
-static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int nparams,
+static int pgrelay_query(struct pgrelay *rl, unsigned flags, const char *sql, int nparams,
                          const char *const *params, uint32_t timeout_ms, pgc_result_fn cb,
                          void *arg)
 {
@@ -363,8 +375,10 @@ static int pgrelay_query(struct pgrelay *rl, bool urgent, const char *sql, int n
 	p->arg = arg;
 	/* The feed may queue it behind others before its deadline starts: generous slack. */
 	p->deadline_ms = uv_now(rl->loop) + timeout_ms + FEED_SLACK_MS;
+	if (!rl->pending)
+		rl->progress_ms = uv_now(rl->loop);
 	feedlink_put_u32(&b, p->id);
-	feedlink_put_u32(&b, urgent);
+	feedlink_put_u32(&b, flags & (PGC_URGENT | PGC_SHARED));
 	feedlink_put_u32(&b, timeout_ms);
 	feedlink_put_str(&b, sql);
 	feedlink_put_u32(&b, (uint32_t)nparams);
@@ -405,10 +419,10 @@ static void relay_reconnect(void *rl, const char *why)
 	pgrelay_reconnect(rl, why);
 }
 
-static int relay_query(void *rl, bool urgent, const char *sql, int nparams,
+static int relay_query(void *rl, unsigned flags, const char *sql, int nparams,
                        const char *const *params, uint32_t timeout_ms, pgc_result_fn cb, void *arg)
 {
-	return pgrelay_query(rl, urgent, sql, nparams, params, timeout_ms, cb, arg);
+	return pgrelay_query(rl, flags, sql, nparams, params, timeout_ms, cb, arg);
 }
 
 static const struct pgc_relay g_relay = {

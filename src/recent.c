@@ -38,6 +38,7 @@ struct ring {
 	struct entry *head, *tail;
 	size_t n;
 	long long floor;
+	bool lost; /* an event of the room was evicted (see g_whole) */
 	char room[ROOM_NAME_MAX + 1];
 };
 
@@ -45,6 +46,10 @@ static size_t g_per_room, g_max_bytes, g_bytes, g_nrings;
 static struct ring *g_rings;
 static struct entry *g_ghead, *g_gtail;
 static uint64_t g_seq;
+/* Since recent_mark_whole: the outbox held no event then, and every event delivered since is
+ * still here unless its room's ring says it lost one (a room without a ring has had none).
+ * Then a client that saw nothing of a room (since 0) is answered with the room's whole ring. */
+static bool g_whole;
 
 static void blob_unref(struct blob *b)
 {
@@ -85,8 +90,11 @@ static void evict(struct entry *e)
 	if (e->f)
 		frame_unref(e->f);
 	free(e);
-	if (!r->n)
+	r->lost = true;
+	if (!r->n) {
+		g_whole = false; /* a room without a ring may now have lost events */
 		ring_free(r);
+	}
 }
 
 static void ring_drop(struct ring *r)
@@ -111,6 +119,12 @@ void recent_clear(void)
 
 	HASH_ITER(hh, g_rings, r, tmp)
 	ring_drop(r);
+	g_whole = false;
+}
+
+void recent_mark_whole(void)
+{
+	g_whole = g_nrings == 0;
 }
 
 void recent_setup(size_t per_room, size_t max_bytes)
@@ -167,6 +181,7 @@ void recent_record(const char *const *rooms, size_t nrooms, long long id, const 
 		if (!e || sizeof(*e) + len > g_max_bytes / 2) {
 			/* Not kept: the room can no longer answer for anything before it. */
 			free(e);
+			g_whole = false;
 			if (r)
 				ring_drop(r);
 			if (!e && b)
@@ -218,6 +233,20 @@ static int by_id(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
+/* Whether room's memory covers since 0 (the client saw nothing of the room): every event the
+ * room ever had is here (see g_whole); *rp is its ring, NULL when it had none. */
+static bool covering_all(const char *room, struct ring **rp)
+{
+	size_t rl = strlen(room);
+	struct ring *r;
+
+	if (!recent_enabled() || !g_whole || rl > ROOM_NAME_MAX)
+		return false;
+	HASH_FIND(hh, g_rings, room, rl, r);
+	*rp = r;
+	return !r || !r->lost;
+}
+
 /* The entry of event since in room's memory when the memory covers since, else NULL. */
 static struct entry *covering_anchor(const char *room, long long since, struct ring **rp)
 {
@@ -240,6 +269,8 @@ static struct entry *covering_anchor(const char *room, long long since, struct r
 bool recent_covers(const char *room, long long since)
 {
 	struct ring *r;
+	if (since == 0 && covering_all(room, &r))
+		return true;
 	return covering_anchor(room, since, &r) != NULL;
 }
 
@@ -253,12 +284,18 @@ int recent_lookup(const char *room, long long since, long long min_id, recent_bu
 	*ids = NULL;
 	*frames = NULL;
 	*n = 0;
-	if (!(anchor = covering_anchor(room, since, &r)))
+	if (since == 0 && covering_all(room, &r)) {
+		anchor = NULL; /* every event of the room has an id above 0 */
+		if (!r)
+			return 1;
+	} else if (!(anchor = covering_anchor(room, since, &r))) {
 		return 0;
+	}
 	if (!(pick = malloc(r->n * sizeof(*pick))))
 		return -1;
 	for (struct entry *e = r->head; e; e = e->next)
-		if (e->id > min_id && (e->id > since || (e->id < since && e->seq > anchor->seq)))
+		if (e->id > min_id &&
+		    (e->id > since || (anchor && e->id < since && e->seq > anchor->seq)))
 			pick[k++] = e;
 	qsort(pick, k, sizeof(*pick), by_id);
 	if (k &&

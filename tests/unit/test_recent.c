@@ -1,7 +1,8 @@
 /* Unit tests for src/recent.c: when a room's recent-events memory covers a `since` (anchor
  * present, nothing newer dropped, room recorded before), what a lookup hands back (ids above
  * since plus smaller ids delivered after it, in id order, none at or below min_id), eviction
- * per room and by bytes, and events delivered out of id order. */
+ * per room and by bytes, events delivered out of id order, and since 0 while the memory holds
+ * every room's whole history (recent_mark_whole) until it loses an event. */
 #include "frame.h"
 #include "recent.h"
 
@@ -212,6 +213,76 @@ START_TEST(test_several_rooms_share_an_event)
 }
 END_TEST
 
+START_TEST(test_since_zero_whole_history)
+{
+	recent_setup(2, 1 << 20);
+	/* Not marked whole: a client that saw nothing of a room is answered by a query. */
+	rec("a", 1, true, 0);
+	ck_assert_str_eq(look("a", 0, 0), "-");
+	ck_assert_str_eq(look("z", 0, 0), "-");
+	recent_clear();
+	recent_mark_whole();
+	/* Whole: a room's memory is its history (none when it has no ring), not anchors alone. */
+	ck_assert_str_eq(look("z", 0, 0), "");
+	rec("a", 2, false, 0);
+	rec("b", 3, true, 2);
+	rec("a", 4, true, 3);
+	ck_assert_str_eq(look("a", 0, 0), "2,4");
+	ck_assert_str_eq(look("a", 0, 2), "4");
+	ck_assert_str_eq(look("b", 0, 0), "3");
+	ck_assert_str_eq(look("z", 0, 0), "");
+	/* An eviction uncovers its room (per-room bound 2), the others stay whole. */
+	rec("a", 5, true, 4);
+	ck_assert_str_eq(look("a", 0, 0), "-");
+	ck_assert_str_eq(look("a", 4, 0), "5");
+	ck_assert_str_eq(look("b", 0, 0), "3");
+	ck_assert_str_eq(look("z", 0, 0), "");
+	/* A new setup (or clear) forgets the mark; an event not kept drops it for every room. */
+	recent_setup(1, 1 << 20);
+	recent_mark_whole();
+	rec("b", 6, true, 0);
+	ck_assert_str_eq(look("b", 0, 0), "6");
+	recent_setup(1, 1 << 20); /* setup forgets the mark too */
+	ck_assert_str_eq(look("z", 0, 0), "-");
+	recent_mark_whole();
+	rec("b", 7, true, 0);
+	recent_record((const char *const[]){"c"}, 1, 8, "{\"id\":8}", 8, true, 7);
+	ck_assert_str_eq(look("c", 0, 0), "8");
+	{
+		/* an event too large to keep (over half the bytes) drops the mark */
+		static char big[1 << 20];
+		memset(big, 'x', sizeof(big) - 1);
+		recent_record((const char *const[]){"d"}, 1, 9, big, sizeof(big) - 1, true, 8);
+	}
+	ck_assert_str_eq(look("z", 0, 0), "-");
+	ck_assert_str_eq(look("c", 0, 0), "-");
+	recent_shutdown();
+}
+END_TEST
+
+START_TEST(test_since_zero_lost_with_a_whole_room)
+{
+	size_t one;
+
+	recent_setup(8, 1 << 20);
+	recent_mark_whole();
+	rec("a", 1, true, 0);
+	one = recent_bytes(); /* a room with one event */
+	/* Room for one such room, not two: recording b trims a's only event, and a room without
+	 * memory no longer proves it had no event. */
+	recent_setup(8, one + one / 2);
+	recent_mark_whole();
+	rec("a", 1, true, 0);
+	ck_assert_str_eq(look("a", 0, 0), "1");
+	rec("b", 2, true, 1);
+	ck_assert_uint_eq(recent_rooms(), 1);
+	ck_assert_str_eq(look("a", 0, 0), "-");
+	ck_assert_str_eq(look("b", 0, 0), "-");
+	ck_assert_str_eq(look("b", 2, 0), ""); /* its anchors still answer */
+	recent_shutdown();
+}
+END_TEST
+
 static Suite *recent_suite(void)
 {
 	Suite *s = suite_create("recent");
@@ -226,6 +297,8 @@ static Suite *recent_suite(void)
 	tcase_add_test(c, test_byte_bound);
 	tcase_add_test(c, test_disabled);
 	tcase_add_test(c, test_several_rooms_share_an_event);
+	tcase_add_test(c, test_since_zero_whole_history);
+	tcase_add_test(c, test_since_zero_lost_with_a_whole_room);
 	suite_add_tcase(s, c);
 	return s;
 }
