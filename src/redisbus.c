@@ -130,6 +130,7 @@ static struct {
 	char hb_payload[48];
 	uint64_t hb_seq, hb_fence;
 	bool hb_pending, hb_pub_ok, hb_sub_ok;
+	uv_check_t hb_verdict; /* after the poll that follows a passed heartbeat deadline */
 	struct own_msg *head, *tail;
 	size_t own_bytes;
 	uint64_t pub_seq, pub_acked;
@@ -677,12 +678,23 @@ static void heartbeat_check_done(void)
 	}
 }
 
-static void on_heartbeat_deadline(uv_timer_t *t)
+/* The verdict on a passed heartbeat deadline, given after the loop has read its sockets once
+ * more: libuv runs timers before it polls, so when this process itself stalled (starved of CPU,
+ * stopped) past the deadline, the answers may be sitting unread. */
+static void on_heartbeat_verdict(uv_check_t *h)
 {
+	uv_check_stop(h);
 	if (g.state != RB_UP || !g.hb_pending)
 		return;
 	lose("heartbeat timed out", !g.hb_pub_ok ? "no PUBLISH reply within 3 s"
 	                                         : "subscriber did not receive it within 3 s");
+}
+
+static void on_heartbeat_deadline(uv_timer_t *t)
+{
+	if (g.state != RB_UP || !g.hb_pending)
+		return;
+	uv_check_start(&g.hb_verdict, on_heartbeat_verdict);
 }
 
 static void on_heartbeat_published(redisAsyncContext *ac, void *r, void *privdata)
@@ -1345,6 +1357,7 @@ int redisbus_start(const struct config *cfg, uv_loop_t *loop, redisbus_deliver_f
 	uv_timer_init(loop, &g.heartbeat);
 	uv_timer_init(loop, &g.reaper);
 	uv_timer_init(loop, &g.flush);
+	uv_check_init(loop, &g.hb_verdict);
 	room_set_life_hook(on_room_life);
 	start_connect();
 	return 0;
@@ -1392,6 +1405,7 @@ void redisbus_stop(void)
 	flush_own(false);
 	free_rooms();
 	uv_close((uv_handle_t *)&g.flush, NULL);
+	uv_close((uv_handle_t *)&g.hb_verdict, NULL);
 	uv_close((uv_handle_t *)&g.timer, NULL);
 	uv_close((uv_handle_t *)&g.heartbeat, NULL);
 	uv_close((uv_handle_t *)&g.reaper, NULL);

@@ -1,7 +1,7 @@
-"""Dead-peer detection against a server that itself stopped running for a while (SIGSTOP here;
-in production a worker starved of CPU, a long loop turn or a paused VM): the time the server
-was not reading does not count as its peers' silence, while a truly silent peer is still
-dropped."""
+"""Liveness checks against a server that itself stopped running for a while (SIGSTOP here; in
+production a worker starved of CPU, a long loop turn or a paused VM): the time the server was
+not reading does not count as its peers' silence, while a truly silent peer is still dropped;
+and a Redis heartbeat whose answers arrived meanwhile does not take the link down."""
 
 import asyncio
 import os
@@ -65,3 +65,32 @@ def test_live_peers_outlive_a_server_stall_longer_than_the_pong_timeout(server_f
         for ws in live:
             await ws.close()
     run(go())
+
+
+def test_a_stall_past_the_redis_heartbeat_deadline_does_not_drop_a_healthy_link(server_factory):
+    """The heartbeat's answers arrive while roomcast is stopped and sit unread in its sockets;
+    when it runs again, its timers come before its reads, so the passed deadline must wait for
+    one more read before it calls the link dead."""
+    from rc import RedisServer, wait_until
+
+    redis = RedisServer().start()
+    try:
+        server = server_factory({"REDIS_ADDR": redis.addr})
+        wait_until(lambda: server.json("/health")[1]["redis"] == "up", 15, what="redis up")
+        before = metric(server, "roomcast_redis_reconnects_total")
+        # Redis stopped: the next heartbeat (every 2 s) goes out and waits for its answer.
+        os.kill(redis.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.2)
+            os.kill(server.proc.pid, signal.SIGSTOP)  # before that heartbeat's 3 s deadline
+        finally:
+            os.kill(redis.proc.pid, signal.SIGCONT)  # the answers go out to roomcast's sockets
+        try:
+            time.sleep(4)  # the deadline passes while roomcast is stopped
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        time.sleep(1.5)
+        assert server.json("/health")[1]["redis"] == "up"
+        assert metric(server, "roomcast_redis_reconnects_total") == before
+    finally:
+        redis.stop()
