@@ -38,6 +38,9 @@ struct pgc {
 	PGresult *result;     /* first result of the query in flight, until libpq's final NULL */
 	uv_timer_t timer;     /* connect deadline, backoff, or in-flight query deadline */
 	uv_timer_t heartbeat; /* idle liveness probe */
+	uv_check_t verdict;   /* after the poll that follows a passed query deadline */
+	uint32_t sent_seq;    /* queries sent on this connection, for the verdict */
+	uint32_t verdict_seq; /* the query whose deadline passed */
 	PostgresPollingStatusType connect_phase;
 	struct pgc_query *head, *tail; /* head is in flight when sent */
 	struct pgc_query *urgent_tail; /* last query queued with pgc_query_first */
@@ -678,14 +681,29 @@ static void start_connect(struct pgc *pc)
 		pc->resolving = lk;
 }
 
-static void on_query_deadline(uv_timer_t *t)
+/* The verdict on a passed query deadline, given after the loop has read its sockets once
+ * more: libuv runs timers before it polls, so when this process itself stalled (starved of CPU,
+ * stopped) past the deadline, the answer may be sitting unread. */
+static void on_query_verdict(uv_check_t *h)
 {
-	struct pgc *pc = t->data;
-	if (pc->state == PGC_UP && pc->in_flight) {
+	struct pgc *pc = h->data;
+
+	uv_check_stop(h);
+	if (pc->state == PGC_UP && pc->in_flight && pc->sent_seq == pc->verdict_seq) {
 		pc->lost_by_deadline = true; /* the query in flight is not run again */
 		lose(pc, "query timed out");
 		pc->lost_by_deadline = false;
 	}
+}
+
+static void on_query_deadline(uv_timer_t *t)
+{
+	struct pgc *pc = t->data;
+
+	if (pc->state != PGC_UP || !pc->in_flight)
+		return;
+	pc->verdict_seq = pc->sent_seq;
+	uv_check_start(&pc->verdict, on_query_verdict);
 }
 
 /* Sends the head of the queue when nothing is in flight. */
@@ -701,6 +719,7 @@ static void pump(struct pgc *pc)
 		return;
 	}
 	pc->in_flight = true;
+	pc->sent_seq++;
 	/* The deadline counts from here, the send: waiting in the queue never fails a query. */
 	uv_timer_start(&pc->timer, on_query_deadline, q->timeout_ms, 0);
 	if (q->sent) {
@@ -833,7 +852,8 @@ struct pgc *pgc_start(uv_loop_t *loop, const char *conninfo, const char *name,
 	pc->hooks = *hooks;
 	uv_timer_init(loop, &pc->timer);
 	uv_timer_init(loop, &pc->heartbeat);
-	pc->timer.data = pc->heartbeat.data = pc;
+	uv_check_init(loop, &pc->verdict);
+	pc->timer.data = pc->heartbeat.data = pc->verdict.data = pc;
 	start_connect(pc);
 	return pc;
 }
@@ -860,9 +880,10 @@ void pgc_stop(struct pgc *pc)
 	set_state(pc, PGC_STOPPING);
 	drop_conn(pc);
 	fail_all(pc, "shutting down", false);
-	pc->closing = 2;
+	pc->closing = 3;
 	uv_close((uv_handle_t *)&pc->timer, on_closed);
 	uv_close((uv_handle_t *)&pc->heartbeat, on_closed);
+	uv_close((uv_handle_t *)&pc->verdict, on_closed);
 }
 
 void pgc_reconnect(struct pgc *pc, const char *why)

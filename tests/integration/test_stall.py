@@ -94,3 +94,49 @@ def test_a_stall_past_the_redis_heartbeat_deadline_does_not_drop_a_healthy_link(
         assert metric(server, "roomcast_redis_reconnects_total") == before
     finally:
         redis.stop()
+
+
+def test_a_stall_past_a_query_deadline_keeps_the_answer(pgserver, cluster, db):
+    """A replay query's answer arrives while roomcast is stopped, and its 5 s deadline passes
+    meanwhile: the deadline waits for one more read of the sockets, finds the answer, and the
+    join is recovered with every event (before: 'query timed out', the connection dropped and
+    the join answered recovered:false)."""
+    import json
+
+    import psycopg2
+
+    from pgcluster import sql
+    from rc import recv_json
+
+    sql(cluster, db, "DELETE FROM realtime.events")
+    ids = [sql(cluster, db, "SELECT realtime.publish('stall', ARRAY['stall-room'], "
+                            "jsonb_build_object('i', %s))", (i,))[0][0] for i in range(3)]
+    server = pgserver()
+    lock = psycopg2.connect(cluster.dsn_for(db))
+
+    async def go():
+        ws = await connect(server, make_token("1", "admin"))
+        cur = lock.cursor()
+        cur.execute("LOCK TABLE realtime.events IN ACCESS EXCLUSIVE MODE")  # the replay waits
+        await ws.send(json.dumps({"type": "join", "payload": {"room": "stall-room", "since": 0}}))
+        deadline = time.monotonic() + 10
+        while not sql(cluster, db, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type "
+                                   "= 'Lock' AND query LIKE '%%realtime.events%%'")[0][0]:
+            assert time.monotonic() < deadline, "the replay query never waited on the lock"
+            await asyncio.sleep(0.05)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            lock.commit()  # the answer goes out to roomcast's socket
+            await asyncio.sleep(6)  # past the query's 5 s deadline, counted from its send
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        joined = await recv_json(ws, 10)
+        assert joined == {"type": "joined", "payload": {
+            "room": "stall-room", "recovered": True, "replayed": 3}}, joined
+        assert [(await recv_json(ws))["id"] for _ in ids] == ids
+        await ws.close()
+    try:
+        run(go())
+    finally:
+        lock.close()
+    assert "query timed out" not in server.logs()
