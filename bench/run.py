@@ -320,8 +320,12 @@ def perf_wrap(server, name):
     if os.environ.get("BENCH_PERF") != "1" or server.kind != "roomcast":
         return None
     out = os.path.join(RESULTS, "perf-%s.data" % name)
-    return subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g",
-                             "-o", out, "-p", ",".join(str(p) for p in server.pids())],
+    # BENCH_PERF_DWARF=1: call graphs through libc and json-c too (built without frame
+    # pointers), at a larger file and a higher cost per sample.
+    graph = (["--call-graph", "dwarf,16384"] if os.environ.get("BENCH_PERF_DWARF") == "1"
+             else ["-g"])
+    return subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999"] + graph +
+                            ["-o", out, "-p", ",".join(str(p) for p in server.pids())],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -766,9 +770,14 @@ def sc_notify(ctx):
         say("notify: POST /api/notify closed loop, %d connections, %gs, %s" %
             (PARAMS["notify_conns"], PARAMS["notify_seconds"], kind))
         with Server(kind) as s:
-            out[kind] = loadgen("notify", s, ["--duration", PARAMS["notify_seconds"], "--rate", 0,
-                                              "--senders", PARAMS["notify_conns"],
-                                              "--notify-token", NOTIFY_TOKEN, "--settle", 0])
+            p = perf_wrap(s, "notify-" + kind)
+            try:
+                out[kind] = loadgen("notify", s, ["--duration", PARAMS["notify_seconds"],
+                                                  "--rate", 0, "--senders",
+                                                  PARAMS["notify_conns"], "--notify-token",
+                                                  NOTIFY_TOKEN, "--settle", 0])
+            finally:
+                perf_stop(p)
     return out
 
 
