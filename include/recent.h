@@ -50,11 +50,12 @@ int recent_lookup(const char *room, long long since, long long min_id, recent_bu
 
 /* The delivery point of the event recorded last (recent_record counts every call). */
 uint64_t recent_seq(void);
-/* Remembers a position pgl handed out in `joined` (see pgl_position): event id such that
- * every event not in a replay after it was delivered at or before delivery point seq (then
- * recent_lookup covers since = id for a room whose every event delivered after seq is still
- * here). Ids and seqs must ascend (others are ignored); bounded, the oldest forgotten first;
- * recent_clear forgets them. */
+/* Remembers a position pgl handed out in `joined` (see pgl_position) from which the memory
+ * may answer: event id P such that every event committed after P was delivered here after
+ * delivery point seq (what a client holding P may lack, wherever it got P). Then recent_lookup
+ * covers since = P for a room whose every event delivered after seq is still here. Ids and
+ * seqs must ascend (others are ignored); bounded, the oldest forgotten first; recent_clear
+ * forgets them. */
 void recent_note_position(long long id, uint64_t seq);
 
 /* Whether recent_lookup would answer (min_id aside), without building anything. */

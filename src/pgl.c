@@ -167,8 +167,13 @@ static struct inbound *g_in_head, *g_in_tail;
  * in flight, no failed fetch not yet redelivered (W past its transaction). */
 static long long g_pos_id = -1, g_cand_id = -1; /* -1: none known */
 static uint64_t g_pos_seq, g_cand_seq;          /* their recent_seq() delivery points */
-static size_t g_sweep_claims;                   /* ids the sweep fetch in flight claimed */
-static uint64_t g_pos_block_xid;                /* 0, or a failed fetch's highest xid */
+/* Whether the recent memory may answer a rejoin from it, whichever process handed it out:
+ * nothing committed after it was delivered here before it (an anchor, see deliver_json; or the
+ * first read's newest event when no event committed after it had been, see on_swept). Then
+ * what the client may lack is what was delivered here after it. */
+static bool g_pos_mem, g_cand_mem;
+static size_t g_sweep_claims;    /* ids the sweep fetch in flight claimed */
+static uint64_t g_pos_block_xid; /* 0, or a failed fetch's highest xid */
 
 static void pos_promote(void)
 {
@@ -178,6 +183,7 @@ static void pos_promote(void)
 		return;
 	g_pos_id = g_cand_id;
 	g_pos_seq = g_cand_seq;
+	g_pos_mem = g_cand_mem;
 }
 
 static void drain_inbound(void);
@@ -347,6 +353,7 @@ static void deliver_json(const char *text, uint64_t nonlive_xmax)
 	if (!nonlive_xmax && ev.id_num > g_cand_id) {
 		g_cand_id = ev.id_num;
 		g_cand_seq = recent_seq();
+		g_cand_mem = anchor;
 		pos_promote();
 	}
 	json_object_put(o);
@@ -551,12 +558,17 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		if (!g_max_id && PQgetvalue(res, 0, 6)[0] == 't')
 			recent_mark_whole();
 		/* The newest event in that snapshot is a position: everything committed before it
-		 * committed before this process first read the outbox (owed to no one). */
+		 * committed before this process first read the outbox (owed to no one). Column 8:
+		 * no event of that snapshot committed after it (none with a smaller id open when it
+		 * was inserted, the replay's floor); then, with nothing delivered before, every
+		 * event committed after it is delivered here from now on (the memory may answer).
+		 */
 		if (!PQgetisnull(res, 0, 7)) {
 			long long top = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
 			if (top > g_cand_id) {
 				g_cand_id = top;
 				g_cand_seq = recent_seq();
+				g_cand_mem = !g_max_id && PQgetvalue(res, 0, 8)[0] == 't';
 			}
 		}
 		sweep_done(sw, true);
@@ -631,7 +643,11 @@ static void sweep(bool catchup)
 	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text, "
 	        "$1::text::xid8 = '0'::xid8 AND NOT EXISTS (SELECT 1 FROM realtime.events), "
 	        "CASE WHEN $1::text::xid8 = '0'::xid8 THEN (SELECT coalesce(max(id), 0) "
-	        "FROM realtime.events)::text END "
+	        "FROM realtime.events)::text END, "
+	        "CASE WHEN $1::text::xid8 = '0'::xid8 THEN NOT EXISTS (SELECT 1 FROM "
+	        "realtime.events o, (SELECT id, xid, snap_xmin FROM realtime.events ORDER BY id "
+	        "DESC LIMIT 1) t WHERE o.xid >= t.snap_xmin AND o.id < t.id AND o.xid <> t.xid) "
+	        "END "
 	        "FROM (SELECT 1) s LEFT JOIN realtime.events e "
 	        "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
 	        "OR e.id > $2::bigint ORDER BY e.id",
@@ -928,7 +944,8 @@ bool pgl_position(long long *id)
 	if (!g_enabled || g_pos_id < 0)
 		return false;
 	*id = g_pos_id;
-	recent_note_position(g_pos_id, g_pos_seq);
+	if (g_pos_mem)
+		recent_note_position(g_pos_id, g_pos_seq);
 	return true;
 }
 
