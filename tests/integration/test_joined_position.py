@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import market
+import psycopg2
 from pgcluster import sql
 from rc import connect, make_token, metric_samples, recv_json, run, wait_until
 
@@ -156,3 +157,36 @@ def test_rejoin_from_the_position_answered_from_memory(pgserver, cluster, db):
         assert r["replayed"] == len(before) + 1, r
         await ws.close()
     run(go())
+
+
+def test_position_past_an_open_transaction(pgserver, cluster, db):
+    """Ids commit out of order: an event with a smaller id still open when a later one was
+    delivered (and became the position) is replayed on a rejoin from the position."""
+    server = pgserver()
+    dsn = cluster.dsn_for(db)
+    slow = psycopg2.connect(dsn, connect_timeout=5)
+    try:
+        with slow.cursor() as cur:  # open: its id is below the next one's
+            cur.execute("SELECT realtime.publish('late', ARRAY['oo-a'], '{}'::jsonb)")
+            late = cur.fetchone()[0]
+        fast = sql(cluster, db,
+                   "SELECT realtime.publish('fast', ARRAY['oo-b'], '{}'::jsonb)")[0][0]
+        assert late < fast
+        wait_until(lambda: routed(server) >= 1, 10, what="fast delivered")
+
+        async def go():
+            ws = await connect(server, ADMIN)
+            p = await first_join(ws, "oo-a")
+            assert p["position"] >= fast, p
+            await ws.close()
+            slow.commit()
+            wait_until(lambda: routed(server) >= 2, 10, what="late delivered")
+            ws = await connect(server, ADMIN)
+            r = await join(ws, "oo-a", p["position"])
+            assert r["recovered"] is True and r["replayed"] == 1, r
+            assert (await recv_json(ws))["id"] == late
+            await quiet(ws)
+            await ws.close()
+        run(go())
+    finally:
+        slow.close()
