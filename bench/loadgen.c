@@ -221,8 +221,11 @@ struct conn {
 	uint8_t state;
 	uint8_t frag_op;
 	bool joined;     /* reached C_JOINED once: its losses count even if it was closed later */
-	bool rejoin;     /* storm: dropped; its next join carries since = max_id */
+	bool rejoin;     /* storm: dropped; its next join carries since = max_id (or position) */
 	uint64_t max_id; /* the highest event id it saw (storm's since) */
+	/* The room position its first joined carried (0: none): the since of a client that saw
+	 * no event (without it, since 0: the room's whole history). */
+	uint64_t position;
 	long idx;
 	long room;
 	char *rx; /* bytes of an incomplete frame or head kept between reads */
@@ -449,6 +452,12 @@ static void on_text(struct conn *c, const char *p, size_t n)
 			}
 			c->joined = true;
 			L.joined++;
+			if (opt.rejoin_at_s > 0) {
+				const char *q = memmem(p, n, "\"position\":", 11);
+				uint64_t pos;
+				if (q && parse_num(q + 11, p + n, &pos))
+					c->position = pos;
+			}
 			__atomic_fetch_add(&S->room_members[c->room], 1, __ATOMIC_RELAXED);
 		} else if (memmem(p, n, "\"type\":\"error\"", 14)) {
 			if (!L.join_errors && !opt.quiet)
@@ -592,7 +601,7 @@ static void on_handshake_done(struct conn *c)
 			n = snprintf(
 			    msg, sizeof(msg),
 			    "{\"type\":\"join\",\"payload\":{\"room\":\"%s\",\"since\":%llu}}",
-			    room, (unsigned long long)c->max_id);
+			    room, (unsigned long long)(c->max_id ? c->max_id : c->position));
 		else
 			n = snprintf(msg, sizeof(msg),
 			             "{\"type\":\"join\",\"payload\":{\"room\":\"%s\"}}", room);
@@ -1252,6 +1261,7 @@ static void usage(FILE *out)
 	    "  --rejoin-at S                            storm: S s after sending starts, every\n"
 	    "                                           client drops its socket, reconnects and\n"
 	    "                                           rejoins with since = highest id it saw\n"
+	    "                                           (none: the position its joined carried)\n"
 	    "  --hold S (fanout/latency)                hold S s before sending: CPU holding\n"
 	    "  --pid PID (repeatable)                   server processes: RSS and CPU from /proc\n"
 	    "  --json FILE                              results (default stdout), one JSON object\n"

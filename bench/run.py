@@ -983,7 +983,8 @@ def workers_for(conns):
 def sc_storm(ctx):
     """Issue 14: storm_conns clients over workers in rooms of storm_room; events committed
     with realtime.publish at storm_rate throughout; storm_at seconds in, every client drops
-    its socket and rejoins with since = the highest id it saw. Counted: recovered:true
+    its socket and rejoins with since = the highest id it saw (none: the room position its
+    joined carried). Counted: recovered:true
     answers, loss and duplicates over the whole run, time from the drop to the last joined,
     and the statements roomcast sent PostgreSQL from the drop to the end (pg_stat_statements;
     roomcast_replay_queries_total where roomcast has it, summed only without workers)."""

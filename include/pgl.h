@@ -58,6 +58,11 @@ struct pgl_replay_page {
  * or never will be (below the watermark W and not waiting in the inbound queue: delivered, or
  * committed before this process first read the outbox). Once true it stays true. */
 bool pgl_delivered(long long id, uint64_t xid);
+/* The room position for a `joined` answered now (see docs/protocol.md): an outbox event id P
+ * such that every event of any room not in a replay after P (since = P) was delivered before
+ * now; false when none is known yet (no PostgreSQL, before the first read of the outbox). Also
+ * remembered by the recent memory, which may then answer a rejoin from it. */
+bool pgl_position(long long *id);
 /* Whether every committed outbox event of a transaction at most xid has been delivered (the
  * watermark passed it and nothing waits in the inbound queue). */
 bool pgl_caught_up(uint64_t xid);

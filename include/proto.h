@@ -76,7 +76,9 @@ const char *proto_code_name(enum proto_code c);
 
 /* Reply frames; each returns a new frame (refs = 1) or NULL on allocation failure. room may be
  * NULL where the reply has none. */
-struct frame *proto_joined(const char *room, bool recovered, long replayed, bool with_recovery);
+/* joined: recovered and replayed with with_recovery; position when >= 0 (pgl_position). */
+struct frame *proto_joined(const char *room, bool recovered, long replayed, bool with_recovery,
+                           long long position);
 struct frame *proto_left(const char *room);
 /* {"room":...,"events":[...],"recovered":...,"more":...}: the history answer (the HTTP body, and
  * the payload of the client reply); events are room-message frames, spliced as they are. */

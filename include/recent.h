@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct frame;
 
@@ -37,13 +38,25 @@ void recent_record(const char *const *rooms, size_t nrooms, long long id, const 
 
 /* When room's memory provably holds every delivered event a client that saw since may have
  * missed (since is an anchor in it, nothing after it was dropped, nothing with a higher id was
- * dropped or delivered before the room was recorded; or since is 0, see recent_mark_whole),
+ * dropped or delivered before the room was recorded; or since is 0, see recent_mark_whole;
+ * or since is a position noted with recent_note_position and every event of the room
+ * delivered after it is here: then also those with a smaller id delivered after it),
  * returns 1 and hands over, in id order,
  * the events with id > since plus those with a smaller id delivered after since, except ids <=
  * min_id: *ids and *frames are malloc'd (the caller frees them and owns one reference per
  * frame; NULL when *n is 0). Returns 0 when not covered, -1 out of memory. */
 int recent_lookup(const char *room, long long since, long long min_id, recent_build_fn build,
                   long long **ids, struct frame ***frames, size_t *n);
+
+/* The delivery point of the event recorded last (recent_record counts every call). */
+uint64_t recent_seq(void);
+/* Remembers a position pgl handed out in `joined` (see pgl_position) from which the memory
+ * may answer: event id P such that every event committed after P was delivered here after
+ * delivery point seq (what a client holding P may lack, wherever it got P). Then recent_lookup
+ * covers since = P for a room whose every event delivered after seq is still here. Ids and
+ * seqs must ascend (others are ignored); bounded, the oldest forgotten first; recent_clear
+ * forgets them. */
+void recent_note_position(long long id, uint64_t seq);
 
 /* Whether recent_lookup would answer (min_id aside), without building anything. */
 bool recent_covers(const char *room, long long since);

@@ -50,6 +50,7 @@ struct seen {
  * this queue for its row to be read, and everything behind it waits too. */
 struct inbound {
 	long long id;
+	uint64_t xid;
 	char *json; /* NULL until fetched */
 	bool failed;
 	struct inbound *next;
@@ -155,6 +156,35 @@ static char g_pm_start[64];               /* pg_postmaster_start_time() last see
 static uint64_t g_w;
 static struct seen *g_seen;
 static struct inbound *g_in_head, *g_in_tail;
+
+/* The room position `joined` carries (pgl_position): an outbox event id P such that every
+ * event committed before P's transaction has been delivered. A replay after P carries every
+ * event with a higher id and those with smaller ids still open when P was inserted (the
+ * replay's floor): what it leaves out committed before P, so was delivered before the join.
+ * Candidates are events delivered from their notification (commit order: everything committed
+ * before was notified before), the highest id so far; one becomes the position once nothing
+ * committed earlier can still be on its way by another path: no catch-up owed, no sweep fetch
+ * in flight, no failed fetch not yet redelivered (W past its transaction). */
+static long long g_pos_id = -1, g_cand_id = -1; /* -1: none known */
+static uint64_t g_pos_seq, g_cand_seq;          /* their recent_seq() delivery points */
+/* Whether the recent memory may answer a rejoin from it, whichever process handed it out:
+ * nothing committed after it was delivered here before it (an anchor, see deliver_json; or the
+ * first read's newest event when no event committed after it had been, see on_swept). Then
+ * what the client may lack is what was delivered here after it. */
+static bool g_pos_mem, g_cand_mem;
+static size_t g_sweep_claims;    /* ids the sweep fetch in flight claimed */
+static uint64_t g_pos_block_xid; /* 0, or a failed fetch's highest xid */
+
+static void pos_promote(void)
+{
+	if (g_pos_block_xid && g_have_w && g_pos_block_xid < g_w && !g_in_head)
+		g_pos_block_xid = 0;
+	if (g_cand_id <= g_pos_id || g_need_catchup || g_sweep_claims || g_pos_block_xid)
+		return;
+	g_pos_id = g_cand_id;
+	g_pos_seq = g_cand_seq;
+	g_pos_mem = g_cand_mem;
+}
 
 static void drain_inbound(void);
 static void cache_expire(bool all);
@@ -320,6 +350,12 @@ static void deliver_json(const char *text, uint64_t nonlive_xmax)
 		recent_clear();
 	else
 		recent_record(rooms, n, ev.id_num, text, len, anchor, floor);
+	if (!nonlive_xmax && ev.id_num > g_cand_id) {
+		g_cand_id = ev.id_num;
+		g_cand_seq = recent_seq();
+		g_cand_mem = anchor;
+		pos_promote();
+	}
 	json_object_put(o);
 }
 
@@ -350,17 +386,20 @@ static void on_large_fetched(void *arg, const PGresult *res, const char *err)
 		/* The sweep will find it (its id stays out of the seen set). */
 		in->failed = true;
 		seen_del(in->id);
+		if (in->xid + 1 > g_pos_block_xid)
+			g_pos_block_xid = in->xid + 1; /* +1: never 0 */
 		log_warn("large event fetch failed", "reason", err ? err : "row not found");
 	}
 	drain_inbound();
 }
 
-static void enqueue(long long id, const char *json, bool large)
+static void enqueue(long long id, uint64_t xid, const char *json, bool large)
 {
 	struct inbound *in = calloc(1, sizeof(*in));
 	if (!in)
 		return;
 	in->id = id;
+	in->xid = xid;
 	if (large) {
 		char idbuf[24];
 		const char *p[1] = {idbuf};
@@ -371,6 +410,8 @@ static void enqueue(long long id, const char *json, bool large)
 		        p, QUERY_TIMEOUT_MS, on_large_fetched, in) < 0) {
 			in->failed = true;
 			seen_del(id);
+			if (xid + 1 > g_pos_block_xid)
+				g_pos_block_xid = xid + 1;
 		}
 	} else {
 		in->json = strdup(json);
@@ -405,7 +446,7 @@ static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
 	if ((g_have_w && xid < g_w) || seen_has(id))
 		return;
 	seen_add(id, xid);
-	enqueue(id, n->extra, large);
+	enqueue(id, xid, n->extra, large);
 }
 
 /* ---- catch-up and sweep ---- */
@@ -413,7 +454,8 @@ static void on_notify(struct pgc *pc, const PGnotify *n, void *arg)
 struct sweep {
 	bool catchup;
 	uint64_t new_w;
-	uint64_t xmax; /* the snapshot's xmax (see deliver_json) */
+	uint64_t xmax;    /* the snapshot's xmax (see deliver_json) */
+	uint64_t max_xid; /* of the ids claimed */
 	size_t n;
 	long long *ids;
 };
@@ -433,6 +475,7 @@ static void sweep_done(struct sweep *sw, bool advance)
 		}
 	}
 	g_sweep_in_flight = false;
+	pos_promote();
 	/* An ordinary sweep that was already under way when the listener came back kept the
 	 * catch-up from starting; run it now rather than at the next tick, since live events are
 	 * held until it is out. (Only after an ordinary sweep: a failed catch-up is retried by the
@@ -451,10 +494,13 @@ static void on_fetched(void *arg, const PGresult *res, const char *err)
 {
 	struct sweep *sw = arg;
 
+	g_sweep_claims = 0;
 	if (!res) {
 		/* Unclaim so the next sweep tries again; W stays where it was. */
 		for (size_t i = 0; i < sw->n; i++)
 			seen_del(sw->ids[i]);
+		if (sw->max_xid + 1 > g_pos_block_xid)
+			g_pos_block_xid = sw->max_xid + 1;
 		log_warn("catch-up read failed", "reason", err);
 		sweep_done(sw, false);
 		return;
@@ -511,6 +557,20 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 		 * 0). */
 		if (!g_max_id && PQgetvalue(res, 0, 6)[0] == 't')
 			recent_mark_whole();
+		/* The newest event in that snapshot is a position: everything committed before it
+		 * committed before this process first read the outbox (owed to no one). Column 8:
+		 * no event of that snapshot committed after it (none with a smaller id open when it
+		 * was inserted, the replay's floor); then, with nothing delivered before, every
+		 * event committed after it is delivered here from now on (the memory may answer).
+		 */
+		if (!PQgetisnull(res, 0, 7)) {
+			long long top = strtoll(PQgetvalue(res, 0, 7), NULL, 10);
+			if (top > g_cand_id) {
+				g_cand_id = top;
+				g_cand_seq = recent_seq();
+				g_cand_mem = !g_max_id && PQgetvalue(res, 0, 8)[0] == 't';
+			}
+		}
 		sweep_done(sw, true);
 		return;
 	}
@@ -534,6 +594,8 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 			continue;
 		}
 		seen_add(id, xid);
+		if (xid > sw->max_xid)
+			sw->max_xid = xid;
 		sw->ids[sw->n++] = id;
 		buf_printf(&ids, "%s%lld", sw->n > 1 ? "," : "", id);
 	}
@@ -545,6 +607,7 @@ static void on_swept(void *arg, const PGresult *res, const char *err)
 	}
 	{
 		const char *p[1] = {ids.data};
+		g_sweep_claims = sw->n;
 		if ((sw->catchup ? pgc_query_first : pgc_query)(
 		        g_query,
 		        "SELECT realtime.event_json(e) FROM realtime.events e "
@@ -578,7 +641,13 @@ static void sweep(bool catchup)
 	        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, e.id, e.xid::text, "
 	        "clock_timestamp() - e.created_at < interval '1 second', "
 	        "pg_postmaster_start_time()::text, pg_snapshot_xmax(pg_current_snapshot())::text, "
-	        "$1::text::xid8 = '0'::xid8 AND NOT EXISTS (SELECT 1 FROM realtime.events) "
+	        "$1::text::xid8 = '0'::xid8 AND NOT EXISTS (SELECT 1 FROM realtime.events), "
+	        "CASE WHEN $1::text::xid8 = '0'::xid8 THEN (SELECT coalesce(max(id), 0) "
+	        "FROM realtime.events)::text END, "
+	        "CASE WHEN $1::text::xid8 = '0'::xid8 THEN NOT EXISTS (SELECT 1 FROM "
+	        "realtime.events o, (SELECT id, xid, snap_xmin FROM realtime.events ORDER BY id "
+	        "DESC LIMIT 1) t WHERE o.xid >= t.snap_xmin AND o.id < t.id AND o.xid <> t.xid) "
+	        "END "
 	        "FROM (SELECT 1) s LEFT JOIN realtime.events e "
 	        "ON ($1::text::xid8 > '0'::xid8 AND e.xid >= $1::text::xid8) "
 	        "OR e.id > $2::bigint ORDER BY e.id",
@@ -748,6 +817,9 @@ void pgl_stop(void)
 		free(s);
 	}
 	g_enabled = false;
+	g_pos_id = g_cand_id = -1;
+	g_sweep_claims = 0;
+	g_pos_block_xid = 0;
 }
 
 bool pgl_enabled(void)
@@ -864,6 +936,16 @@ bool pgl_delivered(long long id, uint64_t xid)
 	for (struct inbound *in = g_in_head; in; in = in->next)
 		if (in->id == id)
 			return false;
+	return true;
+}
+
+bool pgl_position(long long *id)
+{
+	if (!g_enabled || g_pos_id < 0)
+		return false;
+	*id = g_pos_id;
+	if (g_pos_mem)
+		recent_note_position(g_pos_id, g_pos_seq);
 	return true;
 }
 

@@ -402,7 +402,8 @@ static void put_room_field(struct buf *b, const char *room)
 	buf_json_str(b, room, strlen(room));
 }
 
-struct frame *proto_joined(const char *room, bool recovered, long replayed, bool with_recovery)
+struct frame *proto_joined(const char *room, bool recovered, long replayed, bool with_recovery,
+                           long long position)
 {
 	struct buf b;
 	buf_init(&b);
@@ -411,6 +412,8 @@ struct frame *proto_joined(const char *room, bool recovered, long replayed, bool
 	if (with_recovery)
 		buf_printf(&b, ",\"recovered\":%s,\"replayed\":%ld", recovered ? "true" : "false",
 		           replayed);
+	if (position >= 0)
+		buf_printf(&b, ",\"position\":%lld", position);
 	buf_puts(&b, "}}");
 	return finish(&b);
 }

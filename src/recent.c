@@ -1,7 +1,9 @@
 /* The recent-events memory: per room a FIFO of the last delivered outbox events (id, shared
  * event text, the room message built on first use), all entries on one global FIFO so the byte
  * bound evicts the oldest anywhere. Each room remembers a floor: the highest id it can no
- * longer answer for (evicted, or delivered before the room was recorded). */
+ * longer answer for (evicted, or delivered before the room was recorded), and from_seq: it
+ * holds every event of the room delivered after that point. Also the positions pgl handed
+ * out in `joined` (id, delivery point), so a rejoin from one is answered here. */
 #include "recent.h"
 #include "frame.h"
 #include "log.h"
@@ -38,7 +40,8 @@ struct ring {
 	struct entry *head, *tail;
 	size_t n;
 	long long floor;
-	bool lost; /* an event of the room was evicted (see g_whole) */
+	uint64_t from_seq; /* every event of the room delivered after it is here */
+	bool lost;         /* an event of the room was evicted (see g_whole) */
 	char room[ROOM_NAME_MAX + 1];
 };
 
@@ -50,6 +53,18 @@ static uint64_t g_seq;
  * still here unless its room's ring says it lost one (a room without a ring has had none).
  * Then a client that saw nothing of a room (since 0) is answered with the room's whole ring. */
 static bool g_whole;
+/* No ring was freed and no event left unrecorded after this delivery point: a room without a
+ * ring had no event delivered after it, a new ring holds all of its room's from here. */
+static uint64_t g_gone_seq;
+
+/* Positions handed out (see recent_note_position): ids and delivery points both ascend. */
+#define POSITIONS_MAX 4096
+struct position {
+	long long id;
+	uint64_t seq;
+};
+static struct position *g_pos;
+static size_t g_pos_first, g_pos_n;
 
 static void blob_unref(struct blob *b)
 {
@@ -59,6 +74,7 @@ static void blob_unref(struct blob *b)
 
 static void ring_free(struct ring *r)
 {
+	g_gone_seq = g_seq; /* its events were delivered at or before now */
 	HASH_DEL(g_rings, r);
 	g_bytes -= sizeof(*r);
 	g_nrings--;
@@ -77,6 +93,8 @@ static void evict(struct entry *e)
 	r->n--;
 	if (e->id > r->floor)
 		r->floor = e->id;
+	if (e->seq > r->from_seq)
+		r->from_seq = e->seq; /* per room eviction goes in delivery order */
 	if (e->gprev)
 		e->gprev->gnext = e->gnext;
 	else
@@ -120,6 +138,8 @@ void recent_clear(void)
 	HASH_ITER(hh, g_rings, r, tmp)
 	ring_drop(r);
 	g_whole = false;
+	g_gone_seq = g_seq;
+	g_pos_first = g_pos_n = 0;
 }
 
 void recent_mark_whole(void)
@@ -137,6 +157,49 @@ void recent_setup(size_t per_room, size_t max_bytes)
 void recent_shutdown(void)
 {
 	recent_setup(0, 0);
+	free(g_pos);
+	g_pos = NULL;
+}
+
+uint64_t recent_seq(void)
+{
+	return g_seq;
+}
+
+void recent_note_position(long long id, uint64_t seq)
+{
+	struct position *last;
+
+	if (!recent_enabled())
+		return;
+	if (!g_pos && !(g_pos = malloc(POSITIONS_MAX * sizeof(*g_pos))))
+		return;
+	last = g_pos_n ? &g_pos[(g_pos_first + g_pos_n - 1) % POSITIONS_MAX] : NULL;
+	if (last && (id <= last->id || seq < last->seq))
+		return; /* kept ascending; pgl only moves forward */
+	if (g_pos_n == POSITIONS_MAX) {
+		g_pos_first = (g_pos_first + 1) % POSITIONS_MAX;
+		g_pos_n--;
+	}
+	g_pos[(g_pos_first + g_pos_n++) % POSITIONS_MAX] = (struct position){id, seq};
+}
+
+/* The delivery point of position id when it is one handed out and still remembered. */
+static bool position_seq(long long id, uint64_t *seq)
+{
+	size_t lo = 0, hi = g_pos_n;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (g_pos[(g_pos_first + mid) % POSITIONS_MAX].id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo == g_pos_n || g_pos[(g_pos_first + lo) % POSITIONS_MAX].id != id)
+		return false;
+	*seq = g_pos[(g_pos_first + lo) % POSITIONS_MAX].seq;
+	return true;
 }
 
 bool recent_enabled(void)
@@ -182,6 +245,7 @@ void recent_record(const char *const *rooms, size_t nrooms, long long id, const 
 			/* Not kept: the room can no longer answer for anything before it. */
 			free(e);
 			g_whole = false;
+			g_gone_seq = seq; /* the room lacks this event */
 			if (r)
 				ring_drop(r);
 			if (!e && b)
@@ -195,6 +259,7 @@ void recent_record(const char *const *rooms, size_t nrooms, long long id, const 
 			}
 			memcpy(r->room, rooms[i], rl + 1);
 			r->floor = floor;
+			r->from_seq = g_gone_seq;
 			HASH_ADD(hh, g_rings, room, rl, r);
 			g_bytes += sizeof(*r);
 			g_nrings++;
@@ -266,12 +331,31 @@ static struct entry *covering_anchor(const char *room, long long since, struct r
 	return NULL;
 }
 
+/* Whether room's memory covers position since (one handed out in `joined`, *pseq its delivery
+ * point): every event of the room delivered after it is here (the client was in the room from
+ * then on; everything before it was delivered before it joined, see pgl.c). *rp is its ring,
+ * NULL when it had none. */
+static bool covering_position(const char *room, long long since, struct ring **rp, uint64_t *pseq)
+{
+	size_t rl = strlen(room);
+	struct ring *r;
+
+	if (!recent_enabled() || rl > ROOM_NAME_MAX || !position_seq(since, pseq) ||
+	    g_gone_seq > *pseq)
+		return false;
+	HASH_FIND(hh, g_rings, room, rl, r);
+	*rp = r;
+	return !r || r->from_seq <= *pseq;
+}
+
 bool recent_covers(const char *room, long long since)
 {
 	struct ring *r;
+	uint64_t pseq;
 	if (since == 0 && covering_all(room, &r))
 		return true;
-	return covering_anchor(room, since, &r) != NULL;
+	return covering_anchor(room, since, &r) != NULL ||
+	       covering_position(room, since, &r, &pseq);
 }
 
 int recent_lookup(const char *room, long long since, long long min_id, recent_build_fn build,
@@ -280,6 +364,7 @@ int recent_lookup(const char *room, long long since, long long min_id, recent_bu
 	size_t k = 0;
 	struct ring *r = NULL;
 	struct entry *anchor, **pick;
+	uint64_t pseq = UINT64_MAX; /* a position's delivery point: also what came after it */
 
 	*ids = NULL;
 	*frames = NULL;
@@ -289,13 +374,17 @@ int recent_lookup(const char *room, long long since, long long min_id, recent_bu
 		if (!r)
 			return 1;
 	} else if (!(anchor = covering_anchor(room, since, &r))) {
-		return 0;
+		if (!covering_position(room, since, &r, &pseq))
+			return 0;
+		if (!r)
+			return 1; /* no event of the room delivered since the position */
 	}
 	if (!(pick = malloc(r->n * sizeof(*pick))))
 		return -1;
 	for (struct entry *e = r->head; e; e = e->next)
 		if (e->id > min_id &&
-		    (e->id > since || (anchor && e->id < since && e->seq > anchor->seq)))
+		    (e->id > since || (anchor && e->id < since && e->seq > anchor->seq) ||
+		     (e->id != since && e->seq > pseq)))
 			pick[k++] = e;
 	qsort(pick, k, sizeof(*pick), by_id);
 	if (k &&

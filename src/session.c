@@ -368,6 +368,7 @@ struct pending_join {
 	size_t nowed, capowed;
 	uint64_t owed_xmax;
 	bool overflow, draining;
+	long long position; /* for `joined` (-1: none), taken when it entered the room */
 	struct pending_join *next;
 };
 
@@ -623,10 +624,10 @@ static void replay_fetch(struct conn *c, struct pending_join *pj)
 	pj->fetching = false;
 	if (!pj->answered) {
 		pj->answered = true;
-		conn_reply(c, proto_joined(pj->room, false, 0, true));
+		conn_reply(c, proto_joined(pj->room, false, 0, true, pj->position));
 	} else {
 		/* Said recovered:true already: correct that, the client refetches. */
-		conn_reply(c, proto_joined(pj->room, false, (long)pj->nsent, true));
+		conn_reply(c, proto_joined(pj->room, false, (long)pj->nsent, true, pj->position));
 	}
 	pj->lost = true;
 	replay_done(c, pj);
@@ -709,11 +710,12 @@ static void on_replayed(void *arg, const char *room, bool ok, bool recovered, co
 		pj->top = page->top;
 		pj->total = page->total;
 		pj->lost = !(ok && recovered);
-		conn_reply(c, proto_joined(room, ok && recovered, ok ? (long)pj->total : 0, true));
+		conn_reply(c, proto_joined(room, ok && recovered, ok ? (long)pj->total : 0, true,
+		                           pj->position));
 	} else if (!(ok && recovered) && !pj->lost) {
 		/* Events not yet replayed were pruned (or the outbox failed) meanwhile. */
 		pj->lost = true;
-		conn_reply(c, proto_joined(room, false, (long)pj->nsent, true));
+		conn_reply(c, proto_joined(room, false, (long)pj->nsent, true, pj->position));
 	}
 	if (!ok) {
 		replay_done(c, pj);
@@ -764,6 +766,7 @@ static void on_replayed(void *arg, const char *room, bool ok, bool recovered, co
  * published anywhere after the client read `joined` then reaches it (docs/decisions.md). */
 struct bus_wait {
 	struct conn *c; /* held */
+	long long position;
 	char room[ROOM_NAME_MAX + 1];
 };
 
@@ -773,17 +776,18 @@ static void on_bus_subscribed(void *arg)
 
 	/* A leave meanwhile was answered `left`; a late `joined` would contradict it. */
 	if (conn_alive(w->c) && room_is_member(&session_of(w->c)->member, w->room))
-		conn_reply(w->c, proto_joined(w->room, false, 0, false));
+		conn_reply(w->c, proto_joined(w->room, false, 0, false, w->position));
 	conn_release(w->c);
 	free(w);
 }
 
-static void reply_joined(struct conn *c, const char *room)
+static void reply_joined(struct conn *c, const char *room, long long position)
 {
 	struct bus_wait *w = malloc(sizeof(*w));
 
 	if (w) {
 		w->c = c;
+		w->position = position;
 		snprintf(w->room, sizeof(w->room), "%s", room);
 		conn_hold(c);
 		if (bus_when_subscribed(room, on_bus_subscribed, w))
@@ -791,37 +795,48 @@ static void reply_joined(struct conn *c, const char *room)
 		conn_release(c);
 		free(w);
 	}
-	conn_reply(c, proto_joined(room, false, 0, false));
+	conn_reply(c, proto_joined(room, false, 0, false, position));
+}
+
+/* The room position for a `joined` (see pgl_position), -1 when none; taken once the connection
+ * is in the room, so every event delivered from then on reaches it. */
+static long long join_position(void)
+{
+	long long pos;
+	return pgl_position(&pos) ? pos : -1;
 }
 
 static void finish_join(struct conn *c, const char *room, const struct join_args *ja)
 {
 	struct pending_join *pj;
+	long long position;
 
 	if (room_join(room, &session_of(c)->member) < 0) { /* 1 (already a member) is fine */
 		reply_error(c, PROTO_SERVER_ERROR, "could not join", room);
 		return;
 	}
+	position = join_position();
 	if (ja->presence)
 		presence_watch(&session_of(c)->member, room);
 	if (!ja->has_since) {
-		reply_joined(c, room);
+		reply_joined(c, room, position);
 		return;
 	}
 	/* Without a readable outbox the gap cannot be filled: say so, the client refetches. */
 	if (!pgl_enabled() || !more_get(c) || !(pj = calloc(1, sizeof(*pj)))) {
-		conn_reply(c, proto_joined(room, false, 0, true));
+		conn_reply(c, proto_joined(room, false, 0, true, position));
 		return;
 	}
 	snprintf(pj->room, sizeof(pj->room), "%s", room);
 	pj->since = ja->since;
+	pj->position = position;
 	pj->next = more_of(c)->pending;
 	more_of(c)->pending = pj;
 	pj->fetching = true;
 	if (replay_ask(c, room, ja->since, 0, 0) < 0) {
 		/* pj was pushed at the head of the list just above. */
 		pending_end(c, pending_head(c), false);
-		conn_reply(c, proto_joined(room, false, 0, true));
+		conn_reply(c, proto_joined(room, false, 0, true, position));
 	}
 }
 
@@ -868,7 +883,7 @@ static void do_join(struct conn *c, struct proto_msg *m)
 		} else {
 			if (m->presence)
 				presence_watch(&session_of(c)->member, m->room);
-			conn_reply(c, proto_joined(m->room, false, 0, false));
+			conn_reply(c, proto_joined(m->room, false, 0, false, join_position()));
 		}
 		return;
 	}
@@ -954,7 +969,7 @@ int session_server_join(struct conn *c, const char *room)
 		          "out of memory");
 		return 0;
 	}
-	reply_joined(c, room);
+	reply_joined(c, room, join_position());
 	return 1;
 }
 

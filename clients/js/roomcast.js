@@ -49,8 +49,8 @@ function decode(data) {
  *
  * Events (on(name, fn) returns a function that removes fn): 'open' (socket open, auth sent),
  * 'authenticated' (payload {exp}; first auth and every refresh), 'joined' (payload {room,
- * recovered?, replayed?}; recovered false = the missed events cannot be replayed, even after
- * rejoinRetries tries: refetch state), 'left', 'message' (a room message, with .room;
+ * recovered?, replayed?, position?}; recovered false = the missed events cannot be replayed,
+ * even after rejoinRetries tries: refetch state; position: see lastEventId), 'left', 'message' (a room message, with .room;
  * numeric ids arrive once), 'error' ({code, error, room?}: the
  * server's error replies plus local codes 'transport', 'token', 'bad_frame', 'queue_full',
  * 'handler'), 'token_expiring' ({in_s}), 'close' ({code, reason, reconnecting, delayMs}),
@@ -110,7 +110,8 @@ export class RoomcastClient {
     return [...this._rooms.keys()];
   }
 
-  /** The newest numeric event id seen in a room (what a rejoin sends as since), or null. */
+  /** What a rejoin sends as since, or null: the newest numeric event id seen in the room, or
+   * the room position a `joined` carried when greater (a room without events of its own). */
   lastEventId(room) {
     const r = this._rooms.get(room);
     return r ? this._sinceOf(r) : null;
@@ -309,6 +310,7 @@ export class RoomcastClient {
       r.retryTimer = null;
       r.state = 'pending';
       r.replayLeft = 0;
+      r.joinPosition = null;
       r.holding = false;
       r.held = [];
       r.silentLeave = false;
@@ -376,6 +378,7 @@ export class RoomcastClient {
     const b = r.after;
     let s = a === null ? b : b === null ? a : Math.max(a, b);
     if (r.since !== null && (s === null || r.since > s)) s = r.since;
+    if (r.position !== null && (s === null || r.position > s)) s = r.position;
     return s;
   }
 
@@ -384,6 +387,8 @@ export class RoomcastClient {
       state: 'pending', // 'pending' (join sent or to send), 'retrying' or 'joined'
       last: null, // newest numeric id seen in this room
       after: null, // newest live numeric id seen anywhere while joined
+      position: null, // the room position of a `joined` whose replay is through
+      joinPosition: null, // the position of the join under way, until its replay is through
       since: null, // a starting point given to join()
       joinSince: null, // the since of the join under way
       replayLeft: 0, // replayed frames still to come after `joined`
@@ -439,6 +444,12 @@ export class RoomcastClient {
       this._send({ type: 'leave', payload: { room } });
       this._sendJoin(room, r, r.joinSince);
     }, delay);
+  }
+
+  _takePosition(r) {
+    const p = r.joinPosition;
+    r.joinPosition = null;
+    if (p !== null && (r.position === null || p > r.position)) r.position = p;
   }
 
   /** Delivers the live messages held during a retried join (duplicates are dropped). */
@@ -508,6 +519,10 @@ export class RoomcastClient {
           r.state = 'joined';
           r.replayLeft = replayed;
           r.retriesLeft = this.options.rejoinRetries;
+          // Every event up to the position is delivered or in this join's replay: it counts
+          // once the replay is through (a rejoin from it then misses nothing).
+          r.joinPosition = Number.isSafeInteger(p.position) ? p.position : null;
+          if (replayed === 0) this._takePosition(r);
         }
         this._emit('joined', p);
         if (r && r.replayLeft === 0) this._releaseHeld(r);
@@ -592,7 +607,10 @@ export class RoomcastClient {
         if (own.replayLeft > 0) {
           own.replayLeft--;
           replay = true;
-          if (own.replayLeft === 0) queueMicrotask(() => this._releaseHeld(own));
+          if (own.replayLeft === 0) {
+            this._takePosition(own);
+            queueMicrotask(() => this._releaseHeld(own));
+          }
         }
       }
       // A live event proves every event committed before it reached this client: rooms that

@@ -70,7 +70,8 @@ static void check_room_replies(const struct proto_msg *m, bool utf8)
 
 	FUZZ_CHECK(room_name_valid(m->room, rl), "parsed room is not a valid name");
 
-	f = proto_joined(m->room, m->has_since, m->has_since ? 3 : 0, m->has_since);
+	f = proto_joined(m->room, m->has_since, m->has_since ? 3 : 0, m->has_since,
+	                 m->has_since ? m->since : -1);
 	o = parse_frame(f, utf8, "joined");
 	p = payload_of(o, "joined", "joined");
 	expect_str(p, "room", m->room, rl, "joined");

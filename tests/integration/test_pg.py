@@ -231,6 +231,7 @@ def test_resume_with_since_gets_exactly_the_missed_events(pgserver, cluster, db)
         ws = await connect(server, ADMIN)
         await ws.send('{"type":"join","payload":{"room":"resume-1","since":%d}}' % last)
         joined = await recv_json(ws)
+        joined["payload"].pop("position", None)
         assert joined == {"type": "joined", "payload": {"room": "resume-1", "recovered": True,
                                                         "replayed": 10}}
         got = await collect(ws, 10)
@@ -331,6 +332,7 @@ def test_resume_in_an_automatic_room(pgserver, cluster, db):
             if m.get("type") == "joined":
                 break
             early.append(m)
+        m["payload"].pop("position", None)
         assert m["payload"] == {"room": "user-55", "recovered": True, "replayed": 1}
         replayed = await collect(ws, 1)
         assert [e["event"] for e in early + replayed] == ["missed"] * (len(early) + 1)

@@ -166,6 +166,29 @@ test('replayed frames do not advance the resume point of other rooms', async () 
   client.close();
 });
 
+test('a room that saw no event resumes from the position its joined carried', async () => {
+  const { client, ws } = make();
+  client.join('quiet');
+  client.join('replayed', { since: 5 });
+  await tick();
+  await authenticate(ws());
+  ws().recv({ type: 'joined', payload: { room: 'quiet', position: 70 } });
+  assert.equal(client.lastEventId('quiet'), 70);
+  // With a replay, the position counts once the replay is through.
+  ws().recv({ type: 'joined', payload: { room: 'replayed', recovered: true, replayed: 1, position: 80 } });
+  assert.equal(client.lastEventId('replayed'), 5);
+  ws().recv({ id: 6, room: 'replayed' });
+  assert.equal(client.lastEventId('replayed'), 80);
+  ws().drop(1006);
+  await nextSocket(2);
+  await authenticate(ws());
+  assert.deepEqual(ws().take().slice(1), [
+    { type: 'join', payload: { room: 'quiet', since: 70 } },
+    { type: 'join', payload: { room: 'replayed', since: 80 } },
+  ]);
+  client.close();
+});
+
 test('a forbidden room is forgotten; queued broadcasts wait for their join', async () => {
   const { client, ws, events } = make();
   client.join('secret-1');

@@ -517,26 +517,33 @@ END_TEST
 
 START_TEST(test_joined)
 {
-	json_object *o = parse_frame(proto_joined("order-7", false, 0, false));
+	json_object *o = parse_frame(proto_joined("order-7", false, 0, false, -1));
 	json_object *p = reply_payload(o, "joined");
 
 	expect_keys(p, "room", NULL);
 	expect_str(p, "room", "order-7");
 	json_object_put(o);
 
-	o = parse_frame(proto_joined("order-7", true, 3, true));
+	o = parse_frame(proto_joined("order-7", true, 3, true, 1234));
 	p = reply_payload(o, "joined");
-	expect_keys(p, "room", "recovered", "replayed", NULL);
+	expect_keys(p, "room", "recovered", "replayed", "position", NULL);
 	expect_str(p, "room", "order-7");
 	expect_bool(p, "recovered", true);
 	expect_int(p, "replayed", 3);
+	expect_int(p, "position", 1234);
 	json_object_put(o);
 
-	o = parse_frame(proto_joined("r", false, 0, true));
+	o = parse_frame(proto_joined("r", false, 0, true, -1));
 	p = reply_payload(o, "joined");
 	expect_keys(p, "room", "recovered", "replayed", NULL);
 	expect_bool(p, "recovered", false);
 	expect_int(p, "replayed", 0);
+	json_object_put(o);
+
+	o = parse_frame(proto_joined("r", false, 0, false, 0));
+	p = reply_payload(o, "joined");
+	expect_keys(p, "room", "position", NULL);
+	expect_int(p, "position", 0);
 	json_object_put(o);
 }
 END_TEST
@@ -680,7 +687,7 @@ START_TEST(test_escaping)
 	static const char nasty[] = "a\"b\\c\nd\te\x01f\x1fg/h";
 	json_object *o, *p;
 
-	o = parse_frame(proto_joined(nasty, true, 1, true));
+	o = parse_frame(proto_joined(nasty, true, 1, true, -1));
 	p = reply_payload(o, "joined");
 	expect_str(p, "room", nasty);
 	json_object_put(o);

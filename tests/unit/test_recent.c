@@ -2,7 +2,7 @@
  * present, nothing newer dropped, room recorded before), what a lookup hands back (ids above
  * since plus smaller ids delivered after it, in id order, none at or below min_id), eviction
  * per room and by bytes, events delivered out of id order, and since 0 while the memory holds
- * every room's whole history (recent_mark_whole) until it loses an event. */
+ * every room's whole history (recent_mark_whole) until it loses an event; positions. */
 #include "frame.h"
 #include "recent.h"
 
@@ -213,6 +213,47 @@ START_TEST(test_several_rooms_share_an_event)
 }
 END_TEST
 
+/* A position (pgl_position) noted with its delivery point: a room answers since = it with what
+ * was delivered to it after that point (and ids above it), while it holds all of that. */
+START_TEST(test_position)
+{
+	uint64_t at;
+
+	recent_setup(2, 1 << 20);
+	rec("other", 50, true, 0);
+	at = recent_seq();
+	recent_note_position(50, at);
+	/* Not handed out: unknown. */
+	ck_assert_str_eq(look("a", 49, 0), "-");
+	/* A room with no event since: covered, nothing to replay. */
+	ck_assert_str_eq(look("a", 50, 0), "");
+	rec("a", 52, true, 50);
+	rec("a", 49, false, 52); /* committed out of order, delivered after the position */
+	ck_assert_str_eq(look("a", 50, 0), "49,52");
+	ck_assert_str_eq(look("a", 50, 49), "52");
+	/* Evicting an event delivered after the position uncovers the room only. */
+	rec("a", 53, true, 52);
+	ck_assert_str_eq(look("a", 50, 0), "-");
+	ck_assert_str_eq(look("b", 50, 0), "");
+	/* A later position, after the eviction, is covered again. */
+	recent_note_position(53, recent_seq());
+	ck_assert_str_eq(look("a", 53, 0), "");
+	rec("a", 54, true, 53);
+	ck_assert_str_eq(look("a", 53, 0), "54");
+	/* Positions only move forward. */
+	recent_note_position(51, recent_seq());
+	ck_assert_str_eq(look("a", 51, 0), "-");
+	/* A clear (as any room memory emptying) uncovers rooms without memory too. */
+	recent_note_position(60, recent_seq());
+	ck_assert_str_eq(look("c", 60, 0), "");
+	recent_clear();
+	ck_assert_str_eq(look("c", 60, 0), "-");
+	recent_note_position(61, 0); /* a delivery point before the clear */
+	ck_assert_str_eq(look("c", 61, 0), "-");
+	recent_shutdown();
+}
+END_TEST
+
 START_TEST(test_since_zero_whole_history)
 {
 	recent_setup(2, 1 << 20);
@@ -299,6 +340,7 @@ static Suite *recent_suite(void)
 	tcase_add_test(c, test_several_rooms_share_an_event);
 	tcase_add_test(c, test_since_zero_whole_history);
 	tcase_add_test(c, test_since_zero_lost_with_a_whole_room);
+	tcase_add_test(c, test_position);
 	suite_add_tcase(s, c);
 	return s;
 }
