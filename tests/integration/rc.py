@@ -163,6 +163,24 @@ async def recv_json(ws, timeout=5):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
+async def read_events(ws, n, timeout=10):
+    """A join's answer, then n room messages (others, like a pong, are skipped): returns
+    (joined, messages). Stops at a recovered:false answer, which nothing follows."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    joined, got = None, []
+    while joined is None or len(got) < n:
+        m = await recv_json(ws, max(0.05, deadline - loop.time()))
+        if m.get("type") == "joined":
+            assert joined is None, m
+            joined = m
+            if m["payload"].get("recovered") is False:
+                break
+        elif "type" not in m:
+            got.append(m)
+    return joined, got
+
+
 async def collect(ws, n, timeout=10):
     """Reads n room messages (replies are skipped); fails after timeout seconds."""
     got = []

@@ -9,7 +9,7 @@ import json
 import threading
 
 from pgcluster import sql
-from rc import connect, make_token, metric_samples, recv_json, run, wait_until
+from rc import connect, make_token, metric_samples, read_events, recv_json, run, wait_until
 
 ADMIN = make_token("1", "admin")
 ROOMS = ["storm-%d" % i for i in range(5)]
@@ -32,21 +32,6 @@ def counters(server):
 def routed(server):
     return metric_samples(server.metrics())[
         ("roomcast_messages_routed_total", (("source", "db"),))]
-
-
-async def read_events(ws, n, timeout=10):
-    """The joined reply, then n room messages."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    joined, got = None, []
-    while joined is None or len(got) < n:
-        m = await recv_json(ws, max(0.05, deadline - loop.time()))
-        if m.get("type") == "joined":
-            assert joined is None, m
-            joined = m
-        elif "type" not in m:
-            got.append(m)
-    return joined, got
 
 
 async def quiet(ws, seconds=0.3):

@@ -12,7 +12,7 @@ import signal
 import psycopg2
 
 from pgcluster import sql
-from rc import connect, make_token, recv_json, run, wait_until
+from rc import connect, make_token, read_events, recv_json, run, wait_until
 from test_workers_pg import children, is_feed, redis_addr, server_pid_of, start  # noqa: F401
 
 ADMIN = make_token("1", "admin")
@@ -37,21 +37,14 @@ def feed_counters(logs):
     return run_, co
 
 
-async def read_events(ws, n, timeout=20):
-    """The joined reply, then n room messages."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    joined, got = None, []
-    while joined is None or len(got) < n:
-        m = await recv_json(ws, max(0.05, deadline - loop.time()))
-        if m.get("type") == "joined":
-            assert joined is None, m
-            joined = m
-            if m["payload"].get("recovered") is False:
-                break  # nothing follows: the caller's check says what went wrong
-        elif "type" not in m:
-            got.append(m)
-    return joined, got
+async def all_recovered(pairs, missed):
+    """Each (client, room) of pairs gets joined recovered:true, then exactly missed[room]."""
+    results = await asyncio.gather(*(read_events(ws, len(missed[room]), 20)
+                                     for ws, room in pairs))
+    for (ws, room), (joined, got) in zip(pairs, results):
+        assert {k: v for k, v in joined["payload"].items() if k != "position"} == {
+            "room": room, "recovered": True, "replayed": len(missed[room])}, joined
+        assert [m["id"] for m in got] == missed[room]
 
 
 def waiting_on_lock(cluster, db):
@@ -120,12 +113,7 @@ def storm(pgserver, redis_addr, cluster, db, kill_one):
             victim = query_backends(cluster, db)[0]
             sql(cluster, db, "SELECT pg_terminate_backend(%s)", (victim,))
         lock.commit()
-        results = await asyncio.gather(*(read_events(ws, len(missed[room]))
-                                         for ws, room in pairs))
-        for (ws, room), (joined, got) in zip(pairs, results):
-            assert {k: v for k, v in joined["payload"].items() if k != "position"} == {
-                "room": room, "recovered": True, "replayed": len(missed[room])}, joined
-            assert [m["id"] for m in got] == missed[room]
+        await all_recovered(pairs, missed)
         # The blockers only held the connections (one past its deadline on a slow machine
         # would be answered recovered:false, and is not what is tested here).
         for ws in blockers:
@@ -180,12 +168,7 @@ def test_queued_replays_survive_a_lost_query_connection_without_workers(pgserver
         sql(cluster, db, "SELECT pg_terminate_backend(%s)", (victim,))
         lock.commit()
         pairs.append((first, rooms[-1]))
-        results = await asyncio.gather(*(read_events(ws, len(missed[room]))
-                                         for ws, room in pairs))
-        for (ws, room), (joined, got) in zip(pairs, results):
-            assert {k: v for k, v in joined["payload"].items() if k != "position"} == {
-                "room": room, "recovered": True, "replayed": len(missed[room])}, joined
-            assert [m["id"] for m in got] == missed[room]
+        await all_recovered(pairs, missed)
         await asyncio.gather(*(ws.close() for ws, _ in pairs))
 
     try:
