@@ -131,8 +131,9 @@ def test_a_stall_past_a_query_deadline_keeps_the_answer(pgserver, cluster, db):
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         joined = await recv_json(ws, 10)
-        assert joined == {"type": "joined", "payload": {
-            "room": "stall-room", "recovered": True, "replayed": 3}}, joined
+        assert joined["type"] == "joined", joined
+        assert {k: v for k, v in joined["payload"].items() if k != "position"} == {
+            "room": "stall-room", "recovered": True, "replayed": 3}, joined
         assert [(await recv_json(ws))["id"] for _ in ids] == ids
         await ws.close()
     try:
