@@ -65,7 +65,7 @@ static const char *const g_names[NROOMS] = {
 static int sub_of(const struct room_member *m, const struct room *r)
 {
 	for (uint32_t i = 0; i < m->nsubs; i++)
-		if (m->subs[i].room == r)
+		if (room_member_room(m, i) == r)
 			return (int)i;
 	return -1;
 }
@@ -95,8 +95,8 @@ static void check_links(void)
 			int si = sub_of(mem[i], room);
 			FUZZ_CHECK(mem[i] >= g_m && mem[i] < g_m + NMEMBERS, "foreign member");
 			FUZZ_CHECK(g_model[mem[i] - g_m][r], "member not in model");
-			FUZZ_CHECK(si >= 0 && mem[i]->subs[si].pos == i, "link of %s[%u] broken",
-			           g_names[r], i);
+			FUZZ_CHECK(si >= 0 && room_member_pos(mem[i], (uint32_t)si) == i,
+			           "link of %s[%u] broken", g_names[r], i);
 		}
 	}
 	FUZZ_CHECK(room_count() == nonempty, "room_count %zu, model %zu", room_count(), nonempty);
@@ -109,8 +109,10 @@ static void check_links(void)
 		FUZZ_CHECK(g_m[m].nsubs <= g_m[m].capsubs, "subs over capacity");
 		for (uint32_t i = 0; i < g_m[m].nsubs; i++) {
 			uint32_t n;
-			struct room_member *const *mem = room_members(g_m[m].subs[i].room, &n);
-			FUZZ_CHECK(g_m[m].subs[i].pos < n && mem[g_m[m].subs[i].pos] == &g_m[m],
+			uint32_t pos = room_member_pos(&g_m[m], i);
+			struct room_member *const *mem =
+			    room_members(room_member_room(&g_m[m], i), &n);
+			FUZZ_CHECK(pos < n && mem[pos] == &g_m[m],
 			           "sub %u of member %d does not point back", i, m);
 		}
 	}
@@ -145,7 +147,7 @@ static void run_ops(const uint8_t *data, size_t size)
 		case 6:
 			room_leave_all(&g_m[m]);
 			memset(g_model[m], 0, sizeof(g_model[m]));
-			FUZZ_CHECK(!g_m[m].subs && !g_m[m].capsubs, "leave_all kept subs");
+			FUZZ_CHECK(!g_m[m].subs.many && !g_m[m].capsubs, "leave_all kept subs");
 			break;
 		default:
 			/* Leaving a room that does not exist, or one by a stranger, changes
