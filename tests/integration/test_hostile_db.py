@@ -196,7 +196,10 @@ def test_database_url_with_a_host_name(pgserver, cluster, db, form):
 # ---- replays larger than the send budget ----
 
 def test_replay_bigger_than_send_budget_is_paged(pgserver, cluster, db):
-    server = pgserver(SEND_QUEUE_MAX_BYTES="65536")
+    # The replay comes from the outbox: with the recent-events memory on, a join that arrives
+    # while the 2 000 are still being delivered (valgrind) is answered from memory with what
+    # it holds so far, and the rest follows live, which pages nothing.
+    server = pgserver(SEND_QUEUE_MAX_BYTES="65536", RECENT_MAX_BYTES="0")
     sql(cluster, db, """
         SELECT realtime.publish('bulk', ARRAY['big-1'],
                                 jsonb_build_object('i', i, 'pad', repeat('x', 1000)))
