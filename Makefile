@@ -68,6 +68,7 @@ UNIT_LINK_test_cidr          := cidr
 UNIT_LINK_test_frame         := frame
 UNIT_LINK_test_frame_wire    := frame
 UNIT_LINK_test_log           := log buf util
+UNIT_LINK_test_jscan         := jscan buf
 UNIT_LINK_test_room          := room buf util
 UNIT_LINK_test_auth          := auth log buf util
 UNIT_LINK_test_config        := config auth cidr log buf util
