@@ -9,8 +9,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-/* The most arrays and objects jscan_parse lets be open at once, whatever the caller asks. */
-#define JSCAN_NEST_MAX 256
+/* The deepest jscan_parse lets a value sit, whatever the caller asks. */
+#define JSCAN_DEPTH_MAX 256
 
 /* "-9223372036854775808" or "18446744073709551615" plus NUL. */
 #define JSCAN_INT_LEN 24
@@ -28,7 +28,7 @@ enum jscan_type {
 enum jscan_result {
 	JSCAN_OK = 0,
 	JSCAN_MALFORMED = -1, /* not JSON, or not RFC 8259 JSON */
-	JSCAN_TOO_DEEP = -2,  /* more than max_nest arrays/objects open at once */
+	JSCAN_TOO_DEEP = -2,  /* a value deeper than max_depth */
 	JSCAN_TRAILING = -3,  /* a whole value, then something other than whitespace */
 };
 
@@ -43,10 +43,12 @@ struct jscan_val {
 
 /* Checks that s[0..n) is exactly one JSON value, whitespace (space, tab, CR, LF) around it
  * allowed: strict grammar (no NaN, Infinity, leading zeros, '+', single quotes, comments, raw
- * control characters in strings or invalid escapes), at most max_nest arrays and objects nested
- * (an empty one counts). Bytes >= 0x80 are taken as they come: UTF-8 is the caller's check.
- * On JSCAN_OK *top is the value without the whitespace around it. */
-enum jscan_result jscan_parse(const char *s, size_t n, int max_nest, struct jscan_val *top);
+ * control characters in strings or invalid escapes), and no value deeper than max_depth, the
+ * whole document being at depth 1 and each array or object putting its elements one deeper
+ * (json-c's json_tokener_new_ex(max_depth): with 16, 16 nested empty arrays pass, 16 nested
+ * objects around a number do not). Bytes >= 0x80 are taken as they come: UTF-8 is the caller's
+ * check. On JSCAN_OK *top is the value without the whitespace around it. */
+enum jscan_result jscan_parse(const char *s, size_t n, int max_depth, struct jscan_val *top);
 
 /* Iterates over an object's members in document order: start with jscan_members, then each
  * jscan_next_member gives the key (a JSCAN_STRING) and the value, false after the last. */

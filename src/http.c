@@ -2,6 +2,7 @@
  * door for backend services. Every refusal is a JSON {"error": ...} with the right status. */
 #include "http.h"
 #include "buf.h"
+#include "jscan.h"
 #include "bus.h"
 #include "capture.h"
 #include "cidr.h"
@@ -444,14 +445,67 @@ static void persist_notify(const struct http_request *req, struct http_response 
 	/* resp->status stays 0: the answer comes through req->complete. */
 }
 
+/* What notify reads of a body: the members it knows, each the last of its name (json-c's rule
+ * for duplicate keys, which the answers keep), and NULL types for absent ones. */
+struct notify_body {
+	struct jscan_val event, room, user, data, persist;
+};
+
+static void notify_members(const struct jscan_val *root, struct notify_body *nb)
+{
+	struct jscan_iter it;
+	struct jscan_val k, v;
+
+	memset(nb, 0, sizeof(*nb));
+	jscan_members(&it, root);
+	while (jscan_next_member(&it, &k, &v)) {
+		if (jscan_key_is(&k, "event"))
+			nb->event = v;
+		else if (jscan_key_is(&k, "room"))
+			nb->room = v;
+		else if (jscan_key_is(&k, "user_id"))
+			nb->user = v;
+		else if (jscan_key_is(&k, "data"))
+			nb->data = v;
+		else if (jscan_key_is(&k, "persist"))
+			nb->persist = v;
+	}
+}
+
+/* The room a body names, decoded into out (ROOM_NAME_MAX + 1 bytes, NUL-terminated when
+ * valid): its length (past ROOM_NAME_MAX when too long), or -1 when it names none. */
+static long notify_room(const struct notify_body *nb, char *out)
+{
+	char num[JSCAN_INT_LEN];
+	size_t n;
+
+	if (nb->room.type == JSCAN_STRING) {
+		n = jscan_unescape(&nb->room, out, ROOM_NAME_MAX);
+	} else if (nb->user.type == JSCAN_STRING) {
+		memcpy(out, "user-", 5);
+		n = 5 + jscan_unescape(&nb->user, out + 5, ROOM_NAME_MAX - 5);
+	} else if ((n = jscan_int_text(&nb->user, num))) {
+		/* An integer user_id as json-c printed it: -0 is 0, huge ones saturate. */
+		n = (size_t)snprintf(out, ROOM_NAME_MAX + 1, "user-%s", num);
+	} else {
+		return -1;
+	}
+	if (n <= ROOM_NAME_MAX)
+		out[n] = '\0';
+	return (long)n;
+}
+
 static void notify(const struct http_request *req, struct http_response *resp)
 {
-	json_tokener *tok;
-	json_object *root, *event, *data, *room, *user, *persist;
+	struct jscan_val root;
+	struct notify_body nb;
 	char room_name_buf[ROOM_NAME_MAX + 1], id[160], id_raw[170], ts[UTIL_TS_LEN];
-	const char *data_raw;
+	char ev_small[256], *event = ev_small;
+	struct buf data;
 	struct frame *f;
-	size_t end, name_len;
+	size_t ev_len;
+	long name_len;
+	enum jscan_result jr;
 
 	/* The credential was checked on the head (http_wants_body, through http_handle). */
 	/* Nothing checked the body's UTF-8 before us (lws does it for WebSocket frames only), and
@@ -460,80 +514,67 @@ static void notify(const struct http_request *req, struct http_response *resp)
 		json_error(resp, 400, "body is not valid UTF-8");
 		return;
 	}
-	/* A new tokener per notify: json_tokener_reset leaves part of the state of a string
-	 * escape behind (a \u surrogate half), which changed the next body's event name when
-	 * one tokener was reused (found by fuzz_notify). */
-	tok = json_tokener_new_ex(PROTO_MAX_DEPTH);
-	json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
-	root = json_tokener_parse_ex(tok, req->body, (int)req->body_len);
-	end = json_tokener_get_parse_end(tok);
-	if (json_tokener_get_error(tok) != json_tokener_success || !root) {
-		json_tokener_free(tok);
-		json_object_put(root);
+	/* Strict RFC 8259 in place, no tree: NaN, Infinity or 00.5 would be relayed verbatim into
+	 * messages no client can parse. The nesting limit is the client protocol's, counted as
+	 * json-c counts it there. */
+	jr = jscan_parse(req->body, req->body_len, PROTO_MAX_DEPTH, &root);
+	if (jr == JSCAN_TRAILING) {
+		json_error(resp, 400, "trailing bytes after JSON");
+		return;
+	}
+	if (jr != JSCAN_OK) {
 		json_error(resp, 400, "malformed JSON");
 		return;
 	}
-	json_tokener_free(tok);
-	for (; end < req->body_len; end++)
-		/* strchr would also find a NUL byte (as the terminator), so it is tested apart. */
-		if (!req->body[end] || !strchr(" \t\r\n", req->body[end])) {
-			json_object_put(root);
-			json_error(resp, 400, "trailing bytes after JSON");
-			return;
-		}
-	/* NaN, Infinity or 00.5 would be relayed verbatim into messages no client can parse. */
-	if (!proto_json_standard(root)) {
-		json_object_put(root);
-		json_error(resp, 400, "malformed JSON");
-		return;
-	}
-	if (!json_object_is_type(root, json_type_object) ||
-	    !json_object_object_get_ex(root, "event", &event) ||
-	    !json_object_is_type(event, json_type_string) || !json_object_get_string_len(event)) {
-		json_object_put(root);
+	notify_members(&root, &nb);
+	if (root.type != JSCAN_OBJECT || nb.event.type != JSCAN_STRING || nb.event.len <= 2) {
 		json_error(resp, 400, "event is required");
 		return;
 	}
+	/* Decoded once to size it, then into a heap copy when the stack one is too small. */
+	ev_len = jscan_unescape(&nb.event, ev_small, sizeof(ev_small) - 1);
+	if (ev_len >= sizeof(ev_small)) {
+		if (!(event = malloc(ev_len + 1))) {
+			json_error(resp, 503, "notification could not be published");
+			return;
+		}
+		jscan_unescape(&nb.event, event, ev_len);
+	}
+	event[ev_len] = '\0';
 	/* From here the event name is a C string; one with a NUL would be published cut short. */
-	if (strlen(json_object_get_string(event)) != (size_t)json_object_get_string_len(event)) {
-		json_object_put(root);
+	if (memchr(event, '\0', ev_len)) {
 		json_error(resp, 400, "invalid event name");
-		return;
+		goto out;
 	}
-	if (json_object_object_get_ex(root, "room", &room) &&
-	    json_object_is_type(room, json_type_string)) {
-		snprintf(room_name_buf, sizeof(room_name_buf), "%s", json_object_get_string(room));
-		name_len = (size_t)json_object_get_string_len(room);
-	} else if (json_object_object_get_ex(root, "user_id", &user) &&
-	           (json_object_is_type(user, json_type_string) ||
-	            json_object_is_type(user, json_type_int))) {
-		snprintf(room_name_buf, sizeof(room_name_buf), "user-%s",
-		         json_object_get_string(user));
-		name_len = 5 + (json_object_is_type(user, json_type_string)
-		                    ? (size_t)json_object_get_string_len(user)
-		                    : strlen(json_object_get_string(user)));
-	} else {
-		json_object_put(root);
+	name_len = notify_room(&nb, room_name_buf);
+	if (name_len < 0) {
 		json_error(resp, 400, "room or user_id is required");
-		return;
+		goto out;
 	}
-	/* Checked at the length that was sent: snprintf cuts a name that is too long and a NUL in
-	 * the JSON string cuts it too; either would publish to a room other than the one named. */
-	if (strlen(room_name_buf) != name_len || !room_name_valid(room_name_buf, name_len)) {
-		json_object_put(root);
+	/* Checked at the length that was sent: a name too long or with a NUL would publish to a
+	 * room other than the one named if it were cut. */
+	if (name_len > ROOM_NAME_MAX || memchr(room_name_buf, '\0', (size_t)name_len) ||
+	    !room_name_valid(room_name_buf, (size_t)name_len)) {
 		json_error(resp, 400, "invalid room name");
-		return;
+		goto out;
 	}
-	data_raw = json_object_object_get_ex(root, "data", &data)
-	               ? json_object_to_json_string_ext(data, JSON_C_TO_STRING_PLAIN)
-	               : "null";
-	/* Only a JSON true persists: json-c would read any non-empty string ("false") as true. */
-	if (json_object_object_get_ex(root, "persist", &persist) &&
-	    json_object_is_type(persist, json_type_boolean) && json_object_get_boolean(persist)) {
+	/* data relayed compacted, otherwise byte for byte (docs/decisions.md). */
+	buf_init(&data);
+	if (nb.data.type)
+		jscan_compact(&nb.data, &data);
+	else
+		buf_puts(&data, "null");
+	if (data.failed) {
+		buf_free(&data);
+		json_error(resp, 503, "notification could not be published");
+		goto out;
+	}
+	/* Only a JSON true persists (json-c's get_boolean would also call "false" true). */
+	if (nb.persist.type == JSCAN_TRUE) {
 		/* Durable: through realtime.publish, delivered by every replica's listener. */
-		persist_notify(req, resp, json_object_get_string(event), room_name_buf, data_raw);
-		json_object_put(root);
-		return;
+		persist_notify(req, resp, event, room_name_buf, data.data);
+		buf_free(&data);
+		goto out;
 	}
 	{
 		/* "<node>-n<seq>", and the same in quotes, without printf (once per notify); an
@@ -554,14 +595,14 @@ static void notify(const struct http_request *req, struct http_response *resp)
 		}
 	}
 	util_timestamp(ts);
-	f = proto_event_envelope(id_raw, json_object_get_string(event), room_name_buf, ts, data_raw,
+	f = proto_event_envelope(id_raw, event, room_name_buf, ts, data.data,
 	                         "{\"source\":\"notify\"}");
-	json_object_put(root);
+	buf_free(&data);
 	if (!f || bus_publish(room_name_buf, (const char *)frame_data(f), f->len,
 	                      METRICS_SRC_NOTIFY) < 0) {
 		frame_unref(f);
 		json_error(resp, 503, "notification could not be published");
-		return;
+		goto out;
 	}
 	frame_unref(f);
 	resp->status = 200;
@@ -569,6 +610,9 @@ static void notify(const struct http_request *req, struct http_response *resp)
 	buf_puts(&resp->body, "{\"status\":\"success\",\"message\":\"Notification sent\",\"id\":");
 	buf_json_str(&resp->body, id, strlen(id));
 	buf_puts(&resp->body, "}");
+out:
+	if (event != ev_small)
+		free(event);
 }
 
 static bool notify_authorized(const struct http_request *req, struct http_response *resp)

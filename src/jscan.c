@@ -152,22 +152,23 @@ static enum jscan_type type_at(unsigned char c)
 }
 
 /* Iterative, so the nesting limit is the only bound on depth and the C stack stays flat. */
-enum jscan_result jscan_parse(const char *s, size_t n, int max_nest, struct jscan_val *top)
+enum jscan_result jscan_parse(const char *s, size_t n, int max_depth, struct jscan_val *top)
 {
-	char open[JSCAN_NEST_MAX]; /* '{' or '[' for each open container */
-	int depth = 0;
+	char open[JSCAN_DEPTH_MAX]; /* '{' or '[' for each open container */
+	int depth = 0;              /* containers open around the next value */
 	size_t i = skip_ws(s, n, 0), start = i;
 
-	if (max_nest > JSCAN_NEST_MAX)
-		max_nest = JSCAN_NEST_MAX;
+	if (max_depth > JSCAN_DEPTH_MAX)
+		max_depth = JSCAN_DEPTH_MAX;
 value:
 	if (i >= n)
 		return JSCAN_MALFORMED;
+	/* This value sits at depth + 1. */
+	if (depth >= max_depth)
+		return JSCAN_TOO_DEEP;
 	switch (s[i]) {
 	case '{':
 	case '[':
-		if (depth >= max_nest)
-			return JSCAN_TOO_DEEP;
 		open[depth++] = s[i];
 		i = skip_ws(s, n, i + 1);
 		if (i < n && s[i] == (open[depth - 1] == '{' ? '}' : ']')) {

@@ -99,6 +99,25 @@ NOTIFY = {
     "regress-surrogate-utf8": b'{"event":"x","room":"r","data":"\xed\xa0\x80"}',
     "regress-nul-event": '{"event":"order\\u0000_updated","room":"order-7"}',
     "regress-nan": '{"event":"ud","room":"0d5516.6er-b7","data":{"us":NaN}}',
+    # The in-place scanner (src/jscan.c) at its edges: the nesting limit either side, what
+    # json-c's strict mode took and RFC 8259 does not, json-c's key and integer rules.
+    "jscan_depth16": '{"event":"x","room":"r","data":' + deep(14, "[]") + "}",
+    "jscan_depth17": '{"event":"x","room":"r","data":' + deep(15, "[]") + "}",
+    "jscan_depth16_objects": '{"event":"x","room":"r","data":' + '{"a":' * 14 + "1" + "}" * 15,
+    "jscan_depth17_objects": '{"event":"x","room":"r","data":' + '{"a":' * 15 + "1" + "}" * 16,
+    "jscan_single_quote": "{'event':'x','room':'r'}",
+    "jscan_raw_tab": '{"event":"a\tb","room":"r"}',  # a raw tab inside the string
+    "jscan_leading_zero": '{"event":"x","user_id":-01}',
+    "jscan_surrogates": '{"event":"\\ud800x","room":"r",'
+                        '"data":["\\udc00","\\ud800\\ud800\\udc00",{"a" : "\\ud83d\\ude00"}]}',
+    "jscan_dup_keys": '{"event":"a","event":"b","room":"x","room":"r","data":1,'
+                      '"data":{ "k" : [ 1 , 2.50 , "a b" ] },"persist":true,"persist":false}',
+    "jscan_nul_key": '{"event\\u0000x":"e","room":"r"}',
+    "jscan_escaped_key": '{"\\u0065vent":"e","r\\u006fom":"r"}',
+    "jscan_user_saturated": '{"event":"e","user_id":-99999999999999999999}',
+    "jscan_user_minus_zero": '{"event":"e","user_id":-0}',
+    "jscan_trailing_x": '{"event":"e","room":"r"} x',
+    "jscan_scalar": "1",
 }
 
 

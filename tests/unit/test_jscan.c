@@ -9,7 +9,7 @@
 
 static enum jscan_result parse(const char *s, struct jscan_val *top)
 {
-	return jscan_parse(s, strlen(s), 15, top);
+	return jscan_parse(s, strlen(s), 16, top);
 }
 
 /* '[' x n then ']' x n (n <= 64). */
@@ -106,8 +106,8 @@ START_TEST(test_invalid)
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ck_assert_msg(parse(bad[i], &top) != JSCAN_OK, "accepted %s", bad[i]);
 	/* A NUL is never whitespace nor part of a value. */
-	ck_assert_int_eq(jscan_parse("[\"a\0b\"]", 7, 15, &top), JSCAN_MALFORMED);
-	ck_assert_int_eq(jscan_parse("[1,\0 2]", 7, 15, &top), JSCAN_MALFORMED);
+	ck_assert_int_eq(jscan_parse("[\"a\0b\"]", 7, 16, &top), JSCAN_MALFORMED);
+	ck_assert_int_eq(jscan_parse("[1,\0 2]", 7, 16, &top), JSCAN_MALFORMED);
 }
 END_TEST
 
@@ -123,34 +123,52 @@ START_TEST(test_trailing)
 	ck_assert_int_eq(parse("01", &top), JSCAN_TRAILING);
 	ck_assert_int_eq(parse("-01", &top), JSCAN_TRAILING);
 	ck_assert_int_eq(parse("\"a\"\f", &top), JSCAN_TRAILING);
-	ck_assert_int_eq(jscan_parse("{}\0", 3, 15, &top), JSCAN_TRAILING);
-	ck_assert_int_eq(jscan_parse("{} \0", 4, 15, &top), JSCAN_TRAILING);
+	ck_assert_int_eq(jscan_parse("{}\0", 3, 16, &top), JSCAN_TRAILING);
+	ck_assert_int_eq(jscan_parse("{} \0", 4, 16, &top), JSCAN_TRAILING);
 	ck_assert_int_eq(parse("{} \r\n\t ", &top), JSCAN_OK);
 }
 END_TEST
 
-/* json_tokener_new_ex(16), what notify used, lets 15 arrays or objects nest, an empty innermost
- * one included; notify passes PROTO_MAX_DEPTH - 1 to get the same. */
+/* n arrays around inner, then n closing brackets (n <= 64). */
+static const char *around(int n, const char *inner, char *out)
+{
+	size_t il = strlen(inner);
+
+	memset(out, '[', (size_t)n);
+	memcpy(out + n, inner, il);
+	memset(out + n + il, ']', (size_t)n);
+	out[2 * n + il] = '\0';
+	return out;
+}
+
+/* The limit counts as json_tokener_new_ex(16), what notify used, does: the document is at depth
+ * 1 and each array or object puts its elements one deeper, so 16 nested empty arrays pass and
+ * 15 arrays around anything are the most. */
 START_TEST(test_depth)
 {
 	char b[200];
 	struct jscan_val top;
 
-	ck_assert_int_eq(parse(nested(15, b), &top), JSCAN_OK);
-	ck_assert_int_eq(parse(nested(16, b), &top), JSCAN_TOO_DEEP);
-	ck_assert_int_eq(jscan_parse(nested(16, b), 32, 16, &top), JSCAN_OK);
-	ck_assert_int_eq(parse("[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]", &top), JSCAN_OK);
-	ck_assert_int_eq(parse("[[[[[[[[[[[[[[[{}]]]]]]]]]]]]]]]", &top), JSCAN_TOO_DEEP);
+	ck_assert_int_eq(parse(nested(16, b), &top), JSCAN_OK);
+	ck_assert_int_eq(parse(nested(17, b), &top), JSCAN_TOO_DEEP);
+	ck_assert_int_eq(parse(around(15, "1", b), &top), JSCAN_OK);
+	ck_assert_int_eq(parse(around(16, "1", b), &top), JSCAN_TOO_DEEP);
+	ck_assert_int_eq(parse(around(15, "{}", b), &top), JSCAN_OK);
+	ck_assert_int_eq(parse(around(15, "{\"a\":1}", b), &top), JSCAN_TOO_DEEP);
+	ck_assert_int_eq(parse(around(14, "{\"a\":[]}", b), &top), JSCAN_OK);
+	ck_assert_int_eq(parse(around(14, "{\"a\":[\"\"]}", b), &top), JSCAN_TOO_DEEP);
 	/* Siblings do not add up. */
 	ck_assert_int_eq(parse("[[[[[[[[[[[[[[[]]]]]]]]]]]]]],[[[[[[[[[[[[[[]]]]]]]]]]]]]]]", &top),
 	                 JSCAN_OK);
-	ck_assert_int_eq(jscan_parse("[]", 2, 0, &top), JSCAN_TOO_DEEP);
-	ck_assert_int_eq(jscan_parse("1", 1, 0, &top), JSCAN_OK);
-	/* Past JSCAN_NEST_MAX whatever was asked. */
+	ck_assert_int_eq(jscan_parse("1", 1, 0, &top), JSCAN_TOO_DEEP);
+	ck_assert_int_eq(jscan_parse("1", 1, 1, &top), JSCAN_OK);
+	ck_assert_int_eq(jscan_parse("[]", 2, 1, &top), JSCAN_OK);
+	ck_assert_int_eq(jscan_parse("[1]", 3, 1, &top), JSCAN_TOO_DEEP);
+	/* JSCAN_DEPTH_MAX whatever was asked. */
 	{
-		static char deep[2 * (JSCAN_NEST_MAX + 1) + 1];
-		memset(deep, '[', JSCAN_NEST_MAX + 1);
-		memset(deep + JSCAN_NEST_MAX + 1, ']', JSCAN_NEST_MAX + 1);
+		static char deep[2 * (JSCAN_DEPTH_MAX + 1) + 1];
+		memset(deep, '[', JSCAN_DEPTH_MAX + 1);
+		memset(deep + JSCAN_DEPTH_MAX + 1, ']', JSCAN_DEPTH_MAX + 1);
 		ck_assert_int_eq(jscan_parse(deep, strlen(deep), 100000, &top), JSCAN_TOO_DEEP);
 		ck_assert_int_eq(jscan_parse(deep + 1, strlen(deep) - 2, 100000, &top), JSCAN_OK);
 	}

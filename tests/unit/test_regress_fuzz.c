@@ -153,6 +153,44 @@ END_TEST
 /* fuzz_proto: an auth token with a \u0000 was cut there by strdup, so
  * {"type":"auth","payload":{"token":"\u0000..."}} parsed as PROTO_OK with an empty token (which
  * the parser otherwise refuses) and "<jwt>\u0000junk" as the bare JWT. */
+/* fuzz_notify's differential check of src/jscan.c against json-c (on its jscan_depth17 seed):
+ * json_tokener_new_ex(16) lets a value sit 16 deep counting the document as 1, so 16 nested
+ * empty arrays pass and 16 objects around a number do not; jscan first counted containers only.
+ * With it the bodies json-c's strict mode took but RFC 8259 does not are refused. */
+START_TEST(test_notify_jscan_edges)
+{
+	char b[512];
+	int n;
+
+	/* The body is the document (depth 1), data's value depth 2. */
+	n = snprintf(b, sizeof(b), "{\"event\":\"x\",\"room\":\"r\",\"data\":%.*s%.*s}", 15,
+	             "[[[[[[[[[[[[[[[[", 15, "]]]]]]]]]]]]]]]]");
+	ck_assert_int_eq(notify(b, (size_t)n), 200);
+	n = snprintf(b, sizeof(b), "{\"event\":\"x\",\"room\":\"r\",\"data\":%.*s%.*s}", 16,
+	             "[[[[[[[[[[[[[[[[", 16, "]]]]]]]]]]]]]]]]");
+	ck_assert_int_eq(notify(b, (size_t)n), 400);
+	n = snprintf(b, sizeof(b), "{\"event\":\"x\",\"room\":\"r\",\"data\":%.*s1%.*s}", 14,
+	             "[[[[[[[[[[[[[[[[", 14, "]]]]]]]]]]]]]]]]");
+	ck_assert_int_eq(notify(b, (size_t)n), 200);
+	n = snprintf(b, sizeof(b), "{\"event\":\"x\",\"room\":\"r\",\"data\":%.*s1%.*s}", 15,
+	             "[[[[[[[[[[[[[[[[", 15, "]]]]]]]]]]]]]]]]");
+	ck_assert_int_eq(notify(b, (size_t)n), 400);
+	/* json-c's strict mode took these. */
+	ck_assert_int_eq(notify_str("{'event':'x','room':'r'}"), 400);
+	ck_assert_int_eq(notify_str("{\"event\":\"a\tb\",\"room\":\"r\"}"), 400);
+	ck_assert_int_eq(notify_str("{\"event\":\"x\",\"user_id\":-01}"), 400);
+	ck_assert_int_eq(notify_str("{\"event\":\"x\",\"user_id\":00}"), 400);
+	/* json-c's key and integer rules are kept. */
+	ck_assert_int_eq(notify_str("{\"event\\u0000x\":\"e\",\"room\":\"r\"}"), 200);
+	ck_assert_int_eq(notify_str("{\"event\":\"e\",\"user_id\":-0}"), 200);
+	ck_assert_int_eq(notify_str("{\"event\":\"e\",\"user_id\":-99999999999999999999}"), 200);
+	ck_assert_int_eq(notify_str("{\"event\":\"e\",\"room\":\"a b\",\"room\":\"r\"}"), 200);
+	ck_assert_int_eq(notify_str("{\"event\":\"e\",\"room\":\"r\",\"room\":\"a b\"}"), 400);
+	ck_assert_int_eq(
+	    notify_str("{\"event\":\"\\ud800\",\"room\":\"r\",\"data\":[\"\\udc00\"]}"), 200);
+}
+END_TEST
+
 START_TEST(test_proto_nul_in_token)
 {
 	/* The input the fuzzer saved (crash-8ade28317d5054b2b998ae4db1ca773454524a77). */
@@ -236,6 +274,7 @@ static Suite *regress_suite(void)
 	tcase_add_test(n, test_notify_long_room);
 	tcase_add_test(n, test_notify_nul_in_names);
 	tcase_add_test(n, test_notify_nonstandard_json);
+	tcase_add_test(n, test_notify_jscan_edges);
 	suite_add_tcase(s, n);
 
 	tcase_add_test(p, test_proto_nul_in_token);
