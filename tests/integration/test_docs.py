@@ -9,6 +9,7 @@ import glob
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 
 from pgcluster import free_port
@@ -255,6 +256,39 @@ def test_module_graph_in_architecture_is_current():
     assert m.group(1) == mg.mermaid(ROOT), (
         "docs/architecture.md's module graph is out of date: replace it with the output of "
         "tools/module-graph.py")
+
+
+def test_layers_in_readme_are_current_and_kept():
+    loader = importlib.util.spec_from_file_location(
+        "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
+    mg = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(mg)
+    # The README's layer order is the rule: nothing includes upwards, nothing closes a cycle.
+    bad = mg.problems(ROOT)
+    assert not bad, "\n".join(bad)
+    text = read(os.path.join(ROOT, "README.md"))
+    m = re.search(r"<!-- layers:begin -->\n(.*?)<!-- layers:end -->", text, re.S)
+    assert m, "README.md has no layers markers"
+    assert m.group(1) == mg.layered(ROOT), (
+        "README.md's include graph is out of date: replace it with the output of "
+        "tools/module-graph.py --layers")
+
+
+def test_layer_check_finds_an_upward_include_and_a_cycle(tmp_path):
+    loader = importlib.util.spec_from_file_location(
+        "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
+    mg = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(mg)
+    # A copy of the tree where conn (connection) includes session (doors), and session already
+    # includes conn: the check must name both the upward include and the cycle.
+    for sub in ("src", "include"):
+        shutil.copytree(os.path.join(ROOT, sub), tmp_path / sub)
+    shutil.copy(os.path.join(ROOT, "README.md"), tmp_path / "README.md")
+    conn_c = tmp_path / "src" / "conn.c"
+    conn_c.write_text('#include "session.h"\n' + conn_c.read_text())
+    bad = mg.problems(str(tmp_path))
+    assert any(b.startswith("conn (connection) includes session") for b in bad), bad
+    assert any(b.startswith("cycle:") and "conn" in b and "session" in b for b in bad), bad
 
 
 def test_architecture_names_every_module():
