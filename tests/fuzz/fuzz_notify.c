@@ -101,8 +101,8 @@ static int expect_notify(const uint8_t *data, size_t size, char *room, size_t ca
 	root = fuzz_json_object_depth((const char *)data, size, true, PROTO_MAX_DEPTH);
 	if (!root)
 		return 400;
-	/* json-c's strict mode also takes NaN, Infinity, 00, -01, single quotes and raw control
-	 * bytes in strings: a body is acceptable only when it is RFC 8259 JSON itself. */
+	/* json-c's strict mode also takes NaN, Infinity, 00, -01, single-quoted keys and raw
+	 * control bytes in strings: a body is acceptable only when it is RFC 8259 JSON itself. */
 	if (!fuzz_json_rfc8259((const char *)data, size)) {
 		json_object_put(root);
 		return 400;

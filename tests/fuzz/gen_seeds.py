@@ -105,7 +105,7 @@ NOTIFY = {
     "jscan_depth17": '{"event":"x","room":"r","data":' + deep(15, "[]") + "}",
     "jscan_depth16_objects": '{"event":"x","room":"r","data":' + '{"a":' * 14 + "1" + "}" * 15,
     "jscan_depth17_objects": '{"event":"x","room":"r","data":' + '{"a":' * 15 + "1" + "}" * 16,
-    "jscan_single_quote": "{'event':'x','room':'r'}",
+    "jscan_single_quote": "{'event':\"x\",'room':\"r\"}",
     "jscan_raw_tab": '{"event":"a\tb","room":"r"}',  # a raw tab inside the string
     "jscan_leading_zero": '{"event":"x","user_id":-01}',
     "jscan_surrogates": '{"event":"\\ud800x","room":"r",'

@@ -53,8 +53,8 @@ END_TEST
 
 START_TEST(test_invalid)
 {
-	/* json-c 0.16's strict mode accepted the ones marked *: single quotes, raw control bytes,
-	 * 00 and -01, NaN, Infinity and 1. (the last three http.c refused after parsing). */
+	/* json-c 0.16's strict mode accepted the ones marked *: single-quoted keys, raw control
+	 * bytes, 00 and -01, NaN, Infinity and 1. (the last three http.c refused after parsing). */
 	static const char *const bad[] = {
 	    "",
 	    " ",
@@ -64,7 +64,7 @@ START_TEST(test_invalid)
 	    "{\"a\":1,}",
 	    "{a:1}",
 	    "{'a':1}" /* * */,
-	    "['a']" /* * */,
+	    "['a']",
 	    "[1 2]",
 	    "{\"a\" 1}",
 	    "{\"a\":}",

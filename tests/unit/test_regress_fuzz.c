@@ -176,7 +176,7 @@ START_TEST(test_notify_jscan_edges)
 	             "[[[[[[[[[[[[[[[[", 15, "]]]]]]]]]]]]]]]]");
 	ck_assert_int_eq(notify(b, (size_t)n), 400);
 	/* json-c's strict mode took these. */
-	ck_assert_int_eq(notify_str("{'event':'x','room':'r'}"), 400);
+	ck_assert_int_eq(notify_str("{'event':\"x\",'room':\"r\"}"), 400);
 	ck_assert_int_eq(notify_str("{\"event\":\"a\tb\",\"room\":\"r\"}"), 400);
 	ck_assert_int_eq(notify_str("{\"event\":\"x\",\"user_id\":-01}"), 400);
 	ck_assert_int_eq(notify_str("{\"event\":\"x\",\"user_id\":00}"), 400);
