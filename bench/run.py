@@ -101,6 +101,10 @@ PARAMS = {
     # issue 13: one room of 1 000 at 50/s; one room of 10 000 at rising rates (the "ladder")
     "fan1k_conns": env_int("BENCH_FAN1K_CONNS", 1000),
     "fan1k_rate": env_float("BENCH_FAN1K_RATE", 50),
+    # fanout1k and fanoutS run this many rounds of (paced send() floor, roomcast, Node) back to
+    # back; each side's figure is its median round (this guest's CPU cost per send() drifts by
+    # up to a third within minutes, so one floor measured a minute apart can mislead).
+    "rounds": env_int("BENCH_ROUNDS", 3),
     "fan1k_seconds": env_float("BENCH_FAN1K_SECONDS", 20),
     "step_conns": env_int("BENCH_STEP_CONNS", 10000),
     "step_rates": [float(x) for x in
@@ -387,18 +391,48 @@ def sc_floor(ctx):
     # over (cache misses and socket lookups grow with it) and the pace (between bursts the
     # reader sleeps, so every burst pays its wakeups). 9 900, not 10 000: both ends live in one
     # process here, and a process may open 20 000 files.
-    for key, conns, burst, rate, msgs in (
-            ("paced_1k", PARAMS["fan1k_conns"], PARAMS["fan1k_conns"], PARAMS["fan1k_rate"],
-             PARAMS["fan1k_conns"] * 100),
-            ("paced_small", min(PARAMS["small_conns"], 9900), PARAMS["small_room"],
-             PARAMS["small_rate"], 30000),
-            ("paced_10k", min(PARAMS["step_conns"], 9900), min(PARAMS["step_conns"], 9900), 4,
-             min(PARAMS["step_conns"], 9900) * 8)):
-        say("floor: %s, %d connections, bursts of %d at %g/s" % (key, conns, burst, rate))
-        proc = subprocess.run([SENDFLOOR, "--conns", str(conns), "--msgs", str(msgs), "--size",
-                               "260", "--burst", str(burst), "--rate", str(rate)],
-                              stdout=subprocess.PIPE, text=True, check=True)
-        out[key] = json.loads(proc.stdout)
+    for key in PACED:
+        out[key] = paced_floor(key)
+    return out
+
+
+# The paced floors: (connections, burst, bursts per second, sends in all) per key.
+PACED = {
+    "paced_1k": lambda: (PARAMS["fan1k_conns"], PARAMS["fan1k_conns"], PARAMS["fan1k_rate"],
+                         PARAMS["fan1k_conns"] * 100),
+    "paced_small": lambda: (min(PARAMS["small_conns"], 9900), PARAMS["small_room"],
+                            PARAMS["small_rate"], 30000),
+    "paced_10k": lambda: (min(PARAMS["step_conns"], 9900), min(PARAMS["step_conns"], 9900), 4,
+                          min(PARAMS["step_conns"], 9900) * 8),
+}
+
+
+def paced_floor(key):
+    """One send() floor in a scenario's own pattern (see PACED and sc_floor)."""
+    conns, burst, rate, msgs = PACED[key]()
+    say("floor: %s, %d connections, bursts of %d at %g/s" % (key, conns, burst, rate))
+    proc = subprocess.run([SENDFLOOR, "--conns", str(conns), "--msgs", str(msgs), "--size",
+                           "260", "--burst", str(burst), "--rate", str(rate)],
+                          stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def median_rounds(name, floor_key, run_round):
+    """PARAMS["rounds"] rounds of (the paced floor of floor_key, run_round()), back to back.
+    Returns run_round's labels, each with its median round's result (by CPU per delivery),
+    "floor_us", the median floor, and "rounds", every round's figures."""
+    rounds = []
+    for i in range(max(1, PARAMS["rounds"])):
+        say("%s: round %d of %d" % (name, i + 1, PARAMS["rounds"]))
+        fl = paced_floor(floor_key)
+        rounds.append({"floor_us": fl["cpu_us_per_send"], "runs": run_round()})
+    out = {"rounds": [dict({k: cpu_per(v) for k, v in r["runs"].items()},
+                           floor_us=r["floor_us"]) for r in rounds]}
+    floors = sorted(r["floor_us"] for r in rounds)
+    out["floor_us"] = floors[len(floors) // 2]
+    for label in rounds[0]["runs"]:
+        runs = sorted((r["runs"][label] for r in rounds), key=lambda x: cpu_per(x) or 1e18)
+        out[label] = runs[len(runs) // 2]
     return out
 
 
@@ -432,8 +466,9 @@ def sc_fanout1k(ctx):
     """Issue 13: one room of 1 000 at 50 messages/s; CPU per delivery against Node and the
     kernel's send() floor (the floor scenario of the same run)."""
     rate = PARAMS["fan1k_rate"]
-    return fanout_runs(ctx, "fanout1k", PARAMS["fan1k_conns"], 0,
-                       int(rate * PARAMS["fan1k_seconds"]), rate, batch=False)
+    return median_rounds("fanout1k", "paced_1k", lambda: fanout_runs(
+        ctx, "fanout1k", PARAMS["fan1k_conns"], 0, int(rate * PARAMS["fan1k_seconds"]), rate,
+        batch=False))
 
 
 def sustained(r):
@@ -472,8 +507,9 @@ def sc_step(ctx):
 
 
 def sc_fanoutS(ctx):
-    return fanout_runs(ctx, "fanoutS", PARAMS["small_conns"], PARAMS["small_room"],
-                       PARAMS["small_events"], PARAMS["small_rate"])
+    return median_rounds("fanoutS", "paced_small", lambda: fanout_runs(
+        ctx, "fanoutS", PARAMS["small_conns"], PARAMS["small_room"], PARAMS["small_events"],
+        PARAMS["small_rate"]))
 
 
 def sc_latency(ctx):
@@ -1324,6 +1360,25 @@ def at_most(a, factor, b):
     return a <= factor * b
 
 
+def rounds_note(x):
+    n = len(x.get("rounds") or [])
+    return ", median of %d" % n if n > 1 else ""
+
+
+def spread_row(row, x, labels):
+    """The lowest and highest round of each side, and of the floor, when there were rounds."""
+    rs = x.get("rounds") or []
+    if len(rs) < 2:
+        return
+
+    def span(label):
+        v = [r[label] for r in rs if label and r.get(label)]
+        return "%.2f-%.2f" % (min(v), max(v)) if v else ""
+    fl = [r["floor_us"] for r in rs]
+    row("", "  rounds' range; floor %.2f-%.2f" % (min(fl), max(fl)), span(labels[0]),
+        span(labels[1]), span(labels[2]), "", "")
+
+
 def vs_node(rc, factor, bc, floor):
     """The verdict on "at most factor x Node" for a lower-is-better CPU cost per delivery.
 
@@ -1442,16 +1497,19 @@ def table(res):
     if fk:
         r, b = fk["roomcast"], fk["baseline"]
         floors = res.get("floor") or {}
-        # The floor in this scenario's own pattern when the run measured it.
-        fl = (floors.get("paced_1k") or floors.get("260") or {}).get("cpu_us_per_send")
+        # The floor in this scenario's own pattern: measured in its rounds, else by the floor
+        # scenario of the run.
+        fl = fk.get("floor_us") or (floors.get("paced_1k") or floors.get("260") or
+                                    {}).get("cpu_us_per_send")
         rc, bc = cpu_per(r), cpu_per(b)
         row("fan-out 1 room x %d, %g/s" % (PARAMS["fan1k_conns"], PARAMS["fan1k_rate"]),
             "deliveries/s", fmt(r.get("deliveries_per_s")), "", fmt(b.get("deliveries_per_s")),
             "", "")
         row("", "lost / duplicates", "%s / %s" % (r.get("lost"), r.get("dups")), "",
             "%s / %s" % (b.get("lost"), b.get("dups")), "", "0 / 0", verdict(no_loss(r, b)))
-        row("", "server CPU us / delivery", fmt(rc, "%.2f"), "", fmt(bc, "%.2f"),
-            ratio(rc, bc), "<= 0.6x Node", vs_node(rc, 0.6, bc, fl))
+        row("", "server CPU us / delivery" + rounds_note(fk), fmt(rc, "%.2f"), "",
+            fmt(bc, "%.2f"), ratio(rc, bc), "<= 0.6x Node", vs_node(rc, 0.6, bc, fl))
+        spread_row(row, fk, ("roomcast", "", "baseline"))
         row("", "  vs send() floor (%s us)" % fmt(fl, "%.2f"),
             "%.2fx" % (rc / fl) if rc and fl else "-", "", "%.2fx" % (bc / fl) if bc and fl
             else "-", "", "<= 1.2x floor", verdict(at_most(rc, 1.2, fl)))
@@ -1524,10 +1582,12 @@ def table(res):
             fmt(rb.get("per_frame"), "%.1f"), fmt(b.get("per_frame"), "%.1f"), "", "")
         rc, rcb, bc = (x["server"].get("cpu_us_per_delivery") for x in (r, rb, b))
         if key == "fanoutS":
-            sf = ((res.get("floor") or {}).get("paced_small") or {}).get("cpu_us_per_send")
-            row("", "server CPU us / delivery", fmt(rc, "%.2f"), fmt(rcb, "%.2f"),
-                fmt(bc, "%.2f"), ratio(rc, bc), "<= 0.4x Node",
+            sf = f.get("floor_us") or ((res.get("floor") or {}).get("paced_small") or
+                                       {}).get("cpu_us_per_send")
+            row("", "server CPU us / delivery" + rounds_note(f), fmt(rc, "%.2f"),
+                fmt(rcb, "%.2f"), fmt(bc, "%.2f"), ratio(rc, bc), "<= 0.4x Node",
                 vs_node(rc, 0.4, bc, sf))
+            spread_row(row, f, ("roomcast", "roomcast_batch", "baseline"))
             if sf:
                 # No target: shows how much of a delivery is the kernel's send in this pattern.
                 row("", "  vs send() floor, same pattern (%s us)" % fmt(sf, "%.2f"),
