@@ -1656,7 +1656,8 @@ def table(res):
             "")
         row("", "server CPU us / request", fmt(r["server"].get("cpu_us_per_request"), "%.1f"), "",
             fmt(b["server"].get("cpu_us_per_request"), "%.1f"),
-            ratio(r["server"].get("cpu_us_per_request"), b["server"].get("cpu_us_per_request")), "")
+            ratio(r["server"].get("cpu_us_per_request"), b["server"].get("cpu_us_per_request")),
+            "<= 8 us", verdict(at_most(r["server"].get("cpu_us_per_request"), 1, 8.0)))
     live_rows(res, row)
     issue14_rows(res, row)
     head = ("scenario", "metric", "roomcast", "rc batch=1", "baseline", "rc vs base", "target",
