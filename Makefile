@@ -60,7 +60,8 @@ $(BUILD)/libroomcast.a: $(OBJS)
 $(BIN): $(BUILD)/main.o $(BUILD)/libroomcast.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# Each unit test links only its layer and those below it (docs/architecture.md, Layers): its
+# Each unit test links only its layer and those below it (README.md, Layout; checked by
+# tests/integration/test_docs.py, the first object being the module under test): its
 # objects are listed here rather than taken from the whole library, so a lower layer that starts
 # calling up fails to link its test. A test without a list (the doors: test_apps,
 # test_regress_fuzz) links the library.

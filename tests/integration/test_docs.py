@@ -291,6 +291,25 @@ def test_layer_check_finds_an_upward_include_and_a_cycle(tmp_path):
     assert any(b.startswith("cycle:") and "conn" in b and "session" in b for b in bad), bad
 
 
+def test_unit_tests_link_only_their_layer_and_below():
+    loader = importlib.util.spec_from_file_location(
+        "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
+    mg = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(mg)
+    rank = {mod: i for i, (_, mods) in enumerate(mg.layers(ROOT)) for mod in mods}
+    make = read(os.path.join(ROOT, "Makefile")).replace("\\\n", " ")
+    lists = re.findall(r"^UNIT_LINK_(test_[a-z_0-9]+)\s*:=\s*(.*)$", make, re.M)
+    assert len(lists) >= 10, "the Makefile's UNIT_LINK lists were not found"
+    bad = []
+    for test, objs in lists:
+        mods = objs.split()
+        # The first object is the module under test; the rest may be its layer or below.
+        for m in mods[1:]:
+            if m not in mg.EVERYWHERE and rank.get(m, -1) < rank.get(mods[0], 99):
+                bad.append(f"{test} tests {mods[0]} but links {m}, a layer above it")
+    assert not bad, "\n".join(bad)
+
+
 def test_architecture_names_every_module():
     text = read(os.path.join(ROOT, "docs", "architecture.md"))
     mods = [os.path.basename(f)[:-2] for f in glob.glob(os.path.join(ROOT, "src", "*.c"))]
