@@ -464,7 +464,7 @@ def sc_fanout1(ctx):
 
 def sc_fanout1k(ctx):
     """Issue 13: one room of 1 000 at 50 messages/s; CPU per delivery against Node and the
-    kernel's send() floor (the floor scenario of the same run)."""
+    kernel's send() floor, measured in the same rounds (median_rounds)."""
     rate = PARAMS["fan1k_rate"]
     return median_rounds("fanout1k", "paced_1k", lambda: fanout_runs(
         ctx, "fanout1k", PARAMS["fan1k_conns"], 0, int(rate * PARAMS["fan1k_seconds"]), rate,
