@@ -244,12 +244,17 @@ def test_metrics_reference_matches_what_roomcast_prints(server_factory):
     assert not bad, "\n".join(bad)
 
 
-def test_module_graph_in_architecture_is_current():
-    # tools/module-graph.py has a dash in its name: load it by path.
+def module_graph():
+    """tools/module-graph.py, loaded by path (a dash in its name keeps import from it)."""
     loader = importlib.util.spec_from_file_location(
         "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
     mg = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(mg)
+    return mg
+
+
+def test_module_graph_in_architecture_is_current():
+    mg = module_graph()
     text = read(os.path.join(ROOT, "docs", "architecture.md"))
     m = re.search(r"<!-- module-graph:begin -->\n(.*?)<!-- module-graph:end -->", text, re.S)
     assert m, "docs/architecture.md has no module-graph markers"
@@ -259,10 +264,7 @@ def test_module_graph_in_architecture_is_current():
 
 
 def test_layers_in_readme_are_current_and_kept():
-    loader = importlib.util.spec_from_file_location(
-        "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
-    mg = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(mg)
+    mg = module_graph()
     # The README's layer order is the rule: nothing includes upwards, nothing closes a cycle.
     bad = mg.problems(ROOT)
     assert not bad, "\n".join(bad)
@@ -275,10 +277,7 @@ def test_layers_in_readme_are_current_and_kept():
 
 
 def test_layer_check_finds_an_upward_include_and_a_cycle(tmp_path):
-    loader = importlib.util.spec_from_file_location(
-        "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
-    mg = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(mg)
+    mg = module_graph()
     # A copy of the tree where conn (connection) includes session (doors), and session already
     # includes conn: the check must name both the upward include and the cycle.
     for sub in ("src", "include"):
@@ -292,10 +291,7 @@ def test_layer_check_finds_an_upward_include_and_a_cycle(tmp_path):
 
 
 def test_unit_tests_link_only_their_layer_and_below():
-    loader = importlib.util.spec_from_file_location(
-        "module_graph", os.path.join(ROOT, "tools", "module-graph.py"))
-    mg = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(mg)
+    mg = module_graph()
     rank = {mod: i for i, (_, mods) in enumerate(mg.layers(ROOT)) for mod in mods}
     make = read(os.path.join(ROOT, "Makefile")).replace("\\\n", " ")
     lists = re.findall(r"^UNIT_LINK_(test_[a-z_0-9]+)\s*:=\s*(.*)$", make, re.M)
